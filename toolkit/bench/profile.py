@@ -1,0 +1,81 @@
+"""Per-component cost curves, measured in-process: seconds per handler call at batch sizes
+1..max_batch_size. The planner (allocate.py) turns them into instance counts; the plots show them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from toolkit.bench.chain import InProcessPipeline
+from toolkit.bench.inputs import sample_rows
+from toolkit.plan import DeploymentPlan
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """One model's measured cost: median seconds per handler call at each batch size."""
+
+    model: str
+    batch_sizes: tuple[int, ...]
+    seconds: tuple[float, ...]
+
+    def per_row(self) -> dict[int, float]:
+        return {b: s / b for b, s in zip(self.batch_sizes, self.seconds)}
+
+    def at(self, batch: int) -> float:
+        """Seconds per call at `batch`, interpolated linearly between measured sizes."""
+        sizes, secs = self.batch_sizes, self.seconds
+        if batch <= sizes[0]:
+            return secs[0] * batch / sizes[0]
+        for (b0, s0), (b1, s1) in zip(zip(sizes, secs), zip(sizes[1:], secs[1:])):
+            if b0 <= batch <= b1:
+                return s0 + (s1 - s0) * (batch - b0) / (b1 - b0)
+        return secs[-1] * batch / sizes[-1]
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def batch_sizes_up_to(max_batch: int) -> list[int]:
+    """1, 2, 4, ... and max_batch itself."""
+    sizes = []
+    b = 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max(1, max_batch))
+    return sizes
+
+
+def profile_pipeline(
+    plan: DeploymentPlan,
+    pipeline: str,
+    min_seconds: float = 0.3,
+    min_calls: int = 3,
+    max_calls: int = 200,
+    chain: InProcessPipeline | None = None,
+) -> dict[str, CostCurve]:
+    """Time each model's handler on its real inputs (produced by the steps before it)."""
+    chain = chain or InProcessPipeline(plan, pipeline)
+    max_batch = max(1, plan.pipelines[pipeline].max_batch_size)
+    sizes = batch_sizes_up_to(max_batch)
+    rows = sample_rows(plan, pipeline, max_batch, seed=1)
+    per_model_inputs = chain.model_inputs(rows)  # also warms every handler up once
+    curves: dict[str, list[float]] = {m: [] for m in chain.models}
+    for model in chain.models:
+        handler = chain.handlers[model]
+        for b in sizes:
+            args = {k: np.ascontiguousarray(v[:b]) for k, v in per_model_inputs[model].items()}
+            handler(**args)  # warm this batch shape
+            samples: list[float] = []
+            began = time.perf_counter()
+            while len(samples) < max_calls and (len(samples) < min_calls or time.perf_counter() - began < min_seconds):
+                start = time.perf_counter()
+                handler(**args)
+                samples.append(time.perf_counter() - start)
+            curves[model].append(statistics.median(samples))
+    return {m: CostCurve(m, tuple(sizes), tuple(s)) for m, s in curves.items()}

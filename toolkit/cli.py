@@ -1,0 +1,244 @@
+"""The `compound` command: a thin layer that parses, calls the library and prints.
+
+Every user-facing failure is a CompoundError, turned into one message and a non-zero exit here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import CompoundError
+
+PORT = click.IntRange(1, 65535)
+
+
+class _Group(click.Group):
+    """Maps CompoundError to a clean message and its exit code (2 for spec problems)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CompoundError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="compound")
+def cli() -> None:
+    """Compound AI pipelines to NVIDIA Triton deployments, proven under load."""
+
+
+def _plan(spec: str, device: str) -> Any:
+    from toolkit.plan import plan_spec
+
+    plan = plan_spec(spec, device)  # type: ignore[arg-type]
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return plan
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="Where `instances.kind: auto` models run.")
+def validate(spec: str, device: str) -> None:
+    """Check SPEC and report every problem found (exit 2 if any)."""
+    plan = _plan(spec, device)
+    click.echo(f"{spec}: ok — deployment '{plan.name}', {len(plan.models)} model(s), {len(plan.pipelines)} pipeline(s)")
+    for name, pipeline in sorted(plan.pipelines.items()):
+        click.echo(f"  {name}: {pipeline.kind} — {pipeline.reason}")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository folder to write (replaced atomically).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="Instance kind for `instances.kind: auto` models (KIND_CPU or KIND_GPU).")
+def generate(spec: str, out_dir: str, device: str) -> None:
+    """Write a Triton model repository for SPEC into OUT_DIR."""
+    from toolkit.render import render_files, write_repository
+
+    plan = _plan(spec, device)
+    files = render_files(plan)
+    written = write_repository(files, out_dir)
+    for name, pipeline in sorted(plan.pipelines.items()):
+        click.echo(f"{name}: {pipeline.kind} ({pipeline.reason})")
+    click.echo(f"wrote {written} ({len(plan.models)} model(s), {len(plan.pipelines)} pipeline(s), {len(files)} files)")
+
+
+def _ports(func: Any) -> Any:
+    func = click.option("--metrics-port", type=PORT, default=8002, show_default=True)(func)
+    func = click.option("--grpc-port", type=PORT, default=8001, show_default=True)(func)
+    func = click.option("--http-port", type=PORT, default=8000, show_default=True)(func)
+    func = click.option("--host", default="127.0.0.1", show_default=True, help="Address the server binds to.")(func)
+    return func
+
+
+def _deployment_name(repository: Path) -> str:
+    from toolkit.render import read_manifest
+
+    return str(read_manifest(repository).get("deployment") or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower()) or "default")
+
+
+@cli.command()
+@click.argument("repository", type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["local"]), default="local", show_default=True, help="Where to run Triton: the embedded tritonserver.")
+@_ports
+@click.option("--name", default=None, help="Deployment name (default: the spec's name).")
+@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait until every model is ready.")
+def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: int, metrics_port: int, name: Optional[str], timeout_s: float) -> None:
+    """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
+    from toolkit.deploy import base
+    from toolkit.deploy.local import LocalServer, check_repository, pid_running_tritonserver
+
+    repo = Path(repository).resolve()
+    check_repository(repo)
+    name = name or _deployment_name(repo)
+    try:
+        previous = base.load_state(name)
+    except CompoundError:
+        previous = None
+    if previous is not None and pid_running_tritonserver(previous.pid):
+        raise CompoundError(f"deployment '{name}' is already running (pid {previous.pid}, {previous.endpoints.describe()})", hint="`compound stop` it first, or pass --name")
+    workdir = base.state_dir().parent / "run" / name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    server = LocalServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, workdir=workdir, ready_timeout_s=timeout_s, detach=True)
+    click.echo(f"starting tritonserver for '{name}' (log: {server.log_path}) ...")
+    started = time.monotonic()
+    server.start()
+    state = base.DeploymentState(name=name, target=target, repository=str(repo), host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_path=str(server.log_path), pid=server.pid, extra={"workdir": str(workdir)})
+    base.save_state(state)
+    click.echo(f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()}")
+    click.echo("next: compound infer PIPELINE --url " + state.endpoints.http_url + " --input NAME=VALUE;  compound stop")
+
+
+@cli.command()
+@click.argument("repository", type=click.Path(file_okay=False))
+@_ports
+@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait until every model is ready.")
+def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_port: int, timeout_s: float) -> None:
+    """Run Triton on REPOSITORY in the foreground until Ctrl-C."""
+    from toolkit.deploy.local import LocalServer
+
+    server = LocalServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, ready_timeout_s=timeout_s)
+    with server:
+        click.echo(f"ready: {server.endpoints.describe()} (log: {server.log_path}); Ctrl-C stops")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while server.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            click.echo("stopping ...")
+            return
+        raise CompoundError("tritonserver exited unexpectedly", hint=f"log tail:\n{server.log_tail()}")
+
+
+@cli.command()
+@click.option("--name", default=None, help="Deployment name (default: the only one).")
+def status(name: Optional[str]) -> None:
+    """Show whether the recorded deployment runs and which models are ready."""
+    from toolkit.deploy import base
+    from toolkit.deploy.local import pid_running_tritonserver
+
+    state = base.load_state(name)
+    running = pid_running_tritonserver(state.pid)
+    ready = running and base.http_ready(state.endpoints)
+    click.echo(f"{state.name}: {'ready' if ready else 'running, not ready' if running else 'not running'} (target {state.target}, pid {state.pid})")
+    click.echo(f"  repository: {state.repository}")
+    click.echo(f"  endpoints:  {state.endpoints.describe()}")
+    click.echo(f"  log:        {state.log_path}")
+    if running:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(state.endpoints.http_url)
+        try:
+            for model in sorted(client.get_model_repository_index(), key=lambda m: m["name"]):
+                click.echo(f"  model {model['name']}: {model.get('state', '?')}")
+        finally:
+            client.close()
+    if not running:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--name", default=None, help="Deployment name (default: the only one).")
+@click.option("-n", "--lines", type=click.IntRange(1), default=50, show_default=True)
+def logs(name: Optional[str], lines: int) -> None:
+    """Print the tail of the deployment's server log."""
+    from toolkit.deploy import base
+
+    state = base.load_state(name)
+    click.echo(base.read_tail(Path(state.log_path), lines))
+
+
+@cli.command()
+@click.option("--name", default=None, help="Deployment name (default: the only one).")
+def stop(name: Optional[str]) -> None:
+    """Stop the recorded deployment and forget it."""
+    from toolkit.deploy import base
+    from toolkit.deploy.local import stop_process
+
+    state = base.load_state(name)
+    stopped = state.pid is not None and stop_process(state.pid)
+    base.forget_state(state.name)
+    workdir = state.extra.get("workdir")
+    if workdir:
+        shutil.rmtree(Path(workdir) / "backends", ignore_errors=True)
+    click.echo(f"{state.name}: {'stopped' if stopped else 'was not running'}")
+
+
+@cli.command()
+@click.argument("pipeline")
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of Triton's HTTP (or gRPC) endpoint.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--input", "pairs", multiple=True, metavar="NAME=VALUE", help="An input value (strings as is; numbers or JSON lists otherwise). Repeatable.")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON file of {input: value}; a leading batch axis is optional.")
+@click.option("--signature-url", default=None, help="HTTP HOST:PORT to read the pipeline's config from (default: --url for http, port-1 for grpc).")
+def infer(pipeline: str, url: str, protocol: str, pairs: tuple[str, ...], data_file: Optional[Path], signature_url: Optional[str]) -> None:
+    """Run PIPELINE once and print its outputs as JSON."""
+    from toolkit.client import fetch_signature, infer as run_inference, parse_cli_inputs, to_jsonable
+
+    if signature_url is None:
+        signature_url = url if protocol == "http" else _http_beside_grpc(url)
+    signature = fetch_signature(pipeline, signature_url)
+    inputs = parse_cli_inputs(list(pairs), data_file, signature)
+    outputs = run_inference(pipeline, url, inputs, protocol)  # type: ignore[arg-type]
+    rows = [f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}" for name, value in to_jsonable(outputs).items()]
+    click.echo("{\n" + ",\n".join(rows) + "\n}")
+
+
+def _http_beside_grpc(url: str) -> str:
+    """Triton's default layout puts HTTP one port below gRPC (8000/8001)."""
+    host, _, port = url.rpartition(":")
+    if not port.isdigit():
+        raise CompoundError(f"--url {url!r}: expected HOST:PORT")
+    return f"{host}:{int(port) - 1}"
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Scaffold a new pipeline project (spec + handlers) in DIRECTORY that deploys as is."""
+    from toolkit.scaffold import scaffold
+
+    written = scaffold(directory)
+    click.echo(f"created {directory}: {', '.join(p.name for p in written)}")
+    click.echo(f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}")
+
+
+def main() -> None:
+    cli(prog_name="compound")
+
+
+if __name__ == "__main__":
+    main()

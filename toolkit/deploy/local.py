@@ -1,0 +1,262 @@
+"""The embedded default: the real `tritonserver` shipped in the nvidia-pytriton wheel, no Docker.
+
+The wheel's server needs three things PyTriton normally arranges: its bundled shared libraries on
+LD_LIBRARY_PATH, the Python-backend stub for the running Python copied into a writable backends
+folder, and this environment's `bin/` first on PATH so the stub imports our numpy and handlers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, port_in_use, read_tail
+from toolkit.errors import CompoundError, ServerError
+
+STOP_GRACE_S = 15.0
+DEFAULT_READY_TIMEOUT_S = 180.0
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+class TritonInstall:
+    """Paths inside the installed nvidia-pytriton wheel."""
+
+    def __init__(self) -> None:
+        found = importlib.util.find_spec("pytriton")
+        if found is None or not found.submodule_search_locations:
+            raise CompoundError("nvidia-pytriton is not installed", hint="pip install nvidia-pytriton")
+        package = Path(list(found.submodule_search_locations)[0])
+        self.root = package / "tritonserver"
+        self.binary = self.root / "bin" / "tritonserver"
+        self.libs = package.parent / "nvidia_pytriton.libs"
+        self.caches = self.root / "caches"
+        self.python_backend = self.root / "backends" / "python"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        self.stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not self.binary.is_file():
+            raise CompoundError(f"tritonserver not found at {self.binary}", hint="reinstall nvidia-pytriton")
+        if not self.stub.is_file():
+            raise CompoundError(f"no Python backend stub for Python {version} in {self.stub.parent.parent}", hint="use a Python version nvidia-pytriton supports")
+
+    def prepare_backends(self, folder: Path) -> Path:
+        """A writable backends folder holding the python backend and the stub for this Python."""
+        target = folder / "python"
+        if not (target / "triton_python_backend_stub").is_file():
+            shutil.copytree(self.python_backend, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy2(self.stub, target / "triton_python_backend_stub")
+        return folder
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+
+def check_repository(repository: Path) -> None:
+    if not repository.is_dir():
+        raise CompoundError(f"model repository {repository} does not exist", hint="generate one with `compound generate SPEC -o DIR`")
+    if not any((child / "config.pbtxt").is_file() for child in repository.iterdir() if child.is_dir()):
+        raise CompoundError(f"{repository} is not a Triton model repository (no <model>/config.pbtxt)", hint="generate one with `compound generate SPEC -o DIR`")
+
+
+class LocalServer:
+    """Owns one tritonserver process: start, wait until every model is ready, stop, log tail."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        workdir: Optional[str | Path] = None,
+        log_path: Optional[str | Path] = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        detach: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="compound-triton-"))
+        self.log_path = Path(log_path) if log_path is not None else self.workdir / "tritonserver.log"
+        self.cache_bytes = cache_bytes
+        self.ready_timeout_s = ready_timeout_s
+        self.detach = detach  # outlive this Python process (compound deploy)
+        self.extra_args = list(extra_args)
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoints.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoints.grpc_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoints.metrics_url
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+    def argv(self, install: TritonInstall) -> list[str]:
+        host = self.endpoints.host
+        argv = [
+            str(install.binary),
+            "--model-repository", str(self.repository),
+            "--backend-directory", str(install.prepare_backends(self.workdir / "backends")),
+            "--http-address", host, "--http-port", str(self.endpoints.http_port),
+            "--grpc-address", host, "--grpc-port", str(self.endpoints.grpc_port),
+            "--metrics-address", host, "--metrics-port", str(self.endpoints.metrics_port),
+            "--disable-auto-complete-config",
+            "--strict-readiness", "true",
+            "--exit-on-error", "true",
+            "--exit-timeout-secs", "10",
+            "--log-verbose", "0",
+        ]  # fmt: skip
+        if _uses_response_cache(self.repository):
+            argv += ["--cache-directory", str(install.caches), "--cache-config", f"local,size={self.cache_bytes}"]
+        return argv + self.extra_args
+
+    def start(self) -> LocalServer:
+        """Start and block until /v2/health/ready, or raise ServerError with the log's tail."""
+        check_repository(self.repository)
+        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
+            if port_in_use(self.endpoints.host, port):
+                raise CompoundError(f"port {port} on {self.endpoints.host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+        install = TritonInstall()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv(install)
+        with open(self.log_path, "ab") as log:
+            log.write(("$ " + " ".join(argv) + "\n").encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=install.environment(),
+                start_new_session=True,
+                preexec_fn=None if self.detach else _die_with_parent,
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode} during start-up{_load_failures(self.log_path)}",
+                    self.log_tail(),
+                    hint=f"full log: {self.log_path}",
+                )
+            if http_ready(self.endpoints):
+                return
+            time.sleep(READY_POLL_INTERVAL_S)
+        raise ServerError(f"tritonserver was not ready after {self.ready_timeout_s:.0f} s", self.log_tail(), hint=f"full log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process.pid, self.process)
+            self.process = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir / "backends", ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return read_tail(self.log_path, lines)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) -> bool:
+    """SIGINT (Triton drains in-flight requests), then SIGKILL after a grace period."""
+    if not _is_tritonserver(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return True
+        elif not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if process is not None:
+        process.wait(timeout=10)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _is_tritonserver(pid: int) -> bool:
+    """Guards against signalling an unrelated process that reused a recorded pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"tritonserver" in cmdline.read().split(b"\0")[0]
+    except OSError:
+        return False
+
+
+def pid_running_tritonserver(pid: Optional[int]) -> bool:
+    return pid is not None and _pid_alive(pid) and _is_tritonserver(pid)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _uses_response_cache(repository: Path) -> bool:
+    return any("response_cache" in p.read_text(errors="replace") for p in repository.glob("*/config.pbtxt"))
+
+
+def _load_failures(log_path: Path) -> str:
+    """The models Triton failed to load, pulled out of its log for the error message."""
+    failures = []
+    for line in read_tail(log_path, 400).splitlines():
+        if "failed to load" in line or "UNAVAILABLE:" in line:
+            failures.append(line.strip())
+    return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""

@@ -1,0 +1,495 @@
+"""The pipeline graph: step order, fan-out and joins, type checks along every edge, and the choice
+between a Triton ensemble (static DAG, fastest) and a generated BLS orchestrator (data-dependent
+control flow). Every problem found is collected, so users fix a spec in one round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from toolkit.errors import Problem, SpecError
+from toolkit.spec import (
+    LoadedSpec,
+    LoopStep,
+    MapStep,
+    ModelSpec,
+    ModelStep,
+    PipelineSpec,
+    Spec,
+    SwitchStep,
+    TensorSpec,
+    load_spec,
+)
+
+Device = Literal["cpu", "gpu"]
+AnyStep = Union[ModelStep, SwitchStep, LoopStep, MapStep]
+
+
+@dataclass(frozen=True)
+class HandlerRef:
+    """Where a model's handler lives, so its code can be copied into the repository."""
+
+    module: str
+    cls: str
+    source: Path  # a module file, or a package folder
+    is_package: bool
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    spec: ModelSpec
+    handler: HandlerRef
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"]
+    instance_count: int
+    gpus: Optional[tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One model call in an ensemble, with the outputs nothing consumes already dropped."""
+
+    index: int
+    model: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    stage: int  # steps of one stage have all their inputs ready together: they run in parallel
+
+
+@dataclass
+class PipelinePlan:
+    name: str
+    spec: PipelineSpec
+    kind: Literal["ensemble", "orchestrator"]
+    reason: str
+    tensors: dict[str, TensorSpec]  # every pipeline-level tensor and its type
+    max_batch_size: int
+    models: list[str]  # composing models, in first-use order
+    steps: list[EnsembleStep] = field(default_factory=list)  # ensembles only, in execution order
+    joins: dict[int, list[int]] = field(default_factory=dict)  # step index -> producer step indexes
+
+    @property
+    def fan_out(self) -> dict[int, list[int]]:
+        """Producer step index -> the steps that consume its outputs (more than one: a fan-out)."""
+        consumers: dict[int, list[int]] = {}
+        for consumer, producers in self.joins.items():
+            for producer in producers:
+                consumers.setdefault(producer, []).append(consumer)
+        return {k: sorted(v) for k, v in sorted(consumers.items())}
+
+
+@dataclass
+class DeploymentPlan:
+    loaded: LoadedSpec
+    device: Device
+    models: dict[str, ModelPlan]
+    pipelines: dict[str, PipelinePlan]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> Spec:
+        return self.loaded.spec
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.name
+
+
+def plan_spec(path: str | Path, device: Device = "cpu") -> DeploymentPlan:
+    """Load, validate and plan a spec; raise SpecError with every problem found."""
+    return build_plan(load_spec(path), device)
+
+
+def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    spec = loaded.spec
+
+    for name in sorted(set(spec.models) & set(spec.pipelines)):
+        problems.append(
+            Problem(loaded.where("pipelines", name), f"pipeline '{name}' has the same name as a model: Triton model names must be unique")
+        )
+
+    models: dict[str, ModelPlan] = {}
+    for name, model in spec.models.items():
+        handler = _check_handler(loaded, name, model, problems)
+        if handler is not None:
+            models[name] = _plan_model(name, model, handler, device)
+
+    pipelines: dict[str, PipelinePlan] = {}
+    for name, pipeline in spec.pipelines.items():
+        checker = _PipelineChecker(loaded, name, pipeline, problems, warnings)
+        plan = checker.check()
+        if plan is not None:
+            pipelines[name] = plan
+
+    if problems:
+        raise SpecError(str(loaded.path), problems)
+    return DeploymentPlan(loaded, device, models, pipelines, warnings)
+
+
+def _plan_model(name: str, model: ModelSpec, handler: HandlerRef, device: Device) -> ModelPlan:
+    kind = model.instances.kind
+    gpu = kind == "gpu" or (kind == "auto" and device == "gpu")
+    gpus = tuple(model.instances.gpus) if (gpu and model.instances.gpus) else None
+    return ModelPlan(
+        name=name,
+        spec=model,
+        handler=handler,
+        instance_kind="KIND_GPU" if gpu else "KIND_CPU",
+        instance_count=model.instances.count,
+        gpus=gpus,
+    )
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: list[Problem]) -> Optional[HandlerRef]:
+    """Import the handler as the server will, to fail at validate time rather than at load time."""
+    where = loaded.where("models", name, "handler")
+    module_name, cls_name = model.handler.split(":")
+    relative = Path(*module_name.split("."))
+    file = loaded.folder / relative.with_suffix(".py")
+    package = loaded.folder / relative / "__init__.py"
+    if file.is_file():
+        ref = HandlerRef(module_name, cls_name, file, False)
+        entry = file
+    elif package.is_file():
+        ref = HandlerRef(module_name, cls_name, package.parent, True)
+        entry = package
+    else:
+        problems.append(Problem(where, f"model '{name}': handler module '{module_name}' not found (looked for {file} and {package})"))
+        return None
+    try:
+        module = _import_isolated(module_name, entry, loaded.folder)
+    except BaseException as exc:  # noqa: BLE001 - any failure in user code is a spec problem
+        problems.append(Problem(where, f"model '{name}': cannot import handler module '{module_name}': {type(exc).__name__}: {exc}"))
+        return None
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        problems.append(Problem(where, f"model '{name}': module '{module_name}' has no attribute '{cls_name}'"))
+        return None
+    if not isinstance(cls, type) or not any("__call__" in vars(k) for k in cls.__mro__ if k is not object):
+        problems.append(Problem(where, f"model '{name}': handler '{model.handler}' must be a class whose instances are callable (define __call__)"))
+        return None
+    return ref
+
+
+def _import_isolated(module_name: str, entry: Path, folder: Path) -> object:
+    """Import a handler under a private name so two specs' 'handlers' modules never collide."""
+    digest = hashlib.sha1(str(entry.resolve()).encode()).hexdigest()[:12]
+    private = f"_compound_handler_{digest}"
+    if private in sys.modules:
+        del sys.modules[private]
+    kwargs = {"submodule_search_locations": [str(entry.parent)]} if entry.name == "__init__.py" else {}
+    import_spec = importlib.util.spec_from_file_location(private, entry, **kwargs)
+    if import_spec is None or import_spec.loader is None:
+        raise ImportError(f"cannot load {entry}")
+    module = importlib.util.module_from_spec(import_spec)
+    sys.path.insert(0, str(folder))
+    try:
+        sys.modules[private] = module
+        import_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+# --- pipelines ----------------------------------------------------------------------------------
+
+
+class _PipelineChecker:
+    """Checks one pipeline's wiring and types, and plans its execution."""
+
+    def __init__(self, loaded: LoadedSpec, name: str, pipeline: PipelineSpec, problems: list[Problem], warnings: list[str]) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.name = name
+        self.pipeline = pipeline
+        self.problems = problems
+        self.warnings = warnings
+        self.used_models: list[str] = []
+
+    def where(self, *loc: object) -> str:
+        return self.loaded.where("pipelines", self.name, *loc)
+
+    def problem(self, loc: tuple[object, ...], message: str) -> None:
+        self.problems.append(Problem(self.where(*loc), f"pipeline '{self.name}': {message}"))
+
+    def check(self) -> Optional[PipelinePlan]:
+        before = len(self.problems)
+        control = _control_flow_kinds(self.pipeline.steps)
+        if control:
+            plan = self._check_orchestrated(control)
+        else:
+            plan = self._check_ensemble()
+        if plan is None or len(self.problems) > before:
+            return None
+        return plan
+
+    # ensembles: a DAG ordered by data dependencies, as Triton runs it
+
+    def _check_ensemble(self) -> Optional[PipelinePlan]:
+        steps: list[ModelStep] = list(self.pipeline.steps)  # type: ignore[arg-type]
+        tensors: dict[str, TensorSpec] = dict(self.pipeline.inputs)
+        producers: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            model = self._check_model_step(step, ("steps", i))
+            if model is None:
+                continue
+            for out_name, tensor in step.outputs.items():
+                if out_name not in model.outputs:
+                    continue
+                if tensor in self.pipeline.inputs:
+                    self.problem(("steps", i, "outputs", out_name), f"step {i} ({step.model}) writes tensor '{tensor}', which is a pipeline input: two producers of one tensor")
+                elif tensor in producers:
+                    other = producers[tensor]
+                    self.problem(("steps", i, "outputs", out_name), f"tensor '{tensor}' has two producers: step {other} ({steps[other].model}) and step {i} ({step.model})")
+                else:
+                    producers[tensor] = i
+                    tensors[tensor] = model.outputs[out_name]
+
+        consumed: set[str] = set()
+        deps: dict[int, set[int]] = {i: set() for i in range(len(steps))}
+        for i, step in enumerate(steps):
+            model = self.spec.models.get(step.model)
+            for in_name, tensor in step.inputs.items():
+                consumed.add(tensor)
+                if tensor not in tensors:
+                    self.problem(("steps", i, "inputs", in_name), f"step {i} ({step.model}) consumes tensor '{tensor}', which no step produces and is not a pipeline input")
+                    continue
+                if tensor in producers:
+                    deps[i].add(producers[tensor])
+                if model is not None and in_name in model.inputs:
+                    self._check_edge(("steps", i, "inputs", in_name), tensor, tensors[tensor], f"{step.model}.{in_name}", model.inputs[in_name])
+
+        for out in self.pipeline.outputs:
+            if out in self.pipeline.inputs:
+                self.problem(("outputs",), f"output '{out}' is a pipeline input: an ensemble cannot return an input unchanged")
+            elif out not in producers:
+                self.problem(("outputs",), f"output '{out}' is never produced by any step")
+
+        order = self._topological(steps, deps)
+        if order is None:
+            return None
+
+        kept_steps: list[EnsembleStep] = []
+        stage_of: dict[int, int] = {}
+        for i in order:
+            step = steps[i]
+            stage_of[i] = 1 + max((stage_of[d] for d in deps[i]), default=-1)
+            outputs = {}
+            for out_name, tensor in step.outputs.items():
+                if tensor in consumed or tensor in self.pipeline.outputs:
+                    outputs[out_name] = tensor
+                else:
+                    self.warnings.append(
+                        f"{self.where('steps', i, 'outputs', out_name)}: pipeline '{self.name}': tensor '{tensor}' from step {i} ({step.model}) is never consumed; left out of the ensemble"
+                    )
+            if not outputs:
+                self.problem(("steps", i), f"step {i} ({step.model}) produces nothing the pipeline uses")
+            kept_steps.append(EnsembleStep(i, step.model, dict(step.inputs), outputs, stage_of[i]))
+
+        if self.pipeline.timeout_ms is not None:
+            self.warnings.append(f"{self.where('timeout_ms')}: pipeline '{self.name}': timeout_ms applies to orchestrated pipelines only; ignored for an ensemble")
+        max_batch = self._ensemble_batch_size()
+        if max_batch is None:
+            return None
+        return PipelinePlan(
+            name=self.name,
+            spec=self.pipeline,
+            kind="ensemble",
+            reason="static DAG: a Triton ensemble runs it without a Python hop between steps",
+            tensors={t: tensors[t] for t in tensors if t in consumed or t in self.pipeline.outputs or t in self.pipeline.inputs},
+            max_batch_size=max_batch,
+            models=self.used_models,
+            steps=kept_steps,
+            joins={i: sorted(deps[i]) for i in order if deps[i]},
+        )
+
+    def _topological(self, steps: list[ModelStep], deps: dict[int, set[int]]) -> Optional[list[int]]:
+        remaining = {i: set(d) for i, d in deps.items()}
+        order: list[int] = []
+        while remaining:
+            ready = sorted(i for i, d in remaining.items() if not d)
+            if not ready:
+                cycle = " -> ".join(f"step {i} ({steps[i].model})" for i in sorted(remaining))
+                self.problem(("steps",), f"the steps form a cycle: {cycle}")
+                return None
+            for i in ready:
+                order.append(i)
+                del remaining[i]
+            for d in remaining.values():
+                d.difference_update(ready)
+        return order
+
+    def _ensemble_batch_size(self) -> Optional[int]:
+        sizes = {m: self.spec.models[m].max_batch_size for m in self.used_models}
+        if not sizes:
+            return None
+        batching = {m for m, s in sizes.items() if s > 0}
+        if batching and len(batching) != len(sizes):
+            flat = sorted(set(sizes) - batching)
+            self.problem(("steps",), f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0); a Triton ensemble needs all or none to batch")
+            return None
+        return min(sizes.values())
+
+    # shared by both kinds
+
+    def _check_model_step(self, step: ModelStep, loc: tuple[object, ...]) -> Optional[ModelSpec]:
+        model = self.spec.models.get(step.model)
+        if model is None:
+            known = ", ".join(sorted(self.spec.models))
+            self.problem(loc + ("model",), f"unknown model '{step.model}' (models: {known})")
+            return None
+        if step.model not in self.used_models:
+            self.used_models.append(step.model)
+        for in_name in step.inputs:
+            if in_name not in model.inputs:
+                self.problem(loc + ("inputs", in_name), f"model '{step.model}' has no input '{in_name}' (inputs: {', '.join(model.inputs)})")
+        missing = [n for n in model.inputs if n not in step.inputs]
+        if missing:
+            self.problem(loc + ("inputs",), f"step feeds no tensor to input(s) {missing} of model '{step.model}'")
+        for out_name in step.outputs:
+            if out_name not in model.outputs:
+                self.problem(loc + ("outputs", out_name), f"model '{step.model}' has no output '{out_name}' (outputs: {', '.join(model.outputs)})")
+        return model
+
+    def _check_edge(self, loc: tuple[object, ...], tensor: str, produced: TensorSpec, consumer: str, expected: TensorSpec) -> None:
+        if not produced.compatible_with(expected):
+            self.problem(loc, f"tensor '{tensor}' is {produced.describe()} but {consumer} expects {expected.describe()}")
+
+    # orchestrators: listed order, scoped tensors, branches that agree
+
+    def _check_orchestrated(self, control: list[str]) -> Optional[PipelinePlan]:
+        env: dict[str, TensorSpec] = dict(self.pipeline.inputs)
+        produced = self._check_block(self.pipeline.steps, ("steps",), env, frozenset())
+        for out in self.pipeline.outputs:
+            if out not in produced and out not in self.pipeline.inputs:
+                self.problem(("outputs",), f"output '{out}' is never produced by any step")
+        sizes = [self.spec.models[m].max_batch_size for m in self.used_models]
+        kinds = ", ".join(sorted(set(control)))
+        return PipelinePlan(
+            name=self.name,
+            spec=self.pipeline,
+            kind="orchestrator",
+            reason=f"data-dependent control flow ({kinds}): Triton ensembles cannot branch or loop, so a BLS orchestrator is generated",
+            tensors={**self.pipeline.inputs, **produced},
+            max_batch_size=min(sizes) if sizes else 0,
+            models=self.used_models,
+        )
+
+    def _check_block(self, steps: list[AnyStep], loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+        """Check steps in order; return the tensors they produce. `env` grows as steps produce."""
+        produced: dict[str, TensorSpec] = {}
+        for i, step in enumerate(steps):
+            step_loc = loc + (i,)
+            if isinstance(step, ModelStep):
+                new = self._check_orchestrated_model(step, step_loc, env)
+            elif isinstance(step, SwitchStep):
+                new = self._check_switch(step, step_loc, env, rebindable)
+            elif isinstance(step, LoopStep):
+                new = self._check_loop(step, step_loc, env, rebindable)
+            else:
+                new = self._check_map(step, step_loc, env)
+            for tensor, spec in new.items():
+                if tensor in env and tensor not in rebindable:
+                    self.problem(step_loc, f"tensor '{tensor}' has two producers (it already exists when step {'.'.join(map(str, step_loc[1:]))} writes it)")
+                    continue
+                env[tensor] = spec
+                produced[tensor] = spec
+        return produced
+
+    def _check_orchestrated_model(self, step: ModelStep, loc: tuple[object, ...], env: dict[str, TensorSpec]) -> dict[str, TensorSpec]:
+        model = self._check_model_step(step, loc)
+        if model is None:
+            return {}
+        for in_name, tensor in step.inputs.items():
+            if tensor not in env:
+                self.problem(loc + ("inputs", in_name), f"step {step.model} consumes tensor '{tensor}' before anything produces it (in pipelines with switch/loop/map, steps run in listed order)")
+            elif in_name in model.inputs:
+                self._check_edge(loc + ("inputs", in_name), tensor, env[tensor], f"{step.model}.{in_name}", model.inputs[in_name])
+        return {tensor: model.outputs[out] for out, tensor in step.outputs.items() if out in model.outputs}
+
+    def _check_switch(self, step: SwitchStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+        selector = env.get(step.switch)
+        if selector is None:
+            self.problem(loc + ("switch",), f"switch on tensor '{step.switch}', which nothing produces before it")
+        elif selector.dtype not in ("string", "int8", "int16", "int32", "int64", "uint8") or selector.dims != [1]:
+            self.problem(loc + ("switch",), f"switch tensor '{step.switch}' is {selector.describe()}; it must be a string or integer tensor of dims [1]")
+        elif selector.dtype != "string":
+            for case in step.cases:
+                try:
+                    int(case)
+                except ValueError:
+                    self.problem(loc + ("cases", case), f"case '{case}' is not an integer, but switch tensor '{step.switch}' is {selector.dtype}")
+        branches: list[tuple[str, dict[str, TensorSpec]]] = []
+        for case, body in step.cases.items():
+            branches.append((f"case '{case}'", self._check_block(body, loc + ("cases", case), dict(env), rebindable)))
+        if step.default is not None:
+            branches.append(("default", self._check_block(step.default, loc + ("default",), dict(env), rebindable)))
+        first_label, first = branches[0]
+        for label, outputs in branches[1:]:
+            if set(outputs) != set(first):
+                self.problem(loc, f"every branch must produce the same tensors: {first_label} produces {sorted(first)}, {label} produces {sorted(outputs)}")
+                continue
+            for tensor, spec in outputs.items():
+                if spec != first[tensor]:
+                    self.problem(loc, f"tensor '{tensor}' is {first[tensor].describe()} in {first_label} but {spec.describe()} in {label}")
+        return dict(first)
+
+    def _check_loop(self, step: LoopStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+        loop = step.loop
+        body_env = dict(env)
+        for carried, initial in loop.carry.items():
+            if initial not in env:
+                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' starts from '{initial}', which nothing produces before the loop")
+            else:
+                body_env[carried] = env[initial]
+        body_rebindable = rebindable | frozenset(loop.carry)
+        produced = self._check_block(loop.body, loc + ("loop", "body"), body_env, body_rebindable)
+        until = produced.get(loop.until)
+        if until is None:
+            self.problem(loc + ("loop", "until"), f"loop condition '{loop.until}' is not produced inside the loop body")
+        elif until.dtype != "bool":
+            self.problem(loc + ("loop", "until"), f"loop condition '{loop.until}' is {until.describe()}; it must be bool")
+        for carried, initial in loop.carry.items():
+            if carried not in produced:
+                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' is not produced by the loop body")
+            elif initial in env and not produced[carried].compatible_with(env[initial]):
+                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' starts as {env[initial].describe()} but the body produces {produced[carried].describe()}")
+        result = {t: s for t, s in produced.items()}
+        for carried in loop.carry:
+            if carried in env and carried in result:
+                # a carried tensor that already existed (same name in and out) is updated, not re-produced
+                env[carried] = result.pop(carried)
+        return result
+
+    def _check_map(self, step: MapStep, loc: tuple[object, ...], env: dict[str, TensorSpec]) -> dict[str, TensorSpec]:
+        over = env.get(step.map.over)
+        if over is None:
+            self.problem(loc + ("map", "over"), f"map over tensor '{step.map.over}', which nothing produces before it")
+            return {}
+        item = TensorSpec(dtype=over.dtype, dims=over.dims[1:] or [1])
+        body_env = dict(env)
+        body_env[step.map.over] = item
+        produced = self._check_block(step.map.body, loc + ("map", "body"), body_env, frozenset({step.map.over}))
+        return {t: TensorSpec(dtype=s.dtype, dims=[over.dims[0], *s.dims]) for t, s in produced.items()}
+
+
+def _control_flow_kinds(steps: list[AnyStep]) -> list[str]:
+    kinds: list[str] = []
+    for step in steps:
+        if isinstance(step, SwitchStep):
+            kinds.append("switch")
+        elif isinstance(step, LoopStep):
+            kinds.append("loop")
+        elif isinstance(step, MapStep):
+            kinds.append("map")
+    return kinds

@@ -1,0 +1,255 @@
+"""Templates to a Triton model repository, written atomically and checked by parsing every config.
+
+Templates get fully resolved values (no logic beyond loops); every rendered config.pbtxt is parsed
+back into Triton's ModelConfig protobuf before anything is written, so a template bug can never
+leave a broken repository on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import jinja2
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from toolkit import __version__
+from toolkit.errors import CompoundError
+from toolkit.plan import DeploymentPlan, ModelPlan, PipelinePlan
+from toolkit.spec import TensorSpec
+
+MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
+
+
+def templates_dir() -> Path:
+    """The packaged templates (non-editable installs), else the source tree's top-level folder."""
+    try:
+        packaged = Path(str(resources.files("toolkit.templates")))
+        if (packaged / "model.py").is_file():
+            return packaged
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def pbtxt_quote(value: Any) -> str:
+    """A protobuf text-format string literal (UTF-8 kept, quotes and control characters escaped)."""
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def template_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["quote"] = pbtxt_quote
+    return env
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    triton_type: str
+    dims: list[int]
+
+
+def _tensors(tensors: dict[str, TensorSpec]) -> list[_Tensor]:
+    return [_Tensor(name, t.triton_type, list(t.dims)) for name, t in tensors.items()]
+
+
+def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
+    """Every file of the repository, relative path -> content, in a stable order."""
+    env = template_env()
+    files: dict[str, bytes] = {}
+    source = f"{plan.loaded.folder.name}/{plan.loaded.path.name}" if plan.loaded.folder.name else plan.loaded.path.name
+    generic_model = (templates_dir() / "model.py").read_bytes()
+    for name in sorted(plan.models):
+        model = plan.models[name]
+        config = _render_model_config(env, plan, model, source)
+        files[f"{name}/config.pbtxt"] = config.encode()
+        files[f"{name}/1/model.py"] = generic_model
+        files.update(_handler_files(model))
+    for name in sorted(plan.pipelines):
+        pipeline = plan.pipelines[name]
+        if pipeline.kind == "ensemble":
+            files[f"{name}/config.pbtxt"] = _render_ensemble(env, plan, pipeline, source).encode()
+            files[f"{name}/1/.keep"] = b""  # Triton needs a version folder, even for ensembles
+        else:
+            from toolkit.orchestrator import orchestrator_files
+
+            for path, content in orchestrator_files(plan, pipeline, env).items():
+                files[path] = content.encode() if isinstance(content, str) else content
+    files[MARKER] = (json.dumps(manifest(plan), indent=2, sort_keys=True) + "\n").encode()
+    for path, content in files.items():
+        if path.endswith("config.pbtxt"):
+            _parse_config(path, content.decode())
+    return dict(sorted(files.items()))
+
+
+def manifest(plan: DeploymentPlan) -> dict[str, Any]:
+    """What the repository holds, for deploy/status/loadtest (and people) to read."""
+    return {
+        "generator": f"compound {__version__}",
+        "deployment": plan.name,
+        "device": plan.device,
+        "spec": plan.loaded.path.name,
+        "models": sorted(plan.models),
+        "pipelines": {
+            name: {"kind": p.kind, "reason": p.reason, "models": p.models}
+            for name, p in sorted(plan.pipelines.items())
+        },
+    }
+
+
+def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: ModelPlan, source: str) -> str:
+    spec = model.spec
+    batching = spec.batching
+    if spec.max_batch_size == 0:
+        reason = "max_batch_size is 0"
+    else:
+        reason = "dynamic_batching: false in the spec"
+    warm_dims = {n: [1 if d == -1 else d for d in t.dims] for n, t in spec.inputs.items()}
+    warm_inputs = [_Tensor(n, spec.inputs[n].triton_type, warm_dims[n]) for n in spec.inputs]
+    warmups: list[dict[str, Any]] = []
+    if spec.warmup:
+        sizes = [1] if spec.max_batch_size <= 1 else [1, spec.max_batch_size]
+        warmups = [{"name": f"{model.name}_warmup_batch_{b}", "batch_size": b, "inputs": warm_inputs} for b in sizes]
+    parameters = [
+        ("compound.handler", f"{model.handler.module}:{model.handler.cls}"),
+        ("compound.handler_parameters", json.dumps(spec.parameters, sort_keys=True, ensure_ascii=False)),
+    ]
+    return env.get_template("config.pbtxt.j2").render(
+        version=__version__,
+        source=source,
+        line=plan.loaded.line("models", model.name),
+        model=model,
+        max_batch_size=spec.max_batch_size,
+        inputs=_tensors(spec.inputs),
+        outputs=_tensors(spec.outputs),
+        batching=batching,
+        no_batching_reason=reason,
+        instance_count=model.instance_count,
+        instance_kind=model.instance_kind,
+        gpus=list(model.gpus) if model.gpus else None,
+        cache=spec.cache,
+        warmups=warmups,
+        parameters=parameters,
+    )
+
+
+def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: PipelinePlan, source: str) -> str:
+    spec = pipeline.spec
+    outputs = {name: pipeline.tensors[name] for name in spec.outputs}
+    steps = []
+    for step in pipeline.steps:
+        producers = pipeline.joins.get(step.index, [])
+        consumers = pipeline.fan_out.get(step.index, [])
+        notes = [f"pipelines.{pipeline.name}.steps[{step.index}], stage {step.stage}"]
+        if len(producers) > 1:
+            notes.append(f"joins steps {producers}")
+        if len(consumers) > 1:
+            notes.append(f"fans out to steps {consumers}")
+        steps.append(
+            {
+                "model": step.model,
+                "comment": "; ".join(notes),
+                "inputs": sorted(step.inputs.items()),
+                "outputs": sorted(step.outputs.items()),
+            }
+        )
+    cache = all(plan.spec.models[m].cache for m in pipeline.models)
+    return env.get_template("ensemble.pbtxt.j2").render(
+        version=__version__,
+        source=source,
+        line=plan.loaded.line("pipelines", pipeline.name),
+        pipeline=pipeline,
+        inputs=_tensors(spec.inputs),
+        outputs=_tensors(outputs),
+        steps=steps,
+        cache=cache,
+    )
+
+
+def _handler_files(model: ModelPlan) -> dict[str, bytes]:
+    """The handler's module (or package) copied beside model.py, so the repository stands alone."""
+    handler = model.handler
+    top = handler.module.split(".")[0]
+    files: dict[str, bytes] = {}
+    if not handler.is_package:
+        rel = Path(*handler.module.split(".")).with_suffix(".py")
+        files[f"{model.name}/1/{rel.as_posix()}"] = handler.source.read_bytes()
+        return files
+    root = handler.source
+    for _ in handler.module.split(".")[1:]:
+        root = root.parent  # up to the top-level package folder
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files[f"{model.name}/1/{top}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
+    return files
+
+
+def _parse_config(path: str, text: str) -> model_config_pb2.ModelConfig:
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise CompoundError(f"internal error: rendered {path} is not a valid Triton ModelConfig: {exc}") from None
+
+
+def write_repository(files: dict[str, bytes], out_dir: str | Path) -> Path:
+    """Write all files to a temporary sibling folder, then swap it into place.
+
+    An existing folder is replaced only if compound generated it (it holds compound.json), so a
+    mistyped -o never wipes a user's data.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise CompoundError(f"{out} exists and is not a folder", hint="choose another -o")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise CompoundError(f"{out} exists, is not empty and was not generated by compound", hint="choose another -o, or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, content in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        os.chmod(staging, 0o755)
+        old: Optional[Path] = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def render_repository(plan: DeploymentPlan, out_dir: str | Path) -> Path:
+    return write_repository(render_files(plan), out_dir)
+
+
+def read_manifest(repository: str | Path) -> dict[str, Any]:
+    path = Path(repository) / MARKER
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,331 @@
+"""The pipeline spec: the user-facing contract, as typed models with YAML line numbers in every error.
+
+Only the shape of the document is checked here; how pipelines wire models together (graph, dtypes,
+handlers) is checked by :mod:`toolkit.plan`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from toolkit.errors import Problem, SpecError
+
+# dtype name in the spec -> (Triton config type, KServe v2 datatype, numpy dtype name)
+DTYPES: dict[str, tuple[str, str, str]] = {
+    "bool": ("TYPE_BOOL", "BOOL", "bool"),
+    "uint8": ("TYPE_UINT8", "UINT8", "uint8"),
+    "int8": ("TYPE_INT8", "INT8", "int8"),
+    "int16": ("TYPE_INT16", "INT16", "int16"),
+    "int32": ("TYPE_INT32", "INT32", "int32"),
+    "int64": ("TYPE_INT64", "INT64", "int64"),
+    "fp16": ("TYPE_FP16", "FP16", "float16"),
+    "fp32": ("TYPE_FP32", "FP32", "float32"),
+    "fp64": ("TYPE_FP64", "FP64", "float64"),
+    "string": ("TYPE_STRING", "BYTES", "object"),
+}
+Dtype = Literal["bool", "uint8", "int8", "int16", "int32", "int64", "fp16", "fp32", "fp64", "string"]
+
+DEPLOYMENT_NAME = r"^[a-z][a-z0-9_-]*$"
+MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HANDLER_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+MAX_LOOP_ITERATIONS = 1000
+
+TensorName = Annotated[str, Field(pattern=TENSOR_NAME)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """A tensor's type; dims exclude the batch dimension, -1 means variable."""
+
+    dtype: Dtype
+    dims: list[int] = Field(min_length=1)
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_positive_or_variable(cls, dims: list[int]) -> list[int]:
+        bad = [d for d in dims if d == 0 or d < -1]
+        if bad:
+            raise ValueError(f"dims must be positive or -1 (variable), got {dims}")
+        return dims
+
+    @property
+    def triton_type(self) -> str:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def v2_datatype(self) -> str:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return DTYPES[self.dtype][2]
+
+    def compatible_with(self, other: TensorSpec) -> bool:
+        """Same dtype and dims that agree wherever both are fixed."""
+        if self.dtype != other.dtype or len(self.dims) != len(other.dims):
+            return False
+        return all(a == b or a == -1 or b == -1 for a, b in zip(self.dims, other.dims))
+
+    def describe(self) -> str:
+        return f"{self.dtype}{self.dims}"
+
+
+class DynamicBatching(_Strict):
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+
+class Instances(_Strict):
+    count: int = Field(default=1, ge=1, le=64)
+    kind: Literal["auto", "cpu", "gpu"] = "auto"
+    gpus: Optional[list[Annotated[int, Field(ge=0)]]] = None
+
+    @model_validator(mode="after")
+    def _gpus_only_for_gpu(self) -> Instances:
+        if self.gpus is not None and self.kind == "cpu":
+            raise ValueError("'gpus' can only be given with kind gpu or auto")
+        return self
+
+
+class ModelSpec(_Strict):
+    handler: str = Field(pattern=HANDLER_REF, description="module:Class, imported from the spec's folder")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[TensorName, TensorSpec] = Field(min_length=1)
+    outputs: dict[TensorName, TensorSpec] = Field(min_length=1)
+    max_batch_size: int = Field(default=32, ge=0)
+    dynamic_batching: Union[DynamicBatching, bool] = True
+    instances: Instances = Field(default_factory=Instances)
+    cache: bool = False
+    warmup: bool = True
+
+    @property
+    def batching(self) -> Optional[DynamicBatching]:
+        """The dynamic batcher settings, or None when the model does not batch on the server."""
+        if self.max_batch_size == 0 or self.dynamic_batching is False:
+            return None
+        return DynamicBatching() if self.dynamic_batching is True else self.dynamic_batching
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> ModelSpec:
+        batching = self.batching
+        if batching is not None:
+            too_big = [b for b in batching.preferred_batch_sizes if b > self.max_batch_size]
+            if too_big:
+                raise ValueError(
+                    f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+                )
+        return self
+
+
+class ModelStep(_Strict):
+    """Run one model: its inputs read pipeline tensors, its outputs write pipeline tensors."""
+
+    model: str
+    inputs: dict[TensorName, TensorName] = Field(default_factory=dict)
+    outputs: dict[TensorName, TensorName] = Field(default_factory=dict)
+
+
+class SwitchStep(_Strict):
+    """Run one branch chosen by the value of a string or int tensor (needs an orchestrator)."""
+
+    switch: TensorName
+    cases: dict[str, list[Step]] = Field(min_length=1)
+    default: Optional[list[Step]] = None
+
+
+class Loop(_Strict):
+    max_iterations: int = Field(ge=1, le=MAX_LOOP_ITERATIONS)
+    until: TensorName
+    carry: dict[TensorName, TensorName] = Field(default_factory=dict)
+    body: list[Step] = Field(min_length=1)
+
+
+class LoopStep(_Strict):
+    """Repeat a body until a bool tensor it produces is true, at most max_iterations times."""
+
+    loop: Loop
+
+
+class MapOver(_Strict):
+    over: TensorName
+    body: list[Step] = Field(min_length=1)
+
+
+class MapStep(_Strict):
+    """Run a body once per item of a tensor's first dimension, concurrently; stack the results."""
+
+    map: MapOver
+
+
+def _step_kind(value: Any) -> Optional[str]:
+    if isinstance(value, dict):
+        for kind in ("model", "switch", "loop", "map"):
+            if kind in value:
+                return kind
+        return None
+    for kind, cls in (("model", ModelStep), ("switch", SwitchStep), ("loop", LoopStep), ("map", MapStep)):
+        if isinstance(value, cls):
+            return kind
+    return None
+
+
+Step = Annotated[
+    Union[
+        Annotated[ModelStep, Tag("model")],
+        Annotated[SwitchStep, Tag("switch")],
+        Annotated[LoopStep, Tag("loop")],
+        Annotated[MapStep, Tag("map")],
+    ],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step needs one of the keys 'model', 'switch', 'loop' or 'map'",
+    ),
+]
+SwitchStep.model_rebuild()
+Loop.model_rebuild()
+MapOver.model_rebuild()
+
+
+class PipelineSpec(_Strict):
+    inputs: dict[TensorName, TensorSpec] = Field(min_length=1)
+    outputs: list[TensorName] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+    timeout_ms: Optional[int] = Field(default=None, ge=1, description="orchestrated pipelines only")
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=DEPLOYMENT_NAME)
+    models: dict[Annotated[str, Field(pattern=MODEL_NAME)], ModelSpec] = Field(min_length=1)
+    pipelines: dict[Annotated[str, Field(pattern=MODEL_NAME)], PipelineSpec] = Field(min_length=1)
+
+
+class LoadedSpec:
+    """A validated spec with where it came from: handlers are imported relative to its folder."""
+
+    def __init__(self, spec: Spec, path: Path, lines: dict[tuple[Any, ...], int]) -> None:
+        self.spec = spec
+        self.path = path
+        self.folder = path.parent
+        self._lines = lines
+
+    def where(self, *loc: Any) -> str:
+        """'file:line (a.b.c)' for a location in the document, using the closest known line."""
+        return _where(self.path, self._lines, tuple(loc))
+
+    def line(self, *loc: Any) -> Optional[int]:
+        return self._lines.get(tuple(loc))
+
+
+# --- YAML with line numbers -------------------------------------------------------------------
+
+
+def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in result:
+                raise _DuplicateKey(path + (key,), key_node.start_mark.line + 1)
+            result[key] = _to_python(value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1  # the key's line, not its value's
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, path + (i,), lines) for i, item in enumerate(node.value)]
+    loader = yaml.SafeLoader("")
+    return loader.construct_object(node)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: tuple[Any, ...], line: int) -> None:
+        self.path, self.line = path, line
+
+
+def _where(source: Path, lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> str:
+    probe = loc
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    line = lines.get(probe)
+    dotted = ".".join(str(p) for p in loc)
+    prefix = f"{source}:{line}" if line else str(source)
+    return f"{prefix} ({dotted})" if dotted else prefix
+
+
+def _document_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Walk pydantic's error location through the document, skipping union tags it inserts."""
+    result: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            result.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            result.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part in ("model", "switch", "loop", "map"):
+            continue  # discriminator tag
+        else:
+            result.append(part)
+            node = None
+    return tuple(result)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Parse and type-check a spec file; raise SpecError listing every problem with its line."""
+    source = Path(path)
+    if not source.is_file():
+        raise SpecError(str(source), [Problem(str(source), "spec file not found")])
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(source), [Problem(str(source), f"cannot read: {exc}")]) from None
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = _to_python(root, (), lines) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise SpecError(str(source), [Problem(f"{source}{line}", f"malformed YAML: {reason}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(str(source), [Problem(str(source), f"malformed YAML: {exc}")]) from None
+    except _DuplicateKey as dup:
+        dotted = ".".join(str(p) for p in dup.path)
+        raise SpecError(str(source), [Problem(f"{source}:{dup.line} ({dotted})", "duplicate key")]) from None
+    if not isinstance(data, dict):
+        raise SpecError(str(source), [Problem(str(source), "the spec must be a YAML mapping with name, models, pipelines")])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _document_loc(tuple(err["loc"]), data)
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = f"unknown field '{loc[-1]}'"
+            elif err["type"] == "string_pattern_mismatch":
+                message = f"invalid name {err['input']!r}: must match {err['ctx']['pattern']}"
+            elif err["type"] == "literal_error":
+                message = f"{err['input']!r} is not one of {err['ctx']['expected']}"
+            problems.append(Problem(_where(source, lines, loc), message))
+        raise SpecError(str(source), problems) from None
+    return LoadedSpec(spec, source, lines)

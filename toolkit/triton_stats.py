@@ -1,0 +1,307 @@
+"""Per-model breakdown of a compound pipeline from Triton's statistics API, taken before and after a run.
+
+Triton keeps cumulative counters per model (``/v2/models/stats``): requests, executions, inferences
+and nanoseconds spent queued and computing. The difference of two snapshots tells, for the traffic
+in between, how well each composing model batched and where the time went; the pipeline's own
+counters (the ensemble or the orchestrator) give the end-to-end server time each step is a share of.
+Everything here is a pure function except :func:`fetch_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from toolkit.errors import CompoundError
+
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+
+
+@dataclass(frozen=True)
+class Duration:
+    """One of Triton's (count, total nanoseconds) pairs."""
+
+    count: int = 0
+    ns: int = 0
+
+    def __sub__(self, other: Duration) -> Duration:
+        return Duration(self.count - other.count, self.ns - other.ns)
+
+    def __add__(self, other: Duration) -> Duration:
+        return Duration(self.count + other.count, self.ns + other.ns)
+
+
+@dataclass(frozen=True)
+class ModelCounters:
+    """Cumulative counters of one model (all its versions summed)."""
+
+    name: str
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = Duration()
+    fail: Duration = Duration()
+    queue: Duration = Duration()
+    compute_input: Duration = Duration()
+    compute_infer: Duration = Duration()
+    compute_output: Duration = Duration()
+    cache_hit: Duration = Duration()
+    cache_miss: Duration = Duration()
+    batch_executions: dict[int, int] = field(default_factory=dict)  # batch size -> executions
+
+    def __sub__(self, other: ModelCounters) -> ModelCounters:
+        return _combine(self, other, -1)
+
+    def __add__(self, other: ModelCounters) -> ModelCounters:
+        return _combine(self, other, 1)
+
+
+def _combine(a: ModelCounters, b: ModelCounters, sign: int) -> ModelCounters:
+    durations = {
+        name: Duration(getattr(a, name).count + sign * getattr(b, name).count, getattr(a, name).ns + sign * getattr(b, name).ns)
+        for name in _DURATIONS
+    }
+    sizes = set(a.batch_executions) | set(b.batch_executions)
+    batches = {s: a.batch_executions.get(s, 0) + sign * b.batch_executions.get(s, 0) for s in sizes}
+    return ModelCounters(
+        name=a.name,
+        inference_count=a.inference_count + sign * b.inference_count,
+        execution_count=a.execution_count + sign * b.execution_count,
+        batch_executions={s: n for s, n in sorted(batches.items()) if n},
+        **durations,
+    )
+
+
+def _int(value: Any) -> int:
+    """gRPC's JSON renders int64 as strings and leaves zeros out; HTTP's gives ints."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _duration(raw: Any) -> Duration:
+    raw = raw if isinstance(raw, dict) else {}
+    return Duration(_int(raw.get("count")), _int(raw.get("ns")))
+
+
+def parse_stats(payload: dict[str, Any]) -> dict[str, ModelCounters]:
+    """Counters per model name from a statistics response, HTTP or gRPC (as JSON) alike."""
+    result: dict[str, ModelCounters] = {}
+    for entry in payload.get("model_stats", []) or []:
+        name = str(entry.get("name", ""))
+        if not name:
+            continue
+        inference = entry.get("inference_stats", {}) or {}
+        batches: dict[int, int] = {}
+        for batch in entry.get("batch_stats", []) or []:
+            size = _int(batch.get("batch_size"))
+            batches[size] = batches.get(size, 0) + _duration(batch.get("compute_infer")).count
+        counters = ModelCounters(
+            name=name,
+            inference_count=_int(entry.get("inference_count")),
+            execution_count=_int(entry.get("execution_count")),
+            batch_executions=batches,
+            **{key: _duration(inference.get(key)) for key in _DURATIONS},
+        )
+        result[name] = result[name] + counters if name in result else counters
+    return result
+
+
+def diff(before: dict[str, ModelCounters], after: dict[str, ModelCounters]) -> dict[str, ModelCounters]:
+    """What happened between two snapshots; a model missing before counts from zero."""
+    return {name: now - before.get(name, ModelCounters(name)) for name, now in after.items()}
+
+
+# --- the breakdown --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelBreakdown:
+    """One composing model's share of the run."""
+
+    model: str
+    requests: int
+    failures: int
+    executions: int
+    inferences: int
+    avg_batch: float
+    max_batch: int
+    cache_hits: int
+    queue_ms: float  # per request
+    compute_ms: float  # per request: input + infer + output
+    latency_ms: float  # per request, all time in the model (success ns / count)
+    share: float  # latency_ms / end-to-end, 0..1 (parallel branches overlap, so shares may sum above 1)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    pipeline: str
+    requests: int  # pipeline requests seen by the server
+    failures: int
+    end_to_end_ms: float  # the pipeline's own average server-side latency per request
+    models: list[ModelBreakdown]
+    bottleneck: Optional[str]  # the composing model with the most time per request
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _per_request_ms(d: Duration, requests: int) -> float:
+    return d.ns / requests / 1e6 if requests > 0 else 0.0
+
+
+def model_breakdown(counters: ModelCounters, end_to_end_ms: float) -> ModelBreakdown:
+    requests = counters.success.count
+    compute = counters.compute_input + counters.compute_infer + counters.compute_output
+    executions = counters.execution_count
+    latency = _per_request_ms(counters.success, requests)
+    return ModelBreakdown(
+        model=counters.name,
+        requests=requests,
+        failures=counters.fail.count,
+        executions=executions,
+        inferences=counters.inference_count,
+        avg_batch=round(counters.inference_count / executions, 2) if executions > 0 else 0.0,
+        max_batch=max((s for s, n in counters.batch_executions.items() if n > 0), default=0),
+        cache_hits=counters.cache_hit.count,
+        queue_ms=round(_per_request_ms(counters.queue, counters.queue.count), 3),
+        compute_ms=round(_per_request_ms(compute, counters.compute_infer.count), 3),
+        latency_ms=round(latency, 3),
+        share=round(latency / end_to_end_ms, 3) if end_to_end_ms > 0 else 0.0,
+    )
+
+
+def breakdown(
+    pipeline: str,
+    before: dict[str, ModelCounters],
+    after: dict[str, ModelCounters],
+    composing: Optional[list[str]] = None,
+) -> Breakdown:
+    """Per-model table for the traffic between two snapshots.
+
+    ``composing`` lists the pipeline's models in step order (from its config); models that took
+    requests during the run but are not listed (an orchestrator's calls) are added after them.
+    """
+    delta = diff(before, after)
+    own = delta.get(pipeline, ModelCounters(pipeline))
+    end_to_end = _per_request_ms(own.success, own.success.count)
+    names = [n for n in (composing or []) if n != pipeline]
+    names += sorted(n for n, c in delta.items() if n != pipeline and n not in names and (c.success.count or c.fail.count))
+    models = [model_breakdown(delta.get(n, ModelCounters(n)), end_to_end) for n in names]
+    busy = [m for m in models if m.requests > 0]
+    bottleneck = max(busy, key=lambda m: m.queue_ms + m.compute_ms).model if busy else None
+    return Breakdown(
+        pipeline=pipeline,
+        requests=own.success.count + own.fail.count,
+        failures=own.fail.count,
+        end_to_end_ms=round(end_to_end, 3),
+        models=models,
+        bottleneck=bottleneck,
+    )
+
+
+def composing_models(config: dict[str, Any]) -> list[str]:
+    """The models an ensemble's config calls, in step order (empty for other platforms)."""
+    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
+    names: list[str] = []
+    for step in steps:
+        name = step.get("model_name")
+        if name and name not in names:
+            names.append(str(name))
+    return names
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+COLUMNS: list[tuple[str, str]] = [
+    ("model", "Model"),
+    ("requests", "Requests"),
+    ("executions", "Executions"),
+    ("avg_batch", "Avg batch"),
+    ("max_batch", "Max batch"),
+    ("queue_ms", "Queue ms/req"),
+    ("compute_ms", "Compute ms/req"),
+    ("latency_ms", "Total ms/req"),
+    ("share_pct", "Share of e2e %"),
+]
+
+
+def rows(b: Breakdown) -> list[dict[str, Any]]:
+    """Table rows (dicts keyed like COLUMNS), the bottleneck marked, for text, HTML and the web UI."""
+    result = []
+    for m in b.models:
+        row: dict[str, Any] = {key: getattr(m, key) for key, _ in COLUMNS if key != "share_pct"}
+        row["share_pct"] = round(m.share * 100, 1)
+        if m.model == b.bottleneck:
+            row["model"] = f"{m.model} (bottleneck)"
+        result.append(row)
+    return result
+
+
+def format_table(b: Breakdown) -> str:
+    """A plain-text table for the terminal."""
+    header = [title for _, title in COLUMNS]
+    body = [[str(r[key]) for key, _ in COLUMNS] for r in rows(b)]
+    widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = [
+        f"Pipeline '{b.pipeline}': {b.requests} requests on the server, {b.failures} failed, "
+        f"{b.end_to_end_ms:.2f} ms end-to-end per request (server side)",
+        "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in body]
+    lines.append(f"Bottleneck: {b.bottleneck}" if b.bottleneck else "Bottleneck: none (no requests reached the models)")
+    return "\n".join(lines)
+
+
+def to_html(b: Breakdown) -> str:
+    """A self-contained HTML section, appended to locust's report."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(r[key]))}</td>" for key, _ in COLUMNS) + "</tr>" for r in rows(b)
+    )
+    return (
+        '<section id="compound-models" style="font-family:sans-serif;margin:2em">'
+        f"<h2>Pipeline '{escape(b.pipeline)}': per-model breakdown</h2>"
+        f"<p>{b.requests} requests on the server, {b.failures} failed, "
+        f"{b.end_to_end_ms:.2f} ms end-to-end per request (server side). "
+        f"Bottleneck: <b>{escape(b.bottleneck or 'none')}</b></p>"
+        f'<table border="1" cellpadding="4" style="border-collapse:collapse"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
+# --- fetching -------------------------------------------------------------------------------------
+
+
+def _http_json(url: str, timeout: float) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL from the user
+        return json.loads(response.read().decode("utf-8"))
+
+
+def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[str, ModelCounters]:
+    """A snapshot of every model's counters; ``url`` is host:port of the given protocol's endpoint."""
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            client = grpcclient.InferenceServerClient(url=strip_scheme(url))
+            try:
+                payload = client.get_inference_statistics(as_json=True, client_timeout=timeout)
+            finally:
+                client.close()
+        else:
+            payload = _http_json(f"http://{strip_scheme(url)}/v2/models/stats", timeout)
+    except Exception as exc:  # noqa: BLE001 - any transport error means the same thing here
+        raise CompoundError(f"cannot read model statistics from {url} ({protocol}): {exc}") from None
+    return parse_stats(payload)
+
+
+def strip_scheme(url: str) -> str:
+    """host:port from 'http://host:port/', 'grpc://host:port' or 'host:port'."""
+    return url.split("://", 1)[-1].rstrip("/")
+
