@@ -203,26 +203,15 @@ def stop(name: Optional[str]) -> None:
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option("--input", "pairs", multiple=True, metavar="NAME=VALUE", help="An input value (strings as is; numbers or JSON lists otherwise). Repeatable.")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON file of {input: value}; a leading batch axis is optional.")
-@click.option("--signature-url", default=None, help="HTTP HOST:PORT to read the pipeline's config from (default: --url for http, port-1 for grpc).")
-def infer(pipeline: str, url: str, protocol: str, pairs: tuple[str, ...], data_file: Optional[Path], signature_url: Optional[str]) -> None:
+def infer(pipeline: str, url: str, protocol: str, pairs: tuple[str, ...], data_file: Optional[Path]) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
     from toolkit.client import fetch_signature, infer as run_inference, parse_cli_inputs, to_jsonable
 
-    if signature_url is None:
-        signature_url = url if protocol == "http" else _http_beside_grpc(url)
-    signature = fetch_signature(pipeline, signature_url)
+    signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
     inputs = parse_cli_inputs(list(pairs), data_file, signature)
     outputs = run_inference(pipeline, url, inputs, protocol)  # type: ignore[arg-type]
     rows = [f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}" for name, value in to_jsonable(outputs).items()]
     click.echo("{\n" + ",\n".join(rows) + "\n}")
-
-
-def _http_beside_grpc(url: str) -> str:
-    """Triton's default layout puts HTTP one port below gRPC (8000/8001)."""
-    host, _, port = url.rpartition(":")
-    if not port.isdigit():
-        raise CompoundError(f"--url {url!r}: expected HOST:PORT")
-    return f"{host}:{int(port) - 1}"
 
 
 @cli.command()

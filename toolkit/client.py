@@ -64,27 +64,33 @@ def _grpc_client(url: str) -> Any:
     return grpcclient.InferenceServerClient(url)
 
 
-def fetch_signature(model: str, url: str) -> Signature:
-    """Read `/v2/models/<model>/config` over HTTP and name the problem if it is not there."""
+def fetch_signature(model: str, url: str, protocol: Protocol = "http") -> Signature:
+    """Read the model's config from the server and name the problem if it is not there."""
     from tritonclient.utils import InferenceServerException
 
-    client = _http_client(url)
+    client = _http_client(url) if protocol == "http" else _grpc_client(url)
     try:
         try:
-            if not client.is_server_live():
-                raise CompoundError(f"Triton at {url} is not live")
-        except InferenceServerException as exc:
-            raise CompoundError(f"cannot reach Triton at {url}: {exc}", hint="is it running? try `compound status`") from None
+            live = client.is_server_live()
         except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-            raise CompoundError(f"cannot reach Triton at {url}: {exc}", hint="is it running? try `compound status`") from None
+            raise CompoundError(f"cannot reach Triton at {url} over {protocol}: {_reason(exc)}", hint="is it running? try `compound status`") from None
+        if not live:
+            raise CompoundError(f"Triton at {url} is not live", hint="try `compound status` and `compound logs`")
         try:
-            config = client.get_model_config(model)
+            config = client.get_model_config(model) if protocol == "http" else client.get_model_config(model, as_json=True)["config"]
         except InferenceServerException:
-            names = sorted(m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY")
-            raise CompoundError(f"no model or pipeline '{model}' is ready on {url}", hint=f"ready: {', '.join(names) or 'none'}") from None
+            index = client.get_model_repository_index()
+            entries = index if protocol == "http" else index.models
+            names = sorted((m["name"] if isinstance(m, dict) else m.name) for m in entries)
+            raise CompoundError(f"no model or pipeline '{model}' on {url}", hint=f"models: {', '.join(names) or 'none'}") from None
     finally:
         client.close()
     return signature_from_config(config)
+
+
+def _reason(exc: Exception) -> str:
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return str(message).splitlines()[0] if message else type(exc).__name__
 
 
 def signature_from_config(config: dict[str, Any]) -> Signature:

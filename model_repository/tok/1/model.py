@@ -82,8 +82,9 @@ class TritonPythonModel:
             total = sum(sizes)
             outputs = [(name, self._coerce(name, dtype, result, total)) for name, dtype in self.outputs]
         except Exception as exc:  # noqa: BLE001 - the handler is user code; report, keep serving
-            error = pb_utils.TritonError(f"model '{self.model_name}': {_describe(exc)}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in members]
+            message = f"model '{self.model_name}': {_describe(exc)}"
+            # One TritonError per response: the backend releases each with its response.
+            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in members]
         if unbatched:
             return [pb_utils.InferenceResponse([pb_utils.Tensor(name, array[0]) for name, array in outputs])]
         responses = []

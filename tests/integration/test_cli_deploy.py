@@ -1,0 +1,62 @@
+"""The README's path through the CLI: generate, deploy in the background, status, infer, logs, stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from toolkit.cli import cli
+from toolkit.deploy.base import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_deploy_status_infer_stop(tmp_path: Path) -> None:
+    runner = CliRunner()
+    repo = tmp_path / "repo"
+    assert runner.invoke(cli, ["generate", str(ROOT / "examples/textdemo/pipeline.yaml"), "-o", str(repo)]).exit_code == 0
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    result = runner.invoke(cli, ["deploy", str(repo), "--target", "local", *ports])
+    try:
+        assert result.exit_code == 0, result.output
+        assert f"HTTP 127.0.0.1:{http}" in result.output and "ready in" in result.output
+
+        again = runner.invoke(cli, ["deploy", str(repo), *ports])
+        assert again.exit_code == 1 and "already running" in again.output
+
+        status = runner.invoke(cli, ["status"])
+        assert status.exit_code == 0 and "textdemo: ready" in status.output and "model classify: READY" in status.output
+
+        out = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{http}", "--input", "text=héllo"])
+        assert out.exit_code == 0, out.output
+        assert set(json.loads(out.output)) == {"label", "confidence", "score", "topics"}
+
+        data = tmp_path / "batch.json"
+        data.write_text(json.dumps({"text": [["one"], ["two"], [""]]}))
+        out = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc", "--data", str(data)])
+        assert out.exit_code == 0, out.output
+        assert len(json.loads(out.output)["label"]) == 3
+
+        bad = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{http}", "--input", "txt=oops"])
+        assert bad.exit_code == 1 and "has no input 'txt'" in bad.output
+
+        logs = runner.invoke(cli, ["logs", "-n", "5"])
+        assert logs.exit_code == 0 and logs.output.strip()
+    finally:
+        stopped = runner.invoke(cli, ["stop"])
+    assert stopped.exit_code == 0 and "stopped" in stopped.output
+    gone = runner.invoke(cli, ["status"])
+    assert gone.exit_code == 1 and "no deployment is recorded" in gone.output
+
+
+def test_infer_unreachable_server() -> None:
+    result = CliRunner().invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{free_port()}", "--input", "text=x"])
+    assert result.exit_code == 1 and "cannot reach Triton" in result.output and "Traceback" not in result.output
+
+
+def test_deploy_missing_repository(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["deploy", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "does not exist" in result.output

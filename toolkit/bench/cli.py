@@ -1,0 +1,67 @@
+"""`compound bench`: the click command; the lead registers it with ``cli.add_command(bench)``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from toolkit.bench.profiles import ALL_PROFILES
+
+
+def _duration(value: str) -> float:
+    text = value.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000
+        if text.endswith("s"):
+            return float(text[:-1])
+        if text.endswith("m"):
+            return float(text[:-1]) * 60
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a duration like 20s, 1.5m or 500ms") from None
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers") from None
+    if not items or any(i < 1 for i in items):
+        raise click.BadParameter("concurrency levels must be positive integers")
+    return items
+
+
+@click.command("bench")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--pipeline", "-p", required=True, help="Pipeline to benchmark (a static DAG: ensemble).")
+@click.option("--profiles", default=",".join(ALL_PROFILES), show_default=True, help="Comma-separated: " + ", ".join(ALL_PROFILES) + ".")
+@click.option("--concurrency", default="1,4,16,64", show_default=True, help="Closed-loop client concurrency levels.")
+@click.option("--duration", default="20s", show_default=True, help="Measured time per load point.")
+@click.option("--warmup", default="3s", show_default=True, help="Unmeasured load before each point.")
+@click.option("--cores", type=int, default=0, help="Core budget for instance planning and the ceiling (default: all).")
+@click.option("--driver", type=click.Choice(["grpc", "locust"]), default="grpc", show_default=True, help="Load generator.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True)
+def bench(spec: Path, pipeline: str, profiles: str, concurrency: str, duration: str, warmup: str, cores: int, driver: str, out: Path) -> None:
+    """Deploy each profile in turn and measure it with the same load generator; write a table,
+    results.json and PNG plots to OUT."""
+    from toolkit.bench.runner import BenchRunner, Settings, format_table
+
+    settings = Settings(
+        spec=spec,
+        pipeline=pipeline,
+        out=out,
+        profiles=[p.strip() for p in profiles.split(",") if p.strip()],
+        concurrency=_int_list(concurrency),
+        duration_s=_duration(duration),
+        warmup_s=_duration(warmup),
+        cores=cores,
+        driver=driver,
+        command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    report = BenchRunner(settings, log=lambda m: click.echo(m, err=True)).run()  # CompoundError: the CLI's main reports it
+    click.echo(format_table(report))
+    click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))

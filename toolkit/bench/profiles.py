@@ -1,0 +1,81 @@
+"""The deployments `compound bench` compares, each a DeploymentPlan built from a modified spec, and
+the request shape the load generator sends to each.
+
+- static:    no dynamic batching, one instance per model, no cache; the CLIENT chains the models
+             (one round trip per step; steps of one stage are sent concurrently).
+- ensemble:  the generated ensemble without dynamic batching (declared instances and cache).
+- optimized: the generated ensemble with dynamic batching and cache as declared, and instance
+             counts planned from measured per-component cost (allocate.py).
+Only the benchmarked pipeline and its models are deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from toolkit.bench.allocate import Allocation
+from toolkit.bench.chain import stages
+from toolkit.bench.driver import Call
+from toolkit.plan import DeploymentPlan, build_plan
+from toolkit.spec import Instances, LoadedSpec, ModelSpec
+
+SERVER_PROFILES = ("static", "ensemble", "optimized")
+ALL_PROFILES = ("static", "ensemble", "optimized", "ceiling", "ray-serve")
+
+
+@dataclass
+class ServerProfile:
+    name: str
+    plan: DeploymentPlan
+    request_stages: list[list[Call]]  # what one client request is
+    instances: dict[str, int]
+    batching: bool
+    description: str
+
+
+def _rebuild(plan: DeploymentPlan, pipeline: str, models: dict[str, ModelSpec]) -> DeploymentPlan:
+    spec = plan.spec.model_copy(update={"models": models, "pipelines": {pipeline: plan.spec.pipelines[pipeline]}})
+    return build_plan(LoadedSpec(spec, plan.loaded.path, {}), plan.device)
+
+
+def _ensemble_request(plan: DeploymentPlan, pipeline: str) -> list[list[Call]]:
+    p = plan.spec.pipelines[pipeline]
+    return [[Call(pipeline, {t: t for t in p.inputs}, {t: t for t in p.outputs})]]
+
+
+def _chained_request(plan: DeploymentPlan, pipeline: str) -> list[list[Call]]:
+    return [[Call(step.model, dict(step.inputs), dict(step.outputs)) for step in stage.steps] for stage in stages(plan, pipeline)]
+
+
+def build_profile(name: str, plan: DeploymentPlan, pipeline: str, allocation: Optional[Allocation] = None) -> ServerProfile:
+    used = plan.pipelines[pipeline].models
+    models: dict[str, ModelSpec] = {}
+    for m in used:
+        spec = plan.spec.models[m]
+        if name == "static":
+            models[m] = spec.model_copy(update={"dynamic_batching": False, "instances": Instances(count=1, kind=spec.instances.kind), "cache": False})
+        elif name == "ensemble":
+            models[m] = spec.model_copy(update={"dynamic_batching": False})
+        elif name == "optimized":
+            if allocation is None:
+                raise ValueError("the optimized profile needs an allocation")
+            count = allocation.counts.get(m, spec.instances.count)
+            models[m] = spec.model_copy(update={"instances": Instances(count=count, kind=spec.instances.kind, gpus=spec.instances.gpus)})
+        else:
+            raise ValueError(f"not a server profile: {name}")
+    new_plan = _rebuild(plan, pipeline, models)
+    request = _chained_request(new_plan, pipeline) if name == "static" else _ensemble_request(new_plan, pipeline)
+    instances = {m: new_plan.models[m].instance_count for m in used}
+    batching = any(new_plan.spec.models[m].batching is not None for m in used)
+    description = {
+        "static": "no dynamic batching, 1 instance per model, client chains the models (one round trip per step)",
+        "ensemble": "generated ensemble, no dynamic batching, declared instances",
+        "optimized": "generated ensemble, dynamic batching and cache as declared, instances planned from measured cost",
+    }[name]
+    return ServerProfile(name, new_plan, request, instances, batching, description)
+
+
+def tensor_datatypes(plan: DeploymentPlan, pipeline: str) -> dict[str, str]:
+    """Every pipeline tensor's KServe v2 datatype (the static client sends intermediates too)."""
+    return {t: spec.v2_datatype for t, spec in plan.pipelines[pipeline].tensors.items()}

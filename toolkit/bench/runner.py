@@ -1,0 +1,328 @@
+"""Orchestrates `compound bench`: profile the handlers, plan instances, deploy each profile in
+turn, drive it with the same load generator at each concurrency, then write JSON, plots, a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from toolkit.bench.allocate import Allocation, allocate
+from toolkit.bench.ceiling import measure_ceiling
+from toolkit.bench.chain import InProcessPipeline
+from toolkit.bench.driver import Job, first_response
+from toolkit.bench.inputs import sample_rows
+from toolkit.bench.profile import CostCurve, profile_pipeline
+from toolkit.bench.profiles import ALL_PROFILES, SERVER_PROFILES, build_profile, tensor_datatypes
+from toolkit.errors import CompoundError
+from toolkit.plan import DeploymentPlan, plan_spec
+
+REQUEST_POOL = 512  # distinct request rows the client cycles through
+
+
+@dataclass
+class Settings:
+    spec: Path
+    pipeline: str
+    out: Path
+    profiles: list[str] = field(default_factory=lambda: list(ALL_PROFILES))
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    duration_s: float = 20.0
+    warmup_s: float = 3.0
+    cores: int = 0  # 0: os.cpu_count()
+    driver: str = "grpc"
+    profile_seconds: float = 0.3
+    command: str = ""
+
+    @property
+    def core_budget(self) -> int:
+        return self.cores or os.cpu_count() or 1
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class ProcessCpu:
+    """CPU seconds of a process and all its children (tritonserver + its Python stubs)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+
+def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Callable[[str], None]) -> dict[str, Any]:
+    """One load point in its own process; server CPU sampled over the driver's measuring window."""
+    job_file = work / "job.json"
+    job.dump(job_file)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    marks: dict[str, tuple[float, float]] = {}
+    for line in proc.stdout or ():
+        tag = line.strip()
+        if tag in ("MEASURE_START", "MEASURE_END"):
+            marks[tag] = (time.perf_counter(), server_cpu.seconds() if server_cpu else 0.0)
+    _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
+    if proc.returncode != 0:
+        raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])
+    result = json.loads(Path(job.result).read_text())
+    if server_cpu and "MEASURE_START" in marks and "MEASURE_END" in marks:
+        (t0, c0), (t1, c1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        result["server_cpu_pct"] = 100.0 * (c1 - c0) / max(t1 - t0, 1e-9)
+    else:
+        result["server_cpu_pct"] = None
+    return result
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(), "platform": platform.platform()}
+
+
+class BenchRunner:
+    def __init__(self, settings: Settings, log: Callable[[str], None] = print) -> None:
+        self.s = settings
+        self.log = log
+        unknown = [p for p in settings.profiles if p not in ALL_PROFILES]
+        if unknown:
+            raise CompoundError(f"unknown profile(s) {unknown}", hint=f"choose from {', '.join(ALL_PROFILES)}")
+        if settings.driver not in ("grpc", "locust"):
+            raise CompoundError(f"unknown driver '{settings.driver}'", hint="use grpc or locust")
+        self.plan: DeploymentPlan = plan_spec(settings.spec)
+        if settings.pipeline not in self.plan.pipelines:
+            raise CompoundError(f"no pipeline '{settings.pipeline}' in {settings.spec}", hint=f"pipelines: {', '.join(sorted(self.plan.pipelines))}")
+        self.out = settings.out.resolve()
+
+    def run(self) -> dict[str, Any]:
+        s = self.s
+        self.out.mkdir(parents=True, exist_ok=True)
+        work = self.out / "work"
+        work.mkdir(exist_ok=True)
+        self.log(f"profiling handlers of '{s.pipeline}' in-process ...")
+        chain = InProcessPipeline(self.plan, s.pipeline)
+        curves = profile_pipeline(self.plan, s.pipeline, min_seconds=s.profile_seconds, chain=chain)
+        del chain
+        max_batch = max(1, self.plan.pipelines[s.pipeline].max_batch_size)
+        allocation = allocate({m: dict(zip(c.batch_sizes, c.seconds)) for m, c in curves.items()}, s.core_budget, max_batch)
+        for line in allocation.explain():
+            self.log(f"  {line}")
+        rows_file = work / "rows.npz"
+        np.savez(rows_file, **sample_rows(self.plan, s.pipeline, REQUEST_POOL, seed=0))
+        report: dict[str, Any] = {
+            "spec": str(s.spec),
+            "pipeline": s.pipeline,
+            "command": s.command,
+            "machine": machine_info(),
+            "settings": {"profiles": s.profiles, "concurrency": s.concurrency, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "core_budget": s.core_budget, "driver": s.driver},
+            "compute": _compute_summary(curves, allocation),
+            "cost_curves": {m: c.to_json() for m, c in curves.items()},
+            "allocation": {"counts": allocation.counts, "batch": allocation.batch, "share": allocation.share, "predicted_rps": allocation.predicted_rps},
+            "profiles": {},
+        }
+        for name in s.profiles:
+            self.log(f"profile {name} ...")
+            try:
+                if name in SERVER_PROFILES:
+                    result = self._server_profile(name, allocation, rows_file, work)
+                elif name == "ceiling":
+                    result = self._ceiling(allocation)
+                else:
+                    from toolkit.bench.rayserve import run_ray_profile
+
+                    result = run_ray_profile(self.plan, s.pipeline, s, rows_file, work, self.log)
+            except CompoundError as exc:
+                self.log(f"  {name} failed: {exc}")
+                result = {"error": str(exc) + (f" ({exc.hint})" if getattr(exc, "hint", None) else "")}
+            report["profiles"][name] = result
+            (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
+        report["targets"] = evaluate_targets(report)
+        (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
+        from toolkit.bench.plots import write_plots
+
+        report["plots"] = [str(p) for p in write_plots(report, self.out)]
+        (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
+        return report
+
+    def _server_profile(self, name: str, allocation: Allocation, rows_file: Path, work: Path) -> dict[str, Any]:
+        from toolkit.deploy.local import LocalServer
+        from toolkit.render import render_repository
+
+        s = self.s
+        profile = build_profile(name, self.plan, s.pipeline, allocation)
+        repo = render_repository(profile.plan, self.out / "repos" / name)
+        http, grpc, metrics = free_ports(3)
+        datatypes = tensor_datatypes(profile.plan, s.pipeline)
+        result: dict[str, Any] = {"description": profile.description, "instances": profile.instances, "dynamic_batching": profile.batching, "repository": str(repo), "points": []}
+        began = time.perf_counter()
+        with LocalServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log") as server:
+            ready_s = time.perf_counter() - began
+            probe = Job(server.grpc_url, profile.request_stages, datatypes, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"))
+            until_first, first_latency = first_response(probe, timeout_s=60.0)
+            result["ready_s"] = ready_s
+            result["cold_start_s"] = ready_s + until_first
+            result["first_request_ms"] = first_latency * 1e3
+            self.log(f"  ready in {ready_s:.1f} s, first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)")
+            cpu = ProcessCpu(server.pid) if server.pid else None
+            for c in s.concurrency:
+                job = Job(server.grpc_url, profile.request_stages, datatypes, str(rows_file), c, s.duration_s, s.warmup_s, str(work / f"result-{name}-{c}.json"))
+                if s.driver == "locust":
+                    from toolkit.bench.locust_driver import run_locust
+
+                    point = run_locust(job, work, cpu)
+                else:
+                    point = run_driver(job, work, cpu, self.log)
+                result["points"].append(point)
+                self.log("  " + _point_line(point))
+        return result
+
+    def _ceiling(self, allocation: Allocation) -> dict[str, Any]:
+        s = self.s
+        res = measure_ceiling(str(s.spec), s.pipeline, allocation.batch, s.core_budget, s.duration_s, warmup_s=min(s.warmup_s, 3.0))
+        self.log(f"  {res.throughput_rps:.0f} req/s at batch {res.batch} on {res.workers} worker process(es)")
+        return {"description": f"no server: handlers chained in-process at batch {res.batch}, {res.workers} worker process(es), one per core", "throughput_rps": res.throughput_rps, "batch": res.batch, "workers": res.workers, "per_worker_rps": list(res.per_worker_rps)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _compute_summary(curves: dict[str, CostCurve], allocation: Allocation) -> dict[str, Any]:
+    batch1 = sum(c.seconds[0] / c.batch_sizes[0] for c in curves.values())
+    return {
+        "per_request_ms_batch1": batch1 * 1e3,
+        "per_request_ms_best": sum(allocation.per_request_s.values()) * 1e3,
+        "best_batch": allocation.batch,
+    }
+
+
+def _point_line(p: dict[str, Any]) -> str:
+    lat = p["latency_ms"]
+    scpu = p.get("server_cpu_pct")
+    return (
+        f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
+        f"  errors {p['errors']}  server CPU {'-' if scpu is None else f'{scpu:.0f}%'}  client CPU {p['client_cpu_pct']:.0f}%"
+    )
+
+
+def _best(points: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    ok = [p for p in points if p["completed"] > 0]
+    return max(ok, key=lambda p: p["throughput_rps"]) if ok else None
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with measured values and met / missed / not measured."""
+    profiles = report["profiles"]
+    targets: list[dict[str, Any]] = []
+
+    def points(name: str) -> list[dict[str, Any]]:
+        return profiles.get(name, {}).get("points", []) if isinstance(profiles.get(name), dict) else []
+
+    static_best, opt_best = _best(points("static")), _best(points("optimized"))
+    if static_best and opt_best:
+        ratio = opt_best["throughput_rps"] / static_best["throughput_rps"]
+        targets.append({"target": "optimized vs static throughput >= 4x", "value": round(ratio, 2), "met": ratio >= 4.0})
+        same = [p for p in points("optimized") if p["concurrency"] == static_best["concurrency"]]
+        if same:
+            frac = same[0]["latency_ms"]["p95"] / static_best["latency_ms"]["p95"]
+            targets.append({"target": f"optimized P95 at static's peak load (c={static_best['concurrency']}) <= 40% of static's", "value": round(frac, 3), "met": frac <= 0.4})
+    ceiling = profiles.get("ceiling", {})
+    if opt_best and isinstance(ceiling, dict) and ceiling.get("throughput_rps"):
+        frac = opt_best["throughput_rps"] / ceiling["throughput_rps"]
+        compute = report["compute"]["per_request_ms_best"]
+        targets.append({
+            "target": "optimized >= 80% of ceiling (where a request's compute >= 5 ms)",
+            "value": round(frac, 3),
+            "met": frac >= 0.8,
+            "applies": compute >= 5.0,
+            "note": f"compute per request {compute:.2f} ms at batch {report['compute']['best_batch']}; client CPU at that point {opt_best['client_cpu_pct']:.0f}% of a core",
+        })
+    ray_best = _best(points("ray-serve"))
+    if opt_best and ray_best:
+        eligible = [p for p in points("optimized") if p["latency_ms"]["p95"] <= ray_best["latency_ms"]["p95"]]
+        value = max((p["throughput_rps"] for p in eligible), default=0.0) / ray_best["throughput_rps"]
+        targets.append({"target": "optimized >= 1.5x Ray Serve throughput at equal or lower P95", "value": round(value, 2), "met": value >= 1.5})
+    elif "ray-serve" in profiles:
+        targets.append({"target": "optimized >= 1.5x Ray Serve throughput at equal or lower P95", "value": None, "met": None, "note": profiles["ray-serve"].get("error", "not measured")})
+    return targets
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{report['pipeline']} ({report['spec']}) on {report['machine']['cores']} cores, {report['machine']['cpu']}"]
+    comp = report["compute"]
+    lines.append(f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1, {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']}; planned instances {report['allocation']['counts']}")
+    header = f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'srv CPU':>8} {'cli CPU':>8}"
+    lines += [header, "-" * len(header)]
+    for name, res in report["profiles"].items():
+        if "error" in res:
+            lines.append(f"{name:<10} not measured: {res['error']}")
+            continue
+        if "points" not in res:
+            lines.append(f"{name:<10} {'-':>5} {res['throughput_rps']:9.1f} {'':>8} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}  ({res['description']})")
+            continue
+        for p in res["points"]:
+            lat = p["latency_ms"]
+            scpu = p.get("server_cpu_pct")
+            lines.append(
+                f"{name:<10} {p['concurrency']:>5} {p['throughput_rps']:9.1f} {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['p99']:8.2f} {p['errors']:>6} "
+                f"{('-' if scpu is None else f'{scpu:.0f}%'):>8} {p['client_cpu_pct']:7.0f}%"
+            )
+        if "cold_start_s" in res:
+            lines.append(f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms")
+    if report.get("targets"):
+        lines.append("targets:")
+        for t in report["targets"]:
+            state = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            extra = f" [{t['note']}]" if t.get("note") else ""
+            if t.get("applies") is False:
+                extra += " (does not apply: compute < 5 ms)"
+            lines.append(f"  {state:>6}  {t['target']}: {t['value']}{extra}")
+    return "\n".join(lines)
