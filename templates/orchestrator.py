@@ -33,11 +33,15 @@ class StepError(Exception):
     """A failure pinned to the step that caused it; its message is what the client sees."""
 
 
+class TimedOut(StepError):
+    """The pipeline's timeout_ms passed: no point retrying anything."""
+
+
 class Value:
     """A tensor in flight: a response's pb_utils.Tensor, a numpy array, or both (lazily).
 
-    Every value carries the batch axis first, even for models with max_batch_size 0 (added on the
-    way in, removed on the way out), so the program never needs to know which model batches.
+    Every value carries the batch (row) axis first, even for models with max_batch_size 0 (added
+    on the way in, removed on the way out), so the program never needs to know which model batches.
     """
 
     __slots__ = ("_tensor", "_array")
@@ -51,6 +55,12 @@ class Value:
             self._array = self._tensor.as_numpy()
         return self._array
 
+    def rows(self) -> int:
+        return int(self._array.shape[0]) if self._array is not None else int(self._tensor.shape()[0])
+
+    def take(self, rows: np.ndarray) -> Value:
+        return Value(array=self.array()[rows])
+
     def tensor(self, name: str) -> Any:
         """This value as an input or output named `name`: the very same object when possible."""
         if self._tensor is not None and self._tensor.name() == name:
@@ -59,7 +69,7 @@ class Value:
 
 
 class Context:
-    """Per-request state shared by all of its steps."""
+    """State shared by all steps of one run (one request, or several merged into one batch)."""
 
     __slots__ = ("trace", "deadline", "running")
 
@@ -90,71 +100,99 @@ class TritonPythonModel:
             )
         self.name: str = self.program["pipeline"]
         self.batching: bool = self.program["batching"]
-        self.row_wise: bool = self.program["row_wise"]
         timeout_ms = self.program.get("timeout_ms")
         self.timeout_s: Optional[float] = timeout_ms / 1000.0 if timeout_ms else None
         self.input_names: list[str] = list(self.program["inputs"])
         self.outputs: dict[str, str] = self.program["outputs"]
 
     async def execute(self, requests: list[Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self._handle(request) for request in requests)))
+        """Requests whose inputs have the same shapes run merged, as one batch (one call per step);
+        the others run side by side. Callees batch row-wise, so merging never changes a result."""
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s is not None else None
+        groups: dict[Any, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self._shape_key(request, index), []).append(index)
+        responses: list[Any] = [None] * len(requests)
 
-    # --- one request ------------------------------------------------------------------------
+        async def run(members: list[int]) -> None:
+            for index, response in zip(members, await self._run_group([requests[i] for i in members], deadline)):
+                responses[index] = response
 
-    async def _handle(self, request: Any) -> Any:
-        """Never raises: every failure becomes this request's error response."""
+        await asyncio.gather(*(run(members) for members in groups.values()))
+        return responses
+
+    def _shape_key(self, request: Any, index: int) -> Any:
+        if not self.batching:
+            return index  # no batch axis to merge on
+        shapes = []
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            shapes.append(None if tensor is None else tuple(tensor.shape()[1:]))
+        return tuple(shapes)
+
+    # --- one group of requests ---------------------------------------------------------------
+
+    async def _run_group(self, requests: list[Any], deadline: Optional[float]) -> list[Any]:
+        """Never raises: every failure becomes error responses. A failure of a merged batch is
+        retried request by request, so one bad request cannot fail the requests beside it."""
         try:
-            context = Context(request.trace(), None)
-            if self.timeout_s is None:
-                return await self._run_request(request, context)
-            context.deadline = time.monotonic() + self.timeout_s
-            task = asyncio.ensure_future(self._run_request(request, context))
-            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
-            if task in done:
-                return task.result()
-            running = ", ".join(sorted(context.running)) or "none"  # before cancelling clears it
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise StepError(
-                f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms); steps still running: {running}"
-            )
+            inputs = [self._inputs(request) for request in requests]
+            sizes = [next(iter(values.values())).rows() for values in inputs]
+            if len(requests) == 1:
+                env = inputs[0]
+            else:
+                env = {name: Value(array=np.concatenate([values[name].array() for values in inputs])) for name in self.input_names}
+            context = Context(requests[0].trace(), deadline)
+            values = await self._with_deadline(self._run_body(env, context), context)
+            return self._responses(values, sizes)
         except StepError as exc:
-            return _error(str(exc))
+            if len(requests) > 1 and not isinstance(exc, TimedOut):
+                return list(await asyncio.gather(*(self._run_group([request], deadline) for request in requests)))
+            return [_error(str(exc)) for _ in requests]
         except Exception as exc:  # noqa: BLE001 - report and keep serving
-            return _error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}")
+            return [_error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}") for _ in requests]
 
-    async def _run_request(self, request: Any, context: Context) -> Any:
-        inputs: dict[str, Value] = {}
+    def _inputs(self, request: Any) -> dict[str, Value]:
+        values: dict[str, Value] = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise StepError(f"pipeline '{self.name}': request has no input '{name}'")
-            inputs[name] = Value(tensor=tensor) if self.batching else Value(array=tensor.as_numpy()[np.newaxis])
-        rows = inputs[self.input_names[0]].array().shape[0] if (self.row_wise and self.batching) else 1
-        if rows > 1:
-            # switch and loop decide on one value: each row of a batched request runs on its own
-            runs = [
-                self._run_body({n: Value(array=v.array()[r : r + 1]) for n, v in inputs.items()}, context)
-                for r in range(rows)
-            ]
-            results = await _all(runs)
-            merged = {
-                name: Value(array=np.concatenate([result[name].array() for result in results]))
-                for name in self.outputs
-            }
-            return self._response(merged)
-        return self._response(await self._run_body(inputs, context))
+            values[name] = Value(tensor=tensor) if self.batching else Value(array=tensor.as_numpy()[np.newaxis])
+        return values
+
+    async def _with_deadline(self, coroutine: Any, context: Context) -> dict[str, Value]:
+        if context.deadline is None:
+            return await coroutine
+        task = asyncio.ensure_future(coroutine)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, context.deadline - time.monotonic()))
+        if task in done:
+            return task.result()
+        running = ", ".join(sorted(context.running)) or "none"  # before cancelling clears it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise TimedOut(
+            f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms); steps still running: {running}"
+        )
 
     async def _run_body(self, inputs: dict[str, Value], context: Context) -> dict[str, Value]:
         final = await self._block(self.program["body"], inputs, context)
         return {name: final.get(name, inputs.get(name)) for name in self.outputs}
 
-    def _response(self, values: dict[str, Value]) -> Any:
-        tensors = []
-        for name in self.outputs:
-            value = values[name]
-            tensors.append(value.tensor(name) if self.batching else pb_utils.Tensor(name, np.ascontiguousarray(value.array()[0])))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+    def _responses(self, values: dict[str, Value], sizes: list[int]) -> list[Any]:
+        if not self.batching:
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(values[name].array()[0])) for name in self.outputs]
+            return [pb_utils.InferenceResponse(output_tensors=tensors)]
+        if len(sizes) == 1:
+            return [pb_utils.InferenceResponse(output_tensors=[values[name].tensor(name) for name in self.outputs])]
+        arrays = {name: values[name].array() for name in self.outputs}
+        responses = []
+        start = 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(name, array[start : start + size]) for name, array in arrays.items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses
 
     # --- the program ------------------------------------------------------------------------
 
@@ -222,34 +260,57 @@ class TritonPythonModel:
         return values
 
     async def _switch(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
+        """Rows go to the branch their selector names; each branch runs once, on its rows only."""
         selector = scope[node["on"]].array()
-        if selector.size != 1:
-            raise StepError(
-                f"pipeline '{self.name}': step {node['where']}: switch tensor '{node['on']}' must hold one value per request, got shape {list(selector.shape)}"
-            )
-        raw = selector.reshape(-1)[0]
-        key = str(int(raw)) if node["integer"] else (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
-        for case, body in node["cases"]:
-            if case == key:
-                return await self._block(body, scope, context)
-        if node["default"] is None:
-            cases = ", ".join(case for case, _ in node["cases"])
-            raise StepError(f"pipeline '{self.name}': step {node['where']}: no case for {node['on']}={key!r} (cases: {cases}) and no default")
-        return await self._block(node["default"], scope, context)
+        rows = selector.shape[0]
+        branches: dict[str, list[int]] = {}
+        for row, raw in enumerate(selector.reshape(rows, -1)[:, 0]):
+            key = str(int(raw)) if node["integer"] else (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+            branches.setdefault(key, []).append(row)
+        cases = dict((case, body) for case, body in node["cases"])
+        chosen: list[tuple[Node, list[int]]] = []
+        for key, members in branches.items():
+            body = cases.get(key, node["default"])
+            if body is None:
+                raise StepError(
+                    f"pipeline '{self.name}': step {node['where']}: no case for {node['on']}={key!r} (cases: {', '.join(cases)}) and no default"
+                )
+            chosen.append((body, members))
+        if len(chosen) == 1:
+            return await self._block(chosen[0][0], scope, context)  # every row agrees: no regrouping
+        picks = [np.array(members) for _, members in chosen]
+        results = await _all(
+            [self._block(body, {n: v.take(pick) for n, v in scope.items()}, context) for (body, _), pick in zip(chosen, picks)]
+        )
+        return {name: _scatter(name, node["where"], rows, [(pick, result[name].array()) for pick, result in zip(picks, results)]) for name in node["writes"]}
 
     async def _loop(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
+        """Rows leave the loop when their `until` is true; the others go round again."""
         env = dict(scope)
         env.update({carried: scope[initial] for carried, initial in node["carry"].items()})
-        result: dict[str, Value] = {}
+        rows = next(iter(env.values())).rows()
+        active = np.arange(rows)
+        finished: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in node["writes"]}
+        last = node["max_iterations"] - 1
         for iteration in range(node["max_iterations"]):
             try:
                 result = await self._block(node["body"], env, context)
             except StepError as exc:
                 raise StepError(f"{exc} [loop {node['where']}, iteration {iteration + 1}]") from None
-            if bool(np.all(result[node["until"]].array())):
+            done = result[node["until"]].array().reshape(len(active), -1).all(axis=1)
+            if iteration == last:
+                done[:] = True
+            if done.all() and len(active) == rows:
+                return {name: result[name] for name in node["writes"]}  # all rows leave together
+            for name in node["writes"]:
+                finished[name].append((active[done], result[name].array()[done]))
+            if done.all():
                 break
-            env.update({carried: result[carried] for carried in node["carry"]})
-        return {name: result[name] for name in node["writes"]}
+            keep = np.flatnonzero(~done)
+            active = active[keep]
+            env = {n: v.take(keep) for n, v in env.items()}
+            env.update({carried: result[carried].take(keep) for carried in node["carry"]})
+        return {name: _scatter(name, node["where"], rows, parts) for name, parts in finished.items()}
 
     async def _map(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         over = scope[node["over"]].array()
@@ -263,12 +324,17 @@ class TritonPythonModel:
         async def item(k: int) -> dict[str, Value]:
             env = dict(scope)
             env[node["over"]] = Value(array=over[:, k : k + 1] if node["keep_axis"] else over[:, k])
-            try:
-                return await self._block(node["body"], env, context)
-            except StepError as exc:
-                raise StepError(f"{exc} [map {node['where']}, item {k}]") from None
+            return await self._block(node["body"], env, context)
 
-        results = await _all([item(k) for k in range(count)])
+        outcomes = await asyncio.gather(*(item(k) for k in range(count)), return_exceptions=True)
+        failed = [k for k, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)]
+        if failed:
+            first = outcomes[failed[0]]
+            if not isinstance(first, StepError):
+                raise first
+            # a callee batches concurrent items together, so one bad item can fail its neighbours
+            raise StepError(f"{first} [map {node['where']}, failed items: {', '.join(map(str, failed))} of {count}]")
+        results: list[dict[str, Value]] = outcomes  # type: ignore[assignment]
         stacked: dict[str, Value] = {}
         for name in node["writes"]:
             parts = [result[name].array() for result in results]
@@ -284,6 +350,18 @@ class TritonPythonModel:
 
 def _scope(node: Node, env: dict[str, Value], results: list[dict[str, Value]]) -> dict[str, Value]:
     return {name: env[name] if at == OUTER else results[at][name] for name, at in node["reads"].items()}
+
+
+def _scatter(name: str, where: str, rows: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> Value:
+    """Put row subsets back in request order."""
+    first = parts[0][1]
+    if any(part.shape[1:] != first.shape[1:] or part.dtype != first.dtype for _, part in parts):
+        shapes = sorted({str(list(part.shape[1:])) for _, part in parts})
+        raise StepError(f"step {where}: rows produced '{name}' with different shapes {shapes}; they cannot share one batch")
+    merged = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    for pick, part in parts:
+        merged[pick] = part
+    return Value(array=merged)
 
 
 def _unbatched(name: str, value: Value, where: str) -> Any:

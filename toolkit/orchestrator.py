@@ -173,22 +173,11 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
         "generator": f"compound {__version__}",
         "pipeline": pipeline.name,
         "batching": pipeline.max_batch_size > 0,
-        # switch and loop decide per request: a request carrying several rows runs row by row
-        "row_wise": _has_row_decisions(list(spec.steps)),
         "timeout_ms": spec.timeout_ms,
         "inputs": {name: {"dtype": t.numpy_dtype, "dims": list(t.dims)} for name, t in spec.inputs.items()},
         "outputs": {name: pipeline.tensors[name].numpy_dtype for name in spec.outputs},
         "body": root.json(),
     }
-
-
-def _has_row_decisions(steps: list[AnyStep]) -> bool:
-    for step in steps:
-        if isinstance(step, (SwitchStep, LoopStep)):
-            return True
-        if isinstance(step, MapStep) and _has_row_decisions(step.map.body):
-            return True
-    return False
 
 
 def called_models(program: Json) -> list[str]:

@@ -60,3 +60,27 @@ def test_infer_unreachable_server() -> None:
 def test_deploy_missing_repository(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["deploy", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_serve_in_foreground_stops_on_ctrl_c(textdemo_repo: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from toolkit.client import infer
+    import numpy as np
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "toolkit", "serve", str(textdemo_repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("ready:"), first
+        outputs = infer("sentiment_only", f"127.0.0.1:{http}", {"text": np.array([[b"hi"]], dtype=object)})
+        assert outputs["score"].shape == (1, 1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

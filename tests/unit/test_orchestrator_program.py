@@ -83,7 +83,7 @@ def test_example_pipelines_are_orchestrators_and_textdemo_stays_ensembles() -> N
 def test_router_program_shape() -> None:
     plan = plan_spec(AGENTS)
     program = compile_program(plan, plan.pipelines["router"])
-    assert program["batching"] is True and program["row_wise"] is True and program["timeout_ms"] is None
+    assert program["batching"] is True and program["timeout_ms"] is None
     first, switch = program["body"]["steps"]
     assert first == {
         "op": "model", "where": "steps.0", "model": "route", "batching": True,
@@ -173,7 +173,6 @@ def test_map_items_and_stacking(tmp_path: Path) -> None:
     by_column, by_row = program["body"]["steps"]
     assert by_column["keep_axis"] is True and by_row["keep_axis"] is False
     assert by_column["empty"] == {"scores": [[1], "float32"]}
-    assert program["row_wise"] is False  # maps work on whole batches
     assert plan.pipelines["p"].tensors["scores"].dims == [-1, 1]
     assert plan.pipelines["p"].tensors["grid_scores"].dims == [3, 1]
 
