@@ -33,6 +33,7 @@ from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from toolkit.deploy.base import free_port  # noqa: E402
 from toolkit.deploy.local import LocalServer  # noqa: E402
+from toolkit import orchestrator  # noqa: E402
 from toolkit.orchestrator import orchestrator_files  # noqa: E402
 from toolkit.plan import DeploymentPlan, plan_spec  # noqa: E402
 from toolkit.render import render_files, template_env, write_repository  # noqa: E402
@@ -116,10 +117,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternate ensemble/BLS this many times; best round kept")
+    parser.add_argument("--orchestrator-instances", type=int, default=None, help="override the planned count (experiments)")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "bls_vs_ensemble.json"))
     args = parser.parse_args()
 
     plan = plan_spec(args.spec)
+    if args.orchestrator_instances:
+        orchestrator.ORCHESTRATOR_INSTANCES = args.orchestrator_instances
     work = Path(tempfile.mkdtemp(prefix="compound-bls-bench-"))
     bls = build_repository(plan, args.pipeline, work / "repo")
     inputs = make_inputs(plan, args.pipeline)

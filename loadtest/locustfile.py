@@ -42,7 +42,7 @@ except ImportError:  # a source checkout: loadtest/ sits next to toolkit/
 
 from toolkit.errors import CompoundError  # noqa: E402
 from toolkit.loadtest_inputs import Request, Signature, parse_duration, prepare_requests  # noqa: E402
-from toolkit.triton_stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows, strip_scheme  # noqa: E402
+from toolkit.triton_stats import COLUMNS, Breakdown, breakdown, fetch_stats, grpc_client, rows  # noqa: E402
 
 
 def _load_shapes() -> ModuleType:
@@ -168,6 +168,22 @@ class TritonHttpUser(FastHttpUser):
                 response.failure("response has no outputs")
 
 
+_OPEN_CLIENTS: set[Any] = set()
+
+
+def _close(client: Any) -> None:
+    if client in _OPEN_CLIENTS:
+        _OPEN_CLIENTS.discard(client)
+        client.close()
+
+
+@events.quitting.add_listener
+def _close_clients(**_: Any) -> None:
+    """Users killed mid-request skip on_stop; their channels must still close before exit."""
+    for client in list(_OPEN_CLIENTS):
+        _close(client)
+
+
 class GrpcError(Exception):
     """An inference that failed over gRPC, with Triton's message."""
 
@@ -178,12 +194,11 @@ class TritonGrpcUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self.client = grpcclient.InferenceServerClient(url=strip_scheme(self.host or WORKLOAD.host))
+        self.client = grpc_client(self.host or WORKLOAD.host)
+        _OPEN_CLIENTS.add(self.client)
 
     def on_stop(self) -> None:
-        self.client.close()
+        _close(self.client)
 
     @task
     def infer(self) -> None:

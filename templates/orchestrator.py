@@ -76,7 +76,7 @@ class Context:
     def __init__(self, trace: Any, deadline: Optional[float]) -> None:
         self.trace = trace
         self.deadline = deadline
-        self.running: set[str] = set()
+        self.running: dict[str, int] = {}  # "step (model)" -> calls in flight (map items share one)
 
     def timeout_us(self) -> int:
         """What is left of the pipeline timeout, for the callee's queue (0: no timeout)."""
@@ -147,7 +147,8 @@ class TritonPythonModel:
             return self._responses(values, sizes)
         except StepError as exc:
             if len(requests) > 1 and not isinstance(exc, TimedOut):
-                return list(await asyncio.gather(*(self._run_group([request], deadline) for request in requests)))
+                alone = await asyncio.gather(*(self._run_group([request], deadline) for request in requests))
+                return [responses[0] for responses in alone]
             return [_error(str(exc)) for _ in requests]
         except Exception as exc:  # noqa: BLE001 - report and keep serving
             return [_error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}") for _ in requests]
@@ -244,11 +245,14 @@ class TritonPythonModel:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad tensor is this step's failure
             raise StepError(f"pipeline '{self.name}': step {where} (model '{model}'): cannot build the request: {exc}") from None
-        context.running.add(f"{where} ({model})")
+        label = f"{where} ({model})"
+        context.running[label] = context.running.get(label, 0) + 1
         try:
             response = await request.async_exec()
         finally:
-            context.running.discard(f"{where} ({model})")
+            context.running[label] -= 1
+            if not context.running[label]:
+                del context.running[label]
         if response.has_error():
             raise StepError(f"pipeline '{self.name}': step {where} (model '{model}') failed: {response.error().message()}")
         values: dict[str, Value] = {}

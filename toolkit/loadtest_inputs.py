@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.errors import CompoundError
-from toolkit.triton_stats import composing_models, strip_scheme
+from toolkit.triton_stats import composing_models, grpc_client, strip_scheme
 
 # Triton config data_type -> KServe v2 datatype
 CONFIG_TO_V2: dict[str, str] = {
@@ -215,10 +215,9 @@ def _http_probe(target: str, pipeline: str, timeout: float) -> tuple[Optional[di
 
 
 def _grpc_probe(target: str, pipeline: str, timeout: float) -> tuple[Optional[dict[str, Any]], bool, list[str]]:
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(url=target)
+    client = grpc_client(target)
     try:
         try:
             client.is_server_live(client_timeout=timeout)

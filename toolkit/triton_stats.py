@@ -287,9 +287,7 @@ def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[
     """A snapshot of every model's counters; ``url`` is host:port of the given protocol's endpoint."""
     try:
         if protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            client = grpcclient.InferenceServerClient(url=strip_scheme(url))
+            client = grpc_client(url)
             try:
                 payload = client.get_inference_statistics(as_json=True, client_timeout=timeout)
             finally:
@@ -299,6 +297,21 @@ def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[
     except Exception as exc:  # noqa: BLE001 - any transport error means the same thing here
         raise CompoundError(f"cannot read model statistics from {url} ({protocol}): {exc}") from None
     return parse_stats(payload)
+
+
+def grpc_client(url: str) -> Any:
+    """A tritonclient.grpc client that only closes when told to.
+
+    The stock client closes its channel again in ``__del__``; under gevent (in locust) that runs
+    during interpreter shutdown and hangs the process, so callers close explicitly instead.
+    """
+    import tritonclient.grpc as grpcclient
+
+    class _ExplicitlyClosed(grpcclient.InferenceServerClient):
+        def __del__(self) -> None:
+            pass
+
+    return _ExplicitlyClosed(url=strip_scheme(url))
 
 
 def strip_scheme(url: str) -> str:

@@ -81,7 +81,7 @@ def text(array: np.ndarray) -> list[str]:
 def test_repository_has_an_orchestrator_per_control_flow_pipeline(agents: tuple[LocalServer, Path]) -> None:
     repo = agents[0].repository
     manifest = json.loads((repo / "compound.json").read_text())
-    for name in ("router", "triage", "refine", "rank", "guarded"):
+    for name in ("router", "triage", "refine", "rank", "guarded", "rank_flat"):
         assert manifest["pipelines"][name]["kind"] == "orchestrator"
         assert "cannot branch or loop" in manifest["pipelines"][name]["reason"]
         assert (repo / name / "1" / "program.json").is_file()
@@ -126,12 +126,27 @@ def test_loop_stops_at_max_iterations(client: httpclient.InferenceServerClient) 
     assert out["done"].tolist() == [[False]]
 
 
+def test_loop_rows_of_one_batch_leave_at_different_rounds(client: httpclient.InferenceServerClient) -> None:
+    start = np.array([[0], [10], [2], [4]], dtype=np.int32)
+    target = np.array([[3], [100], [3], [1]], dtype=np.int32)
+    out = infer(client, "refine", start=start, target=target)
+    assert out["draft"].tolist() == [[3], [15], [3], [5]]
+    assert out["done"].tolist() == [[True], [False], [True], [True]]
+
+
 def test_map_over_n_items_equals_n_single_calls(client: httpclient.InferenceServerClient) -> None:
     passages = ["a", "bbbb", "cc", "dddddddd", "eee"]
     mapped = infer(client, "rank", passages=np.array([[p.encode() for p in passages]], dtype=object))
     singles = [infer(client, "scorer", passage=strings(p))["score"] for p in passages]
     assert mapped["scores"].shape == (1, len(passages), 1)
     np.testing.assert_array_equal(mapped["scores"], np.stack(singles, axis=1))
+
+
+def test_map_over_a_model_without_batch_axis(client: httpclient.InferenceServerClient) -> None:
+    """max_batch_size 0 all the way: the pipeline takes [N] passages and returns [N, 1] scores."""
+    passages = np.array([b"a", b"bbb", b"cc"], dtype=object)
+    out = infer(client, "rank_flat", passages=passages)
+    assert out["scores"].tolist() == [[1.0], [3.0], [2.0]]
 
 
 def test_map_items_run_concurrently(client: httpclient.InferenceServerClient) -> None:
@@ -157,6 +172,36 @@ def test_callee_error_names_the_step_and_server_keeps_serving(client: httpclient
 
     assert text(infer(client, "router", query=strings("still there?"))["answer"]) == ["chat: still there?"]
     assert infer(client, "rank", passages=np.array([[b"ok"]], dtype=object))["scores"].tolist() == [[[2.0]]]
+
+
+def test_a_failing_request_does_not_fail_the_requests_merged_with_it(agents: tuple[LocalServer, Path]) -> None:
+    """Requests that reach one execute() run as one batch; a batch that fails is retried request
+    by request, so only the bad request gets the error. (The bad requests go to chatter, the good
+    ones to math_solver: a callee's own dynamic batch failing as a whole is the component model's
+    behaviour, the same under an ensemble, and not what this tests.)"""
+    server, _ = agents
+    outcomes: dict[int, str] = {}
+
+    def send(index: int) -> None:
+        c = httpclient.InferenceServerClient(server.http_url, network_timeout=60.0)
+        query = "fail" if index % 2 else f"what is {index} sleep:30"
+        try:
+            outcomes[index] = text(infer(c, "router", query=strings(query))["answer"])[0]
+        except InferenceServerException as exc:
+            outcomes[index] = f"error: {exc}"
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for index in range(8):
+        if index % 2:
+            assert "asked to fail" in outcomes[index]
+        else:
+            assert outcomes[index] == f"math: what is {index} sleep:30"
 
 
 def test_timeout_is_honoured(client: httpclient.InferenceServerClient) -> None:
@@ -229,3 +274,5 @@ def test_32_concurrent_clients_on_a_router_do_not_deadlock(agents: tuple[LocalSe
     assert not failures, failures[:5]
     assert done[0] == 32 * 8
     assert server.alive()
+    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("router")["model_stats"][0]
+    assert int(stats["execution_count"]) < int(stats["inference_count"]), "requests were never merged into one execute()"

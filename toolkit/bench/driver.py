@@ -12,6 +12,7 @@ at job["result"]).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import resource
 import sys
@@ -45,6 +46,7 @@ class Job:
     warmup_s: float
     result: str
     timeout_s: float = 30.0
+    protocol: str = "triton-grpc"  # or "http-npz": POST one .npz of the inputs to `url`, read one .npz back
 
     @staticmethod
     def load(path: str | Path) -> Job:
@@ -84,7 +86,43 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Arrays as one .npz; strings travel as fixed-width bytes, so no pickle is ever needed."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: (v.astype(np.bytes_) if v.dtype == np.object_ else v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def from_npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: (npz[k].astype(np.object_) if npz[k].dtype.kind == "S" else npz[k]) for k in npz.files}
+
+
 async def run_job(job: Job) -> DriverResult:
+    if job.protocol == "http-npz":
+        return await _run_closed_loop(job, *await _http_sender(job))
+    return await _run_closed_loop(job, *await _grpc_sender(job))
+
+
+async def _http_sender(job: Job) -> tuple[Any, Any, int]:
+    """POST pre-serialised rows to an HTTP endpoint (the Ray Serve peer)."""
+    import aiohttp
+
+    rows = dict(np.load(job.rows_file, allow_pickle=True))
+    pool = len(next(iter(rows.values())))
+    bodies = [npz_bytes({t: v[i : i + 1] for t, v in rows.items()}) for i in range(pool)]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=job.timeout_s))
+
+    async def one_request(i: int) -> None:
+        async with session.post(job.url, data=bodies[i]) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+
+    return one_request, session.close, pool
+
+
+async def _grpc_sender(job: Job) -> tuple[Any, Any, int]:
     import tritonclient.grpc.aio as grpcclient
 
     rows = dict(np.load(job.rows_file, allow_pickle=True))
@@ -104,10 +142,6 @@ async def run_job(job: Job) -> DriverResult:
     requested = [[[grpcclient.InferRequestedOutput(n) for n in call.outputs] for call in stage] for stage in job.stages]
 
     client = grpcclient.InferenceServerClient(job.url)
-    latencies: list[float] = []
-    errors: list[str] = []
-    error_count = 0
-    phase = {"measure_from": 0.0, "measure_to": 0.0, "stop": False}
 
     async def one_request(i: int) -> None:
         env: dict[str, np.ndarray] = {}
@@ -126,6 +160,15 @@ async def run_job(job: Job) -> DriverResult:
                 for call, result in zip(stage, results):
                     for out_name, tensor in call.outputs.items():
                         env[tensor] = result.as_numpy(out_name)
+
+    return one_request, client.close, pool
+
+
+async def _run_closed_loop(job: Job, one_request: Any, close: Any, pool: int) -> DriverResult:
+    latencies: list[float] = []
+    errors: list[str] = []
+    error_count = 0
+    phase = {"measure_from": 0.0, "measure_to": 0.0, "stop": False}
 
     async def worker(offset: int) -> None:
         nonlocal error_count
@@ -162,7 +205,7 @@ async def run_job(job: Job) -> DriverResult:
         phase["stop"] = True
         await asyncio.wait(tasks, timeout=job.timeout_s + 5)
     finally:
-        await client.close()
+        await close()
     cpu = cpu1 - cpu0
     return DriverResult(
         concurrency=job.concurrency,
@@ -179,6 +222,8 @@ async def run_job(job: Job) -> DriverResult:
 
 def first_response(job: Job, timeout_s: float) -> tuple[float, float]:
     """Retry one request until it succeeds: (seconds spent until then, that request's latency)."""
+    if job.protocol == "http-npz":
+        return _first_http_response(job, timeout_s)
     import tritonclient.grpc as grpcclient
 
     rows = dict(np.load(job.rows_file, allow_pickle=True))
@@ -207,6 +252,27 @@ def first_response(job: Job, timeout_s: float) -> tuple[float, float]:
                 time.sleep(0.05)
     finally:
         client.close()
+    raise TimeoutError(f"no successful response within {timeout_s:.0f} s: {last_error}")
+
+
+def _first_http_response(job: Job, timeout_s: float) -> tuple[float, float]:
+    import urllib.request
+
+    rows = dict(np.load(job.rows_file, allow_pickle=True))
+    body = npz_bytes({t: v[:1] for t, v in rows.items()})
+    began = time.perf_counter()
+    last_error = ""
+    while time.perf_counter() - began < timeout_s:
+        start = time.perf_counter()
+        try:
+            request = urllib.request.Request(job.url, data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=job.timeout_s) as response:
+                response.read()
+            end = time.perf_counter()
+            return end - began, end - start
+        except Exception as exc:  # noqa: BLE001 - not ready yet: retry until the deadline
+            last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.1)
     raise TimeoutError(f"no successful response within {timeout_s:.0f} s: {last_error}")
 
 

@@ -88,21 +88,32 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
     job_file = work / "job.json"
     job.dump(job_file)
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
-    marks: dict[str, tuple[float, float]] = {}
+    marks: dict[str, tuple[float, float, float]] = {}
     for line in proc.stdout or ():
         tag = line.strip()
         if tag in ("MEASURE_START", "MEASURE_END"):
-            marks[tag] = (time.perf_counter(), server_cpu.seconds() if server_cpu else 0.0)
+            marks[tag] = (time.perf_counter(), server_cpu.seconds() if server_cpu else 0.0, machine_busy_s())
     _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
     if proc.returncode != 0:
         raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])
     result = json.loads(Path(job.result).read_text())
-    if server_cpu and "MEASURE_START" in marks and "MEASURE_END" in marks:
-        (t0, c0), (t1, c1) = marks["MEASURE_START"], marks["MEASURE_END"]
-        result["server_cpu_pct"] = 100.0 * (c1 - c0) / max(t1 - t0, 1e-9)
-    else:
-        result["server_cpu_pct"] = None
+    result["server_cpu_pct"] = result["other_cpu_pct"] = None
+    if "MEASURE_START" in marks and "MEASURE_END" in marks:
+        (t0, c0, b0), (t1, c1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        span = max(t1 - t0, 1e-9)
+        if server_cpu:
+            result["server_cpu_pct"] = 100.0 * (c1 - c0) / span
+            # everything else on the machine over the same window: benchmarks on a shared machine say so
+            result["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"])
     return result
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
 def _child_env() -> dict[str, str]:
@@ -174,7 +185,7 @@ class BenchRunner:
                 else:
                     from toolkit.bench.rayserve import run_ray_profile
 
-                    result = run_ray_profile(self.plan, s.pipeline, s, rows_file, work, self.log)
+                    result = run_ray_profile(self.plan, s.pipeline, s, rows_file, work, self.log, allocation.counts)
             except CompoundError as exc:
                 self.log(f"  {name} failed: {exc}")
                 result = {"error": str(exc) + (f" ({exc.hint})" if getattr(exc, "hint", None) else "")}
@@ -244,12 +255,16 @@ def _compute_summary(curves: dict[str, CostCurve], allocation: Allocation) -> di
     }
 
 
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def _point_line(p: dict[str, Any]) -> str:
     lat = p["latency_ms"]
-    scpu = p.get("server_cpu_pct")
     return (
         f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
-        f"  errors {p['errors']}  server CPU {'-' if scpu is None else f'{scpu:.0f}%'}  client CPU {p['client_cpu_pct']:.0f}%"
+        f"  errors {p['errors']}  server CPU {_pct(p.get('server_cpu_pct'))}  client CPU {_pct(p['client_cpu_pct'])}"
+        f"  other CPU {_pct(p.get('other_cpu_pct'))}"
     )
 
 
@@ -299,7 +314,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{report['pipeline']} ({report['spec']}) on {report['machine']['cores']} cores, {report['machine']['cpu']}"]
     comp = report["compute"]
     lines.append(f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1, {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']}; planned instances {report['allocation']['counts']}")
-    header = f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'srv CPU':>8} {'cli CPU':>8}"
+    lines.append("CPU: % of one core; other = the rest of the machine during the same window (should be ~0)")
+    header = f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'srv CPU':>8} {'cli CPU':>8} {'other':>6}"
     lines += [header, "-" * len(header)]
     for name, res in report["profiles"].items():
         if "error" in res:
@@ -310,10 +326,9 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         for p in res["points"]:
             lat = p["latency_ms"]
-            scpu = p.get("server_cpu_pct")
             lines.append(
                 f"{name:<10} {p['concurrency']:>5} {p['throughput_rps']:9.1f} {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['p99']:8.2f} {p['errors']:>6} "
-                f"{('-' if scpu is None else f'{scpu:.0f}%'):>8} {p['client_cpu_pct']:7.0f}%"
+                f"{_pct(p.get('server_cpu_pct')):>8} {_pct(p['client_cpu_pct']):>8} {_pct(p.get('other_cpu_pct')):>6}"
             )
         if "cold_start_s" in res:
             lines.append(f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms")

