@@ -35,10 +35,9 @@ try:  # gRPC must cooperate with gevent, and be told so before any channel exist
 except ImportError:  # pragma: no cover - grpcio always ships it
     pass
 
-try:
-    import toolkit  # noqa: F401 - installed, or on the path already
-except ImportError:  # a source checkout: loadtest/ sits next to toolkit/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "toolkit" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
+    sys.path.insert(0, str(_CHECKOUT))  # a source checkout: use the toolkit next to this file
 
 from toolkit.errors import CompoundError  # noqa: E402
 from toolkit.loadtest_inputs import Request, Signature, parse_duration, prepare_requests  # noqa: E402
@@ -90,6 +89,8 @@ def _add_options(parser: Any) -> None:
                        help="burst shape: quiet time between bursts")
     group.add_argument("--request-timeout", dest="compound_timeout", env_var="COMPOUND_TIMEOUT", type=float,
                        default=60.0, include_in_web_ui=False, help="seconds before a request counts as failed")
+    group.add_argument("--result-file", dest="compound_result", env_var="COMPOUND_RESULT", default="",
+                       include_in_web_ui=False, help="write the final totals here as JSON when locust quits")
     group.add_argument("--models-refresh", dest="compound_refresh", env_var="COMPOUND_REFRESH", type=float,
                        default=2.0, include_in_web_ui=False, help="seconds between reads of Triton's statistics")
 
@@ -298,6 +299,35 @@ def _install_dashboard(environment: Any, monitor: _ModelsMonitor) -> None:
         return jsonify(monitor.as_json())
 
 
+def _unwrap_error(error: Any) -> str:
+    """The failure's message: CatchResponseError("HTTP 500: ...") reads as HTTP 500: ..."""
+    if type(error).__name__ == "CatchResponseError" and getattr(error, "args", None):
+        return str(error.args[0])
+    text = str(error) if isinstance(error, str) else repr(error)
+    return text[len("CatchResponseError("):-1] if text.startswith("CatchResponseError(") else text
+
+
+def _write_result(environment: Any, path: str) -> None:
+    """Final totals, after every user stopped: what the CSV, written every second, may miss."""
+    stats = environment.runner.stats
+    total = stats.total
+    result = {
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "rps": round(total.total_rps, 2),
+        "avg_ms": round(total.avg_response_time, 2),
+        "p50_ms": total.get_response_time_percentile(0.5) if total.num_requests else 0,
+        "p95_ms": total.get_response_time_percentile(0.95) if total.num_requests else 0,
+        "p99_ms": total.get_response_time_percentile(0.99) if total.num_requests else 0,
+        "max_ms": round(total.max_response_time or 0, 2),
+        "failure_reasons": [
+            {"name": e.name, "error": _unwrap_error(e.error), "occurrences": e.occurrences}
+            for e in sorted(stats.errors.values(), key=lambda e: -e.occurrences)
+        ],
+    }
+    Path(path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
@@ -323,6 +353,8 @@ def _on_init(environment: Any, **_: Any) -> None:
         log.error("compound: %s", exc)
         sys.exit(2)
     log.info("compound: %d request(s) for pipeline '%s' over %s", len(WORKLOAD.requests), options.pipeline, protocol)
+    if options.compound_result and not isinstance(environment.runner, WorkerRunner):
+        environment.events.quit.add_listener(lambda **_: _write_result(environment, options.compound_result))
     if environment.web_ui is not None and not isinstance(environment.runner, WorkerRunner):
         monitor = _ModelsMonitor(environment, options.compound_refresh)
         monitor.reset()

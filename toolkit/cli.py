@@ -225,6 +225,18 @@ def init(directory: Path) -> None:
     click.echo(f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}")
 
 
+def _register_subcommands() -> None:
+    """Commands that live beside their stage's module, so this file stays a thin layer."""
+    from toolkit.bench.cli import bench
+    from toolkit.cli_loadtest import loadtest
+
+    cli.add_command(loadtest)
+    cli.add_command(bench)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     cli(prog_name="compound")
 

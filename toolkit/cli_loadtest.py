@@ -10,10 +10,13 @@ import click
 from toolkit.loadtest import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
 from toolkit.loadtest_inputs import parse_duration
 
+DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # what `compound deploy` binds by default
+
 
 @click.command("loadtest")
 @click.argument("pipeline")
-@click.option("--url", required=True, metavar="HOST:PORT", help="The server's HTTP or gRPC endpoint (see --protocol).")
+@click.option("--url", metavar="HOST:PORT",
+              help="The server's HTTP or gRPC endpoint (see --protocol)  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--users", type=int, default=16, show_default=True, help="Concurrent closed-loop users (peak, for shapes).")
 @click.option("--spawn-rate", type=float, default=8.0, show_default=True, help="Users started per second.")
@@ -34,7 +37,7 @@ from toolkit.loadtest_inputs import parse_duration
 @click.option("--workers", type=int, default=0, show_default=True, help="Locust worker processes (distributed mode).")
 def loadtest(
     pipeline: str,
-    url: str,
+    url: Optional[str],
     protocol: str,
     users: int,
     spawn_rate: float,
@@ -58,7 +61,7 @@ def loadtest(
         raise click.BadParameter("must be at least 1", param_hint="--steps")
     options = LoadTestOptions(
         pipeline=pipeline,
-        url=url,
+        url=url or DEFAULT_URLS[protocol],
         protocol=protocol,
         users=users,
         spawn_rate=spawn_rate,

@@ -9,8 +9,10 @@ variables, which the locustfile reads as its own options.
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +33,7 @@ PROTOCOLS = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
+_PR_SET_PDEATHSIG = 1
 
 
 class SloViolation(CompoundError):
@@ -103,6 +106,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _child_setup() -> None:
+    """In each locust child: SIGINT must work (it writes the reports; a shell may have left it
+    ignored), and the child dies with this process, whatever kills it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the context manager still stops it
+        pass
+
+
 # --- the processes --------------------------------------------------------------------------------
 
 
@@ -115,6 +128,7 @@ class LocustRunner:
         self.run_dir = run_dir
         self.csv_prefix = run_dir / "locust"
         self.html_path = run_dir / "report.html"
+        self.result_path = run_dir / "result.json"
         self.master_port = free_port() if options.workers else 0
         self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._logs: list[Any] = []
@@ -140,6 +154,7 @@ class LocustRunner:
             COMPOUND_PROTOCOL=o.protocol,
             COMPOUND_DATA=str(Path(o.data).resolve()) if o.data else "",
             COMPOUND_SHAPE=o.shape,
+            COMPOUND_RESULT=str(self.result_path),
             PYTHONUNBUFFERED="1",
         )
         env.update(o.extra_env)
@@ -171,7 +186,7 @@ class LocustRunner:
         self._logs.append(log)
         process = subprocess.Popen(  # noqa: S603 - argv list built above
             argv, cwd=self.run_dir, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup,
         )
         self.processes.append((name, process, log_path))
 
@@ -292,6 +307,15 @@ def _number(value: str) -> float:
         return 0.0
 
 
+_WRAPPED = re.compile(r"""^\w+\((['"])(.*)\1\)$""", re.S)
+
+
+def _unwrap(error: str) -> str:
+    """Locust records ``CatchResponseError("HTTP 500: ...")``; the message alone reads better."""
+    match = _WRAPPED.match(error.strip())
+    return match.group(2) if match else error
+
+
 def read_locust_csv(prefix: Path) -> LatencyStats:
     """The Aggregated row of locust's ``*_stats.csv`` and the reasons in ``*_failures.csv``."""
     stats_file = Path(f"{prefix}_stats.csv")
@@ -315,10 +339,21 @@ def read_locust_csv(prefix: Path) -> LatencyStats:
     if failures_file.exists():
         with failures_file.open(newline="") as handle:
             result.failure_reasons = [
-                {"name": r.get("Name", ""), "error": r.get("Error", ""), "occurrences": int(_number(r.get("Occurrences", "0")))}
+                {"name": r.get("Name", ""), "error": _unwrap(r.get("Error", "")),
+                 "occurrences": int(_number(r.get("Occurrences", "0")))}
                 for r in csv.DictReader(handle)
             ]
     return result
+
+
+def read_result(path: Path, csv_prefix: Path) -> LatencyStats:
+    """The locustfile's final totals; locust's CSV (up to a second stale) when they are missing."""
+    if path.exists():
+        try:
+            return LatencyStats(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            pass
+    return read_locust_csv(csv_prefix)
 
 
 def gate(stats: LatencyStats, p95_slo_ms: Optional[float], max_failure_ratio: Optional[float]) -> list[str]:
@@ -380,8 +415,8 @@ def format_summary(summary: Summary) -> str:
 
 def _append_html(report: Path, section: str) -> None:
     text = report.read_text(encoding="utf-8")
-    marker = "</body>"
-    text = text.replace(marker, section + marker, 1) if marker in text else text + section
+    at = text.rfind("</body>")  # the last one: locust's inlined scripts contain the string too
+    text = text[:at] + section + text[at:] if at >= 0 else text + section
     report.write_text(text, encoding="utf-8")
 
 
@@ -433,9 +468,13 @@ def run_loadtest(
         else:
             grace = STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + (STARTUP_TIMEOUT_S if options.workers else 0)
             runner.wait(timeout=(options.run_time_s or 0) + grace)
-    after = fetch_stats(options.url, options.protocol)
-    latency = read_locust_csv(runner.csv_prefix)
-    models = breakdown(options.pipeline, before, after, list(signature.composing))
+    latency = read_result(runner.result_path, runner.csv_prefix)
+    try:
+        after = fetch_stats(options.url, options.protocol)
+        models: Optional[Breakdown] = breakdown(options.pipeline, before, after, list(signature.composing))
+    except CompoundError as exc:  # the server died during the run: still report what locust saw
+        echo(f"warning: no per-model breakdown: {exc}")
+        models = None
     summary = Summary(
         pipeline=options.pipeline, protocol=options.protocol, url=strip_scheme(options.url), shape=options.shape,
         users=options.users, workers=options.workers, run_time_s=options.run_time_s, latency=latency,

@@ -12,7 +12,7 @@ import random
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -192,7 +192,7 @@ def fetch_signature(url: str, protocol: str, pipeline: str, timeout: float = 5.0
 def _unreachable(target: str, protocol: str, exc: Exception) -> CompoundError:
     return CompoundError(
         f"cannot reach the Triton server at {target} over {protocol}: {exc}",
-        hint="is it running? `compound serve` starts one; check --url and --protocol",
+        hint="is it running? `compound deploy REPOSITORY` starts one; check --url and --protocol",
     )
 
 
@@ -282,7 +282,6 @@ def synthesise(signature: Signature, count: int = SYNTHETIC_REQUESTS, seed: int 
 class _LineError(Exception):
     message: str
     tensor: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _nested_shape(value: Any) -> tuple[tuple[int, ...], list[Any]]:
@@ -402,19 +401,16 @@ def load_jsonl(path: str | Path, signature: Signature) -> list[Request]:
         if not line.strip():
             continue
         where = f"{source}:{number}"
+        takes = f"pipeline '{signature.pipeline}' takes " + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs)
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CompoundError(f"{where}: not valid JSON ({exc.msg})") from None
+            raise CompoundError(f"{where}: not valid JSON ({exc.msg})", hint=takes) from None
         try:
             requests.append(Request(_parse_line(obj, signature), source=where))
         except _LineError as exc:
             tensor = f" tensor '{exc.tensor}':" if exc.tensor else ""
-            raise CompoundError(
-                f"{where}:{tensor} {exc.message}",
-                hint=f"pipeline '{signature.pipeline}' takes "
-                + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs),
-            ) from None
+            raise CompoundError(f"{where}:{tensor} {exc.message}", hint=takes) from None
     if not requests:
         raise CompoundError(f"data file {source} has no requests (every line is blank)")
     return requests

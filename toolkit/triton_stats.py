@@ -129,8 +129,8 @@ class ModelBreakdown:
     avg_batch: float
     max_batch: int
     cache_hits: int
-    queue_ms: float  # per request
-    compute_ms: float  # per request: input + infer + output
+    queue_ms: float  # per request (cache hits count as zero)
+    compute_ms: float  # per request: input + infer + output (each request carries its batch's time)
     latency_ms: float  # per request, all time in the model (success ns / count)
     share: float  # latency_ms / end-to-end, 0..1 (parallel branches overlap, so shares may sum above 1)
 
@@ -138,8 +138,8 @@ class ModelBreakdown:
 @dataclass(frozen=True)
 class Breakdown:
     pipeline: str
-    requests: int  # pipeline requests seen by the server
-    failures: int
+    requests: int  # pipeline requests the server completed successfully
+    failures: int  # as Triton counts them (an ensemble counts a failed step and itself: up to twice)
     end_to_end_ms: float  # the pipeline's own average server-side latency per request
     models: list[ModelBreakdown]
     bottleneck: Optional[str]  # the composing model with the most time per request
@@ -153,6 +153,8 @@ def _per_request_ms(d: Duration, requests: int) -> float:
 
 
 def model_breakdown(counters: ModelCounters, end_to_end_ms: float) -> ModelBreakdown:
+    """Times are averaged over every successful request, cache hits included, so the columns add up
+    and a cached model shows how little it really costs."""
     requests = counters.success.count
     compute = counters.compute_input + counters.compute_infer + counters.compute_output
     executions = counters.execution_count
@@ -166,8 +168,8 @@ def model_breakdown(counters: ModelCounters, end_to_end_ms: float) -> ModelBreak
         avg_batch=round(counters.inference_count / executions, 2) if executions > 0 else 0.0,
         max_batch=max((s for s, n in counters.batch_executions.items() if n > 0), default=0),
         cache_hits=counters.cache_hit.count,
-        queue_ms=round(_per_request_ms(counters.queue, counters.queue.count), 3),
-        compute_ms=round(_per_request_ms(compute, counters.compute_infer.count), 3),
+        queue_ms=round(_per_request_ms(counters.queue, requests), 3),
+        compute_ms=round(_per_request_ms(compute, requests), 3),
         latency_ms=round(latency, 3),
         share=round(latency / end_to_end_ms, 3) if end_to_end_ms > 0 else 0.0,
     )
@@ -191,10 +193,10 @@ def breakdown(
     names += sorted(n for n, c in delta.items() if n != pipeline and n not in names and (c.success.count or c.fail.count))
     models = [model_breakdown(delta.get(n, ModelCounters(n)), end_to_end) for n in names]
     busy = [m for m in models if m.requests > 0]
-    bottleneck = max(busy, key=lambda m: m.queue_ms + m.compute_ms).model if busy else None
+    bottleneck = max(busy, key=lambda m: m.latency_ms).model if busy else None
     return Breakdown(
         pipeline=pipeline,
-        requests=own.success.count + own.fail.count,
+        requests=own.success.count,
         failures=own.fail.count,
         end_to_end_ms=round(end_to_end, 3),
         models=models,
@@ -221,6 +223,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("executions", "Executions"),
     ("avg_batch", "Avg batch"),
     ("max_batch", "Max batch"),
+    ("cache_hits", "Cache hits"),
     ("queue_ms", "Queue ms/req"),
     ("compute_ms", "Compute ms/req"),
     ("latency_ms", "Total ms/req"),
@@ -246,8 +249,8 @@ def format_table(b: Breakdown) -> str:
     body = [[str(r[key]) for key, _ in COLUMNS] for r in rows(b)]
     widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(header)]
     lines = [
-        f"Pipeline '{b.pipeline}': {b.requests} requests on the server, {b.failures} failed, "
-        f"{b.end_to_end_ms:.2f} ms end-to-end per request (server side)",
+        f"Pipeline '{b.pipeline}': {b.requests} requests succeeded on the server ({b.failures} failures counted "
+        f"by Triton), {b.end_to_end_ms:.2f} ms end-to-end per request (server side)",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
         "  ".join("-" * w for w in widths),
     ]
@@ -267,7 +270,7 @@ def to_html(b: Breakdown) -> str:
     return (
         '<section id="compound-models" style="font-family:sans-serif;margin:2em">'
         f"<h2>Pipeline '{escape(b.pipeline)}': per-model breakdown</h2>"
-        f"<p>{b.requests} requests on the server, {b.failures} failed, "
+        f"<p>{b.requests} requests succeeded on the server ({b.failures} failures counted by Triton), "
         f"{b.end_to_end_ms:.2f} ms end-to-end per request (server side). "
         f"Bottleneck: <b>{escape(b.bottleneck or 'none')}</b></p>"
         f'<table border="1" cellpadding="4" style="border-collapse:collapse"><thead><tr>{head}</tr></thead>'

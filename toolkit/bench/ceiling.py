@@ -1,18 +1,20 @@
 """The physical limit: no server, the same handlers chained in-process at the best batch size,
-one worker process per core, all measuring over the same window. Reports requests (rows) per second."""
+one worker process per core, all measuring over the same window. Reports requests (rows) per second.
+
+Workers are plain subprocesses (``python -m toolkit.bench.ceiling``) rather than multiprocessing
+children, so they never re-run the caller's main module: each loads the handlers, says LOADED,
+waits for GO on stdin (all start together), and prints its rate as JSON.
+"""
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
+import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from toolkit.bench.chain import InProcessPipeline
-from toolkit.bench.inputs import sample_rows
 from toolkit.errors import CompoundError
-from toolkit.plan import plan_spec
 
 
 @dataclass(frozen=True)
@@ -23,50 +25,56 @@ class CeilingResult:
     per_worker_rps: tuple[float, ...]
 
 
-def _worker(spec_path: str, pipeline: str, batch: int, warmup_s: float, duration_s: float, barrier: Any, results: Any) -> None:
-    try:
-        plan = plan_spec(spec_path)
-        chain = InProcessPipeline(plan, pipeline)
-        rows = sample_rows(plan, pipeline, batch, seed=2)
-        chain.run(rows)
-        barrier.wait()  # every worker loaded: start together
-        began = time.perf_counter()
-        while time.perf_counter() - began < warmup_s:
-            chain.run(rows)
-        done = 0
-        began = time.perf_counter()
-        while time.perf_counter() - began < duration_s:
-            chain.run(rows)
-            done += batch
-        results.put(("ok", done / (time.perf_counter() - began)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        barrier.abort()
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-
-
 def measure_ceiling(spec_path: str, pipeline: str, batch: int, workers: int, duration_s: float, warmup_s: float = 2.0, load_timeout_s: float = 120.0) -> CeilingResult:
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(workers)
-    results = context.Queue()
-    procs = [
-        context.Process(target=_worker, args=(spec_path, pipeline, batch, warmup_s, duration_s, barrier, results), daemon=True)
-        for _ in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    rates: list[float] = []
+    from toolkit.bench.runner import _child_env
+
+    argv = [sys.executable, "-m", "toolkit.bench.ceiling", spec_path, pipeline, str(batch), str(warmup_s), str(duration_s)]
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()) for _ in range(workers)]
     try:
-        for _ in procs:
-            try:
-                status, value = results.get(timeout=load_timeout_s + warmup_s + duration_s)
-            except queue.Empty:
-                raise CompoundError("ceiling workers did not finish in time") from None
-            if status != "ok":
-                raise CompoundError(f"ceiling worker failed: {value}")
-            rates.append(float(value))
+        for p in procs:
+            line = p.stdout.readline().strip() if p.stdout else ""
+            if line != "LOADED":
+                err = p.stderr.read() if p.stderr else ""
+                raise CompoundError(f"ceiling worker failed to load the handlers: {line or err.strip()[-1000:]}")
+        for p in procs:
+            if p.stdin:
+                p.stdin.write("GO\n")
+                p.stdin.flush()
+        rates = []
+        for p in procs:
+            out, err = p.communicate(timeout=warmup_s + duration_s + load_timeout_s)
+            if p.returncode != 0:
+                raise CompoundError(f"ceiling worker failed (exit {p.returncode})", hint=err.strip()[-1000:])
+            rates.append(float(json.loads(out.strip().splitlines()[-1])["rps"]))
     finally:
         for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return CeilingResult(sum(rates), batch, workers, tuple(rates))
+
+
+def _worker(spec_path: str, pipeline: str, batch: int, warmup_s: float, duration_s: float) -> None:
+    from toolkit.bench.chain import InProcessPipeline
+    from toolkit.bench.inputs import sample_rows
+    from toolkit.plan import plan_spec
+
+    plan = plan_spec(spec_path)
+    chain = InProcessPipeline(plan, pipeline)
+    rows = sample_rows(plan, pipeline, batch, seed=2)
+    chain.run(rows)
+    print("LOADED", flush=True)
+    sys.stdin.readline()  # GO
+    began = time.perf_counter()
+    while time.perf_counter() - began < warmup_s:
+        chain.run(rows)
+    done = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < duration_s:
+        chain.run(rows)
+        done += batch
+    print(json.dumps({"rps": done / (time.perf_counter() - began)}), flush=True)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))

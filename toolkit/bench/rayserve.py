@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def _build_app(spec_path: str, pipeline: str, counts: dict[str, int], cores: int
     graph = [[(s.model, dict(s.inputs), dict(s.outputs)) for s in stage.steps] for stage in stages(plan, pipeline)]
     outputs = list(plan.spec.pipelines[pipeline].outputs)
     replicas = sum(counts.values()) + 1
-    cpu_share = max(0.01, round(cores / replicas, 2))
+    cpu_share = max(0.01, math.floor(100 * cores / replicas) / 100)  # all replicas must fit on `cores`
 
     @serve.deployment(max_ongoing_requests=MAX_ONGOING)
     class Component:

@@ -71,16 +71,38 @@ class ProcessCpu:
         self.root = psutil.Process(pid)
 
     def seconds(self) -> float:
+        return sum(self.per_process().values())
+
+    def per_process(self) -> dict[str, float]:
+        """CPU seconds per process, keyed 'name[pid]' (a stub is named after its model)."""
         import psutil
 
-        total = 0.0
+        found: dict[str, float] = {}
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
                 t = proc.cpu_times()
-                total += t.user + t.system
+                found[f"{_process_name(proc)}[{proc.pid}]"] = t.user + t.system
             except psutil.Error:
                 continue
-        return total
+        return found
+
+
+def _process_name(proc: Any) -> str:
+    """tritonserver, stub:<model>, or the process title (Ray names its workers ray::<Actor>)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # noqa: BLE001 - gone or inaccessible
+        return "?"
+    if not cmd:
+        return proc.name()
+    head = Path(cmd[0]).name
+    if head == "triton_python_backend_stub" and len(cmd) > 1:
+        return "stub:" + Path(cmd[1]).parent.parent.name
+    if head.startswith("ray::"):
+        return cmd[0].split()[0]
+    if head.startswith("python") and len(cmd) > 2 and cmd[1] == "-m":
+        return cmd[2]
+    return head
 
 
 def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Callable[[str], None]) -> dict[str, Any]:
@@ -89,10 +111,13 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
     job.dump(job_file)
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
     marks: dict[str, tuple[float, float, float]] = {}
+    per_process: dict[str, dict[str, float]] = {}
     for line in proc.stdout or ():
         tag = line.strip()
         if tag in ("MEASURE_START", "MEASURE_END"):
-            marks[tag] = (time.perf_counter(), server_cpu.seconds() if server_cpu else 0.0, machine_busy_s())
+            procs = server_cpu.per_process() if server_cpu else {}
+            per_process[tag] = procs
+            marks[tag] = (time.perf_counter(), sum(procs.values()), machine_busy_s())
     _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
     if proc.returncode != 0:
         raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])
@@ -105,6 +130,9 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
             result["server_cpu_pct"] = 100.0 * (c1 - c0) / span
             # everything else on the machine over the same window: benchmarks on a shared machine say so
             result["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"])
+            before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
+            shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
+            result["server_cpu_by_process_pct"] = {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5}
     return result
 
 

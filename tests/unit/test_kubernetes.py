@@ -1,0 +1,194 @@
+"""Kubernetes manifests, checked offline against the real schemas: Kubernetes' own (kubernetes-validate,
+pinned version) and the CRDs of KEDA, Prometheus Operator and KServe (../shared/crds)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import promql_parser
+import pytest
+import yaml
+
+from toolkit.deploy.docker import context_tag, image_flavor, ngc_tag, render_build_context
+from toolkit.deploy.kubernetes import KubernetesDeployment, KubernetesOptions, k8s_name, render_manifests, write_manifests
+from toolkit.errors import CompoundError
+from toolkit.plan import plan_spec
+from toolkit.render import render_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_SPEC = ROOT / "examples" / "textdemo" / "pipeline.yaml"
+CRDS = ROOT.parent / "shared" / "crds"
+K8S_VERSION = "1.30.0"  # a release most managed clusters still run; bump with the support window
+BASE = "compound-base:bookworm"
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("k8s-repos")
+    return {device: render_repository(plan_spec(EXAMPLE_SPEC, device), root / device) for device in ("cpu", "gpu")}  # type: ignore[arg-type]
+
+
+def documents(files: dict[str, str]) -> list[dict[str, Any]]:
+    return [doc for name, text in sorted(files.items()) if name != "kustomization.yaml" for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in documents(files)}
+
+
+def crd_validator(kind: str, api_version: str) -> jsonschema.protocols.Validator:
+    """The CRD's openAPIV3Schema for that served version, made strict: unknown fields are errors
+    (a real API server would silently prune them, hiding a typo)."""
+    if not CRDS.is_dir():
+        pytest.skip(f"CRD schemas not found at {CRDS}")
+    group, version = api_version.split("/")
+    for path, crd in _crds().items():
+        if crd["spec"]["group"] != group or crd["spec"]["names"]["kind"] != kind:
+            continue
+        for served in crd["spec"]["versions"]:
+            if served["name"] == version and served.get("served", True):
+                return jsonschema.Draft7Validator(_strict(copy.deepcopy(served["schema"]["openAPIV3Schema"])))
+        pytest.fail(f"{path.name} serves no version {version} of {kind}")
+    pytest.fail(f"no CRD for {kind} ({api_version}) in {CRDS}")
+
+
+@functools.lru_cache(maxsize=1)
+def _crds() -> dict[Path, dict[str, Any]]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the KServe CRD is 2 MB of YAML
+    return {path: yaml.load(path.read_text(), Loader=loader) for path in sorted(CRDS.glob("*.yaml"))}  # noqa: S506 - safe loader
+
+
+def _strict(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            _strict(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _strict(item)
+    return schema
+
+
+def validate_cr(doc: dict[str, Any]) -> None:
+    errors = sorted(crd_validator(doc["kind"], doc["apiVersion"]).iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{doc['kind']} {'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_deployment_and_service_validate_against_kubernetes_schema(repos: dict[str, Path]) -> None:
+    for device, repo in repos.items():
+        kinds = by_kind(render_manifests(repo, KubernetesOptions(name="textdemo", base_image=BASE)))
+        for kind in ("Deployment", "Service"):
+            kubernetes_validate.validate(kinds[kind], K8S_VERSION, strict=True)  # raises on any problem
+
+
+def test_custom_resources_validate_against_their_crds(repos: dict[str, Path]) -> None:
+    plain = render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, monitor_labels={"release": "prometheus"}))
+    kserve = render_manifests(repos["gpu"], KubernetesOptions(name="textdemo", base_image=BASE, kserve=True))
+    checked = []
+    for doc in documents(plain) + documents(kserve):
+        if doc["apiVersion"] in ("v1", "apps/v1"):
+            continue
+        validate_cr(doc)
+        checked.append(doc["kind"])
+    assert sorted(checked) == ["InferenceService", "PodMonitor", "ScaledObject", "ServingRuntime"]
+
+
+def test_gpu_limits_only_when_a_model_is_kind_gpu(repos: dict[str, Path]) -> None:
+    gpu = by_kind(render_manifests(repos["gpu"], KubernetesOptions(name="textdemo", base_image=BASE, gpus_per_pod=2)))
+    pod = gpu["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    cpu = render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE))
+    assert "nvidia.com/gpu" not in "".join(cpu.values())
+
+
+def test_probes_and_ports_match_triton(repos: dict[str, Path]) -> None:
+    kinds = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE)))
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    args = container["args"]
+    assert args[args.index("--model-repository") + 1] == "/models" and args[args.index("--strict-readiness") + 1] == "true"
+    assert {p["name"]: p["port"] for p in kinds["Service"]["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_scaling_queries_are_per_model_promql(repos: dict[str, Path]) -> None:
+    scaled = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", namespace="serving", base_image=BASE)))["ScaledObject"]
+    triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "textdemo"
+    for trigger in triggers.values():
+        assert trigger["type"] == "prometheus"
+        promql_parser.parse(trigger["metadata"]["query"])  # raises on a syntax error
+    queue = triggers["queue-wait-us"]
+    query = queue["metadata"]["query"]
+    assert queue["metricType"] == "Value"  # a latency does not divide across replicas
+    assert "sum by (model) (rate(nv_inference_queue_duration_us{" in query and "nv_inference_request_success" in query
+    assert 'namespace="serving"' in query and 'pod=~"textdemo-[a-z0-9]+-[a-z0-9]+"' in query
+    assert 'model=~"sentiment|tok|topic|verdict"' in query  # components only: ensembles queue ~0 µs themselves
+    assert triggers["pending-requests"]["metricType"] == "AverageValue"
+    assert "nv_inference_pending_request_count" in triggers["pending-requests"]["metadata"]["query"]
+
+
+def test_options_and_switches(repos: dict[str, Path]) -> None:
+    bare = render_manifests(repos["cpu"], KubernetesOptions(name="Text_Demo", base_image=BASE, autoscale=False, monitor=False, image="registry.example/td:1"))
+    assert sorted(bare) == ["deployment.yaml", "kustomization.yaml", "service.yaml"]
+    assert yaml.safe_load(bare["kustomization.yaml"])["resources"] == ["deployment.yaml", "service.yaml"]
+    assert by_kind(bare)["Deployment"]["metadata"]["name"] == "text-demo"
+    assert by_kind(bare)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/td:1"
+    assert k8s_name("9lives") == "compound-9lives"
+    with pytest.raises(CompoundError, match="--min-replicas"):
+        render_manifests(repos["cpu"], KubernetesOptions(name="x", base_image=BASE, min_replicas=5, max_replicas=2))
+
+
+def test_baked_image_tag_follows_the_repository(repos: dict[str, Path]) -> None:
+    cpu = render_build_context(BASE, repository=repos["cpu"])
+    gpu = render_build_context(BASE, repository=repos["gpu"])
+    assert "repository/classify/config.pbtxt" in cpu and b"COPY repository/ /models/" in cpu["Dockerfile"]
+    assert context_tag("compound-textdemo", cpu) != context_tag("compound-textdemo", gpu)
+    assert context_tag("compound-textdemo", cpu) == context_tag("compound-textdemo", render_build_context(BASE, repository=repos["cpu"]))
+    ngc = render_build_context("nvcr.io/nvidia/tritonserver:24.10-py3")
+    assert image_flavor("nvcr.io/nvidia/tritonserver:24.10-py3") == "ngc" and b"/opt/tritonserver/bin/tritonserver" in ngc["tritonserver.sh"]
+    assert image_flavor(BASE) == "pytriton" and b"nvidia-pytriton==" in cpu["Dockerfile"]
+    assert (ngc_tag("2.42.0"), ngc_tag("2.51.0"), ngc_tag("2.53.0")) == ("24.01", "24.10", "24.12")
+
+
+def test_kustomize_builds_the_folder_offline(repos: dict[str, Path], tmp_path: Path) -> None:
+    """`kubectl apply --dry-run=client` needs a cluster for discovery; `kubectl kustomize` does not."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    files = render_manifests(repos["gpu"], KubernetesOptions(name="textdemo", base_image=BASE))
+    out = write_manifests(files, tmp_path / "manifests")
+    built = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    assert sorted(d["kind"] for d in yaml.safe_load_all(built.stdout) if d) == ["Deployment", "PodMonitor", "ScaledObject", "Service"]
+
+
+def test_no_reachable_cluster_is_a_clear_error(repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
+        "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+        "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {}}],
+    }  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    deployment = KubernetesDeployment(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE), manifests_dir=tmp_path / "m")
+    with pytest.raises(CompoundError, match="no Kubernetes cluster is reachable") as failure:
+        deployment.start()
+    assert "--dry-run" in str(failure.value)

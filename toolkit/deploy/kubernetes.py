@@ -1,0 +1,377 @@
+"""The Kubernetes target: manifests for Triton serving a baked repository, applied with kubectl.
+
+Rendered from templates/k8s/*.yaml.j2: a Deployment (probes on Triton's health endpoints, GPU limits
+when any model is KIND_GPU), a Service, a Prometheus Operator PodMonitor and a KEDA ScaledObject that
+scales on per-model queue signals; or, with kserve, a ServingRuntime + InferenceService instead.
+`start()` applies them, waits for the rollout and port-forwards the Service to loopback so the rest
+of compound (infer, loadtest) talks to the cluster as to a local server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from toolkit import __version__
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, free_port, http_ready
+from toolkit.deploy.docker import context_tag, default_base_image, gpu_models, render_build_context, uses_response_cache
+from toolkit.deploy.local import check_repository
+from toolkit.errors import CompoundError, ServerError
+
+KUBECTL_TIMEOUT_S = 60.0
+MISSING_CRD = {
+    "ScaledObject": "install KEDA (https://keda.sh), or pass --no-autoscale",
+    "PodMonitor": "install the Prometheus Operator, or pass --no-monitor",
+    "ServingRuntime": "install KServe, or leave out --kserve",
+    "InferenceService": "install KServe, or leave out --kserve",
+}
+
+
+@dataclass
+class KubernetesOptions:
+    """Everything about the cluster side; defaults suit a small CPU deployment."""
+
+    name: str
+    namespace: str = "default"
+    image: Optional[str] = None  # default: [registry/]compound-<name>:<hash of the build context>, built locally
+    registry: Optional[str] = None  # push the built image there (e.g. registry.example.com/team)
+    base_image: Optional[str] = None
+    image_pull_policy: str = "IfNotPresent"
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    cpu: str = "2"
+    memory: str = "4Gi"
+    gpus_per_pod: int = 1
+    shm_size: str = "1Gi"
+    autoscale: bool = True
+    monitor: bool = True
+    kserve: bool = False
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    queue_target_us: int = 50_000  # mean queue wait of the worst model that triggers a scale-up
+    pending_per_replica: int = 16
+    window: str = "1m"
+    scrape_interval: str = "15s"
+    monitor_labels: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: int = 600
+    exit_timeout_s: int = 30
+
+
+def k8s_name(text: str) -> str:
+    """An RFC 1123 label: what Deployments, Services and CRs accept as a name."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].rstrip("-")
+    if not name or not name[0].isalpha():
+        name = f"compound-{name}".rstrip("-")[:63]
+    return name
+
+
+def default_image(repository: Path, options: KubernetesOptions) -> str:
+    """The tag `ensure_image` gives the repository baked onto the base: stable across renders."""
+    base = options.base_image or default_base_image()
+    return context_tag(image_repository(options), render_build_context(base, repository=repository))
+
+
+def image_repository(options: KubernetesOptions) -> str:
+    prefix = f"{options.registry.rstrip('/')}/" if options.registry else ""
+    return f"{prefix}compound-{k8s_name(options.name)}"
+
+
+def triton_args(repository: Path, options: KubernetesOptions, *, http: int = 8000, grpc: int = 8001, metrics: int = 8002) -> list[str]:
+    args = [
+        "--model-repository", "/models",
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--disable-auto-complete-config",
+        "--strict-readiness", "true",
+        "--exit-on-error", "true",
+        "--exit-timeout-secs", str(options.exit_timeout_s),
+        "--log-verbose", "0",
+    ]  # fmt: skip
+    if uses_response_cache(repository):
+        args += ["--cache-config", "local,size=67108864"]
+    return args
+
+
+def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict[str, str]:
+    """File name -> YAML text. Every document is parsed back before anything is returned."""
+    from toolkit.render import read_manifest, template_env
+
+    repo = Path(repository).resolve()
+    check_repository(repo)
+    if options.min_replicas > options.max_replicas:
+        raise CompoundError(f"--min-replicas {options.min_replicas} is above --max-replicas {options.max_replicas}")
+    name = k8s_name(options.name)
+    manifest = read_manifest(repo)
+    gpu = gpu_models(repo)
+    image = options.image or default_image(repo, options)
+    selector = {"app.kubernetes.io/name": "tritonserver", "app.kubernetes.io/instance": name}
+    labels = {**selector, "app.kubernetes.io/managed-by": "compound", "app.kubernetes.io/version": __version__}
+    scaled_models = list(manifest.get("models", [])) + [p for p, v in manifest.get("pipelines", {}).items() if v.get("kind") == "orchestrator"]
+    model_match = f',model=~"{"|".join(scaled_models)}"' if scaled_models else ""
+    values: dict[str, Any] = {
+        "version": __version__,
+        "source": manifest.get("spec", repo.name),
+        "name": name,
+        "runtime_name": f"{name}-triton",
+        "namespace": options.namespace,
+        "labels": labels,
+        "selector": selector,
+        "monitor_labels": {**labels, **options.monitor_labels},
+        "image": image,
+        "image_pull_policy": options.image_pull_policy,
+        "replicas": options.replicas,
+        "min_replicas": options.min_replicas,
+        "max_replicas": options.max_replicas,
+        "args": triton_args(repo, options),
+        "kserve_args": triton_args(repo, options, http=8080, grpc=9000),
+        "cpu": options.cpu,
+        "memory": options.memory,
+        "gpus": options.gpus_per_pod if gpu else 0,
+        "gpu_models": gpu,
+        "shm_size": options.shm_size,
+        "startup_failure_threshold": max(1, options.startup_timeout_s // 5),
+        "exit_timeout_s": options.exit_timeout_s,
+        "repository_digest": image.rsplit(":", 1)[-1],
+        "prometheus_url": options.prometheus_url,
+        "queue_target_us": options.queue_target_us,
+        "pending_per_replica": options.pending_per_replica,
+        "window": options.window,
+        "scrape_interval": options.scrape_interval,
+        "selector_promql": f'namespace="{options.namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"{model_match}',
+    }
+    env = template_env()
+    env.filters["q"] = lambda value: json.dumps(str(value), ensure_ascii=False)
+    if options.kserve:
+        wanted = ["kserve"]
+    else:
+        wanted = ["deployment", "service"] + (["podmonitor"] if options.monitor else []) + (["scaledobject"] if options.autoscale else [])
+    files = {f"{stem}.yaml": env.get_template(f"k8s/{stem}.yaml.j2").render(**values) for stem in wanted}
+    files["kustomization.yaml"] = (
+        f"# Generated by compound {__version__}: `kubectl apply -k` this folder (what `compound deploy` runs).\n"
+        + yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": sorted(files)}, sort_keys=False)
+    )
+    for file_name, text in files.items():
+        try:
+            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as exc:
+            raise CompoundError(f"internal error: rendered {file_name} is not valid YAML: {exc}") from None
+        if not documents or not all(isinstance(d, dict) and d.get("kind") for d in documents):
+            raise CompoundError(f"internal error: rendered {file_name} holds no Kubernetes object")
+    return files
+
+
+def write_manifests(files: dict[str, str], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.yaml"):
+        if stale.name not in files and "compound" in stale.read_text(errors="replace")[:200]:
+            stale.unlink()  # a manifest an earlier render wrote (e.g. before --no-autoscale)
+    for file_name, text in files.items():
+        (out / file_name).write_text(text)
+    return out
+
+
+def kubectl(args: list[str], *, context: Optional[str] = None, timeout_s: float = KUBECTL_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("kubectl")
+    if binary is None:
+        raise CompoundError("kubectl is not installed", hint="install it (https://kubernetes.io/docs/tasks/tools/), or use --dry-run to write the manifests only")
+    argv = [binary, *(["--context", context] if context else []), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CompoundError(f"`kubectl {' '.join(args)}` did not finish in {timeout_s:.0f} s", hint="check the cluster, or use --dry-run") from None
+    if check and done.returncode != 0:
+        raise CompoundError(f"`kubectl {' '.join(args)}` failed: {(done.stderr or done.stdout).strip()}", hint=_crd_hint(done.stderr))
+    return done
+
+
+def _crd_hint(stderr: str) -> Optional[str]:
+    for kind, hint in MISSING_CRD.items():
+        if f'kind "{kind}"' in stderr or f"kind {kind}" in stderr:
+            return hint
+    return None
+
+
+def cluster_reachable(context: Optional[str] = None) -> tuple[bool, str]:
+    """Whether kubectl's current (or named) context answers, and if not, why."""
+    done = kubectl(["get", "--raw", "/readyz", "--request-timeout=5s"], context=context, timeout_s=15, check=False)
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return done.returncode == 0, lines[-1] if lines else ""
+
+
+class KubernetesDeployment:
+    """Owns one applied set of manifests and a kubectl port-forward to its Service."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        options: KubernetesOptions,
+        *,
+        manifests_dir: Optional[str | Path] = None,
+        context: Optional[str] = None,
+        build: bool = True,
+        host: str = "127.0.0.1",
+        http_port: Optional[int] = None,
+        grpc_port: Optional[int] = None,
+        metrics_port: Optional[int] = None,
+        log_path: Optional[str | Path] = None,
+        detach: bool = False,
+        delete_on_stop: bool = True,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.options = options
+        self.name = k8s_name(options.name)
+        self.manifests_dir = Path(manifests_dir) if manifests_dir else Path(tempfile.mkdtemp(prefix=f"compound-k8s-{self.name}-"))
+        self.context = context
+        self.build = build
+        self.endpoints = Endpoints(host, http_port or free_port(host), grpc_port or free_port(host), metrics_port or free_port(host))
+        self.log_path = Path(log_path) if log_path else self.manifests_dir / "port-forward.log"
+        self.detach = detach
+        self.delete_on_stop = delete_on_stop
+        self.port_forward: Optional[subprocess.Popen[bytes]] = None
+        self.applied = False
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoints.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoints.grpc_url
+
+    def render(self) -> Path:
+        """Write the manifests only (what --dry-run does)."""
+        return write_manifests(render_manifests(self.repository, self.options), self.manifests_dir)
+
+    def start(self) -> KubernetesDeployment:
+        """Build (and push) the image, apply, wait for the rollout, port-forward, wait for ready."""
+        if self.options.kserve:
+            raise CompoundError("--kserve writes the ServingRuntime and InferenceService only", hint="add --dry-run, then `kubectl apply -k` the manifests folder")
+        reachable, why = cluster_reachable(self.context)
+        if not reachable:
+            raise CompoundError(f"no Kubernetes cluster is reachable through kubectl ({why or 'no answer'})", hint="set KUBECONFIG or --context, or pass --dry-run to only write the manifests (to --manifests-dir)")
+        if self.options.image is None:
+            self.options.image = self._build_image()
+        self.render()
+        try:
+            kubectl(["apply", "-k", str(self.manifests_dir)], context=self.context)
+            self.applied = True
+            kubectl(["rollout", "status", f"deployment/{self.name}", "-n", self.options.namespace, f"--timeout={self.options.startup_timeout_s}s"], context=self.context, timeout_s=self.options.startup_timeout_s + 30)
+            self._port_forward()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.port_forward is not None and self.port_forward.poll() is not None:
+                raise ServerError("kubectl port-forward exited", _tail(self.log_path), hint=f"log: {self.log_path}")
+            if http_ready(self.endpoints):
+                return
+            time.sleep(READY_POLL_INTERVAL_S)
+        raise ServerError(f"deployment/{self.name} rolled out but {self.endpoints.http_url} was not ready after {timeout_s:.0f} s", self.log_tail())
+
+    def stop(self) -> None:
+        if self.port_forward is not None:
+            if self.port_forward.poll() is None:
+                self.port_forward.terminate()
+                try:
+                    self.port_forward.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.port_forward.kill()
+                    self.port_forward.wait()
+            self.port_forward = None
+        if self.applied and self.delete_on_stop:
+            kubectl(["delete", "-k", str(self.manifests_dir), "--ignore-not-found", "--wait=false"], context=self.context, check=False)
+            self.applied = False
+
+    def log_tail(self, lines: int = 40) -> str:
+        return deployment_log_tail(self.name, self.options.namespace, self.context, lines)
+
+    def __enter__(self) -> KubernetesDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _build_image(self) -> str:
+        from toolkit.deploy.docker import connect, ensure_image
+
+        if not self.build:
+            raise CompoundError("no --image given and --no-build", hint="pass --image REGISTRY/NAME:TAG that the cluster can pull")
+        client = connect()
+        base = self.options.base_image or default_base_image()
+        self.manifests_dir.mkdir(parents=True, exist_ok=True)
+        tag = ensure_image(client, base, name=image_repository(self.options), repository=self.repository, log_path=self.manifests_dir / "docker-build.log")
+        if self.options.registry:
+            repository, version = tag.rsplit(":", 1)
+            for line in client.images.push(repository, version, stream=True, decode=True):
+                if "error" in line:
+                    raise CompoundError(f"pushing {tag} failed: {line['error']}", hint=f"`docker login {self.options.registry.split('/')[0]}`, or push it yourself and pass --image")
+        return tag
+
+    def _port_forward(self) -> None:
+        kubectl_bin = shutil.which("kubectl") or "kubectl"
+        argv = [
+            kubectl_bin, *(["--context", self.context] if self.context else []),
+            "port-forward", "-n", self.options.namespace, f"service/{self.name}",
+            f"{self.endpoints.http_port}:8000", f"{self.endpoints.grpc_port}:8001", f"{self.endpoints.metrics_port}:8002",
+            "--address", self.endpoints.host,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.port_forward = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detach)
+
+    @property
+    def port_forward_pid(self) -> Optional[int]:
+        return self.port_forward.pid if self.port_forward else None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# Helpers for `compound status|logs|stop` on a deployment recorded with target kubernetes.
+
+
+def port_forward_running(pid: Optional[int]) -> bool:
+    """Whether pid is still our `kubectl port-forward` (not a process that reused the pid)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            parts = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return any(p.endswith(b"kubectl") for p in parts) and b"port-forward" in parts
+
+
+def deployment_log_tail(name: str, namespace: str, context: Optional[str] = None, lines: int = 50) -> str:
+    done = kubectl(["logs", "-n", namespace, f"deployment/{name}", f"--tail={lines}"], context=context, check=False)
+    return done.stdout or done.stderr
+
+
+def stop_recorded(manifests_dir: str, port_forward_pid: Optional[int], context: Optional[str] = None) -> None:
+    """`compound stop` for target kubernetes: end the port-forward, delete what was applied."""
+    if port_forward_running(port_forward_pid):
+        try:
+            os.kill(port_forward_pid, signal.SIGTERM)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+    if Path(manifests_dir).is_dir():
+        kubectl(["delete", "-k", manifests_dir, "--ignore-not-found", "--wait=false"], context=context, check=False)
