@@ -144,7 +144,7 @@ async def _grpc_sender(job: Job) -> tuple[Any, Any, int]:
     client = grpcclient.InferenceServerClient(job.url)
 
     async def one_request(i: int) -> None:
-        env: dict[str, np.ndarray] = {}
+        env: dict[str, np.ndarray] = {t: v[i : i + 1] for t, v in rows.items()} if len(job.stages) > 1 else {}
         for s, stage in enumerate(job.stages):
             if s == 0:
                 inputs_per_call = prebuilt[i]

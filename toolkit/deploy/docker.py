@@ -324,6 +324,8 @@ class DockerServer:
         if self.network == "host":
             kwargs["network_mode"] = "host"
         else:
+            if not client.networks.list(names=["bridge"]):
+                raise CompoundError("this Docker engine has no bridge network (dockerd --bridge=none?), so it cannot publish ports", hint="pass --network host")
             host = self.endpoints.host
             kwargs["ports"] = {f"{inner}/tcp": (host, outer) for inner, outer in zip(CONTAINER_PORTS, (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port))}
         if wants_gpu:
@@ -368,7 +370,7 @@ class DockerServer:
                 container.stop(timeout=STOP_GRACE_S)
             except docker.errors.APIError:
                 pass
-            self._flush_logs(container)
+            self._flush_logs()
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
@@ -452,7 +454,7 @@ class DockerServer:
         self._log_thread = threading.Thread(target=pump, name=f"logs-{self.name}", daemon=True)
         self._log_thread.start()
 
-    def _flush_logs(self, container: Optional[Container] = None) -> None:
+    def _flush_logs(self) -> None:
         """Give the log pump a moment to write the container's last lines."""
         if self._log_thread is not None:
             self._log_thread.join(timeout=2)
