@@ -25,7 +25,7 @@ from toolkit.render import render_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SPEC = ROOT / "examples" / "textdemo" / "pipeline.yaml"
-CRDS = ROOT.parent / "shared" / "crds"
+CRDS = Path(__file__).resolve().parents[1] / "fixtures" / "crds"
 K8S_VERSION = "1.30.0"  # a release most managed clusters still run; bump with the support window
 BASE = "compound-base:bookworm"
 
