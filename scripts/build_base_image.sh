@@ -41,7 +41,9 @@ if [[ "$REBUILD" == 1 || ! -s "$TARBALL" ]]; then
     command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install -y debootstrap"
     mkdir -p "$CACHE_DIR"
     ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/compound-rootfs.XXXXXX")"
-    trap 'umount -R "$ROOTFS/proc" "$ROOTFS/sys" 2>/dev/null; rm -rf "$ROOTFS"' EXIT
+    # `|| true`: under set -e a failing umount (nothing is mounted) would end the trap there, skip
+    # the clean-up and turn a successful build into a failed exit.
+    trap 'umount -R "$ROOTFS/proc" "$ROOTFS/sys" 2>/dev/null || true; rm -rf "$ROOTFS"' EXIT
     echo "debootstrap $SUITE from $MIRROR into $ROOTFS ..."
     mkdir -p "$CACHE_DIR/debs"
     debootstrap --variant=minbase --cache-dir="$CACHE_DIR/debs" --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR"

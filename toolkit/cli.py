@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import sys
 import time
@@ -89,36 +88,68 @@ def _deployment_name(repository: Path) -> str:
     return str(read_manifest(repository).get("deployment") or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower()) or "default")
 
 
+def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
+    """A flag given for another target is a mistake worth naming, not something to ignore."""
+    for param in ctx.command.params:
+        scope = re.match(r"\[([a-z, ]+)\]", getattr(param, "help", None) or "")
+        if scope and target not in scope.group(1) and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:  # type: ignore[arg-type]
+            raise CompoundError(f"{param.opts[0]} applies to --target {scope.group(1).replace(', ', ' or ')}, not {target}")
+
+
 @cli.command()
 @click.argument("repository", type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(["local"]), default="local", show_default=True, help="Where to run Triton: the embedded tritonserver.")
+@click.option("--target", type=click.Choice(["local", "docker", "kubernetes"]), default="local", show_default=True, help="local: the embedded tritonserver; docker: one container (Docker SDK); kubernetes: kubectl apply.")
 @_ports
 @click.option("--name", default=None, help="Deployment name (default: the spec's name).")
 @click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait until every model is ready.")
-def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: int, metrics_port: int, name: Optional[str], timeout_s: float) -> None:
+@click.option("--image", default=None, help="[docker, kubernetes] Use this image instead of building one.")
+@click.option("--base-image", default=None, help="[docker, kubernetes] Base for the built image (default: the NGC tritonserver matching the wheel).")
+@click.option("--pip", "pip_requirements", multiple=True, metavar="REQUIREMENT", help="[docker] Extra pip requirement for your handlers. Repeatable.")
+@click.option("--network", type=click.Choice(["bridge", "host"]), default="bridge", show_default=True, help="[docker] bridge publishes the ports on --host; host shares the host's network.")
+@click.option("--gpus/--no-gpus", default=None, help="[docker] Give the container the GPUs (default: when a model is KIND_GPU).")
+@click.option("--namespace", default="default", show_default=True, help="[kubernetes]")
+@click.option("--context", default=None, help="[kubernetes] kubectl context (default: the current one).")
+@click.option("--registry", default=None, help="[kubernetes] Push the built image here (e.g. ghcr.io/me).")
+@click.option("--dry-run", is_flag=True, help="[kubernetes] Only write the manifests (to --manifests-dir).")
+@click.option("--manifests-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="[kubernetes] Where the manifests go (default with --dry-run: ./<name>-k8s).")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="[kubernetes] Replicas without autoscaling.")
+@click.option("--min-replicas", type=click.IntRange(0), default=1, show_default=True, help="[kubernetes] KEDA lower bound.")
+@click.option("--max-replicas", type=click.IntRange(1), default=4, show_default=True, help="[kubernetes] KEDA upper bound.")
+@click.option("--cpu", default="2", show_default=True, help="[kubernetes] CPU request per pod.")
+@click.option("--memory", default="4Gi", show_default=True, help="[kubernetes] Memory request and limit per pod.")
+@click.option("--gpus-per-pod", type=click.IntRange(1), default=1, show_default=True, help="[kubernetes] nvidia.com/gpu per pod when a model is KIND_GPU.")
+@click.option("--queue-target-us", type=click.IntRange(1), default=50_000, show_default=True, help="[kubernetes] Scale up when the worst model's mean queue wait exceeds this.")
+@click.option("--prometheus-url", default="http://prometheus-operated.monitoring.svc:9090", show_default=True, help="[kubernetes] Prometheus that KEDA queries.")
+@click.option("--autoscale/--no-autoscale", default=True, show_default=True, help="[kubernetes] Write a KEDA ScaledObject.")
+@click.option("--monitor/--no-monitor", default=True, show_default=True, help="[kubernetes] Write a Prometheus Operator PodMonitor.")
+@click.option("--kserve", is_flag=True, help="[kubernetes] Write a KServe ServingRuntime + InferenceService instead (with --dry-run).")
+def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: int, metrics_port: int, name: Optional[str], timeout_s: float, **options: Any) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
-    from toolkit.deploy import base
-    from toolkit.deploy.local import LocalServer, check_repository, pid_running_tritonserver
+    from toolkit.deploy import targets
+    from toolkit.deploy.local import check_repository
 
+    _reject_other_targets_options(click.get_current_context(), target)
     repo = Path(repository).resolve()
     check_repository(repo)
     name = name or _deployment_name(repo)
-    try:
-        previous = base.load_state(name)
-    except CompoundError:
-        previous = None
-    if previous is not None and pid_running_tritonserver(previous.pid):
-        raise CompoundError(f"deployment '{name}' is already running (pid {previous.pid}, {previous.endpoints.describe()})", hint="`compound stop` it first, or pass --name")
-    workdir = base.state_dir().parent / "run" / name
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    server = LocalServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, workdir=workdir, ready_timeout_s=timeout_s, detach=True)
-    click.echo(f"starting tritonserver for '{name}' (log: {server.log_path}) ...")
+    kubernetes = {key: options[key] for key in ("namespace", "registry", "replicas", "min_replicas", "max_replicas", "cpu", "memory", "gpus_per_pod", "queue_target_us", "prometheus_url", "autoscale", "monitor", "kserve")}
+    request = targets.DeployRequest(
+        repository=repo, name=name, target=target, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        ready_timeout_s=timeout_s, image=options["image"], base_image=options["base_image"], network=options["network"], gpus=options["gpus"],
+        pip=options["pip_requirements"], kubernetes=kubernetes, context=options["context"], manifests_dir=options["manifests_dir"],
+    )  # fmt: skip
+    if options["dry_run"]:
+        if target != "kubernetes":
+            raise CompoundError("--dry-run only applies to --target kubernetes")
+        request.manifests_dir = request.manifests_dir or Path.cwd() / f"{name}-k8s"
+        written = targets.kubernetes_deployment(request).render()
+        click.echo(f"wrote {written} ({', '.join(sorted(p.name for p in written.iterdir()))})")
+        click.echo(f"next: kubectl apply -k {written}")
+        return
+    click.echo(f"starting '{name}' on target {target} ...")
     started = time.monotonic()
-    server.start()
-    state = base.DeploymentState(name=name, target=target, repository=str(repo), host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_path=str(server.log_path), pid=server.pid, extra={"workdir": str(workdir)})
-    base.save_state(state)
-    click.echo(f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()}")
+    state = targets.start(request)
+    click.echo(f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()} (log: {state.log_path})")
     click.echo("next: compound infer PIPELINE --url " + state.endpoints.http_url + " --input NAME=VALUE;  compound stop")
 
 
@@ -146,14 +177,14 @@ def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_po
 @cli.command()
 @click.option("--name", default=None, help="Deployment name (default: the only one).")
 def status(name: Optional[str]) -> None:
-    """Show whether the recorded deployment runs and which models are ready."""
-    from toolkit.deploy import base
-    from toolkit.deploy.local import pid_running_tritonserver
+    """Show whether the recorded deployment runs and which models are ready (exit 1 if it does not run)."""
+    from toolkit.deploy import base, targets
 
     state = base.load_state(name)
-    running = pid_running_tritonserver(state.pid)
+    running = targets.is_running(state)
     ready = running and base.http_ready(state.endpoints)
-    click.echo(f"{state.name}: {'ready' if ready else 'running, not ready' if running else 'not running'} (target {state.target}, pid {state.pid})")
+    where = f"container {state.container}" if state.container else f"pid {state.pid}"
+    click.echo(f"{state.name}: {'ready' if ready else 'running, not ready' if running else 'not running'} (target {state.target}, {where})")
     click.echo(f"  repository: {state.repository}")
     click.echo(f"  endpoints:  {state.endpoints.describe()}")
     click.echo(f"  log:        {state.log_path}")
@@ -175,26 +206,19 @@ def status(name: Optional[str]) -> None:
 @click.option("-n", "--lines", type=click.IntRange(1), default=50, show_default=True)
 def logs(name: Optional[str], lines: int) -> None:
     """Print the tail of the deployment's server log."""
-    from toolkit.deploy import base
+    from toolkit.deploy import base, targets
 
-    state = base.load_state(name)
-    click.echo(base.read_tail(Path(state.log_path), lines))
+    click.echo(targets.log_tail(base.load_state(name), lines))
 
 
 @cli.command()
 @click.option("--name", default=None, help="Deployment name (default: the only one).")
 def stop(name: Optional[str]) -> None:
-    """Stop the recorded deployment and forget it."""
-    from toolkit.deploy import base
-    from toolkit.deploy.local import stop_process
+    """Stop the recorded deployment (remove its container, delete its Kubernetes objects) and forget it."""
+    from toolkit.deploy import base, targets
 
     state = base.load_state(name)
-    stopped = state.pid is not None and stop_process(state.pid)
-    base.forget_state(state.name)
-    workdir = state.extra.get("workdir")
-    if workdir:
-        shutil.rmtree(Path(workdir) / "backends", ignore_errors=True)
-    click.echo(f"{state.name}: {'stopped' if stopped else 'was not running'}")
+    click.echo(f"{state.name}: {'stopped' if targets.stop(state) else 'was not running'}")
 
 
 @cli.command()

@@ -33,6 +33,10 @@ PROTOCOLS = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
+# Users finish the request in flight when a run (or a shape's step down) stops them, instead of being
+# killed: a killed gRPC call is a cancellation, and Triton 2.51 can crash on a cancellation racing a
+# response (triton-inference-server/server#7368, fixed in 24.12), as seen here under locust.
+STOP_TIMEOUT_S = 10
 _PR_SET_PDEATHSIG = 1
 
 
@@ -163,7 +167,7 @@ class LocustRunner:
     def command(self, role: str) -> list[str]:
         """argv for 'standalone', 'master' or 'worker'."""
         o = self.options
-        argv = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", self.host]
+        argv = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", self.host, "--stop-timeout", str(STOP_TIMEOUT_S)]
         if role == "worker":
             return argv + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
         argv += ["-u", str(o.users), "-r", str(o.spawn_rate), "--csv", str(self.csv_prefix),
@@ -466,7 +470,7 @@ def run_loadtest(
             except KeyboardInterrupt:
                 echo("Stopping locust...")
         else:
-            grace = STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + (STARTUP_TIMEOUT_S if options.workers else 0)
+            grace = STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + STOP_TIMEOUT_S + (STARTUP_TIMEOUT_S if options.workers else 0)
             runner.wait(timeout=(options.run_time_s or 0) + grace)
     latency = read_result(runner.result_path, runner.csv_prefix)
     try:

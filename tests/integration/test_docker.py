@@ -146,3 +146,31 @@ def test_unreachable_engine_says_what_to_start(textdemo_repo: Path, tmp_path: Pa
     with pytest.raises(CompoundError) as failure:
         server.start()
     assert "cannot reach the Docker engine" in str(failure.value) and "dockerd" in str(failure.value)
+
+
+def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_image: str) -> None:
+    """What a user types: the container outlives `compound deploy`, and `compound stop` removes it."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    runner = CliRunner()
+    ports = [str(free_port()) for _ in range(3)]
+    name = f"dockercli-{uuid.uuid4().hex[:6]}"
+    deploy = ["deploy", str(textdemo_repo), "--target", "docker", "--name", name, "--network", "host", "--base-image", base_image, "--timeout", "600"]
+    deployed = runner.invoke(cli, [*deploy, "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]])
+    try:
+        assert deployed.exit_code == 0, deployed.output
+        assert _containers_named(f"compound-{name}"), "the container should outlive the deploy command"
+        status = runner.invoke(cli, ["status", "--name", name])
+        assert status.exit_code == 0 and "ready (target docker, container compound-" in status.output, status.output
+        assert "model classify: READY" in status.output
+        inferred = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{ports[1]}", "--protocol", "grpc", "--input", f"text={TEXTS[0]}"])
+        assert inferred.exit_code == 0 and '"score"' in inferred.output, inferred.output
+        logs = runner.invoke(cli, ["logs", "--name", name, "-n", "400"])
+        assert logs.exit_code == 0 and "Started GRPCInferenceService" in logs.output, logs.output
+    finally:
+        stopped = runner.invoke(cli, ["stop", "--name", name])
+    assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
+    assert _containers_named(f"compound-{name}") == []
+    assert runner.invoke(cli, ["status", "--name", name]).exit_code != 0

@@ -19,7 +19,7 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
     import psutil
 
     from toolkit.bench.runner import _child_env, machine_busy_s
-    from toolkit.loadtest import locustfile_path, read_locust_csv
+    from toolkit.loadtest import STOP_TIMEOUT_S, locustfile_path, read_locust_csv
 
     if len(job.stages) != 1 or len(job.stages[0]) != 1:
         raise CompoundError("--driver locust sends one pipeline request at a time; the static profile chains models from the client", hint="use --driver grpc for the static profile")
@@ -29,7 +29,7 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
     argv = [
         sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", f"grpc://{job.url}", "--pipeline", pipeline,
         "-u", str(job.concurrency), "-r", str(job.concurrency), "-t", f"{run_s:.0f}s", "--headless", "--only-summary",
-        "--csv", str(prefix), "--exit-code-on-error", "0",
+        "--csv", str(prefix), "--exit-code-on-error", "0", "--stop-timeout", str(STOP_TIMEOUT_S),
     ]  # fmt: skip
     with open(work / "locust.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env())

@@ -147,3 +147,14 @@ def read_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def uses_response_cache(repository: Path) -> bool:
+    """Triton refuses `response_cache` in a config unless the server was started with a cache."""
+    return any("response_cache" in p.read_text(errors="replace") for p in repository.glob("*/config.pbtxt"))
+
+
+def load_failures(log_text: str) -> str:
+    """The models Triton failed to load, pulled out of its log for the error message."""
+    failures = [line.strip() for line in log_text.splitlines() if "failed to load" in line or "UNAVAILABLE:" in line]
+    return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""

@@ -23,7 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, port_in_use, read_tail
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, load_failures, port_in_use, read_tail, uses_response_cache
 from toolkit.deploy.local import DEFAULT_READY_TIMEOUT_S, check_repository
 from toolkit.errors import CompoundError, ServerError
 
@@ -82,10 +82,6 @@ def gpu_models(repository: Path) -> list[str]:
         if any(group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for group in parsed.instance_group):
             found.append(config.parent.name)
     return found
-
-
-def uses_response_cache(repository: Path) -> bool:
-    return any("response_cache" in p.read_text(errors="replace") for p in repository.glob("*/config.pbtxt"))
 
 
 def connect() -> "docker.DockerClient":
@@ -354,7 +350,7 @@ class DockerServer:
                 tail = self.log_tail()
                 if "already in use" in tail or "Address in use" in tail:
                     raise CompoundError(f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)")
-                raise ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{_load_failures(tail)}", tail, hint=f"full log: {self.log_path}")
+                raise ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}", tail, hint=f"full log: {self.log_path}")
             if http_ready(self.endpoints):
                 return
             time.sleep(READY_POLL_INTERVAL_S)
@@ -469,11 +465,6 @@ def _slug(text: str) -> str:
     import re
 
     return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "repository"
-
-
-def _load_failures(log: str) -> str:
-    failures = [line.strip() for line in log.splitlines() if "failed to load" in line or "UNAVAILABLE:" in line]
-    return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""
 
 
 # Helpers for `compound status|logs|stop` on a deployment recorded with target docker.

@@ -24,8 +24,8 @@ from typing import Any, Optional
 import yaml
 
 from toolkit import __version__
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, free_port, http_ready
-from toolkit.deploy.docker import context_tag, default_base_image, gpu_models, render_build_context, uses_response_cache
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, free_port, http_ready, uses_response_cache
+from toolkit.deploy.docker import context_tag, default_base_image, gpu_models, render_build_context
 from toolkit.deploy.local import check_repository
 from toolkit.errors import CompoundError, ServerError
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, port_in_use, read_tail
+from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, load_failures, port_in_use, read_tail, uses_response_cache
 from toolkit.errors import CompoundError, ServerError
 
 STOP_GRACE_S = 15.0
@@ -131,7 +131,7 @@ class LocalServer:
             "--exit-timeout-secs", "10",
             "--log-verbose", "0",
         ]  # fmt: skip
-        if _uses_response_cache(self.repository):
+        if uses_response_cache(self.repository):
             argv += ["--cache-directory", str(install.caches), "--cache-config", f"local,size={self.cache_bytes}"]
         return argv + self.extra_args
 
@@ -169,7 +169,7 @@ class LocalServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(
-                    f"tritonserver exited with code {self.process.returncode} during start-up{_load_failures(self.log_path)}",
+                    f"tritonserver exited with code {self.process.returncode} during start-up{load_failures(read_tail(self.log_path, 400))}",
                     self.log_tail(),
                     hint=f"full log: {self.log_path}",
                 )
@@ -247,16 +247,3 @@ def pid_running_tritonserver(pid: Optional[int]) -> bool:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _uses_response_cache(repository: Path) -> bool:
-    return any("response_cache" in p.read_text(errors="replace") for p in repository.glob("*/config.pbtxt"))
-
-
-def _load_failures(log_path: Path) -> str:
-    """The models Triton failed to load, pulled out of its log for the error message."""
-    failures = []
-    for line in read_tail(log_path, 400).splitlines():
-        if "failed to load" in line or "UNAVAILABLE:" in line:
-            failures.append(line.strip())
-    return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""
