@@ -12,6 +12,10 @@ nothing, and the orchestrator runs in its own instances (own stub processes): a 
 orchestrator holds nothing a callee needs, so every callee request it waits on can always run.
 Concurrency inside the orchestrator comes from asyncio, not from instances, so its instance count is
 small and fixed (ORCHESTRATOR_INSTANCES); callees need no extra instances.
+
+A fused pipeline (`fuse: true`) is the same program with every model step marked `inline`: the
+runtime calls the handlers in its own process instead of sending BLS requests, so it calls nothing
+and cannot deadlock; its instances do the compute, so their count is planned like a model's.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import jinja2
 from toolkit import __version__
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, PipelinePlan
+from toolkit.render import handler_files, templates_dir
 from toolkit.spec import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
 
 PROGRAM_VERSION = 1
 PROGRAM_FILE = "program.json"
+COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 # Two instances: while one is inside execute() (which returns only when all of its requests are
 # done), the other picks up newly queued requests, so a long request (loop, slow branch) never holds
 # up the requests that arrive behind it. More would only add idle stub processes.
@@ -56,6 +62,7 @@ class _Compiler:
     def __init__(self, spec: Spec, pipeline: PipelinePlan) -> None:
         self.spec = spec
         self.pipeline = pipeline
+        self.inline = pipeline.kind == "fused"
 
     def block(self, steps: list[AnyStep], loc: tuple[Any, ...], types: dict[str, TensorSpec]) -> _Compiled:
         """Compile steps in listed order; each read resolves to the latest earlier writer.
@@ -91,6 +98,7 @@ class _Compiler:
                 "where": where,
                 "model": step.model,
                 "batching": model.max_batch_size > 0,
+                "inline": self.inline,
                 "inputs": dict(step.inputs),
                 "outputs": dict(step.outputs),
             }
@@ -163,12 +171,15 @@ class _Compiler:
 def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
     """The JSON program the runtime interprets: steps, tensor maps, dtypes, batching, timeout."""
     compiler = _Compiler(plan.spec, pipeline)
-    root = compiler.block(list(pipeline.spec.steps), ("steps",), dict(pipeline.spec.inputs))
+    steps = list(pipeline.spec.steps)
+    if pipeline.steps:  # a static DAG may list its steps in any order: run them in the planned one
+        steps = [pipeline.spec.steps[step.index] for step in pipeline.steps]
+    root = compiler.block(steps, ("steps",), dict(pipeline.spec.inputs))
     spec = pipeline.spec
     for name in spec.outputs:
         if name not in root.writes and name not in spec.inputs:
             raise CompoundError(f"internal error: pipeline '{pipeline.name}': output '{name}' is not produced")
-    return {
+    program: Json = {
         "version": PROGRAM_VERSION,
         "generator": f"compound {__version__}",
         "pipeline": pipeline.name,
@@ -178,6 +189,27 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
         "outputs": {name: pipeline.tensors[name].numpy_dtype for name in spec.outputs},
         "body": root.json(),
     }
+    if pipeline.kind == "fused":
+        program["handlers"] = inline_handlers(plan, pipeline)
+    return program
+
+
+def inline_handlers(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
+    """What a fused runtime needs to load each handler and warm it before the model reports ready
+    (zero-filled inputs at batch 1 and the pipeline's max batch, as Triton's model_warmup would)."""
+    sizes = sorted({1, pipeline.max_batch_size}) if pipeline.max_batch_size > 1 else [1]
+    handlers: Json = {}
+    for name in pipeline.models:
+        model = plan.models[name]
+        spec = model.spec
+        handlers[name] = {
+            "handler": f"{model.handler.module}:{model.handler.cls}",
+            "parameters": spec.parameters,
+            "inputs": {n: [[1 if d == -1 else d for d in t.dims], t.numpy_dtype] for n, t in spec.inputs.items()},
+            "outputs": [[n, t.numpy_dtype] for n, t in spec.outputs.items()],
+            "warmup": sizes if spec.warmup else [],
+        }
+    return handlers
 
 
 def called_models(program: Json) -> list[str]:
@@ -208,6 +240,9 @@ def plan_instances(plan: DeploymentPlan, pipeline: PipelinePlan) -> tuple[int, d
     instances always finishes what it started. The check that makes the rule hold is that nothing
     an orchestrator calls is itself an orchestrator or pipeline (no cycles, no nesting).
     """
+    if pipeline.kind == "fused":
+        assert pipeline.instances is not None, "build_plan sets a fused pipeline's instances"
+        return pipeline.instances.count, {}  # it calls nothing: its handlers run in-process
     for model in pipeline.models:
         if model in plan.pipelines or model not in plan.spec.models:
             raise CompoundError(
@@ -217,31 +252,47 @@ def plan_instances(plan: DeploymentPlan, pipeline: PipelinePlan) -> tuple[int, d
     return ORCHESTRATOR_INSTANCES, {model: 1 for model in pipeline.models}
 
 
-def orchestrator_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2.Environment) -> dict[str, str]:
-    """Repository files of one orchestrated pipeline: config, the generic runtime, its program."""
+def orchestrator_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2.Environment) -> dict[str, str | bytes]:
+    """Repository files of one orchestrated or fused pipeline: config, the generic runtime, its
+    program; a fused one also gets its handlers' code and the component wrapper they run in."""
     program = compile_program(plan, pipeline)
     instances, _ = plan_instances(plan, pipeline)
     spec = pipeline.spec
+    fused = pipeline.kind == "fused"
+    group = pipeline.instances
+    delays = [plan.spec.models[m].batching.max_queue_delay_us for m in pipeline.models if plan.spec.models[m].batching is not None]
     config = env.get_template("orchestrator.pbtxt.j2").render(
         version=__version__,
         name=pipeline.name,
+        fused=fused,
         reason=pipeline.reason,
         models=called_models(program),
         max_batch_size=pipeline.max_batch_size,
         inputs=[(n, t.triton_type, list(t.dims)) for n, t in spec.inputs.items()],
         outputs=[(n, pipeline.tensors[n].triton_type, list(pipeline.tensors[n].dims)) for n in spec.outputs],
         instance_count=instances,
+        instance_kind=group.kind if fused and group else "KIND_CPU",
+        gpus=list(group.gpus) if fused and group and group.gpus else None,
+        # fused: batch as long as the most patient component would have; orchestrators never wait
+        queue_delay_us=max(delays, default=0) if fused else 0,
         timeout_ms=spec.timeout_ms,
         program_file=PROGRAM_FILE,
     )
     runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None
     if runtime is None:
         raise CompoundError("internal error: the orchestrator runtime template is missing")
-    return {
+    files: dict[str, str | bytes] = {
         f"{pipeline.name}/config.pbtxt": config,
         f"{pipeline.name}/1/model.py": runtime,
         f"{pipeline.name}/1/{PROGRAM_FILE}": json.dumps(program, indent=1, sort_keys=True) + "\n",
     }
+    if fused:
+        files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()
+        for model in pipeline.models:
+            for path, content in handler_files(plan.models[model].handler, f"{pipeline.name}/1").items():
+                if files.setdefault(path, content) != content:
+                    raise CompoundError(f"pipeline '{pipeline.name}': two handlers of its models would both be copied to {path}", hint="give their modules different names")
+    return files
 
 
 def describe_program(program: Json, indent: str = "") -> str:

@@ -61,17 +61,27 @@ class EnsembleStep:
     stage: int  # steps of one stage have all their inputs ready together: they run in parallel
 
 
+@dataclass(frozen=True)
+class InstanceGroup:
+    """Where a fused pipeline's one model runs (component models carry theirs in ModelPlan)."""
+
+    kind: Literal["KIND_CPU", "KIND_GPU"]
+    count: int
+    gpus: Optional[tuple[int, ...]] = None
+
+
 @dataclass
 class PipelinePlan:
     name: str
     spec: PipelineSpec
-    kind: Literal["ensemble", "orchestrator"]
+    kind: Literal["ensemble", "orchestrator", "fused"]
     reason: str
     tensors: dict[str, TensorSpec]  # every pipeline-level tensor and its type
     max_batch_size: int
     models: list[str]  # composing models, in first-use order
     steps: list[EnsembleStep] = field(default_factory=list)  # ensembles only, in execution order
     joins: dict[int, list[int]] = field(default_factory=dict)  # step index -> producer step indexes
+    instances: Optional[InstanceGroup] = None  # fused pipelines only
 
     @property
     def fan_out(self) -> dict[int, list[int]]:
@@ -98,6 +108,14 @@ class DeploymentPlan:
     @property
     def name(self) -> str:
         return self.loaded.spec.name
+
+    @property
+    def deployed_models(self) -> list[str]:
+        """Component models that become Triton models of their own: all but those that only fused
+        pipelines use (their handlers run inside the fused model)."""
+        fused = {m for p in self.pipelines.values() if p.kind == "fused" for m in p.models}
+        served = {m for p in self.pipelines.values() if p.kind != "fused" for m in p.models}
+        return sorted(m for m in self.models if m not in fused or m in served)
 
 
 def plan_spec(path: str | Path, device: Device = "cpu") -> DeploymentPlan:
@@ -130,12 +148,29 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
 
     if problems:
         raise SpecError(str(loaded.path), problems)
+    for pipeline_plan in pipelines.values():
+        if pipeline_plan.kind == "fused":
+            pipeline_plan.instances = _fused_instances(pipeline_plan, models, device)
     return DeploymentPlan(loaded, device, models, pipelines, warnings)
 
 
+def _on_gpu(kind: str, device: Device) -> bool:
+    return kind == "gpu" or (kind == "auto" and device == "gpu")
+
+
+def _fused_instances(pipeline: PipelinePlan, models: dict[str, ModelPlan], device: Device) -> InstanceGroup:
+    """The declared `instances`, else as many as its busiest component had, on a GPU if any was."""
+    declared = pipeline.spec.instances
+    if declared is not None:
+        gpu = _on_gpu(declared.kind, device)
+        return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", declared.count, tuple(declared.gpus) if gpu and declared.gpus else None)
+    parts = [models[m] for m in pipeline.models]
+    gpu = any(m.instance_kind == "KIND_GPU" for m in parts)
+    return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", max((m.instance_count for m in parts), default=1))
+
+
 def _plan_model(name: str, model: ModelSpec, handler: HandlerRef, device: Device) -> ModelPlan:
-    kind = model.instances.kind
-    gpu = kind == "gpu" or (kind == "auto" and device == "gpu")
+    gpu = _on_gpu(model.instances.kind, device)
     gpus = tuple(model.instances.gpus) if (gpu and model.instances.gpus) else None
     return ModelPlan(
         name=name,
@@ -231,6 +266,12 @@ class _PipelineChecker:
             plan = self._check_ensemble()
         if plan is None or len(self.problems) > before:
             return None
+        if self.pipeline.fuse:
+            why = f"fuse: true, with data-dependent control flow ({', '.join(sorted(set(control)))})" if control else "fuse: true"
+            plan.kind = "fused"
+            plan.reason = f"{why}: every step's handler runs in-process in one Python model, batched as a whole (no hop between steps; its components scale together)"
+        elif self.pipeline.instances is not None:
+            self.warnings.append(f"{self.where('instances')}: pipeline '{self.name}': instances applies to fused pipelines only (fuse: true); ignored")
         return plan
 
     # ensembles: a DAG ordered by data dependencies, as Triton runs it
@@ -296,7 +337,7 @@ class _PipelineChecker:
                 self.problem(("steps", i), f"step {i} ({step.model}) produces nothing the pipeline uses")
             kept_steps.append(EnsembleStep(i, step.model, dict(step.inputs), outputs, stage_of[i]))
 
-        if self.pipeline.timeout_ms is not None:
+        if self.pipeline.timeout_ms is not None and not self.pipeline.fuse:
             self.warnings.append(f"{self.where('timeout_ms')}: pipeline '{self.name}': timeout_ms applies to orchestrated pipelines only; ignored for an ensemble")
         max_batch = self._ensemble_batch_size()
         if max_batch is None:
@@ -334,7 +375,7 @@ class _PipelineChecker:
         if not sizes:
             return None
         batching = {m for m, s in sizes.items() if s > 0}
-        if batching and len(batching) != len(sizes):
+        if batching and len(batching) != len(sizes) and not self.pipeline.fuse:  # a fused runtime adapts each step
             flat = sorted(set(sizes) - batching)
             self.problem(("steps",), f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0); a Triton ensemble needs all or none to batch")
             return None

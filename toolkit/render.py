@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
 from toolkit.errors import CompoundError
-from toolkit.plan import DeploymentPlan, ModelPlan, PipelinePlan
+from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.spec import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
@@ -76,12 +76,12 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     source = f"{plan.loaded.folder.name}/{plan.loaded.path.name}" if plan.loaded.folder.name else plan.loaded.path.name
     generic_model = (templates_dir() / "model.py").read_bytes()
-    for name in sorted(plan.models):
+    for name in plan.deployed_models:
         model = plan.models[name]
         config = _render_model_config(env, plan, model, source)
         files[f"{name}/config.pbtxt"] = config.encode()
         files[f"{name}/1/model.py"] = generic_model
-        files.update(_handler_files(model))
+        files.update(handler_files(model.handler, f"{name}/1"))
     for name in sorted(plan.pipelines):
         pipeline = plan.pipelines[name]
         if pipeline.kind == "ensemble":
@@ -106,7 +106,7 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         "deployment": plan.name,
         "device": plan.device,
         "spec": plan.loaded.path.name,
-        "models": sorted(plan.models),
+        "models": plan.deployed_models,
         "pipelines": {
             name: {"kind": p.kind, "reason": p.reason, "models": p.models}
             for name, p in sorted(plan.pipelines.items())
@@ -183,21 +183,21 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
     )
 
 
-def _handler_files(model: ModelPlan) -> dict[str, bytes]:
-    """The handler's module (or package) copied beside model.py, so the repository stands alone."""
-    handler = model.handler
+def handler_files(handler: HandlerRef, folder: str) -> dict[str, bytes]:
+    """The handler's module (or package) copied into `folder` (a model's version folder, beside
+    its model.py), so the repository stands alone."""
     top = handler.module.split(".")[0]
     files: dict[str, bytes] = {}
     if not handler.is_package:
         rel = Path(*handler.module.split(".")).with_suffix(".py")
-        files[f"{model.name}/1/{rel.as_posix()}"] = handler.source.read_bytes()
+        files[f"{folder}/{rel.as_posix()}"] = handler.source.read_bytes()
         return files
     root = handler.source
     for _ in handler.module.split(".")[1:]:
         root = root.parent  # up to the top-level package folder
     for path in sorted(root.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files[f"{model.name}/1/{top}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
+            files[f"{folder}/{top}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
     return files
 
 

@@ -208,7 +208,9 @@ class PipelineSpec(_Strict):
     inputs: dict[TensorName, TensorSpec] = Field(min_length=1)
     outputs: list[TensorName] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
-    timeout_ms: Optional[int] = Field(default=None, ge=1, description="orchestrated pipelines only")
+    timeout_ms: Optional[int] = Field(default=None, ge=1, description="orchestrated and fused pipelines only")
+    fuse: bool = Field(default=False, description="run every step's handler in-process in ONE Python model (no hop between steps)")
+    instances: Optional[Instances] = Field(default=None, description="fused pipelines only: the fused model's instance group")
 
 
 class Spec(_Strict):

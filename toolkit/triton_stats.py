@@ -184,13 +184,16 @@ def breakdown(
     """Per-model table for the traffic between two snapshots.
 
     ``composing`` lists the pipeline's models in step order (from its config); models that took
-    requests during the run but are not listed (an orchestrator's calls) are added after them.
+    requests during the run but are not listed (an orchestrator's calls) are added after them. A
+    pipeline that calls no model (fused) is its own only row.
     """
     delta = diff(before, after)
     own = delta.get(pipeline, ModelCounters(pipeline))
     end_to_end = _per_request_ms(own.success, own.success.count)
     names = [n for n in (composing or []) if n != pipeline]
     names += sorted(n for n, c in delta.items() if n != pipeline and n not in names and (c.success.count or c.fail.count))
+    if not names:
+        names = [pipeline]  # a fused pipeline calls nothing: its own model does all the work
     models = [model_breakdown(delta.get(n, ModelCounters(n)), end_to_end) for n in names]
     busy = [m for m in models if m.requests > 0]
     bottleneck = max(busy, key=lambda m: m.latency_ms).model if busy else None

@@ -86,7 +86,7 @@ def test_router_program_shape() -> None:
     assert program["batching"] is True and program["timeout_ms"] is None
     first, switch = program["body"]["steps"]
     assert first == {
-        "op": "model", "where": "steps.0", "model": "route", "batching": True,
+        "op": "model", "where": "steps.0", "model": "route", "batching": True, "inline": False,
         "inputs": {"query": "query"}, "outputs": {"route": "route"}, "reads": {"query": OUTER}, "after": [],
     }  # fmt: skip
     assert switch["op"] == "switch" and switch["on"] == "route" and switch["integer"] is False
@@ -286,3 +286,102 @@ def test_orchestrated_spec_errors_come_from_the_planner(tmp_path: Path, field: s
     }[field]
     with pytest.raises(SpecError):
         plan_of(tmp_path, bad)
+
+
+# --- fused pipelines (fuse: true): the same program with inline steps ------------------------------
+
+FUSED_STATIC = """
+p:
+  fuse: true
+  inputs: {query: {dtype: string, dims: [1]}}
+  outputs: [answer, route]
+  steps:
+    - {model: echo, inputs: {query: query}, outputs: {answer: answer}}
+    - {model: route, inputs: {query: query}, outputs: {route: route}}
+"""
+
+
+def test_fused_static_pipeline_inlines_every_step_and_deploys_no_component(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, FUSED_STATIC)
+    pipeline = plan.pipelines["p"]
+    assert pipeline.kind == "fused" and pipeline.reason.startswith("fuse: true:")
+    assert pipeline.instances is not None and (pipeline.instances.kind, pipeline.instances.count) == ("KIND_CPU", 1)
+    program = compile_program(plan, pipeline)
+    assert all(node["inline"] for node in program["body"]["steps"])
+    assert program["handlers"]["echo"] == {
+        "handler": "handlers:Answer",
+        "parameters": {},
+        "inputs": {"query": [[1], "object"]},
+        "outputs": [["answer", "object"]],
+        "warmup": [1, 32],
+    }
+    # only the fused pipeline uses them: their handlers live inside it, not as models of their own
+    assert "echo" not in plan.deployed_models and "route" not in plan.deployed_models
+    assert "scorer" in plan.deployed_models  # used by no pipeline: deployed as before
+    files = render_files(plan)
+    assert "echo/config.pbtxt" not in files
+    assert {"p/1/model.py", "p/1/program.json", "p/1/handlers.py", "p/1/compound_component.py"} <= set(files)
+    config = text_format.Parse(files["p/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
+    assert config.instance_group[0].count == 1 and config.max_batch_size == 32
+
+
+def test_fused_planned_order_is_data_order_not_listed_order(tmp_path: Path) -> None:
+    program = program_of(tmp_path, """
+        p:
+          fuse: true
+          inputs: {query: {dtype: string, dims: [1]}}
+          outputs: [score]
+          steps:
+            - {model: scorer, inputs: {passage: answer}, outputs: {score: score}}
+            - {model: echo, inputs: {query: query}, outputs: {answer: answer}}
+        """)
+    assert [node["model"] for node in program["body"]["steps"]] == ["echo", "scorer"]
+    assert program["body"]["steps"][1]["reads"] == {"answer": 0}
+
+
+def test_fused_instances_default_to_the_busiest_component_and_follow_gpu(tmp_path: Path) -> None:
+    shutil.copy(AGENTS.parent / "handlers.py", tmp_path / "handlers.py")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MODELS.replace("  route:\n    handler: handlers:Route\n", "  route:\n    handler: handlers:Route\n    instances: {count: 3, kind: gpu}\n")
+                    + "pipelines:\n" + textwrap.indent(textwrap.dedent(FUSED_STATIC), "  "))
+    group = plan_spec(spec).pipelines["p"].instances
+    assert group is not None and (group.kind, group.count) == ("KIND_GPU", 3)
+    declared = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 2, kind: cpu}\n")
+    group = plan_of(tmp_path, declared).pipelines["p"].instances
+    assert group is not None and (group.kind, group.count) == ("KIND_CPU", 2)
+    on_gpu = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 1, kind: auto, gpus: [1]}\n")
+    shutil.copy(AGENTS.parent / "handlers.py", tmp_path / "handlers.py")
+    (tmp_path / "spec.yaml").write_text(MODELS + "pipelines:\n" + textwrap.indent(textwrap.dedent(on_gpu), "  "))
+    files = render_files(plan_spec(tmp_path / "spec.yaml", "gpu"))
+    config = text_format.Parse(files["p/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert list(config.instance_group[0].gpus) == [1]
+
+
+def test_fused_control_flow_and_mixed_batching_are_allowed(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, """
+        p:
+          fuse: true
+          timeout_ms: 50
+          inputs: {query: {dtype: string, dims: [1]}}
+          outputs: [answer, score]
+          steps:
+            - {model: route, inputs: {query: query}, outputs: {route: route}}
+            - switch: route
+              cases:
+                math: [{model: echo, inputs: {query: query}, outputs: {answer: answer}}]
+              default: [{model: echo, inputs: {query: query}, outputs: {answer: answer}}]
+            - {model: flat, inputs: {passage: query}, outputs: {score: score}}
+        """)
+    pipeline = plan.pipelines["p"]
+    assert pipeline.kind == "fused" and "control flow (switch)" in pipeline.reason
+    assert pipeline.max_batch_size == 0  # a non-batching component makes the fused model take one row
+    assert not plan.warnings
+    program = compile_program(plan, pipeline)
+    assert program["timeout_ms"] == 50 and program["handlers"]["flat"]["warmup"] == [1]
+
+
+def test_instances_on_a_pipeline_that_is_not_fused_is_a_warning(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, FUSED_STATIC.replace("  fuse: true\n", "  instances: {count: 2}\n"))
+    assert plan.pipelines["p"].kind == "ensemble"
+    assert any("instances applies to fused pipelines only" in w for w in plan.warnings)

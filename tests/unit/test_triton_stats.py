@@ -129,3 +129,13 @@ def test_renderings_mark_the_bottleneck() -> None:
     html = to_html(b)
     assert html.count("<tr>") == 4 and "topic (bottleneck)" in html and "&" not in html.replace("&#", "")
     assert b.to_dict()["models"][1]["model"] == "topic"
+
+
+def test_a_fused_pipeline_is_its_own_only_row() -> None:
+    before = parse_stats({"model_stats": [entry("classify_fused", 0, 0, 0, 0, 0, 0)]})
+    # 100 requests in 20 executions (batch 5), 2 ms queue + 6 ms compute each, 9 ms end to end
+    after = parse_stats({"model_stats": [entry("classify_fused", 100, 20, 100, 200_000_000, 600_000_000, 900_000_000, batch={5: 20})]})
+    b = breakdown("classify_fused", before, after, composing=[])
+    assert [m.model for m in b.models] == ["classify_fused"] and b.bottleneck == "classify_fused"
+    [row] = rows(b)
+    assert row["requests"] == 100 and row["executions"] == 20 and row["avg_batch"] == 5.0

@@ -6,6 +6,8 @@ the request shape the load generator sends to each.
 - ensemble:  the generated ensemble without dynamic batching (declared instances and cache).
 - optimized: the generated ensemble with dynamic batching and cache as declared, and instance
              counts planned from measured per-component cost (allocate.py).
+- fused:     the pipeline with `fuse: true`: ONE Python model running every handler in-process on
+             the merged dynamic batch, one instance per core (no hop between steps).
 Only the benchmarked pipeline and its models are deployed.
 """
 
@@ -18,10 +20,11 @@ from toolkit.bench.allocate import Allocation
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import Call
 from toolkit.plan import DeploymentPlan, build_plan
-from toolkit.spec import Instances, LoadedSpec, ModelSpec
+from toolkit.spec import Instances, LoadedSpec, ModelSpec, PipelineSpec
 
-SERVER_PROFILES = ("static", "ensemble", "optimized")
-ALL_PROFILES = ("static", "ensemble", "optimized", "ceiling", "ray-serve")
+SERVER_PROFILES = ("static", "ensemble", "optimized", "fused")
+ALL_PROFILES = ("static", "ensemble", "optimized", "fused", "ceiling", "ray-serve")
+GENERATED_PROFILES = ("optimized", "fused")  # what compound generates at its best: targets apply to these
 
 
 @dataclass
@@ -34,8 +37,8 @@ class ServerProfile:
     description: str
 
 
-def _rebuild(plan: DeploymentPlan, pipeline: str, models: dict[str, ModelSpec]) -> DeploymentPlan:
-    spec = plan.spec.model_copy(update={"models": models, "pipelines": {pipeline: plan.spec.pipelines[pipeline]}})
+def _rebuild(plan: DeploymentPlan, pipeline: str, models: dict[str, ModelSpec], pipeline_spec: Optional[PipelineSpec] = None) -> DeploymentPlan:
+    spec = plan.spec.model_copy(update={"models": models, "pipelines": {pipeline: pipeline_spec or plan.spec.pipelines[pipeline]}})
     return build_plan(LoadedSpec(spec, plan.loaded.path, {}), plan.device)
 
 
@@ -48,9 +51,12 @@ def _chained_request(plan: DeploymentPlan, pipeline: str) -> list[list[Call]]:
     return [[Call(step.model, dict(step.inputs), dict(step.outputs)) for step in stage.steps] for stage in stages(plan, pipeline)]
 
 
-def build_profile(name: str, plan: DeploymentPlan, pipeline: str, allocation: Optional[Allocation] = None) -> ServerProfile:
+def build_profile(name: str, plan: DeploymentPlan, pipeline: str, allocation: Optional[Allocation] = None, cores: int = 1) -> ServerProfile:
     used = plan.pipelines[pipeline].models
     models: dict[str, ModelSpec] = {}
+    pipeline_spec: Optional[PipelineSpec] = None
+    if name == "fused":  # one instance per core: each runs one batch through every handler at a time
+        pipeline_spec = plan.spec.pipelines[pipeline].model_copy(update={"fuse": True, "instances": Instances(count=cores)})
     for m in used:
         spec = plan.spec.models[m]
         if name == "static":
@@ -62,16 +68,20 @@ def build_profile(name: str, plan: DeploymentPlan, pipeline: str, allocation: Op
                 raise ValueError("the optimized profile needs an allocation")
             count = allocation.counts.get(m, spec.instances.count)
             models[m] = spec.model_copy(update={"instances": Instances(count=count, kind=spec.instances.kind, gpus=spec.instances.gpus)})
+        elif name == "fused":
+            models[m] = spec
         else:
             raise ValueError(f"not a server profile: {name}")
-    new_plan = _rebuild(plan, pipeline, models)
+    new_plan = _rebuild(plan, pipeline, models, pipeline_spec)
     request = _chained_request(new_plan, pipeline) if name == "static" else _ensemble_request(new_plan, pipeline)
-    instances = {m: new_plan.models[m].instance_count for m in used}
+    fused = new_plan.pipelines[pipeline].instances
+    instances = {pipeline: fused.count} if fused else {m: new_plan.models[m].instance_count for m in used}
     batching = any(new_plan.spec.models[m].batching is not None for m in used)
     description = {
         "static": "no dynamic batching, 1 instance per model, client chains the models (one round trip per step)",
         "ensemble": "generated ensemble, no dynamic batching, declared instances",
         "optimized": "generated ensemble, dynamic batching and cache as declared, instances planned from measured cost",
+        "fused": f"fuse: true: one Python model runs every handler in-process on the dynamic batch, {cores} instance(s)",
     }[name]
     return ServerProfile(name, new_plan, request, instances, batching, description)
 

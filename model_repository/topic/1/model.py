@@ -20,6 +20,55 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
+class HandlerRunner:
+    """One handler instance and the contract around it: load it, call it on a batch, check and
+    convert its outputs. Also imported by fused pipelines (as `compound_component`), which run
+    several handlers in one process: the same checks, written once."""
+
+    def __init__(self, model_name: str, handler: str, parameters: dict[str, Any], device: str, outputs: list[tuple[str, np.dtype]]) -> None:
+        self.model_name = model_name
+        self.outputs = outputs
+        module_name, class_name = handler.split(":")
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)  # the handler's code is copied beside this file
+        handler_class = getattr(importlib.import_module(module_name), class_name)
+        self.handler = handler_class(parameters, device)
+
+    def __call__(self, inputs: dict[str, np.ndarray], rows: int) -> list[tuple[str, np.ndarray]]:
+        """The declared outputs, in order, each with `rows` rows of the declared dtype."""
+        result = self.handler(**inputs)
+        return [(name, self._coerce(name, dtype, result, rows)) for name, dtype in self.outputs]
+
+    def _coerce(self, name: str, dtype: np.dtype, result: Any, rows: int) -> np.ndarray:
+        if not isinstance(result, dict) or name not in result:
+            got = sorted(result) if isinstance(result, dict) else type(result).__name__
+            raise ValueError(f"handler returned no output '{name}' (got {got})")
+        array = np.asarray(result[name])
+        if dtype == np.object_:
+            if array.dtype.kind == "U":
+                array = np.char.encode(array, "utf-8")
+            if array.dtype != np.object_:
+                array = array.astype(np.object_)
+        elif array.dtype != dtype:
+            array = array.astype(dtype)
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise ValueError(f"output '{name}' has shape {array.shape}; its first axis must be the batch of {rows}")
+        return array
+
+    def close(self) -> None:
+        close = getattr(self.handler, "close", None)
+        if callable(close):
+            close()
+
+
+def instance_device(args: dict[str, str]) -> str:
+    """The handler's device: "cuda:N" on a KIND_GPU instance, else "cpu"."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    return "cpu"
+
+
 class TritonPythonModel:
     """Generic wrapper configured by the `compound.*` parameters of config.pbtxt."""
 
@@ -29,21 +78,12 @@ class TritonPythonModel:
         self.model_name: str = args["model_name"]
         self.batched: bool = int(config.get("max_batch_size", 0)) > 0
         self.input_names: list[str] = [tensor["name"] for tensor in config["input"]]
-        self.outputs: list[tuple[str, np.dtype]] = [
+        outputs = [
             (tensor["name"], np.dtype(pb_utils.triton_string_to_numpy(tensor["data_type"])))
             for tensor in config["output"]
         ]
-        module_name, class_name = params["compound.handler"].split(":")
         handler_parameters = json.loads(params.get("compound.handler_parameters", "{}"))
-        here = os.path.dirname(os.path.abspath(__file__))
-        if here not in sys.path:
-            sys.path.insert(0, here)  # the handler's code is copied beside this file
-        handler_class = getattr(importlib.import_module(module_name), class_name)
-        if args.get("model_instance_kind") == "GPU":
-            device = f"cuda:{args.get('model_instance_device_id', '0')}"
-        else:
-            device = "cpu"
-        self.handler = handler_class(handler_parameters, device)
+        self.runner = HandlerRunner(self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [
@@ -78,14 +118,12 @@ class TritonPythonModel:
                 columns = list(zip(*(inputs[m] for m in members)))
                 sizes = [a.shape[0] for a in columns[0]]
                 arrays = [np.concatenate(column) for column in columns]
-            result = self.handler(**dict(zip(self.input_names, arrays)))
-            total = sum(sizes)
-            outputs = [(name, self._coerce(name, dtype, result, total)) for name, dtype in self.outputs]
+            outputs = self.runner(dict(zip(self.input_names, arrays)), sum(sizes))
         except Exception as exc:  # noqa: BLE001 - the handler is user code; report, keep serving
             if len(members) > 1:
                 # Pin the error on the request that caused it: rerun each alone (errors are rare).
                 return [self._run_group([m], inputs, unbatched)[0] for m in members]
-            message = f"model '{self.model_name}': {_describe(exc)}"
+            message = f"model '{self.model_name}': {describe_error(exc)}"
             # One TritonError per response: the backend releases each with its response.
             return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in members]
         if unbatched:
@@ -100,29 +138,11 @@ class TritonPythonModel:
             start = end
         return responses
 
-    def _coerce(self, name: str, dtype: np.dtype, result: Any, total: int) -> np.ndarray:
-        if not isinstance(result, dict) or name not in result:
-            got = sorted(result) if isinstance(result, dict) else type(result).__name__
-            raise ValueError(f"handler returned no output '{name}' (got {got})")
-        array = np.asarray(result[name])
-        if dtype == np.object_:
-            if array.dtype.kind == "U":
-                array = np.char.encode(array, "utf-8")
-            if array.dtype != np.object_:
-                array = array.astype(np.object_)
-        elif array.dtype != dtype:
-            array = array.astype(dtype)
-        if array.ndim == 0 or array.shape[0] != total:
-            raise ValueError(f"output '{name}' has shape {array.shape}; its first axis must be the batch of {total}")
-        return array
-
     def finalize(self) -> None:
-        close = getattr(self.handler, "close", None)
-        if callable(close):
-            close()
+        self.runner.close()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
