@@ -111,9 +111,9 @@ class TritonPythonModel:
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
         if self.program.get("handlers"):
-            self._load_handlers(args)
+            self._load_handlers(args, int(params.get("compound.threads", "0")))
 
-    def _load_handlers(self, args: dict[str, str]) -> None:
+    def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start."""
         here = os.path.dirname(os.path.abspath(__file__))
         if here not in sys.path:
@@ -121,6 +121,8 @@ class TritonPythonModel:
         import compound_component  # templates/model.py, copied beside this file
 
         self._describe = compound_component.describe_error
+        if threads:
+            compound_component.limit_native_threads(threads)
         device = compound_component.instance_device(args)
         for model, entry in self.program["handlers"].items():
             outputs = [(name, np.dtype(dtype)) for name, dtype in entry["outputs"]]
@@ -128,6 +130,8 @@ class TritonPythonModel:
             for rows in entry["warmup"]:
                 runner({name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}, rows)
             self.inline[model] = runner
+        if threads:
+            compound_component.limit_native_threads(threads)
 
     def finalize(self) -> None:
         for runner in self.inline.values():

@@ -275,6 +275,7 @@ def orchestrator_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2
         gpus=list(group.gpus) if fused and group and group.gpus else None,
         # fused: batch as long as the most patient component would have; orchestrators never wait
         queue_delay_us=max(delays, default=0) if fused else 0,
+        threads=group.threads if fused and group else None,
         timeout_ms=spec.timeout_ms,
         program_file=PROGRAM_FILE,
     )

@@ -48,6 +48,7 @@ class ModelPlan:
     instance_kind: Literal["KIND_CPU", "KIND_GPU"]
     instance_count: int
     gpus: Optional[tuple[int, ...]]
+    threads: int  # native threads per instance (see Instances.threads)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class InstanceGroup:
     kind: Literal["KIND_CPU", "KIND_GPU"]
     count: int
     gpus: Optional[tuple[int, ...]] = None
+    threads: int = 1
 
 
 @dataclass
@@ -163,10 +165,11 @@ def _fused_instances(pipeline: PipelinePlan, models: dict[str, ModelPlan], devic
     declared = pipeline.spec.instances
     if declared is not None:
         gpu = _on_gpu(declared.kind, device)
-        return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", declared.count, tuple(declared.gpus) if gpu and declared.gpus else None)
+        return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", declared.count, tuple(declared.gpus) if gpu and declared.gpus else None, declared.threads)
     parts = [models[m] for m in pipeline.models]
     gpu = any(m.instance_kind == "KIND_GPU" for m in parts)
-    return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", max((m.instance_count for m in parts), default=1))
+    count = max((m.instance_count for m in parts), default=1)
+    return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", count, threads=max((m.threads for m in parts), default=1))
 
 
 def _plan_model(name: str, model: ModelSpec, handler: HandlerRef, device: Device) -> ModelPlan:
@@ -179,6 +182,7 @@ def _plan_model(name: str, model: ModelSpec, handler: HandlerRef, device: Device
         instance_kind="KIND_GPU" if gpu else "KIND_CPU",
         instance_count=model.instances.count,
         gpus=gpus,
+        threads=model.instances.threads,
     )
 
 

@@ -130,6 +130,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     parameters = [
         ("compound.handler", f"{model.handler.module}:{model.handler.cls}"),
         ("compound.handler_parameters", json.dumps(spec.parameters, sort_keys=True, ensure_ascii=False)),
+        ("compound.threads", str(model.threads)),
     ]
     return env.get_template("config.pbtxt.j2").render(
         version=__version__,

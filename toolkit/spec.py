@@ -96,6 +96,10 @@ class Instances(_Strict):
     count: int = Field(default=1, ge=1, le=64)
     kind: Literal["auto", "cpu", "gpu"] = "auto"
     gpus: Optional[list[Annotated[int, Field(ge=0)]]] = None
+    # Native thread pools (BLAS, OpenMP, torch, tokenizers) per instance. Each instance is a process:
+    # with N instances of default-sized pools on C cores, N*C threads spin for C cores. Instances,
+    # not threads, scale a model, so one thread each unless a model is known to use more.
+    threads: int = Field(default=1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _gpus_only_for_gpu(self) -> Instances:

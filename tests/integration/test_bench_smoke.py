@@ -1,5 +1,5 @@
-"""A short real run of `compound bench` on the synthetic example: two profiles, one concurrency,
-a few seconds each. Checks that the table, results.json and the PNG plots come out and are sane."""
+"""A short real run of `compound bench` on the synthetic example: three profiles (static,
+optimized, fused), one concurrency, a few seconds each. Checks that the table, results.json and the PNG plots come out and are sane."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(
         bench,
-        [str(SPEC), "--pipeline", "fanout", "--profiles", "static,optimized", "--concurrency", "4", "--duration", "2s", "--warmup", "0.5s", "--out", str(out)],
+        [str(SPEC), "--pipeline", "fanout", "--profiles", "static,optimized,fused", "--concurrency", "4", "--duration", "2s", "--warmup", "0.5s", "--out", str(out)],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -30,11 +30,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     report = json.loads((out / "results.json").read_text())
     assert report["pipeline"] == "fanout"
-    assert set(report["profiles"]) == {"static", "optimized"}
+    assert set(report["profiles"]) == {"static", "optimized", "fused"}
     assert set(report["allocation"]["counts"]) == {"encode", "branch_a", "branch_b", "branch_c", "join"}
     assert all(n >= 1 for n in report["allocation"]["counts"].values())
     assert report["compute"]["per_request_ms_batch1"] > 0
-    for name in ("static", "optimized"):
+    for name in ("static", "optimized", "fused"):
         profile = report["profiles"][name]
         assert "error" not in profile, profile
         assert profile["cold_start_s"] > 0 and profile["first_request_ms"] > 0
@@ -49,7 +49,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # static chains the models from the client: one round trip per step
     assert report["profiles"]["static"]["dynamic_batching"] is False
     assert report["profiles"]["optimized"]["dynamic_batching"] is True
+    assert report["profiles"]["fused"]["dynamic_batching"] is True
     assert any(t["target"].startswith("optimized vs static") for t in report["targets"])
+    assert any(t["target"].startswith("fused vs static") for t in report["targets"])
 
     plots = [Path(p) for p in report["plots"]]
     assert {p.name for p in plots} == {"latency_vs_throughput.png", "component_breakdown.png"}

@@ -8,7 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from toolkit.cli import cli
-from toolkit.deploy.base import free_port
+from toolkit.deploy.base import free_port, load_state
+from toolkit.deploy.local import group_members
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,11 +46,14 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
 
         logs = runner.invoke(cli, ["logs", "-n", "5"])
         assert logs.exit_code == 0 and logs.output.strip()
+        server_pid = load_state("textdemo").pid
+        assert server_pid is not None and len(group_members(server_pid)) > 1  # the server and its stubs
     finally:
         stopped = runner.invoke(cli, ["stop"])
     assert stopped.exit_code == 0 and "stopped" in stopped.output
     gone = runner.invoke(cli, ["status"])
     assert gone.exit_code == 1 and "no deployment is recorded" in gone.output
+    assert group_members(server_pid) == []  # no Python-backend stub outlives the server
 
 
 def test_infer_unreachable_server() -> None:

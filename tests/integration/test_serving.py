@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,14 @@ def test_handler_error_fails_only_its_requests(faulty_server: LocalServer) -> No
 def test_non_batching_model_with_variable_dims(faulty_server: LocalServer) -> None:
     outputs = infer("matrix", faulty_server.http_url, {"values": np.array([1.5, 2.5, 3.0], dtype=np.float32)})
     assert outputs["total"].tolist() == [7.0]
+
+
+def test_instance_thread_pools_are_capped(faulty_server: LocalServer) -> None:
+    """instances.threads sizes the instance's BLAS pool (already loaded by the stub), OpenMP and
+    tokenizers: without it each instance would start a thread per core."""
+    outputs = infer("threads", faulty_server.http_url, {"probe": np.array([[1]], dtype=np.int32)})
+    report = json.loads(outputs["report"][0, 0])
+    assert report == {"blas": 2, "omp": "2", "tokenizers": "true"}
 
 
 def test_unknown_pipeline_named(textdemo_server: LocalServer) -> None:

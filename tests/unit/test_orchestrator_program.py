@@ -323,6 +323,7 @@ def test_fused_static_pipeline_inlines_every_step_and_deploys_no_component(tmp_p
     assert {"p/1/model.py", "p/1/program.json", "p/1/handlers.py", "p/1/compound_component.py"} <= set(files)
     config = text_format.Parse(files["p/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
     assert config.instance_group[0].count == 1 and config.max_batch_size == 32
+    assert config.parameters["compound.threads"].string_value == "1"
 
 
 def test_fused_planned_order_is_data_order_not_listed_order(tmp_path: Path) -> None:
@@ -346,9 +347,9 @@ def test_fused_instances_default_to_the_busiest_component_and_follow_gpu(tmp_pat
                     + "pipelines:\n" + textwrap.indent(textwrap.dedent(FUSED_STATIC), "  "))
     group = plan_spec(spec).pipelines["p"].instances
     assert group is not None and (group.kind, group.count) == ("KIND_GPU", 3)
-    declared = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 2, kind: cpu}\n")
+    declared = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 2, kind: cpu, threads: 3}\n")
     group = plan_of(tmp_path, declared).pipelines["p"].instances
-    assert group is not None and (group.kind, group.count) == ("KIND_CPU", 2)
+    assert group is not None and (group.kind, group.count, group.threads) == ("KIND_CPU", 2, 3)
     on_gpu = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 1, kind: auto, gpus: [1]}\n")
     shutil.copy(AGENTS.parent / "handlers.py", tmp_path / "handlers.py")
     (tmp_path / "spec.yaml").write_text(MODELS + "pipelines:\n" + textwrap.indent(textwrap.dedent(on_gpu), "  "))

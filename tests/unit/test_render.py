@@ -49,6 +49,7 @@ def test_component_config_fields() -> None:
     assert [w.batch_size for w in tok.model_warmup] == [1, 64]
     assert tok.model_warmup[0].inputs["text"].zero_data
     assert tok.parameters["compound.handler"].string_value == "handlers:Tokenizer"
+    assert tok.parameters["compound.threads"].string_value == "1"  # instances.threads default
     verdict = parse(files["verdict/config.pbtxt"])
     assert verdict.response_cache.enable
     assert f"compound {__version__}" in files["tok/config.pbtxt"].decode()

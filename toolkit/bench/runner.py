@@ -365,9 +365,9 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("targets"):
         lines.append("targets:")
         for t in report["targets"]:
-            state = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            state = "n/a" if t["met"] is None or t.get("applies") is False else ("met" if t["met"] else "MISSED")
             extra = f" [{t['note']}]" if t.get("note") else ""
             if t.get("applies") is False:
-                extra += " (does not apply: compute < 5 ms)"
+                extra += " (target does not apply: compute < 5 ms)"
             lines.append(f"  {state:>6}  {t['target']}: {t['value']}{extra}")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ def render_build_context(
     from toolkit.render import template_env
 
     kind = flavor or image_flavor(base_image)
-    packages = ["numpy<2", *pip]
+    packages = ["numpy<2", "threadpoolctl", *pip]  # generated models cap their BLAS pools with it
     if kind == "pytriton":
         try:
             packages.insert(0, f"nvidia-pytriton=={importlib.metadata.version('nvidia-pytriton')}")

@@ -208,12 +208,12 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
         return False
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline:
-        if process is not None:
-            if process.poll() is not None:
-                return True
-        elif not _pid_alive(pid):
-            return True
+        if (process.poll() is not None) if process is not None else not _pid_alive(pid):
+            break
         time.sleep(0.1)
+    # The server leads its own process group (start_new_session): SIGKILL whatever is left of it,
+    # the server itself after the grace period, and a Python-backend stub that outlived a clean
+    # exit (seen: a stub orphaned to init, its native thread pools still spinning on the cores).
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -221,6 +221,20 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
     if process is not None:
         process.wait(timeout=10)
     return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (a stopped server's must be none)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
 
 
 def _pid_alive(pid: int) -> bool:

@@ -62,6 +62,26 @@ class HandlerRunner:
             close()
 
 
+# Environment variables that size native thread pools when their library loads (torch, MKL and
+# tokenizers load with the handler, after this is set; numpy's OpenBLAS is already loaded by the
+# stub, so threadpoolctl resizes it in place).
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def limit_native_threads(threads: int) -> None:
+    """One instance is one process: cap its thread pools, or N instances each start one thread per
+    core and spin (sched_yield) against each other. Call before loading handlers, and again after
+    (for pools their libraries brought)."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a server image without it: the environment still sizes later pools
+        return
+    threadpool_limits(limits=threads)
+
+
 def instance_device(args: dict[str, str]) -> str:
     """The handler's device: "cuda:N" on a KIND_GPU instance, else "cpu"."""
     if args.get("model_instance_kind") == "GPU":
@@ -83,7 +103,12 @@ class TritonPythonModel:
             for tensor in config["output"]
         ]
         handler_parameters = json.loads(params.get("compound.handler_parameters", "{}"))
+        threads = int(params.get("compound.threads", "0"))
+        if threads:
+            limit_native_threads(threads)
         self.runner = HandlerRunner(self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs)
+        if threads:
+            limit_native_threads(threads)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [
