@@ -1,7 +1,8 @@
 """Generated BLS orchestrator vs the equivalent Triton ensemble, on the same linear path.
 
 Both run in one server from one repository: the spec's pipeline as compound renders it (an
-ensemble, since it is static), plus `<pipeline>_bls`, the same steps compiled into an orchestrator.
+ensemble, since it is static), plus `<pipeline>_bls`, the same steps compiled into an orchestrator,
+and `<pipeline>_fused`, the same steps with `fuse: true`.
 Closed-loop load (N clients, each sends its next request when the previous answer arrives) from
 one asyncio gRPC client; p50/p95 latency and throughput per (pipeline, concurrency).
 
@@ -35,7 +36,7 @@ from toolkit.deploy.base import free_port  # noqa: E402
 from toolkit.deploy.local import LocalServer  # noqa: E402
 from toolkit import orchestrator  # noqa: E402
 from toolkit.orchestrator import orchestrator_files  # noqa: E402
-from toolkit.plan import DeploymentPlan, plan_spec  # noqa: E402
+from toolkit.plan import DeploymentPlan, InstanceGroup, plan_spec  # noqa: E402
 from toolkit.render import render_files, template_env, write_repository  # noqa: E402
 
 SENTENCES = [
@@ -46,17 +47,20 @@ SENTENCES = [
 ]
 
 
-def build_repository(plan: DeploymentPlan, pipeline: str, out: Path) -> str:
-    """The rendered repository plus `<pipeline>_bls`: the same steps, forced through the orchestrator."""
+def build_repository(plan: DeploymentPlan, pipeline: str, out: Path) -> tuple[str, str]:
+    """The rendered repository plus `<pipeline>_bls`, the same steps forced through the
+    orchestrator, and `<pipeline>_fused`, the same steps with `fuse: true` (2 instances)."""
     static = plan.pipelines[pipeline]
     if static.kind != "ensemble":
         raise SystemExit(f"pipeline '{pipeline}' is not static (it is a {static.kind}); pick a linear one")
     bls = replace(static, name=f"{pipeline}_bls", kind="orchestrator", reason="benchmark: forced orchestrator")
+    fused = replace(static, name=f"{pipeline}_fused", kind="fused", reason="benchmark: forced fused", instances=InstanceGroup("KIND_CPU", 2))
     files = render_files(plan)
-    for path, content in orchestrator_files(plan, bls, template_env()).items():
-        files[path] = content.encode()
+    for variant in (bls, fused):
+        for path, content in orchestrator_files(plan, variant, template_env()).items():
+            files[path] = content.encode() if isinstance(content, str) else content
     write_repository(files, out)
-    return bls.name
+    return bls.name, fused.name
 
 
 def make_inputs(plan: DeploymentPlan, pipeline: str) -> list[Any]:
@@ -125,26 +129,27 @@ def main() -> None:
     if args.orchestrator_instances:
         orchestrator.ORCHESTRATOR_INSTANCES = args.orchestrator_instances
     work = Path(tempfile.mkdtemp(prefix="compound-bls-bench-"))
-    bls = build_repository(plan, args.pipeline, work / "repo")
+    bls, fused = build_repository(plan, args.pipeline, work / "repo")
     inputs = make_inputs(plan, args.pipeline)
     server = LocalServer(work / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=work / "tritonserver.log")
-    results: dict[str, dict[str, dict[str, float]]] = {"ensemble": {}, "bls": {}}
+    results: dict[str, dict[str, dict[str, float]]] = {"ensemble": {}, "bls": {}, "fused": {}}
     with server:
         for concurrency in args.concurrency:
             for _ in range(args.rounds):
-                for label, model in (("ensemble", args.pipeline), ("bls", bls)):
+                for label, model in (("ensemble", args.pipeline), ("bls", bls), ("fused", fused)):
                     run = asyncio.run(closed_loop(server.grpc_url, model, inputs, concurrency, args.warmup, args.duration))
                     best = results[label].get(str(concurrency))
                     if best is None or run["p50_ms"] < best["p50_ms"]:
                         results[label][str(concurrency)] = run
     print(f"pipeline {args.pipeline} ({' -> '.join(plan.pipelines[args.pipeline].models)}), {args.duration:.0f} s per run, best of {args.rounds}")
-    print(f"{'conc':>4} {'kind':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}  BLS/ensemble p50, p95, req/s")
+    print(f"{'conc':>4} {'kind':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}  kind/ensemble p50, p95, req/s")
     for concurrency in args.concurrency:
-        e, b = results["ensemble"][str(concurrency)], results["bls"][str(concurrency)]
-        for label, r in (("ensemble", e), ("bls", b)):
+        e = results["ensemble"][str(concurrency)]
+        for label in ("ensemble", "bls", "fused"):
+            r = results[label][str(concurrency)]
             print(f"{concurrency:>4} {label:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['throughput_rps']:>8.1f} {r['errors']:>6.0f}", end="")
-            if label == "bls":
-                print(f"  {b['p50_ms'] / e['p50_ms']:.2f}x, {b['p95_ms'] / e['p95_ms']:.2f}x, {b['throughput_rps'] / e['throughput_rps']:.2f}x")
+            if label != "ensemble":
+                print(f"  {r['p50_ms'] / e['p50_ms']:.2f}x, {r['p95_ms'] / e['p95_ms']:.2f}x, {r['throughput_rps'] / e['throughput_rps']:.2f}x")
             else:
                 print()
     out = Path(args.out)
