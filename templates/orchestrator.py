@@ -121,17 +121,15 @@ class TritonPythonModel:
         import compound_component  # templates/model.py, copied beside this file
 
         self._describe = compound_component.describe_error
-        if threads:
-            compound_component.limit_native_threads(threads)
+        compound_component.limit_native_threads(threads)
         device = compound_component.instance_device(args)
         for model, entry in self.program["handlers"].items():
             outputs = [(name, np.dtype(dtype)) for name, dtype in entry["outputs"]]
-            runner = compound_component.HandlerRunner(model, entry["handler"], entry["parameters"], device, outputs)
+            self.inline[model] = compound_component.HandlerRunner(model, entry["handler"], entry["parameters"], device, outputs)
+        compound_component.limit_native_threads(threads)  # before warmup: it runs as requests will
+        for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:
-                runner({name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}, rows)
-            self.inline[model] = runner
-        if threads:
-            compound_component.limit_native_threads(threads)
+                self.inline[model]({name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}, rows)
 
     def finalize(self) -> None:
         for runner in self.inline.values():

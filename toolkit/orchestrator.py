@@ -271,11 +271,11 @@ def orchestrator_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2
         inputs=[(n, t.triton_type, list(t.dims)) for n, t in spec.inputs.items()],
         outputs=[(n, pipeline.tensors[n].triton_type, list(pipeline.tensors[n].dims)) for n in spec.outputs],
         instance_count=instances,
-        instance_kind=group.kind if fused and group else "KIND_CPU",
-        gpus=list(group.gpus) if fused and group and group.gpus else None,
+        instance_kind=group.kind if group else "KIND_CPU",  # only fused pipelines carry a group
+        gpus=list(group.gpus) if group and group.gpus else None,
         # fused: batch as long as the most patient component would have; orchestrators never wait
         queue_delay_us=max(delays, default=0) if fused else 0,
-        threads=group.threads if fused and group else None,
+        threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
         program_file=PROGRAM_FILE,
     )

@@ -207,9 +207,7 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline:
-        if (process.poll() is not None) if process is not None else not _pid_alive(pid):
-            break
+    while time.monotonic() < deadline and (process.poll() is None if process is not None else _pid_alive(pid)):
         time.sleep(0.1)
     # The server leads its own process group (start_new_session): SIGKILL whatever is left of it,
     # the server itself after the grace period, and a Python-backend stub that outlived a clean
@@ -227,22 +225,24 @@ def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (a stopped server's must be none)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
     return members
 
 
-def _pid_alive(pid: int) -> bool:
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, ...; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
+            return stat.read().rsplit(")", 1)[1].split()
     except OSError:
-        return False
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _is_tritonserver(pid: int) -> bool:

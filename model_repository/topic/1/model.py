@@ -71,7 +71,9 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 def limit_native_threads(threads: int) -> None:
     """One instance is one process: cap its thread pools, or N instances each start one thread per
     core and spin (sched_yield) against each other. Call before loading handlers, and again after
-    (for pools their libraries brought)."""
+    (for pools their libraries brought). 0 (no `compound.threads` in the config) leaves them be."""
+    if threads < 1:
+        return
     for name in THREAD_ENV:
         os.environ[name] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
@@ -104,11 +106,9 @@ class TritonPythonModel:
         ]
         handler_parameters = json.loads(params.get("compound.handler_parameters", "{}"))
         threads = int(params.get("compound.threads", "0"))
-        if threads:
-            limit_native_threads(threads)
+        limit_native_threads(threads)
         self.runner = HandlerRunner(self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs)
-        if threads:
-            limit_native_threads(threads)
+        limit_native_threads(threads)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [
