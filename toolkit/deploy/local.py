@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -58,10 +59,29 @@ class TritonInstall:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        # The stub links the first libpython3.X.so the loader finds. Unless it is this interpreter's
+        # own (pyenv, conda, a self-built Python), extension modules such as _ssl miss symbols.
+        paths = (python_libdir(), str(self.libs), env.get("LD_LIBRARY_PATH", ""))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
+
+
+def python_libdir() -> str:
+    """The folder of this interpreter's shared libpython, which the Python-backend stub must link.
+
+    A Python built without --enable-shared has none: the stub would load another build's library and
+    handlers importing ssl (transformers, requests) would fail at load time, far from the cause.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    library = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / library).is_file():
+        raise CompoundError(
+            f"{sys.executable} has no shared libpython (built without --enable-shared), which Triton's Python backend stub needs",
+            hint="use a Python built with --enable-shared (Debian's python3, conda, or pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared)",
+        )
+    return libdir
 
 
 def check_repository(repository: Path) -> None:
