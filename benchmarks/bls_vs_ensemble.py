@@ -32,12 +32,10 @@ sys.path.insert(0, str(ROOT))
 from tritonclient.grpc import aio as grpcclient  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
-from toolkit.deploy.base import free_port  # noqa: E402
+from toolkit.system import free_port  # noqa: E402
 from toolkit.deploy.local import LocalServer  # noqa: E402
-from toolkit import orchestrator  # noqa: E402
-from toolkit.orchestrator import orchestrator_files  # noqa: E402
-from toolkit.plan import DeploymentPlan, InstanceGroup, plan_spec  # noqa: E402
-from toolkit.render import render_files, template_env, write_repository  # noqa: E402
+from toolkit.plan import DeploymentPlan, InstanceGroup, plan_spec, program  # noqa: E402
+from toolkit.render import program_model_files, render_files, template_env, write_repository  # noqa: E402
 
 SENTENCES = [
     "the match was a great win for the home team",
@@ -57,7 +55,7 @@ def build_repository(plan: DeploymentPlan, pipeline: str, out: Path) -> tuple[st
     fused = replace(static, name=f"{pipeline}_fused", kind="fused", reason="benchmark: forced fused", instances=InstanceGroup("KIND_CPU", 2))
     files = render_files(plan)
     for variant in (bls, fused):
-        for path, content in orchestrator_files(plan, variant, template_env()).items():
+        for path, content in program_model_files(plan, variant, template_env()).items():
             files[path] = content.encode() if isinstance(content, str) else content
     write_repository(files, out)
     return bls.name, fused.name
@@ -127,7 +125,7 @@ def main() -> None:
 
     plan = plan_spec(args.spec)
     if args.orchestrator_instances:
-        orchestrator.ORCHESTRATOR_INSTANCES = args.orchestrator_instances
+        program.ORCHESTRATOR_INSTANCES = args.orchestrator_instances
     work = Path(tempfile.mkdtemp(prefix="compound-bls-bench-"))
     bls, fused = build_repository(plan, args.pipeline, work / "repo")
     inputs = make_inputs(plan, args.pipeline)

@@ -40,8 +40,10 @@ if (_CHECKOUT / "toolkit" / "__init__.py").is_file() and str(_CHECKOUT) not in s
     sys.path.insert(0, str(_CHECKOUT))  # a source checkout: use the toolkit next to this file
 
 from toolkit.errors import CompoundError  # noqa: E402
-from toolkit.loadtest_inputs import Request, Signature, parse_duration, prepare_requests  # noqa: E402
-from toolkit.triton_stats import COLUMNS, Breakdown, breakdown, fetch_stats, grpc_client, rows  # noqa: E402
+from toolkit.loadtest.inputs import Request, prepare_requests  # noqa: E402
+from toolkit.units import parse_duration  # noqa: E402
+from toolkit.client import Signature, grpc_client  # noqa: E402
+from toolkit.stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows  # noqa: E402
 
 
 def _load_shapes() -> ModuleType:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from toolkit.deploy.base import free_port
+from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository

@@ -5,6 +5,7 @@ Every user-facing failure is a CompoundError, turned into one message and a non-
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import signal
@@ -22,7 +23,20 @@ PORT = click.IntRange(1, 65535)
 
 
 class _Group(click.Group):
-    """Maps CompoundError to a clean message and its exit code (2 for spec problems)."""
+    """Maps CompoundError to a clean message and its exit code (2 for spec problems), and imports the
+    commands that live beside their stage (loadtest, bench) only when they run or are listed, so
+    `compound --version` and the light commands stay quick."""
+
+    lazy_commands = {"loadtest": "toolkit.loadtest.cli:loadtest", "bench": "toolkit.bench.cli:bench"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name in self.lazy_commands:
+            module, name = self.lazy_commands[cmd_name].split(":")
+            return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -126,14 +140,14 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
 def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: int, metrics_port: int, name: Optional[str], timeout_s: float, **options: Any) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
     from toolkit.deploy import targets
-    from toolkit.deploy.local import check_repository
+    from toolkit.deploy.base import DeployRequest, check_repository
 
     _reject_other_targets_options(click.get_current_context(), target)
     repo = Path(repository).resolve()
     check_repository(repo)
     name = name or _deployment_name(repo)
     kubernetes = {key: options[key] for key in ("namespace", "registry", "replicas", "min_replicas", "max_replicas", "cpu", "memory", "gpus_per_pod", "queue_target_us", "prometheus_url", "autoscale", "monitor", "kserve")}
-    request = targets.DeployRequest(
+    request = DeployRequest(
         repository=repo, name=name, target=target, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         ready_timeout_s=timeout_s, image=options["image"], base_image=options["base_image"], network=options["network"], gpus=options["gpus"],
         pip=options["pip_requirements"], kubernetes=kubernetes, context=options["context"], manifests_dir=options["manifests_dir"],
@@ -141,9 +155,19 @@ def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: i
     if options["dry_run"]:
         if target != "kubernetes":
             raise CompoundError("--dry-run only applies to --target kubernetes")
+        from toolkit.deploy.kubernetes import KubernetesDeployment
+
         request.manifests_dir = request.manifests_dir or Path.cwd() / f"{name}-k8s"
-        written = targets.kubernetes_deployment(request).render()
+        cluster = KubernetesDeployment.from_request(request)
+        written = cluster.render()
         click.echo(f"wrote {written} ({', '.join(sorted(p.name for p in written.iterdir()))})")
+        if options["image"] is None:
+            click.echo(
+                f"note: the manifests name image {cluster.options.image}, which --dry-run did not build or push; "
+                "pass --image with one the cluster can pull, or deploy without --dry-run (it builds the image, "
+                "and pushes it with --registry)",
+                err=True,
+            )
         click.echo(f"next: kubectl apply -k {written}")
         return
     click.echo(f"starting '{name}' on target {target} ...")
@@ -177,28 +201,34 @@ def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_po
 @cli.command()
 @click.option("--name", default=None, help="Deployment name (default: the only one).")
 def status(name: Optional[str]) -> None:
-    """Show whether the recorded deployment runs and which models are ready (exit 1 if it does not run)."""
+    """Show whether the recorded deployment runs and how each model is (exit 1 if the server does not
+    run, 3 if it runs but a model does not serve)."""
+    from toolkit.client import model_states
     from toolkit.deploy import base, targets
 
     state = base.load_state(name)
     running = targets.is_running(state)
     ready = running and base.http_ready(state.endpoints)
     where = f"container {state.container}" if state.container else f"pid {state.pid}"
-    click.echo(f"{state.name}: {'ready' if ready else 'running, not ready' if running else 'not running'} (target {state.target}, {where})")
+    models = model_states(state.endpoints.http_url, base.api_key_headers(state.api_key)) if running else []
+    unhealthy = [m for m in models if not m.healthy]
+    condition = "ready" if ready and not unhealthy else "degraded" if running and unhealthy else "running, not ready" if running else "not running"
+    click.echo(f"{state.name}: {condition} (target {state.target}, {where})")
     click.echo(f"  repository: {state.repository}")
     click.echo(f"  endpoints:  {state.endpoints.describe()}")
     click.echo(f"  log:        {state.log_path}")
-    if running:
-        import tritonclient.http as httpclient
-
-        client = httpclient.InferenceServerClient(state.endpoints.http_url)
-        try:
-            for model in sorted(client.get_model_repository_index(), key=lambda m: m["name"]):
-                click.echo(f"  model {model['name']}: {model.get('state', '?')}")
-        finally:
-            client.close()
+    for model in models:
+        if model.healthy:
+            line = "READY"
+        elif model.state == "READY":
+            line = "UNHEALTHY (loaded, but not serving: its backend process may have died; see `compound logs`)"
+        else:
+            line = f"{model.state}" + (f" ({model.reason})" if model.reason else "")
+        click.echo(f"  model {model.name}: {line}")
     if not running:
         sys.exit(1)
+    if unhealthy:
+        sys.exit(3)
 
 
 @cli.command()
@@ -223,13 +253,15 @@ def stop(name: Optional[str]) -> None:
 
 @cli.command()
 @click.argument("pipeline")
-@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of Triton's HTTP (or gRPC) endpoint.")
+@click.option("--url", default=None, help="HOST:PORT of Triton's HTTP (or gRPC) endpoint  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option("--input", "pairs", multiple=True, metavar="NAME=VALUE", help="An input value (strings as is; numbers or JSON lists otherwise). Repeatable.")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON file of {input: value}; a leading batch axis is optional.")
-def infer(pipeline: str, url: str, protocol: str, pairs: tuple[str, ...], data_file: Optional[Path]) -> None:
+def infer(pipeline: str, url: Optional[str], protocol: str, pairs: tuple[str, ...], data_file: Optional[Path]) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
-    from toolkit.client import fetch_signature, infer as run_inference, parse_cli_inputs, to_jsonable
+    from toolkit.client import DEFAULT_URLS, fetch_signature, infer as run_inference, parse_cli_inputs, to_jsonable
+
+    url = url or DEFAULT_URLS[protocol]
 
     signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
     inputs = parse_cli_inputs(list(pairs), data_file, signature)
@@ -247,18 +279,6 @@ def init(directory: Path) -> None:
     written = scaffold(directory)
     click.echo(f"created {directory}: {', '.join(p.name for p in written)}")
     click.echo(f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}")
-
-
-def _register_subcommands() -> None:
-    """Commands that live beside their stage's module, so this file stays a thin layer."""
-    from toolkit.bench.cli import bench
-    from toolkit.cli_loadtest import loadtest
-
-    cli.add_command(loadtest)
-    cli.add_command(bench)
-
-
-_register_subcommands()
 
 
 def main() -> None:

@@ -3,43 +3,33 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
 
+from toolkit.dtypes import BY_CONFIG, BY_V2
 from toolkit.errors import CompoundError
 
 Protocol = Literal["http", "grpc"]
-
-# Triton config type -> (v2 datatype, numpy dtype)
-_CONFIG_TYPES: dict[str, tuple[str, Any]] = {
-    "TYPE_BOOL": ("BOOL", np.bool_),
-    "TYPE_UINT8": ("UINT8", np.uint8),
-    "TYPE_UINT16": ("UINT16", np.uint16),
-    "TYPE_UINT32": ("UINT32", np.uint32),
-    "TYPE_UINT64": ("UINT64", np.uint64),
-    "TYPE_INT8": ("INT8", np.int8),
-    "TYPE_INT16": ("INT16", np.int16),
-    "TYPE_INT32": ("INT32", np.int32),
-    "TYPE_INT64": ("INT64", np.int64),
-    "TYPE_FP16": ("FP16", np.float16),
-    "TYPE_FP32": ("FP32", np.float32),
-    "TYPE_FP64": ("FP64", np.float64),
-    "TYPE_STRING": ("BYTES", np.object_),
-}
+DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # what `compound deploy` binds by default
 
 
 @dataclass(frozen=True)
 class TensorSignature:
     name: str
     datatype: str  # KServe v2 name, e.g. BYTES
-    dims: list[int]  # without the batch dimension
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
 
     @property
     def numpy_dtype(self) -> Any:
-        return next(np_type for v2, np_type in _CONFIG_TYPES.values() if v2 == self.datatype)
+        return np.dtype(BY_V2[self.datatype].numpy).type
+
+    def describe(self) -> str:
+        return f"{self.datatype}{list(self.dims)}"
 
 
 @dataclass(frozen=True)
@@ -48,56 +38,193 @@ class Signature:
 
     name: str
     max_batch_size: int
-    inputs: list[TensorSignature]
-    outputs: list[TensorSignature]
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...] = ()
+    composing: tuple[str, ...] = ()  # an ensemble's models in step order
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+
+def strip_scheme(url: str) -> str:
+    """host:port from 'http://host:port/', 'grpc://host:port' or 'host:port'."""
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+def grpc_client(url: str) -> Any:
+    """A tritonclient.grpc client that only closes when told to.
+
+    The stock client closes its channel again in ``__del__``; under gevent (in locust) that runs
+    during interpreter shutdown and hangs the process, so callers close explicitly instead.
+    """
+    import tritonclient.grpc as grpcclient
+
+    class _ExplicitlyClosed(grpcclient.InferenceServerClient):
+        def __del__(self) -> None:
+            pass
+
+    return _ExplicitlyClosed(url=strip_scheme(url))
 
 
 def _http_client(url: str, concurrency: int = 1) -> Any:
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=10.0, network_timeout=120.0)
+    return httpclient.InferenceServerClient(
+        strip_scheme(url), concurrency=concurrency, connection_timeout=10.0, network_timeout=120.0
+    )
 
 
-def _grpc_client(url: str) -> Any:
-    import tritonclient.grpc as grpcclient
-
-    return grpcclient.InferenceServerClient(url)
-
-
-def fetch_signature(model: str, url: str, protocol: Protocol = "http") -> Signature:
-    """Read the model's config from the server and name the problem if it is not there."""
-    from tritonclient.utils import InferenceServerException
-
-    client = _http_client(url) if protocol == "http" else _grpc_client(url)
+def http_json(
+    url: str, payload: Optional[dict[str, Any]] = None, timeout: float = 5.0, headers: Optional[dict[str, str]] = None
+) -> tuple[int, Any]:
+    """(status, parsed JSON body) of a GET, or a POST when a payload is given; HTTP errors are statuses."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
     try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the user's server URL
+            body = response.read().decode("utf-8")
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", errors="replace")
         try:
-            live = client.is_server_live()
-        except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-            raise CompoundError(f"cannot reach Triton at {url} over {protocol}: {_reason(exc)}", hint="is it running? try `compound status`") from None
-        if not live:
-            raise CompoundError(f"Triton at {url} is not live", hint="try `compound status` and `compound logs`")
-        try:
-            config = client.get_model_config(model) if protocol == "http" else client.get_model_config(model, as_json=True)["config"]
-        except InferenceServerException:
-            index = client.get_model_repository_index()
-            entries = index if protocol == "http" else index.models
-            names = sorted((m["name"] if isinstance(m, dict) else m.name) for m in entries)
-            raise CompoundError(f"no model or pipeline '{model}' on {url}", hint=f"models: {', '.join(names) or 'none'}") from None
-    finally:
-        client.close()
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"error": body}
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model as the server sees it: the repository's state and whether it serves right now."""
+
+    name: str
+    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING ...
+    reason: str
+    ready: bool  # /v2/models/<name>/ready: false when its backend stub died, even if state says READY
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "READY" and self.ready
+
+
+def repository_index(url: str, headers: Optional[dict[str, str]] = None, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Triton's model repository index (a restricted API: pass the deployment's key)."""
+    status, index = http_json(f"http://{strip_scheme(url)}/v2/repository/index", {}, timeout=timeout, headers=headers)
+    if status in (401, 403):
+        raise CompoundError("the server refused the repository API: the deployment's key is missing or wrong", hint="use the key in the deployment's state (`compound status` reads it)")
+    if status != 200 or not isinstance(index, list):
+        raise CompoundError(f"the repository index of {url} answered HTTP {status}: {index}")
+    return index
+
+
+def model_states(url: str, headers: Optional[dict[str, str]] = None, timeout: float = 5.0) -> list[ModelState]:
+    """Every model in the repository with its state, and whether it really serves (a model whose
+    Python stub was killed stays READY in the index but stops being ready)."""
+    states = []
+    for entry in sorted(repository_index(url, headers, timeout), key=lambda m: str(m.get("name", ""))):
+        name = str(entry.get("name", ""))
+        ready = False
+        if entry.get("state") == "READY":
+            status, _ = http_json(f"http://{strip_scheme(url)}/v2/models/{name}/ready", timeout=timeout)
+            ready = status == 200
+        states.append(ModelState(name, str(entry.get("state", "?")), str(entry.get("reason", "")), ready))
+    return states
+
+
+def fetch_signature(model: str, url: str, protocol: Protocol = "http", timeout: float = 5.0) -> Signature:
+    """The model's (or pipeline's) signature from its config on the server; clear errors for a dead
+    server, a name it does not serve, or a model that is not ready."""
+    target = strip_scheme(url)
+    if protocol == "grpc":
+        config, ready, available = _grpc_probe(target, model, timeout)
+    elif protocol == "http":
+        config, ready, available = _http_probe(target, model, timeout)
+    else:
+        raise CompoundError(f"unknown protocol {protocol!r}", hint="use http or grpc")
+    if config is None:
+        raise CompoundError(
+            f"unknown pipeline '{model}': the server at {target} does not serve it",
+            hint=f"models on the server: {', '.join(available) or 'none'}",
+        )
+    if not ready:
+        raise CompoundError(f"'{model}' is loaded on {target} but not ready", hint="see `compound status` and `compound logs`")
     return signature_from_config(config)
 
 
-def _reason(exc: Exception) -> str:
-    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    return str(message).splitlines()[0] if message else type(exc).__name__
+def _unreachable(target: str, protocol: str, reason: str) -> CompoundError:
+    return CompoundError(
+        f"cannot reach the Triton server at {target} over {protocol}: {reason}",
+        hint="is it running? `compound status` tells; check --url and --protocol",
+    )
+
+
+def _http_probe(target: str, model: str, timeout: float) -> tuple[Optional[dict[str, Any]], bool, list[str]]:
+    base = f"http://{target}"
+    try:
+        status, _ = http_json(f"{base}/v2/health/live", timeout=timeout)
+        if status != 200:
+            raise CompoundError(f"the server at {target} is not live (HTTP {status})")
+        status, config = http_json(f"{base}/v2/models/{model}/config", timeout=timeout)
+        if status != 200:
+            # the statistics API lists every loaded model and stays open (the repository index needs the key)
+            _, stats = http_json(f"{base}/v2/models/stats", timeout=timeout)
+            names = {m.get("name", "") for m in (stats or {}).get("model_stats", []) if isinstance(m, dict)}
+            return None, False, sorted(names - {""})
+        status, _ = http_json(f"{base}/v2/models/{model}/ready", timeout=timeout)
+        return config, status == 200, []
+    except CompoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _unreachable(target, "http", str(getattr(exc, "reason", exc))) from None
+
+
+def _grpc_probe(target: str, model: str, timeout: float) -> tuple[Optional[dict[str, Any]], bool, list[str]]:
+    from tritonclient.utils import InferenceServerException
+
+    client = grpc_client(target)
+    try:
+        try:
+            client.is_server_live(client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise _unreachable(target, "grpc", str(exc.message()).splitlines()[0]) from None
+        try:
+            config = client.get_model_config(model, as_json=True, client_timeout=timeout)["config"]
+        except InferenceServerException:
+            stats = client.get_inference_statistics(as_json=True, client_timeout=timeout)
+            return None, False, sorted({m.get("name", "") for m in stats.get("model_stats", [])} - {""})
+        return config, client.is_model_ready(model, client_timeout=timeout), []
+    finally:
+        client.close()
 
 
 def signature_from_config(config: dict[str, Any]) -> Signature:
-    def tensors(entries: list[dict[str, Any]]) -> list[TensorSignature]:
-        return [TensorSignature(t["name"], _CONFIG_TYPES[t["data_type"]][0], [int(d) for d in t["dims"]]) for t in entries]
+    """A model config as JSON (HTTP gives ints, gRPC int64-as-strings) as a Signature."""
+    name = str(config.get("name", ""))
 
-    return Signature(config["name"], int(config.get("max_batch_size", 0)), tensors(config.get("input", [])), tensors(config.get("output", [])))
+    def tensors(entries: list[dict[str, Any]]) -> tuple[TensorSignature, ...]:
+        found = []
+        for raw in entries or []:
+            data_type = raw.get("data_type", "TYPE_FP32")
+            if data_type not in BY_CONFIG:
+                raise CompoundError(f"'{name}': tensor '{raw.get('name')}' has unsupported type {data_type}")
+            found.append(TensorSignature(str(raw["name"]), BY_CONFIG[data_type].v2, tuple(int(d) for d in raw.get("dims", []))))
+        return tuple(found)
+
+    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
+    composing: list[str] = []
+    for step in steps:
+        if step.get("model_name") and step["model_name"] not in composing:
+            composing.append(str(step["model_name"]))
+    return Signature(
+        name,
+        int(config.get("max_batch_size", 0) or 0),
+        tensors(config.get("input", [])),
+        tensors(config.get("output", [])),
+        tuple(composing),
+    )
 
 
 def to_array(value: Any, tensor: TensorSignature, batched: bool, origin: str = "input") -> np.ndarray:
@@ -185,7 +312,7 @@ def infer(model: str, url: str, inputs: dict[str, np.ndarray], protocol: Protoco
     elif protocol == "grpc":
         import tritonclient.grpc as module  # type: ignore[no-redef]
 
-        client = _grpc_client(url)
+        client = grpc_client(url)
     else:
         raise CompoundError(f"unknown protocol {protocol!r}", hint="use http or grpc")
     try:

@@ -23,9 +23,11 @@ from tritonclient.grpc import model_config_pb2
 from toolkit import __version__
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
+from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.spec import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
+COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 
 
 def templates_dir() -> Path:
@@ -88,9 +90,7 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
             files[f"{name}/config.pbtxt"] = _render_ensemble(env, plan, pipeline, source).encode()
             files[f"{name}/1/.keep"] = b""  # Triton needs a version folder, even for ensembles
         else:
-            from toolkit.orchestrator import orchestrator_files
-
-            for path, content in orchestrator_files(plan, pipeline, env).items():
+            for path, content in program_model_files(plan, pipeline, env).items():
                 files[path] = content.encode() if isinstance(content, str) else content
     files[MARKER] = (json.dumps(manifest(plan), indent=2, sort_keys=True) + "\n").encode()
     for path, content in files.items():
@@ -182,6 +182,50 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
         steps=steps,
         cache=cache,
     )
+
+
+def program_model_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2.Environment) -> dict[str, str | bytes]:
+    """Repository files of one orchestrated or fused pipeline: config, the generic runtime, its
+    program; a fused one also gets its handlers' code and the component wrapper they run in."""
+    program = compile_program(plan, pipeline)
+    instances, _ = plan_instances(plan, pipeline)
+    spec = pipeline.spec
+    fused = pipeline.kind == "fused"
+    group = pipeline.instances
+    delays = [plan.spec.models[m].batching.max_queue_delay_us for m in pipeline.models if plan.spec.models[m].batching is not None]
+    config = env.get_template("orchestrator.pbtxt.j2").render(
+        version=__version__,
+        name=pipeline.name,
+        fused=fused,
+        reason=pipeline.reason,
+        models=called_models(program),
+        max_batch_size=pipeline.max_batch_size,
+        inputs=[(n, t.triton_type, list(t.dims)) for n, t in spec.inputs.items()],
+        outputs=[(n, pipeline.tensors[n].triton_type, list(pipeline.tensors[n].dims)) for n in spec.outputs],
+        instance_count=instances,
+        instance_kind=group.kind if group else "KIND_CPU",  # only fused pipelines carry a group
+        gpus=list(group.gpus) if group and group.gpus else None,
+        # fused: batch as long as the most patient component would have; orchestrators never wait
+        queue_delay_us=max(delays, default=0) if fused else 0,
+        threads=group.threads if group else None,
+        timeout_ms=spec.timeout_ms,
+        program_file=PROGRAM_FILE,
+    )
+    runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None
+    if runtime is None:
+        raise CompoundError("internal error: the orchestrator runtime template is missing")
+    files: dict[str, str | bytes] = {
+        f"{pipeline.name}/config.pbtxt": config,
+        f"{pipeline.name}/1/model.py": runtime,
+        f"{pipeline.name}/1/{PROGRAM_FILE}": json.dumps(program, indent=1, sort_keys=True) + "\n",
+    }
+    if fused:
+        files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()
+        for model in pipeline.models:
+            for path, content in handler_files(plan.models[model].handler, f"{pipeline.name}/1").items():
+                if files.setdefault(path, content) != content:
+                    raise CompoundError(f"pipeline '{pipeline.name}': two handlers of its models would both be copied to {path}", hint="give their modules different names")
+    return files
 
 
 def handler_files(handler: HandlerRef, folder: str) -> dict[str, bytes]:

@@ -21,21 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from toolkit.dtypes import BY_SPEC
 from toolkit.errors import Problem, SpecError
 
-# dtype name in the spec -> (Triton config type, KServe v2 datatype, numpy dtype name)
-DTYPES: dict[str, tuple[str, str, str]] = {
-    "bool": ("TYPE_BOOL", "BOOL", "bool"),
-    "uint8": ("TYPE_UINT8", "UINT8", "uint8"),
-    "int8": ("TYPE_INT8", "INT8", "int8"),
-    "int16": ("TYPE_INT16", "INT16", "int16"),
-    "int32": ("TYPE_INT32", "INT32", "int32"),
-    "int64": ("TYPE_INT64", "INT64", "int64"),
-    "fp16": ("TYPE_FP16", "FP16", "float16"),
-    "fp32": ("TYPE_FP32", "FP32", "float32"),
-    "fp64": ("TYPE_FP64", "FP64", "float64"),
-    "string": ("TYPE_STRING", "BYTES", "object"),
-}
 Dtype = Literal["bool", "uint8", "int8", "int16", "int32", "int64", "fp16", "fp32", "fp64", "string"]
 
 DEPLOYMENT_NAME = r"^[a-z][a-z0-9_-]*$"
@@ -67,15 +55,15 @@ class TensorSpec(_Strict):
 
     @property
     def triton_type(self) -> str:
-        return DTYPES[self.dtype][0]
+        return BY_SPEC[self.dtype].config
 
     @property
     def v2_datatype(self) -> str:
-        return DTYPES[self.dtype][1]
+        return BY_SPEC[self.dtype].v2
 
     @property
     def numpy_dtype(self) -> str:
-        return DTYPES[self.dtype][2]
+        return BY_SPEC[self.dtype].numpy
 
     def compatible_with(self, other: TensorSpec) -> bool:
         """Same dtype and dims that agree wherever both are fixed."""

@@ -8,7 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from toolkit.cli import cli
-from toolkit.deploy.base import free_port, load_state
+from toolkit.deploy.base import load_state
+from toolkit.system import free_port
 from toolkit.deploy.local import group_members
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,13 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
 
 def test_infer_unreachable_server() -> None:
     result = CliRunner().invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{free_port()}", "--input", "text=x"])
-    assert result.exit_code == 1 and "cannot reach Triton" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "cannot reach the Triton server" in result.output and "Traceback" not in result.output
+
+
+def test_infer_over_grpc_defaults_to_the_grpc_port() -> None:
+    """Without --url, --protocol grpc talks to the gRPC port `compound deploy` binds, not the HTTP one."""
+    result = CliRunner().invoke(cli, ["infer", "classify", "--protocol", "grpc", "--input", "text=x"])
+    assert result.exit_code == 1 and "127.0.0.1:8001 over grpc" in result.output, result.output
 
 
 def test_deploy_missing_repository(tmp_path: Path) -> None:

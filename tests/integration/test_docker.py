@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.test_serving import TEXTS, reference, strings
 from toolkit.client import infer
-from toolkit.deploy.base import free_port, port_in_use
+from toolkit.system import free_port, port_in_use
 from toolkit.deploy.docker import DockerServer, connect
 from toolkit.errors import CompoundError, ServerError
 from toolkit.plan import plan_spec

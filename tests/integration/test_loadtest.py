@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from toolkit.cli import cli
-from toolkit.deploy.base import free_port
+from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
-from toolkit.loadtest import LoadTestOptions, LocustRunner
-from toolkit.triton_stats import fetch_stats
+from toolkit.loadtest.runner import LoadTestOptions, LocustRunner
+from toolkit.stats import fetch_stats
 
 COMPOSING = ["tok", "sentiment", "topic", "verdict"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

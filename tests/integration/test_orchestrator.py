@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from toolkit.deploy.base import free_port
+from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.bench.allocate import allocate, bottleneck, operating_batch
+from toolkit.plan.allocate import allocate, bottleneck, operating_batch
 
 
 def linear(per_row_s: float, fixed_s: float = 0.0, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> dict[int, float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import CompoundError
-from toolkit.loadtest import LatencyStats, LoadTestOptions, LocustRunner, gate, locustfile_path
+from toolkit.loadtest.runner import LatencyStats, LoadTestOptions, LocustRunner, gate, locustfile_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

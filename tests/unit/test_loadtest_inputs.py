@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import CompoundError
-from toolkit.loadtest_inputs import (
+from toolkit.loadtest.inputs import (
     VARIABLE_DIM_SIZE,
     load_jsonl,
-    parse_duration,
-    signature_from_config,
     synthesise,
 )
+from toolkit.units import parse_duration
+from toolkit.client import signature_from_config
 
 CONFIG = {
     "name": "mixed",
@@ -27,16 +27,18 @@ CONFIG = {
     ],
     "ensemble_scheduling": {"step": [{"model_name": "a"}, {"model_name": "b"}]},
 }
-SIG = signature_from_config("mixed", CONFIG)
+SIG = signature_from_config(CONFIG)
 GOOD = {"text": "hello", "ids": [1, 2, 3, 4], "vec": [0.5, 1], "flag": [True]}
 
 
-@pytest.mark.parametrize("text,seconds", [("45", 45), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m10s", 130)])
+@pytest.mark.parametrize(
+    "text,seconds", [("45", 45), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m10s", 130), ("1.5m", 90), ("500ms", 0.5)]
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "0s", "10x", "-5s", "1.5m", "m"])
+@pytest.mark.parametrize("text", ["", "0", "0s", "10x", "-5s", "m", "5m3", "1.5x"])
 def test_invalid_durations(text: str) -> None:
     with pytest.raises(CompoundError, match="--run-time"):
         parse_duration(text, "--run-time")

@@ -14,17 +14,16 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from toolkit.orchestrator import (
+from toolkit.plan.program import (
     ORCHESTRATOR_INSTANCES,
     OUTER,
     called_models,
     compile_program,
     describe_program,
-    orchestrator_files,
     plan_instances,
 )
 from toolkit.plan import DeploymentPlan, plan_spec
-from toolkit.render import render_files, template_env, templates_dir
+from toolkit.render import program_model_files, render_files, template_env, templates_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "examples" / "agents" / "pipeline.yaml"
@@ -221,7 +220,7 @@ def test_non_batching_callee_makes_a_non_batching_orchestrator(tmp_path: Path) -
 
 def test_rendered_files_parse_and_carry_the_runtime() -> None:
     plan = plan_spec(AGENTS)
-    files = orchestrator_files(plan, plan.pipelines["guarded"], template_env())
+    files = program_model_files(plan, plan.pipelines["guarded"], template_env())
     assert set(files) == {"guarded/config.pbtxt", "guarded/1/model.py", "guarded/1/program.json"}
     config = text_format.Parse(files["guarded/config.pbtxt"], model_config_pb2.ModelConfig())
     assert config.name == "guarded" and config.backend == "python" and config.max_batch_size == 16
@@ -244,8 +243,8 @@ def test_runtime_template_compiles(tmp_path: Path) -> None:
 
 def test_program_is_deterministic() -> None:
     plan = plan_spec(AGENTS)
-    first = orchestrator_files(plan, plan.pipelines["router"], template_env())
-    second = orchestrator_files(plan_spec(AGENTS), plan_spec(AGENTS).pipelines["router"], template_env())
+    first = program_model_files(plan, plan.pipelines["router"], template_env())
+    second = program_model_files(plan_spec(AGENTS), plan_spec(AGENTS).pipelines["router"], template_env())
     assert first == second
 
 

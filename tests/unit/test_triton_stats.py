@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.triton_stats import (
+from toolkit.client import signature_from_config
+from toolkit.stats import (
     breakdown,
-    composing_models,
     diff,
     format_table,
     parse_stats,
@@ -117,8 +117,8 @@ def test_idle_run_has_no_bottleneck() -> None:
 
 def test_composing_models_in_step_order() -> None:
     config = {"ensemble_scheduling": {"step": [{"model_name": "tok"}, {"model_name": "b"}, {"model_name": "tok"}]}}
-    assert composing_models(config) == ["tok", "b"]
-    assert composing_models({"backend": "python"}) == []
+    assert signature_from_config(config).composing == ("tok", "b")
+    assert signature_from_config({"backend": "python"}).composing == ()
 
 
 def test_renderings_mark_the_bottleneck() -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from toolkit.bench.measure import child_env
 from toolkit.errors import CompoundError
 
 
@@ -26,10 +27,8 @@ class CeilingResult:
 
 
 def measure_ceiling(spec_path: str, pipeline: str, batch: int, workers: int, duration_s: float, warmup_s: float = 2.0, load_timeout_s: float = 120.0) -> CeilingResult:
-    from toolkit.bench.runner import _child_env
-
     argv = [sys.executable, "-m", "toolkit.bench.ceiling", spec_path, pipeline, str(batch), str(warmup_s), str(duration_s)]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()) for _ in range(workers)]
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()) for _ in range(workers)]
     try:
         for p in procs:
             line = p.stdout.readline().strip() if p.stdout else ""

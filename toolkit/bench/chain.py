@@ -4,8 +4,6 @@ ceiling and the Ray Serve peer all build on, so every profile runs exactly the s
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import CompoundError
-from toolkit.plan import DeploymentPlan, EnsembleStep
+from toolkit.plan import DeploymentPlan, EnsembleStep, import_handler_module
 
 
 @dataclass(frozen=True)
@@ -46,29 +44,14 @@ def stages(plan: DeploymentPlan, pipeline: str) -> list[Stage]:
 def load_handler(plan: DeploymentPlan, model: str, device: str = "cpu") -> Any:
     """Instantiate a model's handler the way the generated model.py does (spec folder on sys.path)."""
     ref = plan.models[model].handler
-    folder = str(plan.loaded.folder.resolve())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # handlers may import their siblings, as in the repository
+    folder = plan.loaded.folder.resolve()
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # handlers may import their siblings at call time too
     try:
-        module = _import_private(ref.source / "__init__.py" if ref.is_package else ref.source)
+        module = import_handler_module(ref.source / "__init__.py" if ref.is_package else ref.source, folder, fresh=False)
         return getattr(module, ref.cls)(dict(plan.models[model].spec.parameters), device)
     except Exception as exc:  # noqa: BLE001 - user code
         raise CompoundError(f"model '{model}': cannot load handler {ref.module}:{ref.cls}: {type(exc).__name__}: {exc}") from None
-
-
-def _import_private(entry: Path) -> Any:
-    """Import a handler file under a name of its own, so two specs' `handlers` never collide."""
-    private = "_compound_bench_" + hashlib.sha1(str(entry.resolve()).encode()).hexdigest()[:12]
-    if private in sys.modules:
-        return sys.modules[private]
-    kwargs: dict[str, Any] = {"submodule_search_locations": [str(entry.parent)]} if entry.name == "__init__.py" else {}
-    spec = importlib.util.spec_from_file_location(private, entry, **kwargs)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {entry}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[private] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class InProcessPipeline:

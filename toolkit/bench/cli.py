@@ -1,4 +1,4 @@
-"""`compound bench`: the click command; the lead registers it with ``cli.add_command(bench)``."""
+"""`compound bench`: the click command; the work is in :mod:`toolkit.bench.runner`."""
 
 from __future__ import annotations
 
@@ -9,20 +9,7 @@ from pathlib import Path
 import click
 
 from toolkit.bench.profiles import ALL_PROFILES
-
-
-def _duration(value: str) -> float:
-    text = value.strip().lower()
-    try:
-        if text.endswith("ms"):
-            return float(text[:-2]) / 1000
-        if text.endswith("s"):
-            return float(text[:-1])
-        if text.endswith("m"):
-            return float(text[:-1]) * 60
-        return float(text)
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a duration like 20s, 1.5m or 500ms") from None
+from toolkit.units import parse_duration
 
 
 def _int_list(value: str) -> list[int]:
@@ -56,8 +43,8 @@ def bench(spec: Path, pipeline: str, profiles: str, concurrency: str, duration: 
         out=out,
         profiles=[p.strip() for p in profiles.split(",") if p.strip()],
         concurrency=_int_list(concurrency),
-        duration_s=_duration(duration),
-        warmup_s=_duration(warmup),
+        duration_s=parse_duration(duration, "--duration"),
+        warmup_s=parse_duration(warmup, "--warmup", allow_zero=True),
         cores=cores,
         driver=driver,
         command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.bench.driver import Job
+from toolkit.bench.measure import child_env, machine_busy_s
 from toolkit.errors import CompoundError
 
 
 def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any]:
     import psutil
 
-    from toolkit.bench.runner import _child_env, machine_busy_s
-    from toolkit.loadtest import STOP_TIMEOUT_S, locustfile_path, read_locust_csv
+    from toolkit.loadtest.runner import STOP_TIMEOUT_S, locustfile_path, read_locust_csv
 
     if len(job.stages) != 1 or len(job.stages[0]) != 1:
         raise CompoundError("--driver locust sends one pipeline request at a time; the static profile chains models from the client", hint="use --driver grpc for the static profile")
@@ -32,7 +32,7 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
         "--csv", str(prefix), "--exit-code-on-error", "0", "--stop-timeout", str(STOP_TIMEOUT_S),
     ]  # fmt: skip
     with open(work / "locust.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         me = psutil.Process(proc.pid)
         began = time.perf_counter()
         server0 = server_cpu.seconds() if server_cpu else 0.0

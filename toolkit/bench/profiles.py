@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from toolkit.bench.allocate import Allocation
+from toolkit.plan.allocate import Allocation
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import Call
 from toolkit.plan import DeploymentPlan, build_plan

@@ -24,8 +24,10 @@ import numpy as np
 
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import Job, first_response, from_npz, npz_bytes
+from toolkit.bench.measure import ProcessCpu, child_env, point_line, run_driver
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
+from toolkit.system import free_ports
 
 MAX_ONGOING = 256  # Ray's default (5) would cap every batch at 5 requests: users raise it
 
@@ -41,8 +43,6 @@ def ray_available() -> str | None:
 
 
 def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_file: Path, work: Path, log: Callable[[str], None], counts: dict[str, int]) -> dict[str, Any]:
-    from toolkit.bench.runner import ProcessCpu, _child_env, _point_line, free_ports, run_driver
-
     reason = ray_available()
     if reason:
         raise CompoundError(reason)
@@ -52,7 +52,7 @@ def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_fil
     config_file.write_text(json.dumps(config))
     log_file = open(work / "ray-serve.log", "w")
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.rayserve", str(config_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, env=_child_env())
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.rayserve", str(config_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, env=child_env())
     result: dict[str, Any] = {
         "description": "Ray Serve: one deployment per model (replicas as planned, @serve.batch), composed with DeploymentHandles; HTTP ingress",
         "instances": counts,
@@ -74,7 +74,7 @@ def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_fil
             job = Job(url, [], {}, str(rows_file), c, settings.duration_s, settings.warmup_s, str(work / f"result-ray-{c}.json"), protocol="http-npz")
             point = run_driver(job, work, cpu, log)
             result["points"].append(point)
-            log("  " + _point_line(point))
+            log("  " + point_line(point))
     finally:
         if proc.stdin:
             proc.stdin.close()  # the Ray process shuts Ray down and exits

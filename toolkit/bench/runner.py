@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +14,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from toolkit.bench.allocate import Allocation, allocate
+from toolkit.plan.allocate import Allocation, allocate
 from toolkit.bench.ceiling import measure_ceiling
 from toolkit.bench.chain import InProcessPipeline
 from toolkit.bench.driver import Job, first_response
 from toolkit.bench.inputs import sample_rows
 from toolkit.bench.profile import CostCurve, profile_pipeline
+from toolkit.bench.measure import ProcessCpu, pct, point_line, run_driver
 from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile, tensor_datatypes
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
+from toolkit.system import free_ports
 
 REQUEST_POOL = 512  # distinct request rows the client cycles through
 
@@ -47,108 +46,6 @@ class Settings:
     @property
     def core_budget(self) -> int:
         return self.cores or os.cpu_count() or 1
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class ProcessCpu:
-    """CPU seconds of a process and all its children (tritonserver + its Python stubs)."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.root = psutil.Process(pid)
-
-    def seconds(self) -> float:
-        return sum(self.per_process().values())
-
-    def per_process(self) -> dict[str, float]:
-        """CPU seconds per process, keyed 'name[pid]' (a stub is named after its model)."""
-        import psutil
-
-        found: dict[str, float] = {}
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                found[f"{_process_name(proc)}[{proc.pid}]"] = t.user + t.system
-            except psutil.Error:
-                continue
-        return found
-
-
-def _process_name(proc: Any) -> str:
-    """tritonserver, stub:<model>, or the process title (Ray names its workers ray::<Actor>)."""
-    try:
-        cmd = proc.cmdline()
-    except Exception:  # noqa: BLE001 - gone or inaccessible
-        return "?"
-    if not cmd:
-        return proc.name()
-    head = Path(cmd[0]).name
-    if head == "triton_python_backend_stub" and len(cmd) > 1:
-        return "stub:" + Path(cmd[1]).parent.parent.name
-    if head.startswith("ray::"):
-        return cmd[0].split()[0]
-    if head.startswith("python") and len(cmd) > 2 and cmd[1] == "-m":
-        return cmd[2]
-    return head
-
-
-def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Callable[[str], None]) -> dict[str, Any]:
-    """One load point in its own process; server CPU sampled over the driver's measuring window."""
-    job_file = work / "job.json"
-    job.dump(job_file)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
-    marks: dict[str, tuple[float, float, float]] = {}
-    per_process: dict[str, dict[str, float]] = {}
-    for line in proc.stdout or ():
-        tag = line.strip()
-        if tag in ("MEASURE_START", "MEASURE_END"):
-            procs = server_cpu.per_process() if server_cpu else {}
-            per_process[tag] = procs
-            marks[tag] = (time.perf_counter(), sum(procs.values()), machine_busy_s())
-    _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
-    if proc.returncode != 0:
-        raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])
-    result = json.loads(Path(job.result).read_text())
-    result["server_cpu_pct"] = result["other_cpu_pct"] = None
-    if "MEASURE_START" in marks and "MEASURE_END" in marks:
-        (t0, c0, b0), (t1, c1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
-        span = max(t1 - t0, 1e-9)
-        if server_cpu:
-            result["server_cpu_pct"] = 100.0 * (c1 - c0) / span
-            # everything else on the machine over the same window: benchmarks on a shared machine say so
-            result["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"])
-            before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
-            shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
-            result["server_cpu_by_process_pct"] = {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5}
-    return result
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def machine_info() -> dict[str, Any]:
@@ -256,7 +153,7 @@ class BenchRunner:
                 else:
                     point = run_driver(job, work, cpu, self.log)
                 result["points"].append(point)
-                self.log("  " + _point_line(point))
+                self.log("  " + point_line(point))
         return result
 
     def _ceiling(self, allocation: Allocation) -> dict[str, Any]:
@@ -283,26 +180,13 @@ def _compute_summary(curves: dict[str, CostCurve], allocation: Allocation) -> di
     }
 
 
-def _pct(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.0f}%"
-
-
-def _point_line(p: dict[str, Any]) -> str:
-    lat = p["latency_ms"]
-    return (
-        f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
-        f"  errors {p['errors']}  server CPU {_pct(p.get('server_cpu_pct'))}  client CPU {_pct(p['client_cpu_pct'])}"
-        f"  other CPU {_pct(p.get('other_cpu_pct'))}"
-    )
-
-
 def _best(points: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     ok = [p for p in points if p["completed"] > 0]
     return max(ok, key=lambda p: p["throughput_rps"]) if ok else None
 
 
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with measured values and met / missed / not measured."""
+    """The benchmark targets, each with measured values and met / missed / not measured."""
     profiles = report["profiles"]
     targets: list[dict[str, Any]] = []
 
@@ -358,7 +242,7 @@ def format_table(report: dict[str, Any]) -> str:
             lat = p["latency_ms"]
             lines.append(
                 f"{name:<10} {p['concurrency']:>5} {p['throughput_rps']:9.1f} {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['p99']:8.2f} {p['errors']:>6} "
-                f"{_pct(p.get('server_cpu_pct')):>8} {_pct(p['client_cpu_pct']):>8} {_pct(p.get('other_cpu_pct')):>6}"
+                f"{pct(p.get('server_cpu_pct')):>8} {pct(p['client_cpu_pct']):>8} {pct(p.get('other_cpu_pct')):>6}"
             )
         if "cold_start_s" in res:
             lines.append(f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms")

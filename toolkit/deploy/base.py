@@ -1,19 +1,31 @@
-"""What every deployment target offers, and the state file that `status`/`logs`/`stop` act on."""
+"""What every deployment target shares: one Triton server's life (start, wait until ready, stop, log
+tail, context manager), the arguments every tritonserver gets, the deployment's API key, and the state
+file that `status`/`logs`/`stop` act on. Targets (local, docker, kubernetes) extend `TritonServer`."""
 
 from __future__ import annotations
 
+import abc
 import json
 import os
-import socket
+import secrets
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
-from toolkit.errors import CompoundError
+from toolkit.errors import CompoundError, ServerError
+from toolkit.system import port_in_use
 
+Target = Literal["local", "docker", "kubernetes"]
 READY_POLL_INTERVAL_S = 0.25
+DEFAULT_READY_TIMEOUT_S = 180.0
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# Triton APIs that change or expose the server beyond serving: only clients holding the deployment's
+# key may use them (compound's own commands do). Inference, health, metadata and statistics stay open.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+API_KEY_HEADER = "compound-key"  # lower case: gRPC metadata keys must be
 
 
 @dataclass(frozen=True)
@@ -39,16 +51,39 @@ class Endpoints:
         return f"HTTP {self.http_url}  gRPC {self.grpc_url}  metrics {self.metrics_url}"
 
 
-class Deployment(Protocol):
-    """A running Triton with a repository loaded: local process, container or cluster."""
+@dataclass
+class DeployRequest:
+    """What `compound deploy` was asked for; fields a target does not use are ignored by it."""
 
-    endpoints: Endpoints
+    repository: Path
+    name: str
+    target: Target = "local"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    ready_timeout_s: float = 180.0
+    # docker and kubernetes
+    image: Optional[str] = None
+    base_image: Optional[str] = None
+    # docker
+    network: Literal["bridge", "host"] = "bridge"
+    gpus: Optional[bool] = None
+    pip: Sequence[str] = ()
+    # kubernetes
+    kubernetes: dict[str, object] = field(default_factory=dict)
+    context: Optional[str] = None
+    manifests_dir: Optional[Path] = None
 
-    def start(self) -> "Deployment": ...
-
-    def stop(self) -> None: ...
-
-    def log_tail(self, lines: int = 40) -> str: ...
+    def server_options(self) -> dict[str, Any]:
+        """The keyword arguments every TritonServer takes, as asked for."""
+        return {
+            "host": self.host,
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port,
+            "ready_timeout_s": self.ready_timeout_s,
+        }
 
 
 @dataclass
@@ -65,6 +100,7 @@ class DeploymentState:
     log_path: str
     pid: Optional[int] = None
     container: Optional[str] = None
+    api_key: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -78,11 +114,14 @@ def state_dir() -> Path:
 
 
 def save_state(state: DeploymentState) -> Path:
+    """Written 0600 in a 0700 folder: the state holds the deployment's API key."""
     folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{state.name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(asdict(state), indent=2, sort_keys=True))
     tmp.replace(path)
     return path
 
@@ -109,22 +148,6 @@ def load_state(name: Optional[str] = None) -> DeploymentState:
 
 def forget_state(name: str) -> None:
     (state_dir() / f"{name}.json").unlink(missing_ok=True)
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def http_ready(endpoints: Endpoints, timeout_s: float = 1.0) -> bool:
@@ -158,3 +181,186 @@ def load_failures(log_text: str) -> str:
     """The models Triton failed to load, pulled out of its log for the error message."""
     failures = [line.strip() for line in log_text.splitlines() if "failed to load" in line or "UNAVAILABLE:" in line]
     return (":\n  " + "\n  ".join(failures[-5:])) if failures else ""
+
+
+def new_api_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def api_key_headers(api_key: str) -> dict[str, str]:
+    """The header that opens the restricted APIs (HTTP header and gRPC metadata alike)."""
+    return {API_KEY_HEADER: api_key} if api_key else {}
+
+
+def check_repository(repository: Path) -> None:
+    if not repository.is_dir():
+        raise CompoundError(f"model repository {repository} does not exist", hint="generate one with `compound generate SPEC -o DIR`")
+    if not any((child / "config.pbtxt").is_file() for child in repository.iterdir() if child.is_dir()):
+        raise CompoundError(f"{repository} is not a Triton model repository (no <model>/config.pbtxt)", hint="generate one with `compound generate SPEC -o DIR`")
+
+
+def triton_args(
+    model_repository: str,
+    ports: tuple[int, int, int],
+    *,
+    address: Optional[str] = None,
+    api_key: str = "",
+    exit_timeout_s: int = 10,
+) -> list[str]:
+    """The arguments every compound tritonserver gets, wherever it runs: strict readiness (ready means
+    every model loaded and warmed), fail fast on a bad model, and the restricted APIs behind the key."""
+    args = ["--model-repository", model_repository]
+    for protocol, port in zip(("http", "grpc", "metrics"), ports):
+        if address is not None:
+            args += [f"--{protocol}-address", address]
+        args += [f"--{protocol}-port", str(port)]
+    args += [
+        "--disable-auto-complete-config",
+        "--strict-readiness", "true",
+        "--exit-on-error", "true",
+        "--exit-timeout-secs", str(exit_timeout_s),
+        "--log-verbose", "0",
+    ]  # fmt: skip
+    if api_key:
+        apis = ",".join(RESTRICTED_APIS)
+        args += [f"--http-restricted-api={apis}:{API_KEY_HEADER}={api_key}", f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={api_key}"]
+    return args
+
+
+class TritonServer(abc.ABC):
+    """One Triton serving a repository, wherever it runs. `start` checks, launches, then blocks until
+    /v2/health/ready (every model loaded and warmed) or raises with the log's tail, stopping what it
+    started; `stop` always cleans up. Subclasses say how to launch, how a launch fails, how to stop,
+    and how a recorded deployment of theirs is found again by `compound status/logs/stop`."""
+
+    target: ClassVar[str]
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        log_path: Optional[str | Path] = None,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        detach: bool = False,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        extra_args: Sequence[str] = (),
+        api_key: Optional[str] = None,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.ready_timeout_s = ready_timeout_s
+        self.detach = detach  # outlive this Python process (compound deploy); stop() still cleans up
+        self.cache_bytes = cache_bytes
+        self.extra_args = list(extra_args)
+        self.api_key = new_api_key() if api_key is None else api_key  # "" turns the restriction off
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoints.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoints.grpc_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoints.metrics_url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client needs to use the restricted APIs of this server."""
+        return api_key_headers(self.api_key)
+
+    def server_args(self, model_repository: str, ports: tuple[int, int, int], address: Optional[str]) -> list[str]:
+        args = triton_args(model_repository, ports, address=address, api_key=self.api_key)
+        if uses_response_cache(self.repository):
+            args += ["--cache-config", f"local,size={self.cache_bytes}"]
+        return args + self.extra_args
+
+    def start(self) -> TritonServer:
+        self.preflight()
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def preflight(self) -> None:
+        """Everything that can be wrong before anything starts."""
+        check_repository(self.repository)
+        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
+            if port_in_use(self.endpoints.host, port):
+                raise CompoundError(f"port {port} on {self.endpoints.host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+
+    @abc.abstractmethod
+    def launch(self) -> None:
+        """Start the server (process, container, rollout) without waiting for it to be ready."""
+
+    @abc.abstractmethod
+    def launch_failure(self) -> Optional[CompoundError]:
+        """The error to raise if what `launch` started has already died, else None."""
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def log_tail(self, lines: int = 40) -> str: ...
+
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    def describe(self) -> str:
+        """How a person finds the log."""
+        return f"full log: {self.log_path}"
+
+    def wait_ready(self, timeout_s: Optional[float] = None) -> None:
+        limit = self.ready_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            failure = self.launch_failure()
+            if failure is not None:
+                raise failure
+            if http_ready(self.endpoints):
+                return
+            time.sleep(READY_POLL_INTERVAL_S)
+        raise ServerError(f"{self.target} server was not ready after {limit:.0f} s", self.log_tail(), hint=self.describe())
+
+    @classmethod
+    @abc.abstractmethod
+    def from_request(cls, request: DeployRequest, workdir: Path) -> TritonServer:
+        """A server for `compound deploy`: detached from the CLI's process, files under `workdir`."""
+
+    def record(self, state: DeploymentState) -> None:
+        """Fill in what a later `compound status/logs/stop` needs to find this server again."""
+
+    @classmethod
+    @abc.abstractmethod
+    def recorded_running(cls, state: DeploymentState) -> bool:
+        """Whether the process, container or port-forward a record names is still there."""
+
+    @classmethod
+    def recorded_log_tail(cls, state: DeploymentState, lines: int) -> str:
+        return read_tail(Path(state.log_path), lines)
+
+    @classmethod
+    @abc.abstractmethod
+    def stop_recorded(cls, state: DeploymentState) -> bool:
+        """Stop what a record names; False if nothing was running."""
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def redact_key(argv: Sequence[str]) -> list[str]:
+    """A command line fit for a log: the restricted-API settings without the key."""
+    return [arg.rsplit("=", 1)[0] + "=<key>" if arg.startswith("--") and "restricted" in arg and "=" in arg else arg for arg in argv]

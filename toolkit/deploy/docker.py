@@ -23,8 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, load_failures, port_in_use, read_tail, uses_response_cache
-from toolkit.deploy.local import DEFAULT_READY_TIMEOUT_S, check_repository
+from toolkit.deploy.base import DeploymentState, DeployRequest, TritonServer, load_failures, read_tail, redact_key
 from toolkit.errors import CompoundError, ServerError
 
 if TYPE_CHECKING:
@@ -215,17 +214,15 @@ def _ensure_base(client: "docker.DockerClient", base_image: str) -> None:
         ) from None
 
 
-class DockerServer:
+class DockerServer(TritonServer):
     """Owns one tritonserver container: build the image if needed, start, wait until ready, remove."""
+
+    target = "docker"
 
     def __init__(
         self,
         repository: str | Path,
         *,
-        host: str = "127.0.0.1",
-        http_port: int = 8000,
-        grpc_port: int = 8001,
-        metrics_port: int = 8002,
         name: Optional[str] = None,
         image: Optional[str] = None,
         base_image: Optional[str] = None,
@@ -234,13 +231,11 @@ class DockerServer:
         pip: Sequence[str] = (),
         shm_size: str = DEFAULT_SHM_SIZE,
         log_path: Optional[str | Path] = None,
-        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-        detach: bool = False,
-        cache_bytes: int = 64 * 1024 * 1024,
-        extra_args: Sequence[str] = (),
+        **options: Any,
     ) -> None:
-        self.repository = Path(repository).resolve()
-        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+        log = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="compound-docker-")) / "tritonserver.log"
+        super().__init__(repository, log_path=log, **options)
+        self.log_path: Path
         self.name = name or f"compound-{_slug(self.repository.name)}"
         self.image = image
         self.base_image = base_image or default_base_image()
@@ -248,26 +243,9 @@ class DockerServer:
         self.gpus = gpus
         self.pip = list(pip)
         self.shm_size = shm_size
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="compound-docker-")) / "tritonserver.log"
-        self.ready_timeout_s = ready_timeout_s
-        self.detach = detach  # outlive this Python process (compound deploy); stop() still removes
-        self.cache_bytes = cache_bytes
-        self.extra_args = list(extra_args)
         self.container: Optional[Container] = None
         self._client: Optional[docker.DockerClient] = None
         self._log_thread: Optional[threading.Thread] = None
-
-    @property
-    def http_url(self) -> str:
-        return self.endpoints.http_url
-
-    @property
-    def grpc_url(self) -> str:
-        return self.endpoints.grpc_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.endpoints.metrics_url
 
     @property
     def build_log_path(self) -> Path:
@@ -280,33 +258,19 @@ class DockerServer:
             ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
         else:
             address, ports = "0.0.0.0", CONTAINER_PORTS  # noqa: S104 - inside the container; published on host only
-        args = [
-            "--model-repository", CONTAINER_REPOSITORY,
-            "--http-address", address, "--http-port", str(ports[0]),
-            "--grpc-address", address, "--grpc-port", str(ports[1]),
-            "--metrics-address", address, "--metrics-port", str(ports[2]),
-            "--disable-auto-complete-config",
-            "--strict-readiness", "true",
-            "--exit-on-error", "true",
-            "--exit-timeout-secs", "10",
-            "--log-verbose", "0",
-        ]  # fmt: skip
-        if uses_response_cache(self.repository):
-            args += ["--cache-config", f"local,size={self.cache_bytes}"]
-        return args + self.extra_args
+        return self.server_args(CONTAINER_REPOSITORY, ports, address)
 
-    def start(self) -> DockerServer:
-        """Build the image if missing, start the container, block until /v2/health/ready."""
+    def launch(self) -> None:
+        """Build the image if missing and start the container."""
         import docker
 
-        check_repository(self.repository)
-        self._check_ports()
         client = self._client = connect()
         wants_gpu = self.gpus if self.gpus is not None else bool(gpu_models(self.repository))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.image is None:
             started = time.monotonic()
-            self.image = ensure_image(client, self.base_image, pip=self.pip, network="host" if self.network == "host" else None, log_path=self.build_log_path)
+            network = "host" if self.network == "host" else None
+            self.image = ensure_image(client, self.base_image, pip=self.pip, network=network, log_path=self.build_log_path)
             _append(self.log_path, f"# image {self.image} ready in {time.monotonic() - started:.1f} s\n")
         self._remove_stale(client)
         kwargs: dict[str, Any] = {
@@ -323,10 +287,11 @@ class DockerServer:
             if not client.networks.list(names=["bridge"]):
                 raise CompoundError("this Docker engine has no bridge network (dockerd --bridge=none?), so it cannot publish ports", hint="pass --network host")
             host = self.endpoints.host
-            kwargs["ports"] = {f"{inner}/tcp": (host, outer) for inner, outer in zip(CONTAINER_PORTS, (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port))}
+            outer = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
+            kwargs["ports"] = {f"{inner}/tcp": (host, port) for inner, port in zip(CONTAINER_PORTS, outer)}
         if wants_gpu:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        _append(self.log_path, f"$ docker run {self.image} {' '.join(self.triton_args())}\n")
+        _append(self.log_path, f"$ docker run {self.image} {' '.join(redact_key(self.triton_args()))}\n")
         try:
             self.container = client.containers.create(self.image, **kwargs)
             self.container.start()
@@ -334,27 +299,16 @@ class DockerServer:
             self.stop()
             raise self._start_error(exc) from None
         self._follow_logs()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            state = self._container_state()
-            if state is not None and state.get("Status") in ("exited", "dead"):
-                self._flush_logs()
-                tail = self.log_tail()
-                if "already in use" in tail or "Address in use" in tail:
-                    raise CompoundError(f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)")
-                raise ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}", tail, hint=f"full log: {self.log_path}")
-            if http_ready(self.endpoints):
-                return
-            time.sleep(READY_POLL_INTERVAL_S)
-        raise ServerError(f"container {self.name} was not ready after {self.ready_timeout_s:.0f} s", self.log_tail(), hint=f"full log: {self.log_path}")
+    def launch_failure(self) -> Optional[CompoundError]:
+        state = self._container_state()
+        if state is None or state.get("Status") not in ("exited", "dead"):
+            return None
+        self._flush_logs()
+        tail = self.log_tail()
+        if "already in use" in tail or "Address in use" in tail:
+            return CompoundError(f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)")
+        return ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}", tail, hint=self.describe())
 
     def stop(self) -> None:
         """Stop (SIGTERM: Triton drains) and always remove the container."""
@@ -385,17 +339,38 @@ class DockerServer:
         state = self._container_state()
         return state is not None and state.get("Status") == "running"
 
-    def __enter__(self) -> DockerServer:
-        return self.start()
+    @classmethod
+    def from_request(cls, request: DeployRequest, workdir: Path) -> DockerServer:
+        return cls(
+            request.repository,
+            name=f"compound-{request.name}",
+            image=request.image,
+            base_image=request.base_image,
+            network=request.network,
+            gpus=request.gpus,
+            pip=request.pip,
+            log_path=workdir / "tritonserver.log",
+            detach=True,
+            **request.server_options(),
+        )
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def record(self, state: DeploymentState) -> None:
+        state.container = self.name
+        state.extra["image"] = str(self.image)
 
-    def _check_ports(self) -> None:
-        host = self.endpoints.host
-        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
-            if port_in_use(host, port):
-                raise CompoundError(f"port {port} on {host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+    @classmethod
+    def recorded_running(cls, state: DeploymentState) -> bool:
+        return bool(state.container) and container_running(state.container)  # type: ignore[arg-type]
+
+    @classmethod
+    def recorded_log_tail(cls, state: DeploymentState, lines: int) -> str:
+        if state.container:
+            return container_log_tail(state.container, lines) or read_tail(Path(state.log_path), lines)
+        return read_tail(Path(state.log_path), lines)
+
+    @classmethod
+    def stop_recorded(cls, state: DeploymentState) -> bool:
+        return bool(state.container) and remove_container(state.container)  # type: ignore[arg-type]
 
     def _start_error(self, exc: Exception) -> CompoundError:
         text = str(getattr(exc, "explanation", None) or exc)

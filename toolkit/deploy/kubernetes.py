@@ -24,10 +24,10 @@ from typing import Any, Optional
 import yaml
 
 from toolkit import __version__
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, free_port, http_ready, uses_response_cache
+from toolkit.deploy.base import DeploymentState, DeployRequest, TritonServer, check_repository, triton_args, uses_response_cache
 from toolkit.deploy.docker import context_tag, default_base_image, gpu_models, render_build_context
-from toolkit.deploy.local import check_repository
 from toolkit.errors import CompoundError, ServerError
+from toolkit.system import free_port
 
 KUBECTL_TIMEOUT_S = 60.0
 MISSING_CRD = {
@@ -66,6 +66,8 @@ class KubernetesOptions:
     monitor_labels: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: int = 600
     exit_timeout_s: int = 30
+    restrict_apis: bool = True  # model control, shared memory, logging, trace behind the Secret's key
+    api_key: str = ""  # written into the Secret; generated when empty
 
 
 def k8s_name(text: str) -> str:
@@ -87,16 +89,13 @@ def image_repository(options: KubernetesOptions) -> str:
     return f"{prefix}compound-{k8s_name(options.name)}"
 
 
-def triton_args(repository: Path, options: KubernetesOptions, *, http: int = 8000, grpc: int = 8001, metrics: int = 8002) -> list[str]:
-    args = [
-        "--model-repository", "/models",
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--disable-auto-complete-config",
-        "--strict-readiness", "true",
-        "--exit-on-error", "true",
-        "--exit-timeout-secs", str(options.exit_timeout_s),
-        "--log-verbose", "0",
-    ]  # fmt: skip
+API_KEY_ENV = "COMPOUND_API_KEY"  # from the Secret; Kubernetes expands $(VAR) in args
+
+
+def pod_triton_args(repository: Path, options: KubernetesOptions, *, http: int = 8000, grpc: int = 8001, metrics: int = 8002) -> list[str]:
+    """tritonserver's arguments in the pod; the key is read from the Secret through the environment."""
+    key = f"$({API_KEY_ENV})" if options.restrict_apis else ""
+    args = triton_args("/models", (http, grpc, metrics), api_key=key, exit_timeout_s=options.exit_timeout_s)
     if uses_response_cache(repository):
         args += ["--cache-config", "local,size=67108864"]
     return args
@@ -132,8 +131,8 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
         "replicas": options.replicas,
         "min_replicas": options.min_replicas,
         "max_replicas": options.max_replicas,
-        "args": triton_args(repo, options),
-        "kserve_args": triton_args(repo, options, http=8080, grpc=9000),
+        "args": pod_triton_args(repo, options),
+        "kserve_args": pod_triton_args(repo, options, http=8080, grpc=9000),
         "cpu": options.cpu,
         "memory": options.memory,
         "gpus": options.gpus_per_pod if gpu else 0,
@@ -209,8 +208,10 @@ def cluster_reachable(context: Optional[str] = None) -> tuple[bool, str]:
     return done.returncode == 0, lines[-1] if lines else ""
 
 
-class KubernetesDeployment:
+class KubernetesDeployment(TritonServer):
     """Owns one applied set of manifests and a kubectl port-forward to its Service."""
+
+    target = "kubernetes"
 
     def __init__(
         self,
@@ -228,61 +229,57 @@ class KubernetesDeployment:
         detach: bool = False,
         delete_on_stop: bool = True,
     ) -> None:
-        self.repository = Path(repository).resolve()
+        name = k8s_name(options.name)
+        manifests = Path(manifests_dir) if manifests_dir else Path(tempfile.mkdtemp(prefix=f"compound-k8s-{name}-"))
+        super().__init__(
+            repository,
+            host=host,
+            http_port=http_port or free_port(host),
+            grpc_port=grpc_port or free_port(host),
+            metrics_port=metrics_port or free_port(host),
+            log_path=Path(log_path) if log_path else manifests / "port-forward.log",
+            ready_timeout_s=60.0,
+            detach=detach,
+            api_key=options.api_key or None,
+        )
+        self.log_path: Path
         self.options = options
-        self.name = k8s_name(options.name)
-        self.manifests_dir = Path(manifests_dir) if manifests_dir else Path(tempfile.mkdtemp(prefix=f"compound-k8s-{self.name}-"))
+        self.options.api_key = self.api_key if options.restrict_apis else ""
+        self.name = name
+        self.manifests_dir = manifests
         self.context = context
         self.build = build
-        self.endpoints = Endpoints(host, http_port or free_port(host), grpc_port or free_port(host), metrics_port or free_port(host))
-        self.log_path = Path(log_path) if log_path else self.manifests_dir / "port-forward.log"
-        self.detach = detach
         self.delete_on_stop = delete_on_stop
         self.port_forward: Optional[subprocess.Popen[bytes]] = None
         self.applied = False
-
-    @property
-    def http_url(self) -> str:
-        return self.endpoints.http_url
-
-    @property
-    def grpc_url(self) -> str:
-        return self.endpoints.grpc_url
 
     def render(self) -> Path:
         """Write the manifests only (what --dry-run does)."""
         return write_manifests(render_manifests(self.repository, self.options), self.manifests_dir)
 
-    def start(self) -> KubernetesDeployment:
-        """Build (and push) the image, apply, wait for the rollout, port-forward, wait for ready."""
+    def preflight(self) -> None:
+        super().preflight()
         if self.options.kserve:
             raise CompoundError("--kserve writes the ServingRuntime and InferenceService only", hint="add --dry-run, then `kubectl apply -k` the manifests folder")
         reachable, why = cluster_reachable(self.context)
         if not reachable:
             raise CompoundError(f"no Kubernetes cluster is reachable through kubectl ({why or 'no answer'})", hint="set KUBECONFIG or --context, or pass --dry-run to only write the manifests (to --manifests-dir)")
+
+    def launch(self) -> None:
+        """Build (and push) the image, apply, wait for the rollout, port-forward."""
         if self.options.image is None:
             self.options.image = self._build_image()
         self.render()
-        try:
-            kubectl(["apply", "-k", str(self.manifests_dir)], context=self.context)
-            self.applied = True
-            kubectl(["rollout", "status", f"deployment/{self.name}", "-n", self.options.namespace, f"--timeout={self.options.startup_timeout_s}s"], context=self.context, timeout_s=self.options.startup_timeout_s + 30)
-            self._port_forward()
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        kubectl(["apply", "-k", str(self.manifests_dir)], context=self.context)
+        self.applied = True
+        rollout = ["rollout", "status", f"deployment/{self.name}", "-n", self.options.namespace, f"--timeout={self.options.startup_timeout_s}s"]
+        kubectl(rollout, context=self.context, timeout_s=self.options.startup_timeout_s + 30)
+        self._port_forward()
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.port_forward is not None and self.port_forward.poll() is not None:
-                raise ServerError("kubectl port-forward exited", _tail(self.log_path), hint=f"log: {self.log_path}")
-            if http_ready(self.endpoints):
-                return
-            time.sleep(READY_POLL_INTERVAL_S)
-        raise ServerError(f"deployment/{self.name} rolled out but {self.endpoints.http_url} was not ready after {timeout_s:.0f} s", self.log_tail())
+    def launch_failure(self) -> Optional[CompoundError]:
+        if self.port_forward is not None and self.port_forward.poll() is not None:
+            return ServerError("kubectl port-forward exited", _tail(self.log_path), hint=f"log: {self.log_path}")
+        return None
 
     def stop(self) -> None:
         if self.port_forward is not None:
@@ -301,17 +298,61 @@ class KubernetesDeployment:
     def log_tail(self, lines: int = 40) -> str:
         return deployment_log_tail(self.name, self.options.namespace, self.context, lines)
 
-    def __enter__(self) -> KubernetesDeployment:
-        return self.start()
+    def alive(self) -> bool:
+        return self.port_forward is not None and self.port_forward.poll() is None
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def describe(self) -> str:
+        return f"`kubectl logs deployment/{self.name} -n {self.options.namespace}`"
+
+    @classmethod
+    def from_request(cls, request: DeployRequest, workdir: Optional[Path] = None) -> KubernetesDeployment:
+        """Also what --dry-run renders from (no workdir: the manifests go where the request says)."""
+        options = KubernetesOptions(
+            name=request.name,
+            image=request.image,
+            base_image=request.base_image,
+            startup_timeout_s=int(request.ready_timeout_s),
+            **request.kubernetes,  # type: ignore[arg-type]
+        )
+        return cls(
+            request.repository,
+            options,
+            manifests_dir=request.manifests_dir or (workdir / "manifests" if workdir else None),
+            context=request.context,
+            host=request.host,
+            http_port=request.http_port,
+            grpc_port=request.grpc_port,
+            metrics_port=request.metrics_port,
+            log_path=(workdir / "port-forward.log") if workdir else None,
+            detach=True,
+            delete_on_stop=True,
+        )
+
+    def record(self, state: DeploymentState) -> None:
+        state.pid, state.log_path = self.port_forward_pid, str(self.log_path)
+        state.extra.update(manifests=str(self.manifests_dir), namespace=self.options.namespace, k8s_name=self.name, image=str(self.options.image))
+        if self.context:
+            state.extra["context"] = self.context
+
+    @classmethod
+    def recorded_running(cls, state: DeploymentState) -> bool:
+        return port_forward_running(state.pid)
+
+    @classmethod
+    def recorded_log_tail(cls, state: DeploymentState, lines: int) -> str:
+        return deployment_log_tail(state.extra["k8s_name"], state.extra["namespace"], state.extra.get("context"), lines)
+
+    @classmethod
+    def stop_recorded(cls, state: DeploymentState) -> bool:
+        running = port_forward_running(state.pid)
+        stop_recorded(state.extra["manifests"], state.pid, state.extra.get("context"))
+        return running
 
     def _build_image(self) -> str:
         from toolkit.deploy.docker import connect, ensure_image
 
         if not self.build:
-            raise CompoundError("no --image given and --no-build", hint="pass --image REGISTRY/NAME:TAG that the cluster can pull")
+            raise CompoundError("no --image given, and this deployment was told not to build one", hint="pass --image REGISTRY/NAME:TAG that the cluster can pull")
         client = connect()
         base = self.options.base_image or default_base_image()
         self.manifests_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ folder, and this environment's `bin/` first on PATH so the stub imports our nump
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -18,15 +17,13 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
-from toolkit.deploy.base import READY_POLL_INTERVAL_S, Endpoints, http_ready, load_failures, port_in_use, read_tail, uses_response_cache
+from toolkit.deploy.base import DeploymentState, DeployRequest, TritonServer, load_failures, read_tail, redact_key, uses_response_cache
 from toolkit.errors import CompoundError, ServerError
+from toolkit.system import die_with_parent
 
 STOP_GRACE_S = 15.0
-DEFAULT_READY_TIMEOUT_S = 180.0
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 
 
 class TritonInstall:
@@ -84,119 +81,65 @@ def python_libdir() -> str:
     return libdir
 
 
-def check_repository(repository: Path) -> None:
-    if not repository.is_dir():
-        raise CompoundError(f"model repository {repository} does not exist", hint="generate one with `compound generate SPEC -o DIR`")
-    if not any((child / "config.pbtxt").is_file() for child in repository.iterdir() if child.is_dir()):
-        raise CompoundError(f"{repository} is not a Triton model repository (no <model>/config.pbtxt)", hint="generate one with `compound generate SPEC -o DIR`")
-
-
-class LocalServer:
+class LocalServer(TritonServer):
     """Owns one tritonserver process: start, wait until every model is ready, stop, log tail."""
+
+    target = "local"
 
     def __init__(
         self,
         repository: str | Path,
         *,
-        host: str = "127.0.0.1",
-        http_port: int = 8000,
-        grpc_port: int = 8001,
-        metrics_port: int = 8002,
         workdir: Optional[str | Path] = None,
         log_path: Optional[str | Path] = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-        detach: bool = False,
-        extra_args: Sequence[str] = (),
+        **options: Any,
     ) -> None:
-        self.repository = Path(repository).resolve()
-        self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="compound-triton-"))
-        self.log_path = Path(log_path) if log_path is not None else self.workdir / "tritonserver.log"
-        self.cache_bytes = cache_bytes
-        self.ready_timeout_s = ready_timeout_s
-        self.detach = detach  # outlive this Python process (compound deploy)
-        self.extra_args = list(extra_args)
+        super().__init__(repository, log_path=log_path or self.workdir / "tritonserver.log", **options)
+        self.log_path: Path
         self.process: Optional[subprocess.Popen[bytes]] = None
-
-    @property
-    def http_url(self) -> str:
-        return self.endpoints.http_url
-
-    @property
-    def grpc_url(self) -> str:
-        return self.endpoints.grpc_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.endpoints.metrics_url
 
     @property
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
 
     def argv(self, install: TritonInstall) -> list[str]:
-        host = self.endpoints.host
-        argv = [
-            str(install.binary),
-            "--model-repository", str(self.repository),
-            "--backend-directory", str(install.prepare_backends(self.workdir / "backends")),
-            "--http-address", host, "--http-port", str(self.endpoints.http_port),
-            "--grpc-address", host, "--grpc-port", str(self.endpoints.grpc_port),
-            "--metrics-address", host, "--metrics-port", str(self.endpoints.metrics_port),
-            "--disable-auto-complete-config",
-            "--strict-readiness", "true",
-            "--exit-on-error", "true",
-            "--exit-timeout-secs", "10",
-            "--log-verbose", "0",
-        ]  # fmt: skip
+        ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
+        backends = install.prepare_backends(self.workdir / "backends")
+        argv = [str(install.binary), *self.server_args(str(self.repository), ports, self.endpoints.host)]
+        argv += ["--backend-directory", str(backends)]
         if uses_response_cache(self.repository):
-            argv += ["--cache-directory", str(install.caches), "--cache-config", f"local,size={self.cache_bytes}"]
-        return argv + self.extra_args
+            argv += ["--cache-directory", str(install.caches)]
+        return argv
 
-    def start(self) -> LocalServer:
-        """Start and block until /v2/health/ready, or raise ServerError with the log's tail."""
-        check_repository(self.repository)
-        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
-            if port_in_use(self.endpoints.host, port):
-                raise CompoundError(f"port {port} on {self.endpoints.host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+    def launch(self) -> None:
         install = TritonInstall()
+        environment = install.environment()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv(install)
         with open(self.log_path, "ab") as log:
-            log.write(("$ " + " ".join(argv) + "\n").encode())
+            log.write(("$ " + " ".join(redact_key(argv)) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=install.environment(),
+                env=environment,
                 start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
+                preexec_fn=None if self.detach else die_with_parent,
             )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerError(
-                    f"tritonserver exited with code {self.process.returncode} during start-up{load_failures(read_tail(self.log_path, 400))}",
-                    self.log_tail(),
-                    hint=f"full log: {self.log_path}",
-                )
-            if http_ready(self.endpoints):
-                return
-            time.sleep(READY_POLL_INTERVAL_S)
-        raise ServerError(f"tritonserver was not ready after {self.ready_timeout_s:.0f} s", self.log_tail(), hint=f"full log: {self.log_path}")
+    def launch_failure(self) -> Optional[CompoundError]:
+        if self.process is None or self.process.poll() is None:
+            return None
+        return ServerError(
+            f"tritonserver exited with code {self.process.returncode} during start-up{load_failures(read_tail(self.log_path, 400))}",
+            self.log_tail(),
+            hint=self.describe(),
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -211,11 +154,20 @@ class LocalServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> LocalServer:
-        return self.start()
+    @classmethod
+    def from_request(cls, request: DeployRequest, workdir: Path) -> LocalServer:
+        return cls(request.repository, workdir=workdir, detach=True, **request.server_options())
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def record(self, state: DeploymentState) -> None:
+        state.pid, state.log_path = self.pid, str(self.log_path)
+
+    @classmethod
+    def recorded_running(cls, state: DeploymentState) -> bool:
+        return pid_running_tritonserver(state.pid)
+
+    @classmethod
+    def stop_recorded(cls, state: DeploymentState) -> bool:
+        return state.pid is not None and stop_process(state.pid)
 
 
 def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) -> bool:
@@ -276,8 +228,3 @@ def _is_tritonserver(pid: int) -> bool:
 
 def pid_running_tritonserver(pid: Optional[int]) -> bool:
     return pid is not None and _pid_alive(pid) and _is_tritonserver(pid)
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -9,13 +9,11 @@ variables, which the locustfile reads as its own options.
 from __future__ import annotations
 
 import csv
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.errors import CompoundError
-from toolkit.loadtest_inputs import Signature, prepare_requests
-from toolkit.triton_stats import Breakdown, breakdown, fetch_stats, format_table, strip_scheme, to_html
+from toolkit.loadtest.inputs import prepare_requests
+from toolkit.client import Signature, strip_scheme
+from toolkit.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
+from toolkit.system import die_with_parent, free_port
 
 PROTOCOLS = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst")
@@ -37,7 +37,6 @@ SHUTDOWN_GRACE_S = 15.0
 # killed: a killed gRPC call is a cancellation, and Triton 2.51 can crash on a cancellation racing a
 # response (triton-inference-server/server#7368, fixed in 24.12), as seen here under locust.
 STOP_TIMEOUT_S = 10
-_PR_SET_PDEATHSIG = 1
 
 
 class SloViolation(CompoundError):
@@ -104,20 +103,11 @@ def locustfile_path() -> Path:
     return candidate
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _child_setup() -> None:
     """In each locust child: SIGINT must work (it writes the reports; a shell may have left it
     ignored), and the child dies with this process, whatever kills it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the context manager still stops it
-        pass
+    die_with_parent()
 
 
 # --- the processes --------------------------------------------------------------------------------

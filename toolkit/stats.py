@@ -9,11 +9,10 @@ Everything here is a pure function except :func:`fetch_stats`.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from toolkit.client import grpc_client, http_json, strip_scheme
 from toolkit.errors import CompoundError
 
 _DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
@@ -207,17 +206,6 @@ def breakdown(
     )
 
 
-def composing_models(config: dict[str, Any]) -> list[str]:
-    """The models an ensemble's config calls, in step order (empty for other platforms)."""
-    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
-    names: list[str] = []
-    for step in steps:
-        name = step.get("model_name")
-        if name and name not in names:
-            names.append(str(name))
-    return names
-
-
 # --- rendering ------------------------------------------------------------------------------------
 
 COLUMNS: list[tuple[str, str]] = [
@@ -284,11 +272,6 @@ def to_html(b: Breakdown) -> str:
 # --- fetching -------------------------------------------------------------------------------------
 
 
-def _http_json(url: str, timeout: float) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL from the user
-        return json.loads(response.read().decode("utf-8"))
-
-
 def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[str, ModelCounters]:
     """A snapshot of every model's counters; ``url`` is host:port of the given protocol's endpoint."""
     try:
@@ -299,28 +282,9 @@ def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[
             finally:
                 client.close()
         else:
-            payload = _http_json(f"http://{strip_scheme(url)}/v2/models/stats", timeout)
+            status, payload = http_json(f"http://{strip_scheme(url)}/v2/models/stats", timeout=timeout)
+            if status != 200:
+                raise CompoundError(f"HTTP {status}: {payload}")
     except Exception as exc:  # noqa: BLE001 - any transport error means the same thing here
         raise CompoundError(f"cannot read model statistics from {url} ({protocol}): {exc}") from None
     return parse_stats(payload)
-
-
-def grpc_client(url: str) -> Any:
-    """A tritonclient.grpc client that only closes when told to.
-
-    The stock client closes its channel again in ``__del__``; under gevent (in locust) that runs
-    during interpreter shutdown and hangs the process, so callers close explicitly instead.
-    """
-    import tritonclient.grpc as grpcclient
-
-    class _ExplicitlyClosed(grpcclient.InferenceServerClient):
-        def __del__(self) -> None:
-            pass
-
-    return _ExplicitlyClosed(url=strip_scheme(url))
-
-
-def strip_scheme(url: str) -> str:
-    """host:port from 'http://host:port/', 'grpc://host:port' or 'host:port'."""
-    return url.split("://", 1)[-1].rstrip("/")
-

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from toolkit.loadtest import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
-from toolkit.loadtest_inputs import parse_duration
+from toolkit.client import DEFAULT_URLS
+from toolkit.loadtest.runner import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
+from toolkit.units import parse_duration
 
-DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # what `compound deploy` binds by default
 
 
 @click.command("loadtest")
@@ -65,7 +66,7 @@ def loadtest(
         protocol=protocol,
         users=users,
         spawn_rate=spawn_rate,
-        run_time_s=parse_duration(run_time, "--run-time"),
+        run_time_s=math.ceil(parse_duration(run_time, "--run-time")),
         shape=shape,
         data=data,
         ui=not headless,
@@ -78,8 +79,8 @@ def loadtest(
         max_failure_ratio=max_failure_ratio,
         extra_env={
             "COMPOUND_STEPS": str(steps),
-            "COMPOUND_BURST_ON": f"{parse_duration(burst_on, '--burst-on')}s",
-            "COMPOUND_BURST_OFF": f"{parse_duration(burst_off, '--burst-off')}s",
+            "COMPOUND_BURST_ON": f"{parse_duration(burst_on, '--burst-on'):g}s",
+            "COMPOUND_BURST_OFF": f"{parse_duration(burst_off, '--burst-off'):g}s",
         },
     )
     run_loadtest(options, echo=click.echo)

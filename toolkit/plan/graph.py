@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from toolkit.errors import Problem, SpecError
 from toolkit.spec import (
@@ -206,7 +206,7 @@ def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: li
         problems.append(Problem(where, f"model '{name}': handler module '{module_name}' not found (looked for {file} and {package})"))
         return None
     try:
-        module = _import_isolated(module_name, entry, loaded.folder)
+        module = import_handler_module(entry, loaded.folder)
     except BaseException as exc:  # noqa: BLE001 - any failure in user code is a spec problem
         problems.append(Problem(where, f"model '{name}': cannot import handler module '{module_name}': {type(exc).__name__}: {exc}"))
         return None
@@ -220,11 +220,16 @@ def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: li
     return ref
 
 
-def _import_isolated(module_name: str, entry: Path, folder: Path) -> object:
-    """Import a handler under a private name so two specs' 'handlers' modules never collide."""
+def import_handler_module(entry: Path, folder: Path, *, fresh: bool = True) -> Any:
+    """Import a handler file (or package `__init__.py`) under a private name, so two specs'
+    `handlers` modules never collide; `folder` (the spec's) is on sys.path while it imports, as the
+    repository has its siblings beside it. `fresh` re-executes it (validation sees the current file);
+    otherwise an earlier import is reused (benchmarks load handlers many times)."""
     digest = hashlib.sha1(str(entry.resolve()).encode()).hexdigest()[:12]
     private = f"_compound_handler_{digest}"
     if private in sys.modules:
+        if not fresh:
+            return sys.modules[private]
         del sys.modules[private]
     kwargs = {"submodule_search_locations": [str(entry.parent)]} if entry.name == "__init__.py" else {}
     import_spec = importlib.util.spec_from_file_location(private, entry, **kwargs)
@@ -235,6 +240,9 @@ def _import_isolated(module_name: str, entry: Path, folder: Path) -> object:
     try:
         sys.modules[private] = module
         import_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[private]
+        raise
     finally:
         sys.path.remove(str(folder))
     return module

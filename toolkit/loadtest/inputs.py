@@ -9,77 +9,20 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from toolkit.client import Signature, TensorSignature, fetch_signature
+from toolkit.dtypes import BY_V2
 from toolkit.errors import CompoundError
-from toolkit.triton_stats import composing_models, grpc_client, strip_scheme
 
-# Triton config data_type -> KServe v2 datatype
-CONFIG_TO_V2: dict[str, str] = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
-}
-V2_TO_NUMPY: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
 VARIABLE_DIM_SIZE = 8  # what a synthesised -1 dimension gets
 SYNTHETIC_REQUESTS = 64
 _WORDS = (
     "the market rallied after strong earnings while the team lost a close match and critics praised "
     "a new album about software robots chips elections goals paintings theatre data cloud rain"
 ).split()
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One pipeline input: v2 datatype and dims without the batch dimension (-1 is variable)."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-
-    def describe(self) -> str:
-        return f"{self.datatype}{list(self.dims)}"
-
-
-@dataclass(frozen=True)
-class Signature:
-    pipeline: str
-    inputs: tuple[InputSpec, ...]
-    max_batch_size: int
-    composing: tuple[str, ...] = ()  # an ensemble's models in step order
-
-    @property
-    def batched(self) -> bool:
-        return self.max_batch_size > 0
 
 
 @dataclass(frozen=True)
@@ -116,133 +59,9 @@ class Request:
                 flat = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in t.data]
                 array = np.array(flat, dtype=object).reshape(t.shape)
             else:
-                array = np.array(t.data, dtype=V2_TO_NUMPY[t.datatype]).reshape(t.shape)
+                array = np.array(t.data, dtype=BY_V2[t.datatype].numpy).reshape(t.shape)
             result.append((t.name, array, t.datatype))
         return result
-
-
-# --- durations ------------------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str, what: str = "duration") -> int:
-    """Seconds from '45', '30s', '5m', '1h30m', '2m10s' (locust's format); reject anything else."""
-    raw = str(text).strip().lower()
-    if raw.isdigit():
-        seconds = int(raw)
-    else:
-        match = _DURATION.match(raw)
-        if not raw or not match or not any(match.groups()):
-            raise CompoundError(
-                f"invalid {what} {text!r}", hint="use seconds or a span like 30s, 5m, 1h30m, 2m10s"
-            )
-        h, m, s = (int(g or 0) for g in match.groups())
-        seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
-        raise CompoundError(f"invalid {what} {text!r}: must be longer than zero")
-    return seconds
-
-
-# --- the server -----------------------------------------------------------------------------------
-
-
-def _http_get(url: str, timeout: float) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL from the user
-            body = response.read().decode("utf-8")
-            return response.status, json.loads(body) if body else None
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", errors="replace")
-        try:
-            return exc.code, json.loads(body)
-        except json.JSONDecodeError:
-            return exc.code, {"error": body}
-
-
-def _http_post(url: str, payload: dict[str, Any], timeout: float) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, json.loads(response.read().decode("utf-8") or "null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
-def fetch_signature(url: str, protocol: str, pipeline: str, timeout: float = 5.0) -> Signature:
-    """The pipeline's inputs from its config on the server; clear errors for a dead server or a
-    pipeline it does not serve."""
-    target = strip_scheme(url)
-    if protocol == "grpc":
-        config, ready, available = _grpc_probe(target, pipeline, timeout)
-    else:
-        config, ready, available = _http_probe(target, pipeline, timeout)
-    if config is None:
-        listed = ", ".join(available) if available else "none"
-        raise CompoundError(
-            f"unknown pipeline '{pipeline}': the server at {target} does not serve it",
-            hint=f"models on the server: {listed}",
-        )
-    if not ready:
-        raise CompoundError(f"pipeline '{pipeline}' is loaded on {target} but not ready", hint="check the server log")
-    return signature_from_config(pipeline, config)
-
-
-def _unreachable(target: str, protocol: str, exc: Exception) -> CompoundError:
-    return CompoundError(
-        f"cannot reach the Triton server at {target} over {protocol}: {exc}",
-        hint="is it running? `compound deploy REPOSITORY` starts one; check --url and --protocol",
-    )
-
-
-def _http_probe(target: str, pipeline: str, timeout: float) -> tuple[Optional[dict[str, Any]], bool, list[str]]:
-    base = f"http://{target}"
-    try:
-        status, _ = _http_get(f"{base}/v2/health/live", timeout)
-        if status != 200:
-            raise CompoundError(f"the server at {target} is not live (HTTP {status})")
-        status, config = _http_get(f"{base}/v2/models/{pipeline}/config", timeout)
-        if status != 200:
-            _, index = _http_post(f"{base}/v2/repository/index", {}, timeout)
-            return None, False, sorted({m.get("name", "") for m in index or []} - {""})
-        status, _ = _http_get(f"{base}/v2/models/{pipeline}/ready", timeout)
-        return config, status == 200, []
-    except CompoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise _unreachable(target, "http", exc) from None
-
-
-def _grpc_probe(target: str, pipeline: str, timeout: float) -> tuple[Optional[dict[str, Any]], bool, list[str]]:
-    from tritonclient.utils import InferenceServerException
-
-    client = grpc_client(target)
-    try:
-        try:
-            client.is_server_live(client_timeout=timeout)
-        except InferenceServerException as exc:
-            raise _unreachable(target, "grpc", Exception(exc.message())) from None
-        try:
-            config = client.get_model_config(pipeline, as_json=True, client_timeout=timeout)["config"]
-        except InferenceServerException:
-            index = client.get_model_repository_index(as_json=True, client_timeout=timeout)
-            return None, False, sorted({m.get("name", "") for m in index.get("models", [])} - {""})
-        return config, client.is_model_ready(pipeline, client_timeout=timeout), []
-    finally:
-        client.close()
-
-
-def signature_from_config(pipeline: str, config: dict[str, Any]) -> Signature:
-    """Inputs of a model config as JSON (HTTP gives ints, gRPC int64-as-strings)."""
-    inputs = []
-    for raw in config.get("input", []) or []:
-        data_type = raw.get("data_type", "TYPE_FP32")
-        if data_type not in CONFIG_TO_V2:
-            raise CompoundError(f"pipeline '{pipeline}': input '{raw.get('name')}' has unsupported type {data_type}")
-        inputs.append(InputSpec(str(raw["name"]), CONFIG_TO_V2[data_type], tuple(int(d) for d in raw.get("dims", []))))
-    composing = tuple(composing_models(config))
-    return Signature(pipeline, tuple(inputs), int(config.get("max_batch_size", 0) or 0), composing)
 
 
 # --- synthesis ------------------------------------------------------------------------------------
@@ -297,7 +116,7 @@ def _nested_shape(value: Any) -> tuple[tuple[int, ...], list[Any]]:
     return (len(value),) + inner, [item for p in parts for item in p[1]]
 
 
-def _check_items(spec: InputSpec, items: list[Any]) -> None:
+def _check_items(spec: TensorSignature, items: list[Any]) -> None:
     for item in items:
         if spec.datatype == "BYTES":
             ok = isinstance(item, str)
@@ -316,7 +135,7 @@ def _check_items(spec: InputSpec, items: list[Any]) -> None:
             raise _LineError(f"expected {spec.datatype} ({wanted}), got {json.dumps(item)}", spec.name)
 
 
-def _fit_shape(spec: InputSpec, shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
+def _fit_shape(spec: TensorSignature, shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
     """The full request shape for data of ``shape``: dims alone (batch 1 added), or batch 1 + dims."""
 
     def matches(candidate: tuple[int, ...]) -> bool:
@@ -401,7 +220,7 @@ def load_jsonl(path: str | Path, signature: Signature) -> list[Request]:
         if not line.strip():
             continue
         where = f"{source}:{number}"
-        takes = f"pipeline '{signature.pipeline}' takes " + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs)
+        takes = f"pipeline '{signature.name}' takes " + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs)
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -418,6 +237,6 @@ def load_jsonl(path: str | Path, signature: Signature) -> list[Request]:
 
 def prepare_requests(url: str, protocol: str, pipeline: str, data: Optional[str | Path]) -> tuple[Signature, list[Request]]:
     """The signature from the server and the requests to cycle: from the data file, or synthesised."""
-    signature = fetch_signature(url, protocol, pipeline)
+    signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
     requests = load_jsonl(data, signature) if data else synthesise(signature)
     return signature, requests

@@ -24,17 +24,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Union
 
-import jinja2
-
 from toolkit import __version__
 from toolkit.errors import CompoundError
-from toolkit.plan import DeploymentPlan, PipelinePlan
-from toolkit.render import handler_files, templates_dir
+from toolkit.plan.graph import DeploymentPlan, PipelinePlan
 from toolkit.spec import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
 
 PROGRAM_VERSION = 1
 PROGRAM_FILE = "program.json"
-COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 # Two instances: while one is inside execute() (which returns only when all of its requests are
 # done), the other picks up newly queued requests, so a long request (loop, slow branch) never holds
 # up the requests that arrive behind it. More would only add idle stub processes.
@@ -250,50 +246,6 @@ def plan_instances(plan: DeploymentPlan, pipeline: PipelinePlan) -> tuple[int, d
                 hint="orchestrators may call models only; calling a pipeline could deadlock",
             )
     return ORCHESTRATOR_INSTANCES, {model: 1 for model in pipeline.models}
-
-
-def orchestrator_files(plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2.Environment) -> dict[str, str | bytes]:
-    """Repository files of one orchestrated or fused pipeline: config, the generic runtime, its
-    program; a fused one also gets its handlers' code and the component wrapper they run in."""
-    program = compile_program(plan, pipeline)
-    instances, _ = plan_instances(plan, pipeline)
-    spec = pipeline.spec
-    fused = pipeline.kind == "fused"
-    group = pipeline.instances
-    delays = [plan.spec.models[m].batching.max_queue_delay_us for m in pipeline.models if plan.spec.models[m].batching is not None]
-    config = env.get_template("orchestrator.pbtxt.j2").render(
-        version=__version__,
-        name=pipeline.name,
-        fused=fused,
-        reason=pipeline.reason,
-        models=called_models(program),
-        max_batch_size=pipeline.max_batch_size,
-        inputs=[(n, t.triton_type, list(t.dims)) for n, t in spec.inputs.items()],
-        outputs=[(n, pipeline.tensors[n].triton_type, list(pipeline.tensors[n].dims)) for n in spec.outputs],
-        instance_count=instances,
-        instance_kind=group.kind if group else "KIND_CPU",  # only fused pipelines carry a group
-        gpus=list(group.gpus) if group and group.gpus else None,
-        # fused: batch as long as the most patient component would have; orchestrators never wait
-        queue_delay_us=max(delays, default=0) if fused else 0,
-        threads=group.threads if group else None,
-        timeout_ms=spec.timeout_ms,
-        program_file=PROGRAM_FILE,
-    )
-    runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None
-    if runtime is None:
-        raise CompoundError("internal error: the orchestrator runtime template is missing")
-    files: dict[str, str | bytes] = {
-        f"{pipeline.name}/config.pbtxt": config,
-        f"{pipeline.name}/1/model.py": runtime,
-        f"{pipeline.name}/1/{PROGRAM_FILE}": json.dumps(program, indent=1, sort_keys=True) + "\n",
-    }
-    if fused:
-        files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()
-        for model in pipeline.models:
-            for path, content in handler_files(plan.models[model].handler, f"{pipeline.name}/1").items():
-                if files.setdefault(path, content) != content:
-                    raise CompoundError(f"pipeline '{pipeline.name}': two handlers of its models would both be copied to {path}", hint="give their modules different names")
-    return files
 
 
 def describe_program(program: Json, indent: str = "") -> str:

@@ -1,0 +1,119 @@
+"""Measurement shared by every benchmark: CPU seconds of a server and its stubs, the machine's busy
+time, one load point run by the driver in its own process, and how a point is printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolkit.bench.driver import Job
+from toolkit.errors import CompoundError
+
+
+class ProcessCpu:
+    """CPU seconds of a process and all its children (tritonserver + its Python stubs)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        return sum(self.per_process().values())
+
+    def per_process(self) -> dict[str, float]:
+        """CPU seconds per process, keyed 'name[pid]' (a stub is named after its model)."""
+        import psutil
+
+        found: dict[str, float] = {}
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                found[f"{_process_name(proc)}[{proc.pid}]"] = t.user + t.system
+            except psutil.Error:
+                continue
+        return found
+
+
+def _process_name(proc: Any) -> str:
+    """tritonserver, stub:<model>, or the process title (Ray names its workers ray::<Actor>)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # noqa: BLE001 - gone or inaccessible
+        return "?"
+    if not cmd:
+        return proc.name()
+    head = Path(cmd[0]).name
+    if head == "triton_python_backend_stub" and len(cmd) > 1:
+        return "stub:" + Path(cmd[1]).parent.parent.name
+    if head.startswith("ray::"):
+        return cmd[0].split()[0]
+    if head.startswith("python") and len(cmd) > 2 and cmd[1] == "-m":
+        return cmd[2]
+    return head
+
+
+def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Callable[[str], None]) -> dict[str, Any]:
+    """One load point in its own process; server CPU sampled over the driver's measuring window."""
+    job_file = work / "job.json"
+    job.dump(job_file)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    marks: dict[str, tuple[float, float, float]] = {}
+    per_process: dict[str, dict[str, float]] = {}
+    for line in proc.stdout or ():
+        tag = line.strip()
+        if tag in ("MEASURE_START", "MEASURE_END"):
+            procs = server_cpu.per_process() if server_cpu else {}
+            per_process[tag] = procs
+            marks[tag] = (time.perf_counter(), sum(procs.values()), machine_busy_s())
+    _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
+    if proc.returncode != 0:
+        raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])
+    result = json.loads(Path(job.result).read_text())
+    result["server_cpu_pct"] = result["other_cpu_pct"] = None
+    if "MEASURE_START" in marks and "MEASURE_END" in marks:
+        (t0, c0, b0), (t1, c1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        span = max(t1 - t0, 1e-9)
+        if server_cpu:
+            result["server_cpu_pct"] = 100.0 * (c1 - c0) / span
+            # everything else on the machine over the same window: benchmarks on a shared machine say so
+            result["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"])
+            before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
+            shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
+            result["server_cpu_by_process_pct"] = {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5}
+    return result
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def point_line(p: dict[str, Any]) -> str:
+    lat = p["latency_ms"]
+    return (
+        f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
+        f"  errors {p['errors']}  server CPU {pct(p.get('server_cpu_pct'))}  client CPU {pct(p['client_cpu_pct'])}"
+        f"  other CPU {pct(p.get('other_cpu_pct'))}"
+    )
+
+

@@ -1,0 +1,45 @@
+"""Ports and child processes: the few operating-system helpers every stage that starts a process needs."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+
+_PR_SET_PDEATHSIG = 1
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct ports free right now (all bound at once, so no two are the same)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child (preexec_fn): receive `sig` when the parent dies, whatever kills it (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):  # not Linux: the owner's context manager still stops the child
+        pass
