@@ -63,7 +63,9 @@ def textdemo_server(textdemo_repo: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def faulty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    repo = render_repository(plan_spec(FIXTURES / "faulty" / "pipeline.yaml"), tmp_path_factory.mktemp("faulty") / "repo")
+    repo = render_repository(
+        plan_spec(FIXTURES / "faulty" / "pipeline.yaml"), tmp_path_factory.mktemp("faulty") / "repo"
+    )
     server = start_server(repo, tmp_path_factory.mktemp("faulty-logs"))
     yield server
     server.stop()

@@ -63,7 +63,13 @@ def _plan(spec: str, device: str) -> Any:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="Where `instances.kind: auto` models run.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="Where `instances.kind: auto` models run.",
+)
 def validate(spec: str, device: str) -> None:
     """Check SPEC and report every problem found (exit 2 if any)."""
     plan = _plan(spec, device)
@@ -74,8 +80,21 @@ def validate(spec: str, device: str) -> None:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository folder to write (replaced atomically).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="Instance kind for `instances.kind: auto` models (KIND_CPU or KIND_GPU).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Repository folder to write (replaced atomically).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="Instance kind for `instances.kind: auto` models (KIND_CPU or KIND_GPU).",
+)
 def generate(spec: str, out_dir: str, device: str) -> None:
     """Write a Triton model repository for SPEC into OUT_DIR."""
     from toolkit.render import render_files, write_repository
@@ -99,45 +118,137 @@ def _ports(func: Any) -> Any:
 def _deployment_name(repository: Path) -> str:
     from toolkit.render import read_manifest
 
-    return str(read_manifest(repository).get("deployment") or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower()) or "default")
+    return str(
+        read_manifest(repository).get("deployment") or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower()) or "default"
+    )
 
 
 def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     """A flag given for another target is a mistake worth naming, not something to ignore."""
     for param in ctx.command.params:
         scope = re.match(r"\[([a-z, ]+)\]", getattr(param, "help", None) or "")
-        if scope and target not in scope.group(1) and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:  # type: ignore[arg-type]
-            raise CompoundError(f"{param.opts[0]} applies to --target {scope.group(1).replace(', ', ' or ')}, not {target}")
+        if (
+            scope
+            and target not in scope.group(1)
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+        ):  # type: ignore[arg-type]
+            raise CompoundError(
+                f"{param.opts[0]} applies to --target {scope.group(1).replace(', ', ' or ')}, not {target}"
+            )
 
 
 @cli.command()
 @click.argument("repository", type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(["local", "docker", "kubernetes"]), default="local", show_default=True, help="local: the embedded tritonserver; docker: one container (Docker SDK); kubernetes: kubectl apply.")
+@click.option(
+    "--target",
+    type=click.Choice(["local", "docker", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="local: the embedded tritonserver; docker: one container (Docker SDK); kubernetes: kubectl apply.",
+)
 @_ports
 @click.option("--name", default=None, help="Deployment name (default: the spec's name).")
-@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait until every model is ready.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait until every model is ready.",
+)
 @click.option("--image", default=None, help="[docker, kubernetes] Use this image instead of building one.")
-@click.option("--base-image", default=None, help="[docker, kubernetes] Base for the built image (default: the NGC tritonserver matching the wheel).")
-@click.option("--pip", "pip_requirements", multiple=True, metavar="REQUIREMENT", help="[docker] Extra pip requirement for your handlers. Repeatable.")
-@click.option("--network", type=click.Choice(["bridge", "host"]), default="bridge", show_default=True, help="[docker] bridge publishes the ports on --host; host shares the host's network.")
-@click.option("--gpus/--no-gpus", default=None, help="[docker] Give the container the GPUs (default: when a model is KIND_GPU).")
+@click.option(
+    "--base-image",
+    default=None,
+    help="[docker, kubernetes] Base for the built image (default: the NGC tritonserver matching the wheel).",
+)
+@click.option(
+    "--pip",
+    "pip_requirements",
+    multiple=True,
+    metavar="REQUIREMENT",
+    help="[docker] Extra pip requirement for your handlers. Repeatable.",
+)
+@click.option(
+    "--network",
+    type=click.Choice(["bridge", "host"]),
+    default="bridge",
+    show_default=True,
+    help="[docker] bridge publishes the ports on --host; host shares the host's network.",
+)
+@click.option(
+    "--gpus/--no-gpus", default=None, help="[docker] Give the container the GPUs (default: when a model is KIND_GPU)."
+)
 @click.option("--namespace", default="default", show_default=True, help="[kubernetes]")
 @click.option("--context", default=None, help="[kubernetes] kubectl context (default: the current one).")
 @click.option("--registry", default=None, help="[kubernetes] Push the built image here (e.g. ghcr.io/me).")
 @click.option("--dry-run", is_flag=True, help="[kubernetes] Only write the manifests (to --manifests-dir).")
-@click.option("--manifests-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="[kubernetes] Where the manifests go (default with --dry-run: ./<name>-k8s).")
-@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="[kubernetes] Replicas without autoscaling.")
-@click.option("--min-replicas", type=click.IntRange(0), default=1, show_default=True, help="[kubernetes] KEDA lower bound.")
-@click.option("--max-replicas", type=click.IntRange(1), default=4, show_default=True, help="[kubernetes] KEDA upper bound.")
+@click.option(
+    "--manifests-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="[kubernetes] Where the manifests go (default with --dry-run: ./<name>-k8s).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="[kubernetes] Replicas without autoscaling.",
+)
+@click.option(
+    "--min-replicas", type=click.IntRange(0), default=1, show_default=True, help="[kubernetes] KEDA lower bound."
+)
+@click.option(
+    "--max-replicas", type=click.IntRange(1), default=4, show_default=True, help="[kubernetes] KEDA upper bound."
+)
 @click.option("--cpu", default="2", show_default=True, help="[kubernetes] CPU request per pod.")
 @click.option("--memory", default="4Gi", show_default=True, help="[kubernetes] Memory request and limit per pod.")
-@click.option("--gpus-per-pod", type=click.IntRange(1), default=1, show_default=True, help="[kubernetes] nvidia.com/gpu per pod when a model is KIND_GPU.")
-@click.option("--queue-target-us", type=click.IntRange(1), default=50_000, show_default=True, help="[kubernetes] Scale up when the worst model's mean queue wait exceeds this.")
-@click.option("--prometheus-url", default="http://prometheus-operated.monitoring.svc:9090", show_default=True, help="[kubernetes] Prometheus that KEDA queries.")
-@click.option("--autoscale/--no-autoscale", default=True, show_default=True, help="[kubernetes] Write a KEDA ScaledObject.")
-@click.option("--monitor/--no-monitor", default=True, show_default=True, help="[kubernetes] Write a Prometheus Operator PodMonitor.")
-@click.option("--kserve", is_flag=True, help="[kubernetes] Write a KServe ServingRuntime + InferenceService instead (with --dry-run).")
-def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: int, metrics_port: int, name: Optional[str], timeout_s: float, **options: Any) -> None:
+@click.option(
+    "--gpus-per-pod",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="[kubernetes] nvidia.com/gpu per pod when a model is KIND_GPU.",
+)
+@click.option(
+    "--queue-target-us",
+    type=click.IntRange(1),
+    default=50_000,
+    show_default=True,
+    help="[kubernetes] Scale up when the worst model's mean queue wait exceeds this.",
+)
+@click.option(
+    "--prometheus-url",
+    default="http://prometheus-operated.monitoring.svc:9090",
+    show_default=True,
+    help="[kubernetes] Prometheus that KEDA queries.",
+)
+@click.option(
+    "--autoscale/--no-autoscale", default=True, show_default=True, help="[kubernetes] Write a KEDA ScaledObject."
+)
+@click.option(
+    "--monitor/--no-monitor",
+    default=True,
+    show_default=True,
+    help="[kubernetes] Write a Prometheus Operator PodMonitor.",
+)
+@click.option(
+    "--kserve",
+    is_flag=True,
+    help="[kubernetes] Write a KServe ServingRuntime + InferenceService instead (with --dry-run).",
+)
+def deploy(
+    repository: str,
+    target: str,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    name: Optional[str],
+    timeout_s: float,
+    **options: Any,
+) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
     from toolkit.deploy import targets
     from toolkit.deploy.base import DeployRequest, check_repository
@@ -146,12 +257,42 @@ def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: i
     repo = Path(repository).resolve()
     check_repository(repo)
     name = name or _deployment_name(repo)
-    kubernetes = {key: options[key] for key in ("namespace", "registry", "replicas", "min_replicas", "max_replicas", "cpu", "memory", "gpus_per_pod", "queue_target_us", "prometheus_url", "autoscale", "monitor", "kserve")}
+    kubernetes = {
+        key: options[key]
+        for key in (
+            "namespace",
+            "registry",
+            "replicas",
+            "min_replicas",
+            "max_replicas",
+            "cpu",
+            "memory",
+            "gpus_per_pod",
+            "queue_target_us",
+            "prometheus_url",
+            "autoscale",
+            "monitor",
+            "kserve",
+        )
+    }
     request = DeployRequest(
-        repository=repo, name=name, target=target, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        ready_timeout_s=timeout_s, image=options["image"], base_image=options["base_image"], network=options["network"], gpus=options["gpus"],
-        pip=options["pip_requirements"], kubernetes=kubernetes, context=options["context"], manifests_dir=options["manifests_dir"],
-    )  # fmt: skip
+        repository=repo,
+        name=name,
+        target=target,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        ready_timeout_s=timeout_s,
+        image=options["image"],
+        base_image=options["base_image"],
+        network=options["network"],
+        gpus=options["gpus"],
+        pip=options["pip_requirements"],
+        kubernetes=kubernetes,
+        context=options["context"],
+        manifests_dir=options["manifests_dir"],
+    )
     if options["dry_run"]:
         if target != "kubernetes":
             raise CompoundError("--dry-run only applies to --target kubernetes")
@@ -173,19 +314,37 @@ def deploy(repository: str, target: str, host: str, http_port: int, grpc_port: i
     click.echo(f"starting '{name}' on target {target} ...")
     started = time.monotonic()
     state = targets.start(request)
-    click.echo(f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()} (log: {state.log_path})")
-    click.echo("next: compound infer PIPELINE --url " + state.endpoints.http_url + " --input NAME=VALUE;  compound stop")
+    click.echo(
+        f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()} (log: {state.log_path})"
+    )
+    click.echo(
+        "next: compound infer PIPELINE --url " + state.endpoints.http_url + " --input NAME=VALUE;  compound stop"
+    )
 
 
 @cli.command()
 @click.argument("repository", type=click.Path(file_okay=False))
 @_ports
-@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait until every model is ready.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait until every model is ready.",
+)
 def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_port: int, timeout_s: float) -> None:
     """Run Triton on REPOSITORY in the foreground until Ctrl-C."""
     from toolkit.deploy.local import LocalServer
 
-    server = LocalServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, ready_timeout_s=timeout_s)
+    server = LocalServer(
+        repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        ready_timeout_s=timeout_s,
+    )
     with server:
         click.echo(f"ready: {server.endpoints.describe()} (log: {server.log_path}); Ctrl-C stops")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -211,17 +370,28 @@ def status(name: Optional[str]) -> None:
     ready = running and base.http_ready(state.endpoints)
     where = f"container {state.container}" if state.container else f"pid {state.pid}"
     models = model_states(state.endpoints.http_url, base.api_key_headers(state.api_key)) if running else []
-    unhealthy = [m for m in models if not m.healthy]
-    condition = "ready" if ready and not unhealthy else "degraded" if running and unhealthy else "running, not ready" if running else "not running"
+    dead = targets.dead_stubs(state) if running else {}
+    unhealthy = [m for m in models if not m.healthy or m.name in dead]
+    condition = (
+        "ready"
+        if ready and not unhealthy
+        else "degraded"
+        if running and unhealthy
+        else "running, not ready"
+        if running
+        else "not running"
+    )
     click.echo(f"{state.name}: {condition} (target {state.target}, {where})")
     click.echo(f"  repository: {state.repository}")
     click.echo(f"  endpoints:  {state.endpoints.describe()}")
     click.echo(f"  log:        {state.log_path}")
     for model in models:
-        if model.healthy:
+        if model.name in dead and model.state == "READY":
+            line = f"UNHEALTHY ({dead[model.name]}: requests to it fail until it is loaded again)"
+        elif model.healthy:
             line = "READY"
         elif model.state == "READY":
-            line = "UNHEALTHY (loaded, but not serving: its backend process may have died; see `compound logs`)"
+            line = "UNHEALTHY (loaded, but not ready to serve; see `compound logs`)"
         else:
             line = f"{model.state}" + (f" ({model.reason})" if model.reason else "")
         click.echo(f"  model {model.name}: {line}")
@@ -253,20 +423,39 @@ def stop(name: Optional[str]) -> None:
 
 @cli.command()
 @click.argument("pipeline")
-@click.option("--url", default=None, help="HOST:PORT of Triton's HTTP (or gRPC) endpoint  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]")
+@click.option(
+    "--url",
+    default=None,
+    help="HOST:PORT of Triton's HTTP (or gRPC) endpoint  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]",
+)
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
-@click.option("--input", "pairs", multiple=True, metavar="NAME=VALUE", help="An input value (strings as is; numbers or JSON lists otherwise). Repeatable.")
-@click.option("--data", "data_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON file of {input: value}; a leading batch axis is optional.")
+@click.option(
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An input value (strings as is; numbers or JSON lists otherwise). Repeatable.",
+)
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file of {input: value}; a leading batch axis is optional.",
+)
 def infer(pipeline: str, url: Optional[str], protocol: str, pairs: tuple[str, ...], data_file: Optional[Path]) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
-    from toolkit.client import DEFAULT_URLS, fetch_signature, infer as run_inference, parse_cli_inputs, to_jsonable
+    from toolkit.client import DEFAULT_URLS, fetch_signature, parse_cli_inputs, to_jsonable
+    from toolkit.client import infer as run_inference
 
     url = url or DEFAULT_URLS[protocol]
 
     signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
     inputs = parse_cli_inputs(list(pairs), data_file, signature)
     outputs = run_inference(pipeline, url, inputs, protocol)  # type: ignore[arg-type]
-    rows = [f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}" for name, value in to_jsonable(outputs).items()]
+    rows = [
+        f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}" for name, value in to_jsonable(outputs).items()
+    ]
     click.echo("{\n" + ",\n".join(rows) + "\n}")
 
 
@@ -278,7 +467,9 @@ def init(directory: Path) -> None:
 
     written = scaffold(directory)
     click.echo(f"created {directory}: {', '.join(p.name for p in written)}")
-    click.echo(f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}")
+    click.echo(
+        f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}"
+    )
 
 
 def main() -> None:

@@ -114,7 +114,10 @@ def repository_index(url: str, headers: Optional[dict[str, str]] = None, timeout
     """Triton's model repository index (a restricted API: pass the deployment's key)."""
     status, index = http_json(f"http://{strip_scheme(url)}/v2/repository/index", {}, timeout=timeout, headers=headers)
     if status in (401, 403):
-        raise CompoundError("the server refused the repository API: the deployment's key is missing or wrong", hint="use the key in the deployment's state (`compound status` reads it)")
+        raise CompoundError(
+            "the server refused the repository API: the deployment's key is missing or wrong",
+            hint="use the key in the deployment's state (`compound status` reads it)",
+        )
     if status != 200 or not isinstance(index, list):
         raise CompoundError(f"the repository index of {url} answered HTTP {status}: {index}")
     return index
@@ -150,7 +153,9 @@ def fetch_signature(model: str, url: str, protocol: Protocol = "http", timeout: 
             hint=f"models on the server: {', '.join(available) or 'none'}",
         )
     if not ready:
-        raise CompoundError(f"'{model}' is loaded on {target} but not ready", hint="see `compound status` and `compound logs`")
+        raise CompoundError(
+            f"'{model}' is loaded on {target} but not ready", hint="see `compound status` and `compound logs`"
+        )
     return signature_from_config(config)
 
 
@@ -210,7 +215,9 @@ def signature_from_config(config: dict[str, Any]) -> Signature:
             data_type = raw.get("data_type", "TYPE_FP32")
             if data_type not in BY_CONFIG:
                 raise CompoundError(f"'{name}': tensor '{raw.get('name')}' has unsupported type {data_type}")
-            found.append(TensorSignature(str(raw["name"]), BY_CONFIG[data_type].v2, tuple(int(d) for d in raw.get("dims", []))))
+            found.append(
+                TensorSignature(str(raw["name"]), BY_CONFIG[data_type].v2, tuple(int(d) for d in raw.get("dims", [])))
+            )
         return tuple(found)
 
     steps = (config.get("ensemble_scheduling") or {}).get("step") or []
@@ -240,9 +247,11 @@ def to_array(value: Any, tensor: TensorSignature, batched: bool, origin: str = "
     rank = len(tensor.dims) + (1 if batched else 0)
     while array.ndim < rank:
         array = array[np.newaxis]
-    if array.ndim != rank or any(d != -1 and d != s for d, s in zip(tensor.dims, array.shape[-len(tensor.dims):])):
+    if array.ndim != rank or any(d != -1 and d != s for d, s in zip(tensor.dims, array.shape[-len(tensor.dims) :])):
         expected = (["batch"] if batched else []) + [str(d) for d in tensor.dims]
-        raise CompoundError(f"{origin}: tensor '{tensor.name}' has shape {list(array.shape)}, expected [{', '.join(expected)}]")
+        raise CompoundError(
+            f"{origin}: tensor '{tensor.name}' has shape {list(array.shape)}, expected [{', '.join(expected)}]"
+        )
     return array
 
 
@@ -274,14 +283,19 @@ def parse_cli_inputs(pairs: list[str], data_file: Optional[Path], signature: Sig
             raise CompoundError(f"--input {pair!r}: expected NAME=VALUE")
         tensor = by_name.get(name)
         if tensor is None:
-            raise CompoundError(f"--input {name}: '{signature.name}' has no input '{name}'", hint=f"inputs: {', '.join(by_name)}")
+            raise CompoundError(
+                f"--input {name}: '{signature.name}' has no input '{name}'", hint=f"inputs: {', '.join(by_name)}"
+            )
         raw[name] = text if tensor.datatype == "BYTES" else _parse_number_text(text, name)
     unknown = sorted(set(raw) - set(by_name))
     if unknown:
         raise CompoundError(f"'{signature.name}' has no input(s) {unknown}", hint=f"inputs: {', '.join(by_name)}")
     missing = [n for n in by_name if n not in raw]
     if missing:
-        raise CompoundError(f"missing input(s) {missing} for '{signature.name}'", hint="give each with --input NAME=VALUE or --data FILE.json")
+        raise CompoundError(
+            f"missing input(s) {missing} for '{signature.name}'",
+            hint="give each with --input NAME=VALUE or --data FILE.json",
+        )
     batched = signature.max_batch_size > 0
     arrays = {name: to_array(raw[name], by_name[name], batched, origin=str(data_file or "--input")) for name in by_name}
     if batched:
@@ -301,7 +315,14 @@ def _parse_number_text(text: str, name: str) -> Any:
             raise CompoundError(f"--input {name}={text!r}: not a number or JSON list") from None
 
 
-def infer(model: str, url: str, inputs: dict[str, np.ndarray], protocol: Protocol = "http", outputs: Optional[list[str]] = None, timeout_s: float = 60.0) -> dict[str, np.ndarray]:
+def infer(
+    model: str,
+    url: str,
+    inputs: dict[str, np.ndarray],
+    protocol: Protocol = "http",
+    outputs: Optional[list[str]] = None,
+    timeout_s: float = 60.0,
+) -> dict[str, np.ndarray]:
     """One inference; server-side errors become CompoundError with Triton's message."""
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -318,14 +339,20 @@ def infer(model: str, url: str, inputs: dict[str, np.ndarray], protocol: Protoco
     try:
         request = []
         for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype) if array.dtype != np.object_ else "BYTES")
+            tensor = module.InferInput(
+                name, list(array.shape), np_to_triton_dtype(array.dtype) if array.dtype != np.object_ else "BYTES"
+            )
             tensor.set_data_from_numpy(array)
             request.append(tensor)
         requested = [module.InferRequestedOutput(n) for n in outputs] if outputs else None
         kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
         result = client.infer(model, request, outputs=requested, **kwargs)
         response = result.get_response()
-        names = [o["name"] for o in response["outputs"]] if isinstance(response, dict) else [o.name for o in response.outputs]
+        names = (
+            [o["name"] for o in response["outputs"]]
+            if isinstance(response, dict)
+            else [o.name for o in response.outputs]
+        )
         return {name: result.as_numpy(name) for name in names}
     except InferenceServerException as exc:
         raise CompoundError(f"inference on '{model}' failed: {exc.message()}") from None

@@ -120,9 +120,7 @@ class ModelSpec(_Strict):
         if batching is not None:
             too_big = [b for b in batching.preferred_batch_sizes if b > self.max_batch_size]
             if too_big:
-                raise ValueError(
-                    f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
-                )
+                raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}")
         return self
 
 
@@ -201,8 +199,12 @@ class PipelineSpec(_Strict):
     outputs: list[TensorName] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
     timeout_ms: Optional[int] = Field(default=None, ge=1, description="orchestrated and fused pipelines only")
-    fuse: bool = Field(default=False, description="run every step's handler in-process in ONE Python model (no hop between steps)")
-    instances: Optional[Instances] = Field(default=None, description="fused pipelines only: the fused model's instance group")
+    fuse: bool = Field(
+        default=False, description="run every step's handler in-process in ONE Python model (no hop between steps)"
+    )
+    instances: Optional[Instances] = Field(
+        default=None, description="fused pipelines only: the fused model's instance group"
+    )
 
 
 class Spec(_Strict):
@@ -306,7 +308,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
         dotted = ".".join(str(p) for p in dup.path)
         raise SpecError(str(source), [Problem(f"{source}:{dup.line} ({dotted})", "duplicate key")]) from None
     if not isinstance(data, dict):
-        raise SpecError(str(source), [Problem(str(source), "the spec must be a YAML mapping with name, models, pipelines")])
+        raise SpecError(
+            str(source), [Problem(str(source), "the spec must be a YAML mapping with name, models, pipelines")]
+        )
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

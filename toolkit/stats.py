@@ -58,7 +58,9 @@ class ModelCounters:
 
 def _combine(a: ModelCounters, b: ModelCounters, sign: int) -> ModelCounters:
     durations = {
-        name: Duration(getattr(a, name).count + sign * getattr(b, name).count, getattr(a, name).ns + sign * getattr(b, name).ns)
+        name: Duration(
+            getattr(a, name).count + sign * getattr(b, name).count, getattr(a, name).ns + sign * getattr(b, name).ns
+        )
         for name in _DURATIONS
     }
     sizes = set(a.batch_executions) | set(b.batch_executions)
@@ -190,7 +192,9 @@ def breakdown(
     own = delta.get(pipeline, ModelCounters(pipeline))
     end_to_end = _per_request_ms(own.success, own.success.count)
     names = [n for n in (composing or []) if n != pipeline]
-    names += sorted(n for n, c in delta.items() if n != pipeline and n not in names and (c.success.count or c.fail.count))
+    names += sorted(
+        n for n, c in delta.items() if n != pipeline and n not in names and (c.success.count or c.fail.count)
+    )
     if not names:
         names = [pipeline]  # a fused pipeline calls nothing: its own model does all the work
     models = [model_breakdown(delta.get(n, ModelCounters(n)), end_to_end) for n in names]
@@ -255,9 +259,7 @@ def to_html(b: Breakdown) -> str:
     from html import escape
 
     head = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(r[key]))}</td>" for key, _ in COLUMNS) + "</tr>" for r in rows(b)
-    )
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(r[key]))}</td>" for key, _ in COLUMNS) + "</tr>" for r in rows(b))
     return (
         '<section id="compound-models" style="font-family:sans-serif;margin:2em">'
         f"<h2>Pipeline '{escape(b.pipeline)}': per-model breakdown</h2>"

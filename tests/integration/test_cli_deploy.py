@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -18,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_deploy_status_infer_stop(tmp_path: Path) -> None:
     runner = CliRunner()
     repo = tmp_path / "repo"
-    assert runner.invoke(cli, ["generate", str(ROOT / "examples/textdemo/pipeline.yaml"), "-o", str(repo)]).exit_code == 0
+    assert (
+        runner.invoke(cli, ["generate", str(ROOT / "examples/textdemo/pipeline.yaml"), "-o", str(repo)]).exit_code == 0
+    )
     http, grpc, metrics = free_port(), free_port(), free_port()
     ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     result = runner.invoke(cli, ["deploy", str(repo), "--target", "local", *ports])
@@ -38,7 +44,9 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
 
         data = tmp_path / "batch.json"
         data.write_text(json.dumps({"text": [["one"], ["two"], [""]]}))
-        out = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc", "--data", str(data)])
+        out = runner.invoke(
+            cli, ["infer", "classify", "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc", "--data", str(data)]
+        )
         assert out.exit_code == 0, out.output
         assert len(json.loads(out.output)["label"]) == 3
 
@@ -47,8 +55,24 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
 
         logs = runner.invoke(cli, ["logs", "-n", "5"])
         assert logs.exit_code == 0 and logs.output.strip()
-        server_pid = load_state("textdemo").pid
+        state = load_state("textdemo")
+        server_pid = state.pid
         assert server_pid is not None and len(group_members(server_pid)) > 1  # the server and its stubs
+        state_file = next(Path(os.environ["COMPOUND_STATE_DIR"]).glob("textdemo.json"))
+        assert state.api_key and stat.S_IMODE(state_file.stat().st_mode) == 0o600  # it holds the API key
+
+        # a component whose Python stub dies is reported, not shown as running
+        stubs = [pid for pid in group_members(server_pid) if "/topic/" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert stubs, "no stub process for model 'topic'"
+        for pid in stubs:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        status = runner.invoke(cli, ["status"])
+        while status.exit_code != 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = runner.invoke(cli, ["status"])
+        assert status.exit_code == 3 and "textdemo: degraded" in status.output, status.output
+        assert "model topic: UNHEALTHY" in status.output and "model tok: READY" in status.output
     finally:
         stopped = runner.invoke(cli, ["stop"])
     assert stopped.exit_code == 0 and "stopped" in stopped.output
@@ -59,7 +83,9 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
 
 def test_infer_unreachable_server() -> None:
     result = CliRunner().invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{free_port()}", "--input", "text=x"])
-    assert result.exit_code == 1 and "cannot reach the Triton server" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 1 and "cannot reach the Triton server" in result.output and "Traceback" not in result.output
+    )
 
 
 def test_infer_over_grpc_defaults_to_the_grpc_port() -> None:
@@ -82,7 +108,19 @@ def test_serve_in_foreground_stops_on_ctrl_c(textdemo_repo: Path) -> None:
     import numpy as np
 
     http, grpc, metrics = free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "toolkit", "serve", str(textdemo_repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    argv = [
+        sys.executable,
+        "-m",
+        "toolkit",
+        "serve",
+        str(textdemo_repo),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+    ]
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None

@@ -44,7 +44,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServ
             "--trace-config", "triton,log-frequency=1",
             "--trace-config", "level=OFF",
             "--trace-config", "rate=1",
-        ],  # fmt: skip
+        ],
     )
     server.start()
     try:
@@ -143,10 +143,10 @@ def test_map_over_n_items_equals_n_single_calls(client: httpclient.InferenceServ
 
 
 def test_map_over_a_model_without_batch_axis(client: httpclient.InferenceServerClient) -> None:
-    """max_batch_size 0 all the way: the pipeline takes [N] passages and returns [N, 1] scores."""
-    passages = np.array([b"a", b"bbb", b"cc"], dtype=object)
+    """A callee with max_batch_size 0: the orchestrator still batches, and calls it one row at a time."""
+    passages = np.array([[b"a", b"bbb", b"cc"]], dtype=object)
     out = infer(client, "rank_flat", passages=passages)
-    assert out["scores"].tolist() == [[1.0], [3.0], [2.0]]
+    assert out["scores"].tolist() == [[[1.0], [3.0], [2.0]]]
 
 
 def test_map_items_run_concurrently(client: httpclient.InferenceServerClient) -> None:

@@ -185,7 +185,7 @@ def test_no_reachable_cluster_is_a_clear_error(repos: dict[str, Path], tmp_path:
         "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
         "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
         "users": [{"name": "nobody", "user": {}}],
-    }  # fmt: skip
+    }
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     deployment = KubernetesDeployment(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE), manifests_dir=tmp_path / "m")

@@ -32,7 +32,8 @@ GOOD = {"text": "hello", "ids": [1, 2, 3, 4], "vec": [0.5, 1], "flag": [True]}
 
 
 @pytest.mark.parametrize(
-    "text,seconds", [("45", 45), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m10s", 130), ("1.5m", 90), ("500ms", 0.5)]
+    "text,seconds",
+    [("45", 45), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m10s", 130), ("1.5m", 90), ("500ms", 0.5)],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
@@ -46,7 +47,10 @@ def test_invalid_durations(text: str) -> None:
 
 def test_signature_from_config() -> None:
     assert [(s.name, s.datatype, s.dims) for s in SIG.inputs] == [
-        ("text", "BYTES", (1,)), ("ids", "INT64", (4,)), ("vec", "FP32", (-1,)), ("flag", "BOOL", (1,))
+        ("text", "BYTES", (1,)),
+        ("ids", "INT64", (4,)),
+        ("vec", "FP32", (-1,)),
+        ("flag", "BOOL", (1,)),
     ]
     assert SIG.batched and SIG.composing == ("a", "b")
 
@@ -73,12 +77,14 @@ def write(tmp_path: Path, *lines: object) -> Path:
 
 
 def test_accepted_forms(tmp_path: Path) -> None:
-    v2 = {"inputs": [
-        {"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]},
-        {"name": "ids", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]},
-        {"name": "vec", "shape": [1, 3], "data": [1.0, 2.0, 3.0]},
-        {"name": "flag", "data": [[False]]},
-    ]}
+    v2 = {
+        "inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]},
+            {"name": "ids", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]},
+            {"name": "vec", "shape": [1, 3], "data": [1.0, 2.0, 3.0]},
+            {"name": "flag", "data": [[False]]},
+        ]
+    }
     batched = {"text": [["x"]], "ids": [[1, 2, 3, 4]], "vec": [[0.1]], "flag": [[True]]}
     requests = load_jsonl(write(tmp_path, GOOD, "", batched, v2), SIG)
     assert len(requests) == 3

@@ -22,7 +22,9 @@ from toolkit.plan.program import (
     describe_program,
     plan_instances,
 )
+from toolkit.errors import SpecError
 from toolkit.plan import DeploymentPlan, plan_spec
+from toolkit.plan.graph import UNBATCHED_ORCHESTRATOR_BATCH
 from toolkit.render import program_model_files, render_files, template_env, templates_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,9 +87,16 @@ def test_router_program_shape() -> None:
     assert program["batching"] is True and program["timeout_ms"] is None
     first, switch = program["body"]["steps"]
     assert first == {
-        "op": "model", "where": "steps.0", "model": "route", "batching": True, "inline": False,
-        "inputs": {"query": "query"}, "outputs": {"route": "route"}, "reads": {"query": OUTER}, "after": [],
-    }  # fmt: skip
+        "op": "model",
+        "where": "steps.0",
+        "model": "route",
+        "batching": True,
+        "inline": False,
+        "inputs": {"query": "query"},
+        "outputs": {"route": "route"},
+        "reads": {"query": OUTER},
+        "after": [],
+    }
     assert switch["op"] == "switch" and switch["on"] == "route" and switch["integer"] is False
     assert switch["reads"] == {"query": OUTER, "route": 0} and switch["after"] == [0]
     assert [case for case, _ in switch["cases"]] == ["math", "code"]
@@ -199,7 +208,9 @@ def test_int_switch_cases_are_normalised(tmp_path: Path) -> None:
     assert switch["default"] is None
 
 
-def test_non_batching_callee_makes_a_non_batching_orchestrator(tmp_path: Path) -> None:
+def test_non_batching_callee_still_gets_a_batching_orchestrator(tmp_path: Path) -> None:
+    """Requests that queue up must reach one execute() together (not 2 at a time, one per instance);
+    the runtime sends the merged rows to the non-batching callee one row at a time."""
     plan = plan_of(
         tmp_path,
         """
@@ -214,7 +225,8 @@ def test_non_batching_callee_makes_a_non_batching_orchestrator(tmp_path: Path) -
         """,
     )
     program = compile_program(plan, plan.pipelines["p"])
-    assert program["batching"] is False and program["timeout_ms"] == 250
+    assert program["batching"] is True and program["timeout_ms"] == 250
+    assert plan.pipelines["p"].max_batch_size == UNBATCHED_ORCHESTRATOR_BATCH
     assert program["body"]["steps"][0]["body"]["steps"][0]["batching"] is False
 
 
@@ -326,7 +338,9 @@ def test_fused_static_pipeline_inlines_every_step_and_deploys_no_component(tmp_p
 
 
 def test_fused_planned_order_is_data_order_not_listed_order(tmp_path: Path) -> None:
-    program = program_of(tmp_path, """
+    program = program_of(
+        tmp_path,
+        """
         p:
           fuse: true
           inputs: {query: {dtype: string, dims: [1]}}
@@ -334,7 +348,8 @@ def test_fused_planned_order_is_data_order_not_listed_order(tmp_path: Path) -> N
           steps:
             - {model: scorer, inputs: {passage: answer}, outputs: {score: score}}
             - {model: echo, inputs: {query: query}, outputs: {answer: answer}}
-        """)
+        """,
+    )
     assert [node["model"] for node in program["body"]["steps"]] == ["echo", "scorer"]
     assert program["body"]["steps"][1]["reads"] == {"answer": 0}
 
@@ -342,8 +357,14 @@ def test_fused_planned_order_is_data_order_not_listed_order(tmp_path: Path) -> N
 def test_fused_instances_default_to_the_busiest_component_and_follow_gpu(tmp_path: Path) -> None:
     shutil.copy(AGENTS.parent / "handlers.py", tmp_path / "handlers.py")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(MODELS.replace("  route:\n    handler: handlers:Route\n", "  route:\n    handler: handlers:Route\n    instances: {count: 3, kind: gpu}\n")
-                    + "pipelines:\n" + textwrap.indent(textwrap.dedent(FUSED_STATIC), "  "))
+    spec.write_text(
+        MODELS.replace(
+            "  route:\n    handler: handlers:Route\n",
+            "  route:\n    handler: handlers:Route\n    instances: {count: 3, kind: gpu}\n",
+        )
+        + "pipelines:\n"
+        + textwrap.indent(textwrap.dedent(FUSED_STATIC), "  ")
+    )
     group = plan_spec(spec).pipelines["p"].instances
     assert group is not None and (group.kind, group.count) == ("KIND_GPU", 3)
     declared = FUSED_STATIC.replace("  fuse: true\n", "  fuse: true\n  instances: {count: 2, kind: cpu, threads: 3}\n")
@@ -359,7 +380,9 @@ def test_fused_instances_default_to_the_busiest_component_and_follow_gpu(tmp_pat
 
 
 def test_fused_control_flow_and_mixed_batching_are_allowed(tmp_path: Path) -> None:
-    plan = plan_of(tmp_path, """
+    plan = plan_of(
+        tmp_path,
+        """
         p:
           fuse: true
           timeout_ms: 50
@@ -372,7 +395,8 @@ def test_fused_control_flow_and_mixed_batching_are_allowed(tmp_path: Path) -> No
                 math: [{model: echo, inputs: {query: query}, outputs: {answer: answer}}]
               default: [{model: echo, inputs: {query: query}, outputs: {answer: answer}}]
             - {model: flat, inputs: {passage: query}, outputs: {score: score}}
-        """)
+        """,
+    )
     pipeline = plan.pipelines["p"]
     assert pipeline.kind == "fused" and "control flow (switch)" in pipeline.reason
     assert pipeline.max_batch_size == 0  # a non-batching component makes the fused model take one row
@@ -385,3 +409,40 @@ def test_instances_on_a_pipeline_that_is_not_fused_is_a_warning(tmp_path: Path) 
     plan = plan_of(tmp_path, FUSED_STATIC.replace("  fuse: true\n", "  instances: {count: 2}\n"))
     assert plan.pipelines["p"].kind == "ensemble"
     assert any("instances applies to fused pipelines only" in w for w in plan.warnings)
+
+
+BRANCH_CHAIN = """
+p:
+  inputs: {query: {dtype: string, dims: [1]}}
+  outputs: [answer]
+  steps:
+    - {model: route, inputs: {query: query}, outputs: {route: route}}
+    - switch: route
+      cases:
+        math:
+          - {model: echo, inputs: {query: query}, outputs: {answer: draft}}
+          - {model: route, inputs: {query: draft}, outputs: {route: kind}}
+          - {model: echo, inputs: {query: kind}, outputs: {answer: answer}}
+      default:
+        - {model: echo, inputs: {query: query}, outputs: {answer: answer}}
+"""
+
+
+def test_switch_branches_need_to_agree_only_on_what_is_read_after(tmp_path: Path) -> None:
+    """A three-step branch (with intermediates of its own) beside a one-step default validates; only
+    the tensor read after the switch is what every branch must produce."""
+    program = program_of(tmp_path, BRANCH_CHAIN)
+    switch = program["body"]["steps"][1]
+    assert switch["writes"] == ["answer"]
+    assert len(switch["cases"][0][1]["steps"]) == 3 and len(switch["default"]["steps"]) == 1
+
+
+def test_reading_a_branch_only_tensor_after_the_switch_names_the_branches(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as raised:
+        plan_of(tmp_path, BRANCH_CHAIN.replace("outputs: [answer]", "outputs: [answer, draft]"))
+    message = str(raised.value)
+    assert "output 'draft' is not produced on every path" in message
+    assert "only case 'math'" in message and "not default" in message
+    later = BRANCH_CHAIN + "    - {model: echo, inputs: {query: kind}, outputs: {answer: final}}\n"
+    with pytest.raises(SpecError, match=r"consumes tensor 'kind', but only case 'math' .* not default"):
+        plan_of(tmp_path, later.replace("outputs: [answer]", "outputs: [final]"))

@@ -15,8 +15,17 @@ from toolkit.stats import (
 )
 
 
-def entry(name: str, requests: int, executions: int, inferences: int, queue_ns: int, compute_ns: int,
-          success_ns: int, cache_hits: int = 0, batch: dict[int, int] | None = None) -> dict[str, Any]:
+def entry(
+    name: str,
+    requests: int,
+    executions: int,
+    inferences: int,
+    queue_ns: int,
+    compute_ns: int,
+    success_ns: int,
+    cache_hits: int = 0,
+    batch: dict[int, int] | None = None,
+) -> dict[str, Any]:
     """One model's stats as Triton's HTTP API returns them."""
     misses = requests - cache_hits
     return {
@@ -40,7 +49,12 @@ def entry(name: str, requests: int, executions: int, inferences: int, queue_ns: 
     }
 
 
-BEFORE = {"model_stats": [entry("classify", 10, 10, 10, 0, 0, 10_000_000), entry("tok", 10, 10, 10, 0, 0, 1_000_000, batch={1: 10})]}
+BEFORE = {
+    "model_stats": [
+        entry("classify", 10, 10, 10, 0, 0, 10_000_000),
+        entry("tok", 10, 10, 10, 0, 0, 1_000_000, batch={1: 10}),
+    ]
+}
 AFTER = {
     "model_stats": [
         # 100 more pipeline requests, 10 ms each end to end
@@ -134,7 +148,9 @@ def test_renderings_mark_the_bottleneck() -> None:
 def test_a_fused_pipeline_is_its_own_only_row() -> None:
     before = parse_stats({"model_stats": [entry("classify_fused", 0, 0, 0, 0, 0, 0)]})
     # 100 requests in 20 executions (batch 5), 2 ms queue + 6 ms compute each, 9 ms end to end
-    after = parse_stats({"model_stats": [entry("classify_fused", 100, 20, 100, 200_000_000, 600_000_000, 900_000_000, batch={5: 20})]})
+    after = parse_stats(
+        {"model_stats": [entry("classify_fused", 100, 20, 100, 200_000_000, 600_000_000, 900_000_000, batch={5: 20})]}
+    )
     b = breakdown("classify_fused", before, after, composing=[])
     assert [m.model for m in b.models] == ["classify_fused"] and b.bottleneck == "classify_fused"
     [row] = rows(b)

@@ -26,9 +26,31 @@ class CeilingResult:
     per_worker_rps: tuple[float, ...]
 
 
-def measure_ceiling(spec_path: str, pipeline: str, batch: int, workers: int, duration_s: float, warmup_s: float = 2.0, load_timeout_s: float = 120.0) -> CeilingResult:
-    argv = [sys.executable, "-m", "toolkit.bench.ceiling", spec_path, pipeline, str(batch), str(warmup_s), str(duration_s)]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()) for _ in range(workers)]
+def measure_ceiling(
+    spec_path: str,
+    pipeline: str,
+    batch: int,
+    workers: int,
+    duration_s: float,
+    warmup_s: float = 2.0,
+    load_timeout_s: float = 120.0,
+) -> CeilingResult:
+    argv = [
+        sys.executable,
+        "-m",
+        "toolkit.bench.ceiling",
+        spec_path,
+        pipeline,
+        str(batch),
+        str(warmup_s),
+        str(duration_s),
+    ]
+    procs = [
+        subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+        )
+        for _ in range(workers)
+    ]
     try:
         for p in procs:
             line = p.stdout.readline().strip() if p.stdout else ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,10 +47,14 @@ def load_handler(plan: DeploymentPlan, model: str, device: str = "cpu") -> Any:
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))  # handlers may import their siblings at call time too
     try:
-        module = import_handler_module(ref.source / "__init__.py" if ref.is_package else ref.source, folder, fresh=False)
+        module = import_handler_module(
+            ref.source / "__init__.py" if ref.is_package else ref.source, folder, fresh=False
+        )
         return getattr(module, ref.cls)(dict(plan.models[model].spec.parameters), device)
     except Exception as exc:  # noqa: BLE001 - user code
-        raise CompoundError(f"model '{model}': cannot load handler {ref.module}:{ref.cls}: {type(exc).__name__}: {exc}") from None
+        raise CompoundError(
+            f"model '{model}': cannot load handler {ref.module}:{ref.cls}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 class InProcessPipeline:

@@ -25,14 +25,33 @@ def _int_list(value: str) -> list[int]:
 @click.command("bench")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--pipeline", "-p", required=True, help="Pipeline to benchmark (a static DAG: ensemble).")
-@click.option("--profiles", default=",".join(ALL_PROFILES), show_default=True, help="Comma-separated: " + ", ".join(ALL_PROFILES) + ".")
+@click.option(
+    "--profiles",
+    default=",".join(ALL_PROFILES),
+    show_default=True,
+    help="Comma-separated: " + ", ".join(ALL_PROFILES) + ".",
+)
 @click.option("--concurrency", default="1,4,16,64", show_default=True, help="Closed-loop client concurrency levels.")
 @click.option("--duration", default="20s", show_default=True, help="Measured time per load point.")
 @click.option("--warmup", default="3s", show_default=True, help="Unmeasured load before each point.")
 @click.option("--cores", type=int, default=0, help="Core budget for instance planning and the ceiling (default: all).")
-@click.option("--driver", type=click.Choice(["grpc", "locust"]), default="grpc", show_default=True, help="Load generator.")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True)
-def bench(spec: Path, pipeline: str, profiles: str, concurrency: str, duration: str, warmup: str, cores: int, driver: str, out: Path) -> None:
+@click.option(
+    "--driver", type=click.Choice(["grpc", "locust"]), default="grpc", show_default=True, help="Load generator."
+)
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
+)
+def bench(
+    spec: Path,
+    pipeline: str,
+    profiles: str,
+    concurrency: str,
+    duration: str,
+    warmup: str,
+    cores: int,
+    driver: str,
+    out: Path,
+) -> None:
     """Deploy each profile in turn and measure it with the same load generator; write a table,
     results.json and PNG plots to OUT."""
     from toolkit.bench.runner import BenchRunner, Settings, format_table
@@ -49,6 +68,8 @@ def bench(spec: Path, pipeline: str, profiles: str, concurrency: str, duration: 
         driver=driver,
         command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    report = BenchRunner(settings, log=lambda m: click.echo(m, err=True)).run()  # CompoundError: the CLI's main reports it
+    report = BenchRunner(
+        settings, log=lambda m: click.echo(m, err=True)
+    ).run()  # CompoundError: the CLI's main reports it
     click.echo(format_table(report))
     click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))

@@ -111,7 +111,9 @@ async def _http_sender(job: Job) -> tuple[Any, Any, int]:
     rows = dict(np.load(job.rows_file, allow_pickle=True))
     pool = len(next(iter(rows.values())))
     bodies = [npz_bytes({t: v[i : i + 1] for t, v in rows.items()}) for i in range(pool)]
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=job.timeout_s))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=job.timeout_s)
+    )
 
     async def one_request(i: int) -> None:
         async with session.post(job.url, data=bodies[i]) as response:

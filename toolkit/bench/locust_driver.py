@@ -22,15 +22,38 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
     from toolkit.loadtest.runner import STOP_TIMEOUT_S, locustfile_path, read_locust_csv
 
     if len(job.stages) != 1 or len(job.stages[0]) != 1:
-        raise CompoundError("--driver locust sends one pipeline request at a time; the static profile chains models from the client", hint="use --driver grpc for the static profile")
+        raise CompoundError(
+            "--driver locust sends one pipeline request at a time; the static profile chains models from the client",
+            hint="use --driver grpc for the static profile",
+        )
     pipeline = job.stages[0][0].model
     prefix = work / f"locust-{pipeline}-{job.concurrency}"
     run_s = job.warmup_s + job.duration_s
     argv = [
-        sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", f"grpc://{job.url}", "--pipeline", pipeline,
-        "-u", str(job.concurrency), "-r", str(job.concurrency), "-t", f"{run_s:.0f}s", "--headless", "--only-summary",
-        "--csv", str(prefix), "--exit-code-on-error", "0", "--stop-timeout", str(STOP_TIMEOUT_S),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile_path()),
+        "--host",
+        f"grpc://{job.url}",
+        "--pipeline",
+        pipeline,
+        "-u",
+        str(job.concurrency),
+        "-r",
+        str(job.concurrency),
+        "-t",
+        f"{run_s:.0f}s",
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(prefix),
+        "--exit-code-on-error",
+        "0",
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+    ]
     with open(work / "locust.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         me = psutil.Process(proc.pid)
@@ -59,7 +82,14 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
         "completed": stats.requests - stats.failures,
         "errors": stats.failures,
         "throughput_rps": stats.rps,
-        "latency_ms": {"p50": stats.p50_ms, "p90": float("nan"), "p95": stats.p95_ms, "p99": stats.p99_ms, "mean": stats.avg_ms, "max": stats.max_ms},
+        "latency_ms": {
+            "p50": stats.p50_ms,
+            "p90": float("nan"),
+            "p95": stats.p95_ms,
+            "p99": stats.p99_ms,
+            "mean": stats.avg_ms,
+            "max": stats.max_ms,
+        },
         "client_cpu_s": client_s,
         "client_cpu_pct": client_pct,
         "server_cpu_pct": server_pct,

@@ -62,7 +62,13 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
     """One load point in its own process; server CPU sampled over the driver's measuring window."""
     job_file = work / "job.json"
     job.dump(job_file)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.driver", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.bench.driver", str(job_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     marks: dict[str, tuple[float, float, float]] = {}
     per_process: dict[str, dict[str, float]] = {}
     for line in proc.stdout or ():
@@ -82,10 +88,14 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
         if server_cpu:
             result["server_cpu_pct"] = 100.0 * (c1 - c0) / span
             # everything else on the machine over the same window: benchmarks on a shared machine say so
-            result["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"])
+            result["other_cpu_pct"] = max(
+                0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"]
+            )
             before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
             shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
-            result["server_cpu_by_process_pct"] = {k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5}
+            result["server_cpu_by_process_pct"] = {
+                k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5
+            }
     return result
 
 
@@ -115,5 +125,3 @@ def point_line(p: dict[str, Any]) -> str:
         f"  errors {p['errors']}  server CPU {pct(p.get('server_cpu_pct'))}  client CPU {pct(p['client_cpu_pct'])}"
         f"  other CPU {pct(p.get('other_cpu_pct'))}"
     )
-
-

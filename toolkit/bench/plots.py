@@ -21,10 +21,21 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
             for ax, key in zip(axes, ("p50", "p95")):
                 ax.plot(x, [p["latency_ms"][key] for p in pts], marker="o", label=name)
                 for p in pts:
-                    ax.annotate(str(p["concurrency"]), (p["throughput_rps"], p["latency_ms"][key]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+                    ax.annotate(
+                        str(p["concurrency"]),
+                        (p["throughput_rps"], p["latency_ms"][key]),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(3, 3),
+                    )
         elif isinstance(res, dict) and res.get("throughput_rps"):
             for ax in axes:
-                ax.axvline(res["throughput_rps"], linestyle="--", color="gray", label=f"{name} ({res['throughput_rps']:.0f} req/s)")
+                ax.axvline(
+                    res["throughput_rps"],
+                    linestyle="--",
+                    color="gray",
+                    label=f"{name} ({res['throughput_rps']:.0f} req/s)",
+                )
     for ax, key in zip(axes, ("p50", "p95")):
         ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel(f"{key} latency (ms)")
@@ -55,7 +66,9 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         axes[0].legend(fontsize=8)
         for m in models:
             c = curves[m]
-            axes[1].plot(c["batch_sizes"], [s / b * 1e3 for b, s in zip(c["batch_sizes"], c["seconds"])], marker="o", label=m)
+            axes[1].plot(
+                c["batch_sizes"], [s / b * 1e3 for b, s in zip(c["batch_sizes"], c["seconds"])], marker="o", label=m
+            )
         axes[1].set_xscale("log", base=2)
         axes[1].set_xlabel("batch size")
         axes[1].set_ylabel("ms per request")

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from toolkit.plan.allocate import Allocation
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import Call
 from toolkit.plan import DeploymentPlan, build_plan
+from toolkit.plan.allocate import Allocation
 from toolkit.spec import Instances, LoadedSpec, ModelSpec, PipelineSpec
 
 SERVER_PROFILES = ("static", "ensemble", "optimized", "fused")
@@ -37,8 +37,12 @@ class ServerProfile:
     description: str
 
 
-def _rebuild(plan: DeploymentPlan, pipeline: str, models: dict[str, ModelSpec], pipeline_spec: Optional[PipelineSpec] = None) -> DeploymentPlan:
-    spec = plan.spec.model_copy(update={"models": models, "pipelines": {pipeline: pipeline_spec or plan.spec.pipelines[pipeline]}})
+def _rebuild(
+    plan: DeploymentPlan, pipeline: str, models: dict[str, ModelSpec], pipeline_spec: Optional[PipelineSpec] = None
+) -> DeploymentPlan:
+    spec = plan.spec.model_copy(
+        update={"models": models, "pipelines": {pipeline: pipeline_spec or plan.spec.pipelines[pipeline]}}
+    )
     return build_plan(LoadedSpec(spec, plan.loaded.path, {}), plan.device)
 
 
@@ -48,26 +52,41 @@ def _ensemble_request(plan: DeploymentPlan, pipeline: str) -> list[list[Call]]:
 
 
 def _chained_request(plan: DeploymentPlan, pipeline: str) -> list[list[Call]]:
-    return [[Call(step.model, dict(step.inputs), dict(step.outputs)) for step in stage.steps] for stage in stages(plan, pipeline)]
+    return [
+        [Call(step.model, dict(step.inputs), dict(step.outputs)) for step in stage.steps]
+        for stage in stages(plan, pipeline)
+    ]
 
 
-def build_profile(name: str, plan: DeploymentPlan, pipeline: str, allocation: Optional[Allocation] = None, cores: int = 1) -> ServerProfile:
+def build_profile(
+    name: str, plan: DeploymentPlan, pipeline: str, allocation: Optional[Allocation] = None, cores: int = 1
+) -> ServerProfile:
     used = plan.pipelines[pipeline].models
     models: dict[str, ModelSpec] = {}
     pipeline_spec: Optional[PipelineSpec] = None
     if name == "fused":  # one instance per core: each runs one batch through every handler at a time
-        pipeline_spec = plan.spec.pipelines[pipeline].model_copy(update={"fuse": True, "instances": Instances(count=cores)})
+        pipeline_spec = plan.spec.pipelines[pipeline].model_copy(
+            update={"fuse": True, "instances": Instances(count=cores)}
+        )
     for m in used:
         spec = plan.spec.models[m]
         if name == "static":
-            models[m] = spec.model_copy(update={"dynamic_batching": False, "instances": Instances(count=1, kind=spec.instances.kind), "cache": False})
+            models[m] = spec.model_copy(
+                update={
+                    "dynamic_batching": False,
+                    "instances": Instances(count=1, kind=spec.instances.kind),
+                    "cache": False,
+                }
+            )
         elif name == "ensemble":
             models[m] = spec.model_copy(update={"dynamic_batching": False})
         elif name == "optimized":
             if allocation is None:
                 raise ValueError("the optimized profile needs an allocation")
             count = allocation.counts.get(m, spec.instances.count)
-            models[m] = spec.model_copy(update={"instances": Instances(count=count, kind=spec.instances.kind, gpus=spec.instances.gpus)})
+            models[m] = spec.model_copy(
+                update={"instances": Instances(count=count, kind=spec.instances.kind, gpus=spec.instances.gpus)}
+            )
         elif name == "fused":
             models[m] = spec
         else:

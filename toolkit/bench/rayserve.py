@@ -42,17 +42,38 @@ def ray_available() -> str | None:
     return None
 
 
-def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_file: Path, work: Path, log: Callable[[str], None], counts: dict[str, int]) -> dict[str, Any]:
+def run_ray_profile(
+    plan: DeploymentPlan,
+    pipeline: str,
+    settings: Any,
+    rows_file: Path,
+    work: Path,
+    log: Callable[[str], None],
+    counts: dict[str, int],
+) -> dict[str, Any]:
     reason = ray_available()
     if reason:
         raise CompoundError(reason)
     (port,) = free_ports(1)
-    config = {"spec": str(plan.loaded.path), "pipeline": pipeline, "port": port, "counts": counts, "cores": settings.core_budget}
+    config = {
+        "spec": str(plan.loaded.path),
+        "pipeline": pipeline,
+        "port": port,
+        "counts": counts,
+        "cores": settings.core_budget,
+    }
     config_file = work / "ray-config.json"
     config_file.write_text(json.dumps(config))
     log_file = open(work / "ray-serve.log", "w")
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.bench.rayserve", str(config_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.bench.rayserve", str(config_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        env=child_env(),
+    )
     result: dict[str, Any] = {
         "description": "Ray Serve: one deployment per model (replicas as planned, @serve.batch), composed with DeploymentHandles; HTTP ingress",
         "instances": counts,
@@ -62,7 +83,9 @@ def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_fil
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if line.strip() != "READY":
-            raise CompoundError(f"Ray Serve did not start: {line.strip() or 'no output'}", hint=f"log: {work / 'ray-serve.log'}")
+            raise CompoundError(
+                f"Ray Serve did not start: {line.strip() or 'no output'}", hint=f"log: {work / 'ray-serve.log'}"
+            )
         result["ready_s"] = time.perf_counter() - began
         url = f"http://127.0.0.1:{port}/"
         probe = Job(url, [], {}, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"), protocol="http-npz")
@@ -71,7 +94,17 @@ def run_ray_profile(plan: DeploymentPlan, pipeline: str, settings: Any, rows_fil
         result["first_request_ms"] = first_latency * 1e3
         cpu = ProcessCpu(proc.pid)
         for c in settings.concurrency:
-            job = Job(url, [], {}, str(rows_file), c, settings.duration_s, settings.warmup_s, str(work / f"result-ray-{c}.json"), protocol="http-npz")
+            job = Job(
+                url,
+                [],
+                {},
+                str(rows_file),
+                c,
+                settings.duration_s,
+                settings.warmup_s,
+                str(work / f"result-ray-{c}.json"),
+                protocol="http-npz",
+            )
             point = run_driver(job, work, cpu, log)
             result["points"].append(point)
             log("  " + point_line(point))
@@ -135,7 +168,9 @@ def _build_app(spec_path: str, pipeline: str, counts: dict[str, int], cores: int
         async def __call__(self, request: Request) -> Response:
             env = from_npz(await request.body())
             for stage in graph:
-                results = await asyncio.gather(*(self.handles[m].remote({k: env[t] for k, t in ins.items()}) for m, ins, _ in stage))
+                results = await asyncio.gather(
+                    *(self.handles[m].remote({k: env[t] for k, t in ins.items()}) for m, ins, _ in stage)
+                )
                 for (_, _, outs), result in zip(stage, results):
                     for k, t in outs.items():
                         env[t] = result[k]
@@ -147,7 +182,9 @@ def _build_app(spec_path: str, pipeline: str, counts: dict[str, int], cores: int
         batching = spec.batching
         wait_s = (batching.max_queue_delay_us / 1e6) if batching else 0.0
         max_batch = spec.max_batch_size if batching else 1
-        handles[model] = Component.options(name=model, num_replicas=count, ray_actor_options={"num_cpus": cpu_share}).bind(model, max_batch, wait_s)
+        handles[model] = Component.options(
+            name=model, num_replicas=count, ray_actor_options={"num_cpus": cpu_share}
+        ).bind(model, max_batch, wait_s)
     return Ingress.options(ray_actor_options={"num_cpus": cpu_share}).bind(handles)
 
 

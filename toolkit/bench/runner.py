@@ -14,16 +14,16 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from toolkit.plan.allocate import Allocation, allocate
 from toolkit.bench.ceiling import measure_ceiling
 from toolkit.bench.chain import InProcessPipeline
 from toolkit.bench.driver import Job, first_response
 from toolkit.bench.inputs import sample_rows
-from toolkit.bench.profile import CostCurve, profile_pipeline
 from toolkit.bench.measure import ProcessCpu, pct, point_line, run_driver
+from toolkit.bench.profile import CostCurve, profile_pipeline
 from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile, tensor_datatypes
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
+from toolkit.plan.allocate import Allocation, allocate
 from toolkit.system import free_ports
 
 REQUEST_POOL = 512  # distinct request rows the client cycles through
@@ -71,7 +71,10 @@ class BenchRunner:
             raise CompoundError(f"unknown driver '{settings.driver}'", hint="use grpc or locust")
         self.plan: DeploymentPlan = plan_spec(settings.spec)
         if settings.pipeline not in self.plan.pipelines:
-            raise CompoundError(f"no pipeline '{settings.pipeline}' in {settings.spec}", hint=f"pipelines: {', '.join(sorted(self.plan.pipelines))}")
+            raise CompoundError(
+                f"no pipeline '{settings.pipeline}' in {settings.spec}",
+                hint=f"pipelines: {', '.join(sorted(self.plan.pipelines))}",
+            )
         self.out = settings.out.resolve()
 
     def run(self) -> dict[str, Any]:
@@ -84,7 +87,9 @@ class BenchRunner:
         curves = profile_pipeline(self.plan, s.pipeline, min_seconds=s.profile_seconds, chain=chain)
         del chain
         max_batch = max(1, self.plan.pipelines[s.pipeline].max_batch_size)
-        allocation = allocate({m: dict(zip(c.batch_sizes, c.seconds)) for m, c in curves.items()}, s.core_budget, max_batch)
+        allocation = allocate(
+            {m: dict(zip(c.batch_sizes, c.seconds)) for m, c in curves.items()}, s.core_budget, max_batch
+        )
         for line in allocation.explain():
             self.log(f"  {line}")
         rows_file = work / "rows.npz"
@@ -94,10 +99,22 @@ class BenchRunner:
             "pipeline": s.pipeline,
             "command": s.command,
             "machine": machine_info(),
-            "settings": {"profiles": s.profiles, "concurrency": s.concurrency, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "core_budget": s.core_budget, "driver": s.driver},
+            "settings": {
+                "profiles": s.profiles,
+                "concurrency": s.concurrency,
+                "duration_s": s.duration_s,
+                "warmup_s": s.warmup_s,
+                "core_budget": s.core_budget,
+                "driver": s.driver,
+            },
             "compute": _compute_summary(curves, allocation),
             "cost_curves": {m: c.to_json() for m, c in curves.items()},
-            "allocation": {"counts": allocation.counts, "batch": allocation.batch, "share": allocation.share, "predicted_rps": allocation.predicted_rps},
+            "allocation": {
+                "counts": allocation.counts,
+                "batch": allocation.batch,
+                "share": allocation.share,
+                "predicted_rps": allocation.predicted_rps,
+            },
             "profiles": {},
         }
         for name in s.profiles:
@@ -133,19 +150,47 @@ class BenchRunner:
         repo = render_repository(profile.plan, self.out / "repos" / name)
         http, grpc, metrics = free_ports(3)
         datatypes = tensor_datatypes(profile.plan, s.pipeline)
-        result: dict[str, Any] = {"description": profile.description, "instances": profile.instances, "dynamic_batching": profile.batching, "repository": str(repo), "points": []}
+        result: dict[str, Any] = {
+            "description": profile.description,
+            "instances": profile.instances,
+            "dynamic_batching": profile.batching,
+            "repository": str(repo),
+            "points": [],
+        }
         began = time.perf_counter()
-        with LocalServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log") as server:
+        with LocalServer(
+            repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log"
+        ) as server:
             ready_s = time.perf_counter() - began
-            probe = Job(server.grpc_url, profile.request_stages, datatypes, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"))
+            probe = Job(
+                server.grpc_url,
+                profile.request_stages,
+                datatypes,
+                str(rows_file),
+                1,
+                0.0,
+                0.0,
+                str(work / "probe.json"),
+            )
             until_first, first_latency = first_response(probe, timeout_s=60.0)
             result["ready_s"] = ready_s
             result["cold_start_s"] = ready_s + until_first
             result["first_request_ms"] = first_latency * 1e3
-            self.log(f"  ready in {ready_s:.1f} s, first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)")
+            self.log(
+                f"  ready in {ready_s:.1f} s, first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
+            )
             cpu = ProcessCpu(server.pid) if server.pid else None
             for c in s.concurrency:
-                job = Job(server.grpc_url, profile.request_stages, datatypes, str(rows_file), c, s.duration_s, s.warmup_s, str(work / f"result-{name}-{c}.json"))
+                job = Job(
+                    server.grpc_url,
+                    profile.request_stages,
+                    datatypes,
+                    str(rows_file),
+                    c,
+                    s.duration_s,
+                    s.warmup_s,
+                    str(work / f"result-{name}-{c}.json"),
+                )
                 if s.driver == "locust":
                     from toolkit.bench.locust_driver import run_locust
 
@@ -158,9 +203,17 @@ class BenchRunner:
 
     def _ceiling(self, allocation: Allocation) -> dict[str, Any]:
         s = self.s
-        res = measure_ceiling(str(s.spec), s.pipeline, allocation.batch, s.core_budget, s.duration_s, warmup_s=min(s.warmup_s, 3.0))
+        res = measure_ceiling(
+            str(s.spec), s.pipeline, allocation.batch, s.core_budget, s.duration_s, warmup_s=min(s.warmup_s, 3.0)
+        )
         self.log(f"  {res.throughput_rps:.0f} req/s at batch {res.batch} on {res.workers} worker process(es)")
-        return {"description": f"no server: handlers chained in-process at batch {res.batch}, {res.workers} worker process(es), one per core", "throughput_rps": res.throughput_rps, "batch": res.batch, "workers": res.workers, "per_worker_rps": list(res.per_worker_rps)}
+        return {
+            "description": f"no server: handlers chained in-process at batch {res.batch}, {res.workers} worker process(es), one per core",
+            "throughput_rps": res.throughput_rps,
+            "batch": res.batch,
+            "workers": res.workers,
+            "per_worker_rps": list(res.per_worker_rps),
+        }
 
 
 def _jsonable(value: Any) -> Any:
@@ -200,34 +253,61 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if static_best:
             ratio = best["throughput_rps"] / static_best["throughput_rps"]
-            targets.append({"target": f"{name} vs static throughput >= 4x", "value": round(ratio, 2), "met": ratio >= 4.0})
+            targets.append(
+                {"target": f"{name} vs static throughput >= 4x", "value": round(ratio, 2), "met": ratio >= 4.0}
+            )
             same = [p for p in points(name) if p["concurrency"] == static_best["concurrency"]]
             if same:
                 frac = same[0]["latency_ms"]["p95"] / static_best["latency_ms"]["p95"]
-                targets.append({"target": f"{name} P95 at static's peak load (c={static_best['concurrency']}) <= 40% of static's", "value": round(frac, 3), "met": frac <= 0.4})
+                targets.append(
+                    {
+                        "target": f"{name} P95 at static's peak load (c={static_best['concurrency']}) <= 40% of static's",
+                        "value": round(frac, 3),
+                        "met": frac <= 0.4,
+                    }
+                )
         if isinstance(ceiling, dict) and ceiling.get("throughput_rps"):
             frac = best["throughput_rps"] / ceiling["throughput_rps"]
             compute = report["compute"]["per_request_ms_best"]
-            targets.append({
-                "target": f"{name} >= 80% of ceiling (where a request's compute >= 5 ms)",
-                "value": round(frac, 3),
-                "met": frac >= 0.8,
-                "applies": compute >= 5.0,
-                "note": f"compute per request {compute:.2f} ms at batch {report['compute']['best_batch']}; client CPU at that point {best['client_cpu_pct']:.0f}% of a core",
-            })
+            targets.append(
+                {
+                    "target": f"{name} >= 80% of ceiling (where a request's compute >= 5 ms)",
+                    "value": round(frac, 3),
+                    "met": frac >= 0.8,
+                    "applies": compute >= 5.0,
+                    "note": f"compute per request {compute:.2f} ms at batch {report['compute']['best_batch']}; client CPU at that point {best['client_cpu_pct']:.0f}% of a core",
+                }
+            )
         if ray_best:
             eligible = [p for p in points(name) if p["latency_ms"]["p95"] <= ray_best["latency_ms"]["p95"]]
             value = max((p["throughput_rps"] for p in eligible), default=0.0) / ray_best["throughput_rps"]
-            targets.append({"target": f"{name} >= 1.5x Ray Serve throughput at equal or lower P95", "value": round(value, 2), "met": value >= 1.5})
+            targets.append(
+                {
+                    "target": f"{name} >= 1.5x Ray Serve throughput at equal or lower P95",
+                    "value": round(value, 2),
+                    "met": value >= 1.5,
+                }
+            )
         elif "ray-serve" in profiles:
-            targets.append({"target": f"{name} >= 1.5x Ray Serve throughput at equal or lower P95", "value": None, "met": None, "note": profiles["ray-serve"].get("error", "not measured")})
+            targets.append(
+                {
+                    "target": f"{name} >= 1.5x Ray Serve throughput at equal or lower P95",
+                    "value": None,
+                    "met": None,
+                    "note": profiles["ray-serve"].get("error", "not measured"),
+                }
+            )
     return targets
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{report['pipeline']} ({report['spec']}) on {report['machine']['cores']} cores, {report['machine']['cpu']}"]
+    lines = [
+        f"{report['pipeline']} ({report['spec']}) on {report['machine']['cores']} cores, {report['machine']['cpu']}"
+    ]
     comp = report["compute"]
-    lines.append(f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1, {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']}; planned instances {report['allocation']['counts']}")
+    lines.append(
+        f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1, {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']}; planned instances {report['allocation']['counts']}"
+    )
     lines.append("CPU: % of one core; other = the rest of the machine during the same window (should be ~0)")
     header = f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'srv CPU':>8} {'cli CPU':>8} {'other':>6}"
     lines += [header, "-" * len(header)]
@@ -236,7 +316,9 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{name:<10} not measured: {res['error']}")
             continue
         if "points" not in res:
-            lines.append(f"{name:<10} {'-':>5} {res['throughput_rps']:9.1f} {'':>8} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}  ({res['description']})")
+            lines.append(
+                f"{name:<10} {'-':>5} {res['throughput_rps']:9.1f} {'':>8} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}  ({res['description']})"
+            )
             continue
         for p in res["points"]:
             lat = p["latency_ms"]
@@ -245,7 +327,9 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{pct(p.get('server_cpu_pct')):>8} {pct(p['client_cpu_pct']):>8} {pct(p.get('other_cpu_pct')):>6}"
             )
         if "cold_start_s" in res:
-            lines.append(f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms")
+            lines.append(
+                f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms"
+            )
     if report.get("targets"):
         lines.append("targets:")
         for t in report["targets"]:

@@ -187,16 +187,23 @@ def new_api_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-def api_key_headers(api_key: str) -> dict[str, str]:
-    """The header that opens the restricted APIs (HTTP header and gRPC metadata alike)."""
-    return {API_KEY_HEADER: api_key} if api_key else {}
+def api_key_headers(api_key: str, protocol: str = "http") -> dict[str, str]:
+    """The header that opens the restricted APIs: Triton expects gRPC metadata under a prefixed name."""
+    if not api_key:
+        return {}
+    return {API_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{API_KEY_HEADER}": api_key}
 
 
 def check_repository(repository: Path) -> None:
     if not repository.is_dir():
-        raise CompoundError(f"model repository {repository} does not exist", hint="generate one with `compound generate SPEC -o DIR`")
+        raise CompoundError(
+            f"model repository {repository} does not exist", hint="generate one with `compound generate SPEC -o DIR`"
+        )
     if not any((child / "config.pbtxt").is_file() for child in repository.iterdir() if child.is_dir()):
-        raise CompoundError(f"{repository} is not a Triton model repository (no <model>/config.pbtxt)", hint="generate one with `compound generate SPEC -o DIR`")
+        raise CompoundError(
+            f"{repository} is not a Triton model repository (no <model>/config.pbtxt)",
+            hint="generate one with `compound generate SPEC -o DIR`",
+        )
 
 
 def triton_args(
@@ -216,14 +223,21 @@ def triton_args(
         args += [f"--{protocol}-port", str(port)]
     args += [
         "--disable-auto-complete-config",
-        "--strict-readiness", "true",
-        "--exit-on-error", "true",
-        "--exit-timeout-secs", str(exit_timeout_s),
-        "--log-verbose", "0",
-    ]  # fmt: skip
+        "--strict-readiness",
+        "true",
+        "--exit-on-error",
+        "true",
+        "--exit-timeout-secs",
+        str(exit_timeout_s),
+        "--log-verbose",
+        "0",
+    ]
     if api_key:
         apis = ",".join(RESTRICTED_APIS)
-        args += [f"--http-restricted-api={apis}:{API_KEY_HEADER}={api_key}", f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={api_key}"]
+        args += [
+            f"--http-restricted-api={apis}:{API_KEY_HEADER}={api_key}",
+            f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={api_key}",
+        ]
     return args
 
 
@@ -273,8 +287,13 @@ class TritonServer(abc.ABC):
 
     @property
     def headers(self) -> dict[str, str]:
-        """What a client needs to use the restricted APIs of this server."""
+        """What an HTTP client needs to use the restricted APIs of this server."""
         return api_key_headers(self.api_key)
+
+    @property
+    def grpc_headers(self) -> dict[str, str]:
+        """The same for a gRPC client (metadata)."""
+        return api_key_headers(self.api_key, "grpc")
 
     def server_args(self, model_repository: str, ports: tuple[int, int, int], address: Optional[str]) -> list[str]:
         args = triton_args(model_repository, ports, address=address, api_key=self.api_key)
@@ -295,9 +314,16 @@ class TritonServer(abc.ABC):
     def preflight(self) -> None:
         """Everything that can be wrong before anything starts."""
         check_repository(self.repository)
-        for flag, port in (("--http-port", self.endpoints.http_port), ("--grpc-port", self.endpoints.grpc_port), ("--metrics-port", self.endpoints.metrics_port)):
+        for flag, port in (
+            ("--http-port", self.endpoints.http_port),
+            ("--grpc-port", self.endpoints.grpc_port),
+            ("--metrics-port", self.endpoints.metrics_port),
+        ):
             if port_in_use(self.endpoints.host, port):
-                raise CompoundError(f"port {port} on {self.endpoints.host} is already in use", hint=f"pick another with {flag}, or stop what holds it (`compound stop`)")
+                raise CompoundError(
+                    f"port {port} on {self.endpoints.host} is already in use",
+                    hint=f"pick another with {flag}, or stop what holds it (`compound stop`)",
+                )
 
     @abc.abstractmethod
     def launch(self) -> None:
@@ -330,7 +356,9 @@ class TritonServer(abc.ABC):
             if http_ready(self.endpoints):
                 return
             time.sleep(READY_POLL_INTERVAL_S)
-        raise ServerError(f"{self.target} server was not ready after {limit:.0f} s", self.log_tail(), hint=self.describe())
+        raise ServerError(
+            f"{self.target} server was not ready after {limit:.0f} s", self.log_tail(), hint=self.describe()
+        )
 
     @classmethod
     @abc.abstractmethod
@@ -350,6 +378,12 @@ class TritonServer(abc.ABC):
         return read_tail(Path(state.log_path), lines)
 
     @classmethod
+    def recorded_stubs(cls, state: DeploymentState) -> Optional[dict[str, int]]:
+        """Live Python stubs per model of a recorded deployment, or None where they cannot be seen.
+        Triton keeps a model READY after its stub dies (until a request finds out): this is how we know."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def stop_recorded(cls, state: DeploymentState) -> bool:
         """Stop what a record names; False if nothing was running."""
@@ -361,6 +395,40 @@ class TritonServer(abc.ABC):
         self.stop()
 
 
+def python_instances(repository: Path) -> dict[str, int]:
+    """Python-backend models of a repository and how many stub processes each should have running
+    (one per CPU instance; at least one per GPU model, whose count depends on the GPUs present)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    expected: dict[str, int] = {}
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        except (OSError, text_format.ParseError):
+            continue
+        if config.backend != "python":
+            continue
+        groups = config.instance_group or []
+        cpu = sum(g.count or 1 for g in groups if g.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        expected[config.name or path.parent.name] = cpu or 1
+    return expected
+
+
+def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
+    """Live Python-backend stubs per model, from process command lines: a stub's first argument is
+    <repository>/<model>/<version>/model.py."""
+    counts: dict[str, int] = {}
+    for argv in command_lines:
+        if argv and Path(argv[0]).name == "triton_python_backend_stub" and len(argv) > 1:
+            model = Path(argv[1]).parent.parent.name
+            counts[model] = counts.get(model, 0) + 1
+    return counts
+
+
 def redact_key(argv: Sequence[str]) -> list[str]:
     """A command line fit for a log: the restricted-API settings without the key."""
-    return [arg.rsplit("=", 1)[0] + "=<key>" if arg.startswith("--") and "restricted" in arg and "=" in arg else arg for arg in argv]
+    return [
+        arg.rsplit("=", 1)[0] + "=<key>" if arg.startswith("--") and "restricted" in arg and "=" in arg else arg
+        for arg in argv
+    ]

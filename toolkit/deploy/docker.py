@@ -23,7 +23,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
-from toolkit.deploy.base import DeploymentState, DeployRequest, TritonServer, load_failures, read_tail, redact_key
+from toolkit.deploy.base import (
+    DeploymentState,
+    DeployRequest,
+    TritonServer,
+    load_failures,
+    read_tail,
+    redact_key,
+    stub_counts,
+)
 from toolkit.errors import CompoundError, ServerError
 
 if TYPE_CHECKING:
@@ -39,7 +47,14 @@ DEFAULT_SHM_SIZE = "256m"  # the Python backend moves tensors through /dev/shm; 
 STOP_GRACE_S = 15
 MANAGED_LABEL = "io.compound.managed"
 # Triton inside the nvidia-pytriton wheel, from its changelog; later releases default to the last known.
-PYTRITON_TRITON = {"0.5.0": "2.42.0", "0.5.1": "2.42.0", "0.5.2": "2.42.0", "0.5.3": "2.43.0", "0.5.4": "2.44.0", "0.5.5": "2.44.0"}
+PYTRITON_TRITON = {
+    "0.5.0": "2.42.0",
+    "0.5.1": "2.42.0",
+    "0.5.2": "2.42.0",
+    "0.5.3": "2.43.0",
+    "0.5.4": "2.44.0",
+    "0.5.5": "2.44.0",
+}
 LAST_KNOWN_TRITON = "2.51.0"  # 0.5.12 .. 0.7.0
 
 
@@ -83,7 +98,7 @@ def gpu_models(repository: Path) -> list[str]:
     return found
 
 
-def connect() -> "docker.DockerClient":
+def connect() -> docker.DockerClient:
     """A client for the local Docker engine, or a CompoundError saying what to start."""
     import docker
 
@@ -105,7 +120,11 @@ def _root_cause(exc: BaseException) -> str:
     text = str(exc)
     for marker in ("FileNotFoundError", "ConnectionRefusedError", "PermissionError"):
         if marker in text:
-            return {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused", "PermissionError": "Permission denied"}[marker]
+            return {
+                "FileNotFoundError": "no such socket",
+                "ConnectionRefusedError": "connection refused",
+                "PermissionError": "Permission denied",
+            }[marker]
     if "Max retries exceeded" in text or "Connection" in text:
         return "not answering"
     return text
@@ -126,7 +145,13 @@ def render_build_context(
             packages.insert(0, "nvidia-pytriton")
     env = template_env()
     env.filters["shquote"] = shlex.quote
-    values = {"version": __version__, "base_image": base_image, "flavor": kind, "pip_packages": packages, "bake": repository is not None}
+    values = {
+        "version": __version__,
+        "base_image": base_image,
+        "flavor": kind,
+        "pip_packages": packages,
+        "bake": repository is not None,
+    }
     files = {
         "Dockerfile": env.get_template("docker/Dockerfile.j2").render(**values).encode(),
         "tritonserver.sh": env.get_template("docker/tritonserver.sh.j2").render(**values).encode(),
@@ -146,7 +171,7 @@ def context_tag(name: str, files: dict[str, bytes]) -> str:
 
 
 def ensure_image(
-    client: "docker.DockerClient",
+    client: docker.DockerClient,
     base_image: str,
     *,
     name: str = "compound-triton",
@@ -178,7 +203,9 @@ def ensure_image(
             if rel.endswith(".sh"):
                 target.chmod(0o755)  # the Dockerfile's COPY keeps the mode; no extra RUN layer
         with open(log_path, "w") as log:
-            for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, pull=False, network_mode=network, decode=True):
+            for chunk in client.api.build(
+                path=str(context), tag=tag, rm=True, forcerm=True, pull=False, network_mode=network, decode=True
+            ):
                 if "stream" in chunk:
                     log.write(chunk["stream"])
                     log.flush()
@@ -189,15 +216,21 @@ def ensure_image(
                     hint = f"full build log: {log_path}"
                     if network != "host" and ("pip" in read_tail(log_path, 20) or "resolve" in message):
                         hint += "; if the build cannot reach PyPI, build on the host network (--network host)"
-                    raise ServerError(f"building image {tag} from {base_image} failed: {message.strip()}", read_tail(log_path, 25), hint=hint)
+                    raise ServerError(
+                        f"building image {tag} from {base_image} failed: {message.strip()}",
+                        read_tail(log_path, 25),
+                        hint=hint,
+                    )
     except docker.errors.APIError as exc:
-        raise CompoundError(f"building image {tag} failed: {exc.explanation or exc}", hint=f"full build log: {log_path}") from None
+        raise CompoundError(
+            f"building image {tag} failed: {exc.explanation or exc}", hint=f"full build log: {log_path}"
+        ) from None
     finally:
         shutil.rmtree(context, ignore_errors=True)
     return tag
 
 
-def _ensure_base(client: "docker.DockerClient", base_image: str) -> None:
+def _ensure_base(client: docker.DockerClient, base_image: str) -> None:
     import docker
 
     try:
@@ -270,7 +303,9 @@ class DockerServer(TritonServer):
         if self.image is None:
             started = time.monotonic()
             network = "host" if self.network == "host" else None
-            self.image = ensure_image(client, self.base_image, pip=self.pip, network=network, log_path=self.build_log_path)
+            self.image = ensure_image(
+                client, self.base_image, pip=self.pip, network=network, log_path=self.build_log_path
+            )
             _append(self.log_path, f"# image {self.image} ready in {time.monotonic() - started:.1f} s\n")
         self._remove_stale(client)
         kwargs: dict[str, Any] = {
@@ -285,7 +320,10 @@ class DockerServer(TritonServer):
             kwargs["network_mode"] = "host"
         else:
             if not client.networks.list(names=["bridge"]):
-                raise CompoundError("this Docker engine has no bridge network (dockerd --bridge=none?), so it cannot publish ports", hint="pass --network host")
+                raise CompoundError(
+                    "this Docker engine has no bridge network (dockerd --bridge=none?), so it cannot publish ports",
+                    hint="pass --network host",
+                )
             host = self.endpoints.host
             outer = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
             kwargs["ports"] = {f"{inner}/tcp": (host, port) for inner, port in zip(CONTAINER_PORTS, outer)}
@@ -307,8 +345,15 @@ class DockerServer(TritonServer):
         self._flush_logs()
         tail = self.log_tail()
         if "already in use" in tail or "Address in use" in tail:
-            return CompoundError(f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)")
-        return ServerError(f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}", tail, hint=self.describe())
+            return CompoundError(
+                f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use",
+                hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)",
+            )
+        return ServerError(
+            f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}",
+            tail,
+            hint=self.describe(),
+        )
 
     def stop(self) -> None:
         """Stop (SIGTERM: Triton drains) and always remove the container."""
@@ -327,7 +372,10 @@ class DockerServer(TritonServer):
                 pass
             except docker.errors.APIError as exc:
                 if "already in progress" not in str(exc):
-                    raise CompoundError(f"could not remove container {self.name}: {exc.explanation or exc}", hint=f"docker rm -f {self.name}") from None
+                    raise CompoundError(
+                        f"could not remove container {self.name}: {exc.explanation or exc}",
+                        hint=f"docker rm -f {self.name}",
+                    ) from None
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
             self._log_thread = None
@@ -372,17 +420,37 @@ class DockerServer(TritonServer):
     def stop_recorded(cls, state: DeploymentState) -> bool:
         return bool(state.container) and remove_container(state.container)  # type: ignore[arg-type]
 
+    @classmethod
+    def recorded_stubs(cls, state: DeploymentState) -> Optional[dict[str, int]]:
+        import docker
+
+        if not state.container:
+            return None
+        try:
+            top = connect().containers.get(state.container).top(ps_args="-eo args")
+        except (docker.errors.NotFound, docker.errors.APIError):
+            return None
+        return stub_counts([str(row[-1]).split() for row in top.get("Processes") or []])
+
     def _start_error(self, exc: Exception) -> CompoundError:
         text = str(getattr(exc, "explanation", None) or exc)
         if "port is already allocated" in text or "address already in use" in text:
-            return CompoundError(f"Docker could not publish the ports of {self.name}: {text}", hint="pick others with --http-port/--grpc-port/--metrics-port, or stop the container holding them")
+            return CompoundError(
+                f"Docker could not publish the ports of {self.name}: {text}",
+                hint="pick others with --http-port/--grpc-port/--metrics-port, or stop the container holding them",
+            )
         if "could not select device driver" in text:
-            return CompoundError(f"the repository asks for a GPU (KIND_GPU in {', '.join(gpu_models(self.repository)) or 'a model'}) but Docker has no GPU runtime: {text}", hint="install the NVIDIA Container Toolkit, or regenerate the repository with --device cpu")
+            return CompoundError(
+                f"the repository asks for a GPU (KIND_GPU in {', '.join(gpu_models(self.repository)) or 'a model'}) but Docker has no GPU runtime: {text}",
+                hint="install the NVIDIA Container Toolkit, or regenerate the repository with --device cpu",
+            )
         if "network" in text and "host" in text:
-            return CompoundError(f"Docker refused host networking: {text}", hint="leave out --network host (it needs a Linux engine)")
+            return CompoundError(
+                f"Docker refused host networking: {text}", hint="leave out --network host (it needs a Linux engine)"
+            )
         return CompoundError(f"Docker could not start container {self.name}: {text}", hint=f"full log: {self.log_path}")
 
-    def _remove_stale(self, client: "docker.DockerClient") -> None:
+    def _remove_stale(self, client: docker.DockerClient) -> None:
         import docker
 
         try:
@@ -390,9 +458,14 @@ class DockerServer(TritonServer):
         except docker.errors.NotFound:
             return
         if old.labels.get(MANAGED_LABEL) != "true":
-            raise CompoundError(f"a container named {self.name} exists and was not started by compound", hint="pass another --name, or remove it yourself")
+            raise CompoundError(
+                f"a container named {self.name} exists and was not started by compound",
+                hint="pass another --name, or remove it yourself",
+            )
         if old.status == "running":
-            raise CompoundError(f"container {self.name} is already running", hint="`compound stop` it first, or pass another --name")
+            raise CompoundError(
+                f"container {self.name} is already running", hint="`compound stop` it first, or pass another --name"
+            )
         old.remove(force=True)
 
     def _container_state(self) -> Optional[dict[str, Any]]:

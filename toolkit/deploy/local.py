@@ -19,7 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from toolkit.deploy.base import DeploymentState, DeployRequest, TritonServer, load_failures, read_tail, redact_key, uses_response_cache
+from toolkit.deploy.base import (
+    DeploymentState,
+    DeployRequest,
+    TritonServer,
+    load_failures,
+    read_tail,
+    redact_key,
+    stub_counts,
+    uses_response_cache,
+)
 from toolkit.errors import CompoundError, ServerError
 from toolkit.system import die_with_parent
 
@@ -44,13 +53,18 @@ class TritonInstall:
         if not self.binary.is_file():
             raise CompoundError(f"tritonserver not found at {self.binary}", hint="reinstall nvidia-pytriton")
         if not self.stub.is_file():
-            raise CompoundError(f"no Python backend stub for Python {version} in {self.stub.parent.parent}", hint="use a Python version nvidia-pytriton supports")
+            raise CompoundError(
+                f"no Python backend stub for Python {version} in {self.stub.parent.parent}",
+                hint="use a Python version nvidia-pytriton supports",
+            )
 
     def prepare_backends(self, folder: Path) -> Path:
         """A writable backends folder holding the python backend and the stub for this Python."""
         target = folder / "python"
         if not (target / "triton_python_backend_stub").is_file():
-            shutil.copytree(self.python_backend, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                self.python_backend, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
             shutil.copy2(self.stub, target / "triton_python_backend_stub")
         return folder
 
@@ -169,6 +183,12 @@ class LocalServer(TritonServer):
     def stop_recorded(cls, state: DeploymentState) -> bool:
         return state.pid is not None and stop_process(state.pid)
 
+    @classmethod
+    def recorded_stubs(cls, state: DeploymentState) -> Optional[dict[str, int]]:
+        if not pid_running_tritonserver(state.pid):
+            return None
+        return stub_counts([command_line(pid) for pid in group_members(state.pid)])  # type: ignore[arg-type]
+
 
 def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) -> bool:
     """SIGINT (Triton drains in-flight requests), then SIGKILL after a grace period."""
@@ -210,6 +230,14 @@ def _stat_fields(pid: int) -> Optional[list[str]]:
             return stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+    except OSError:
+        return []
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from toolkit.deploy import base
-from toolkit.deploy.base import DeployRequest, DeploymentState
+from toolkit.deploy.base import DeploymentState, DeployRequest
 from toolkit.errors import CompoundError
 
 # target name -> the TritonServer subclass that owns it
@@ -34,7 +34,10 @@ def ensure_not_running(name: str) -> None:
     except CompoundError:
         return
     if is_running(previous):
-        raise CompoundError(f"deployment '{name}' is already running (target {previous.target}, {previous.endpoints.describe()})", hint="`compound stop` it first, or pass --name")
+        raise CompoundError(
+            f"deployment '{name}' is already running (target {previous.target}, {previous.endpoints.describe()})",
+            hint="`compound stop` it first, or pass --name",
+        )
 
 
 def target_class(target: str) -> type[base.TritonServer]:
@@ -90,3 +93,16 @@ def stop(state: DeploymentState) -> bool:
     if workdir:
         shutil.rmtree(Path(workdir) / "backends", ignore_errors=True)
     return running
+
+
+def dead_stubs(state: DeploymentState) -> dict[str, str]:
+    """Models of a running deployment that have fewer live Python stubs than instances: model -> why."""
+    live = target_class(state.target).recorded_stubs(state)
+    if live is None:
+        return {}
+    expected = base.python_instances(Path(state.repository))
+    return {
+        model: f"{live.get(model, 0)} of {count} backend process(es) alive"
+        for model, count in expected.items()
+        if live.get(model, 0) < count
+    }

@@ -13,13 +13,17 @@ from toolkit.loadtest.runner import PROTOCOLS, SHAPES, LoadTestOptions, run_load
 from toolkit.units import parse_duration
 
 
-
 @click.command("loadtest")
 @click.argument("pipeline")
-@click.option("--url", metavar="HOST:PORT",
-              help="The server's HTTP or gRPC endpoint (see --protocol)  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]")
+@click.option(
+    "--url",
+    metavar="HOST:PORT",
+    help="The server's HTTP or gRPC endpoint (see --protocol)  [default: 127.0.0.1:8000, gRPC 127.0.0.1:8001]",
+)
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
-@click.option("--users", type=int, default=16, show_default=True, help="Concurrent closed-loop users (peak, for shapes).")
+@click.option(
+    "--users", type=int, default=16, show_default=True, help="Concurrent closed-loop users (peak, for shapes)."
+)
 @click.option("--spawn-rate", type=float, default=8.0, show_default=True, help="Users started per second.")
 @click.option("--run-time", default="30s", show_default=True, help="Length of the run: 45, 30s, 5m, 1h30m.")
 @click.option("--shape", type=click.Choice(SHAPES), default="constant", show_default=True, help="Load shape.")
@@ -27,12 +31,25 @@ from toolkit.units import parse_duration
 @click.option("--burst-on", default="5s", show_default=True, help="Burst shape: length of a burst.")
 @click.option("--burst-off", default="5s", show_default=True, help="Burst shape: quiet time between bursts.")
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False), help="JSONL file, one request a line, cycled.")
-@click.option("--headless/--ui", default=True, show_default=True, help="Print a final table, or open locust's dashboard.")
-@click.option("--web-port", type=int, default=8089, show_default=True, help="Dashboard port (--ui), bound to 127.0.0.1.")
-@click.option("--csv", "csv_prefix", type=click.Path(path_type=Path), metavar="PREFIX", help="Write locust's CSV files.")
-@click.option("--html", type=click.Path(path_type=Path, dir_okay=False), metavar="REPORT.html", help="Write an HTML report.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), metavar="SUMMARY.json",
-              help="Write the summary with the per-model breakdown.")
+@click.option(
+    "--headless/--ui", default=True, show_default=True, help="Print a final table, or open locust's dashboard."
+)
+@click.option(
+    "--web-port", type=int, default=8089, show_default=True, help="Dashboard port (--ui), bound to 127.0.0.1."
+)
+@click.option(
+    "--csv", "csv_prefix", type=click.Path(path_type=Path), metavar="PREFIX", help="Write locust's CSV files."
+)
+@click.option(
+    "--html", type=click.Path(path_type=Path, dir_okay=False), metavar="REPORT.html", help="Write an HTML report."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="SUMMARY.json",
+    help="Write the summary with the per-model breakdown.",
+)
 @click.option("--p95-slo-ms", type=float, help="Fail (exit non-zero) when p95 latency is above this.")
 @click.option("--max-failure-ratio", type=float, help="Fail (exit non-zero) when failures/requests is above this.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Locust worker processes (distributed mode).")

@@ -89,7 +89,9 @@ def synthesise(signature: Signature, count: int = SYNTHETIC_REQUESTS, seed: int 
             size = 1
             for d in shape:
                 size *= d
-            tensors.append(Tensor(spec.name, spec.datatype, shape, tuple(_random_value(spec.datatype, rng) for _ in range(size))))
+            tensors.append(
+                Tensor(spec.name, spec.datatype, shape, tuple(_random_value(spec.datatype, rng) for _ in range(size)))
+            )
         requests.append(Request(tuple(tensors)))
     return requests
 
@@ -147,14 +149,18 @@ def _fit_shape(spec: TensorSignature, shape: tuple[int, ...], batched: bool) -> 
         return ((1,) if batched else ()) + shape
     if batched and len(shape) == len(spec.dims) + 1 and shape[0] == 1 and matches(shape[1:]):
         return shape
-    expected = f"{list(spec.dims)}" + (f" (or [1, {', '.join(map(str, spec.dims))}] with the batch dimension)" if batched else "")
+    expected = f"{list(spec.dims)}" + (
+        f" (or [1, {', '.join(map(str, spec.dims))}] with the batch dimension)" if batched else ""
+    )
     raise _LineError(f"shape {list(shape)} does not match the pipeline's dims {expected}", spec.name)
 
 
 def _parse_line(obj: Any, signature: Signature) -> tuple[Tensor, ...]:
     specs = {s.name: s for s in signature.inputs}
     if not isinstance(obj, dict):
-        raise _LineError("each line must be a JSON object: {\"tensor\": value, ...} or a KServe v2 body {\"inputs\": [...]}")
+        raise _LineError(
+            'each line must be a JSON object: {"tensor": value, ...} or a KServe v2 body {"inputs": [...]}'
+        )
     if "inputs" in obj and isinstance(obj["inputs"], list) and "inputs" not in specs:
         values: dict[str, Any] = {}
         for i, entry in enumerate(obj["inputs"]):
@@ -179,8 +185,11 @@ def _parse_line(obj: Any, signature: Signature) -> tuple[Tensor, ...]:
         values = obj
     unknown = sorted(set(values) - set(specs))
     if unknown:
-        raise _LineError(f"unknown tensor(s) {', '.join(repr(u) for u in unknown)}; the pipeline's inputs are "
-                         + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs), unknown[0])
+        raise _LineError(
+            f"unknown tensor(s) {', '.join(repr(u) for u in unknown)}; the pipeline's inputs are "
+            + ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs),
+            unknown[0],
+        )
     missing = [s.name for s in signature.inputs if s.name not in values]
     if missing:
         raise _LineError("missing input(s) " + ", ".join(repr(m) for m in missing), missing[0])
@@ -235,7 +244,9 @@ def load_jsonl(path: str | Path, signature: Signature) -> list[Request]:
     return requests
 
 
-def prepare_requests(url: str, protocol: str, pipeline: str, data: Optional[str | Path]) -> tuple[Signature, list[Request]]:
+def prepare_requests(
+    url: str, protocol: str, pipeline: str, data: Optional[str | Path]
+) -> tuple[Signature, list[Request]]:
     """The signature from the server and the requests to cycle: from the data file, or synthesised."""
     signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
     requests = load_jsonl(data, signature) if data else synthesise(signature)

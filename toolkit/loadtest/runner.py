@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from toolkit.client import Signature, strip_scheme
 from toolkit.errors import CompoundError
 from toolkit.loadtest.inputs import prepare_requests
-from toolkit.client import Signature, strip_scheme
 from toolkit.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
 from toolkit.system import die_with_parent, free_port
 
@@ -157,11 +157,31 @@ class LocustRunner:
     def command(self, role: str) -> list[str]:
         """argv for 'standalone', 'master' or 'worker'."""
         o = self.options
-        argv = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--host", self.host, "--stop-timeout", str(STOP_TIMEOUT_S)]
+        argv = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile_path()),
+            "--host",
+            self.host,
+            "--stop-timeout",
+            str(STOP_TIMEOUT_S),
+        ]
         if role == "worker":
             return argv + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
-        argv += ["-u", str(o.users), "-r", str(o.spawn_rate), "--csv", str(self.csv_prefix),
-                 "--html", str(self.html_path), "--exit-code-on-error", "0"]
+        argv += [
+            "-u",
+            str(o.users),
+            "-r",
+            str(o.spawn_rate),
+            "--csv",
+            str(self.csv_prefix),
+            "--html",
+            str(self.html_path),
+            "--exit-code-on-error",
+            "0",
+        ]
         if o.run_time_s:
             argv += ["-t", f"{o.run_time_s}s"]
         if o.ui:
@@ -179,8 +199,14 @@ class LocustRunner:
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         process = subprocess.Popen(  # noqa: S603 - argv list built above
-            argv, cwd=self.run_dir, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup,
+            argv,
+            cwd=self.run_dir,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_child_setup,
         )
         self.processes.append((name, process, log_path))
 
@@ -333,8 +359,11 @@ def read_locust_csv(prefix: Path) -> LatencyStats:
     if failures_file.exists():
         with failures_file.open(newline="") as handle:
             result.failure_reasons = [
-                {"name": r.get("Name", ""), "error": _unwrap(r.get("Error", "")),
-                 "occurrences": int(_number(r.get("Occurrences", "0")))}
+                {
+                    "name": r.get("Name", ""),
+                    "error": _unwrap(r.get("Error", "")),
+                    "occurrences": int(_number(r.get("Occurrences", "0"))),
+                }
                 for r in csv.DictReader(handle)
             ]
     return result
@@ -388,12 +417,20 @@ class Summary:
 def format_summary(summary: Summary) -> str:
     s = summary.latency
     header = ["Requests", "Failures", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"]
-    values = [str(s.requests), f"{s.failures} ({s.failure_ratio:.2%})", f"{s.rps:.1f}", f"{s.p50_ms:g}",
-              f"{s.p95_ms:g}", f"{s.p99_ms:g}", f"{s.max_ms:g}"]
+    values = [
+        str(s.requests),
+        f"{s.failures} ({s.failure_ratio:.2%})",
+        f"{s.rps:.1f}",
+        f"{s.p50_ms:g}",
+        f"{s.p95_ms:g}",
+        f"{s.p99_ms:g}",
+        f"{s.max_ms:g}",
+    ]
     widths = [max(len(h), len(v)) for h, v in zip(header, values)]
     lines = [
         f"Load test of '{summary.pipeline}' over {summary.protocol} at {summary.url}: {summary.users} users, "
-        f"{summary.shape} shape" + (f", {summary.run_time_s} s" if summary.run_time_s else "")
+        f"{summary.shape} shape"
+        + (f", {summary.run_time_s} s" if summary.run_time_s else "")
         + (f", {summary.workers} workers" if summary.workers else ""),
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
         "  ".join(v.ljust(w) for v, w in zip(values, widths)),
@@ -419,7 +456,7 @@ def _write_outputs(options: LoadTestOptions, runner: LocustRunner, summary: Summ
         target = Path(options.csv_prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         for produced in runner.run_dir.glob(f"{runner.csv_prefix.name}_*.csv"):
-            shutil.copyfile(produced, f"{target}{produced.name[len(runner.csv_prefix.name):]}")
+            shutil.copyfile(produced, f"{target}{produced.name[len(runner.csv_prefix.name) :]}")
     if options.html:
         if runner.html_path.exists():
             if summary.models is not None:
@@ -453,14 +490,18 @@ def run_loadtest(
     runner = LocustRunner(options, run_dir)
     with runner:
         if options.ui:
-            echo(f"Locust dashboard: {runner.web_url} (target {runner.host}, pipeline '{options.pipeline}'); "
-                 "Ctrl-C to stop")
+            echo(
+                f"Locust dashboard: {runner.web_url} (target {runner.host}, pipeline '{options.pipeline}'); "
+                "Ctrl-C to stop"
+            )
             try:
                 runner.wait(timeout=None)
             except KeyboardInterrupt:
                 echo("Stopping locust...")
         else:
-            grace = STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + STOP_TIMEOUT_S + (STARTUP_TIMEOUT_S if options.workers else 0)
+            grace = (
+                STARTUP_TIMEOUT_S + SHUTDOWN_GRACE_S + STOP_TIMEOUT_S + (STARTUP_TIMEOUT_S if options.workers else 0)
+            )
             runner.wait(timeout=(options.run_time_s or 0) + grace)
     latency = read_result(runner.result_path, runner.csv_prefix)
     try:
@@ -470,9 +511,17 @@ def run_loadtest(
         echo(f"warning: no per-model breakdown: {exc}")
         models = None
     summary = Summary(
-        pipeline=options.pipeline, protocol=options.protocol, url=strip_scheme(options.url), shape=options.shape,
-        users=options.users, workers=options.workers, run_time_s=options.run_time_s, latency=latency,
-        models=models, violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio), run_dir=str(run_dir),
+        pipeline=options.pipeline,
+        protocol=options.protocol,
+        url=strip_scheme(options.url),
+        shape=options.shape,
+        users=options.users,
+        workers=options.workers,
+        run_time_s=options.run_time_s,
+        latency=latency,
+        models=models,
+        violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio),
+        run_dir=str(run_dir),
     )
     _write_outputs(options, runner, summary)
     echo(format_summary(summary))

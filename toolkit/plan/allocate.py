@@ -78,6 +78,8 @@ def bottleneck(counts: Mapping[str, int], per_request_s: Mapping[str, float]) ->
     return max(counts, key=lambda m: per_request_s[m] / counts[m])
 
 
-def curves_from_samples(batch_sizes: Sequence[int], seconds: Mapping[str, Sequence[float]]) -> dict[str, dict[int, float]]:
+def curves_from_samples(
+    batch_sizes: Sequence[int], seconds: Mapping[str, Sequence[float]]
+) -> dict[str, dict[int, float]]:
     """Pair each model's measured seconds with the batch sizes they were measured at."""
     return {m: dict(zip(batch_sizes, s)) for m, s in seconds.items()}

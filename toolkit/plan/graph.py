@@ -28,6 +28,8 @@ from toolkit.spec import (
 
 Device = Literal["cpu", "gpu"]
 AnyStep = Union[ModelStep, SwitchStep, LoopStep, MapStep]
+# An orchestrator whose callees all take one request at a time still merges what queues up for it.
+UNBATCHED_ORCHESTRATOR_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,10 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
 
     for name in sorted(set(spec.models) & set(spec.pipelines)):
         problems.append(
-            Problem(loaded.where("pipelines", name), f"pipeline '{name}' has the same name as a model: Triton model names must be unique")
+            Problem(
+                loaded.where("pipelines", name),
+                f"pipeline '{name}' has the same name as a model: Triton model names must be unique",
+            )
         )
 
     models: dict[str, ModelPlan] = {}
@@ -165,7 +170,12 @@ def _fused_instances(pipeline: PipelinePlan, models: dict[str, ModelPlan], devic
     declared = pipeline.spec.instances
     if declared is not None:
         gpu = _on_gpu(declared.kind, device)
-        return InstanceGroup("KIND_GPU" if gpu else "KIND_CPU", declared.count, tuple(declared.gpus) if gpu and declared.gpus else None, declared.threads)
+        return InstanceGroup(
+            "KIND_GPU" if gpu else "KIND_CPU",
+            declared.count,
+            tuple(declared.gpus) if gpu and declared.gpus else None,
+            declared.threads,
+        )
     parts = [models[m] for m in pipeline.models]
     gpu = any(m.instance_kind == "KIND_GPU" for m in parts)
     count = max((m.instance_count for m in parts), default=1)
@@ -203,19 +213,30 @@ def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: li
         ref = HandlerRef(module_name, cls_name, package.parent, True)
         entry = package
     else:
-        problems.append(Problem(where, f"model '{name}': handler module '{module_name}' not found (looked for {file} and {package})"))
+        problems.append(
+            Problem(
+                where, f"model '{name}': handler module '{module_name}' not found (looked for {file} and {package})"
+            )
+        )
         return None
     try:
         module = import_handler_module(entry, loaded.folder)
     except BaseException as exc:  # noqa: BLE001 - any failure in user code is a spec problem
-        problems.append(Problem(where, f"model '{name}': cannot import handler module '{module_name}': {type(exc).__name__}: {exc}"))
+        problems.append(
+            Problem(where, f"model '{name}': cannot import handler module '{module_name}': {type(exc).__name__}: {exc}")
+        )
         return None
     cls = getattr(module, cls_name, None)
     if cls is None:
         problems.append(Problem(where, f"model '{name}': module '{module_name}' has no attribute '{cls_name}'"))
         return None
     if not isinstance(cls, type) or not any("__call__" in vars(k) for k in cls.__mro__ if k is not object):
-        problems.append(Problem(where, f"model '{name}': handler '{model.handler}' must be a class whose instances are callable (define __call__)"))
+        problems.append(
+            Problem(
+                where,
+                f"model '{name}': handler '{model.handler}' must be a class whose instances are callable (define __call__)",
+            )
+        )
         return None
     return ref
 
@@ -254,7 +275,9 @@ def import_handler_module(entry: Path, folder: Path, *, fresh: bool = True) -> A
 class _PipelineChecker:
     """Checks one pipeline's wiring and types, and plans its execution."""
 
-    def __init__(self, loaded: LoadedSpec, name: str, pipeline: PipelineSpec, problems: list[Problem], warnings: list[str]) -> None:
+    def __init__(
+        self, loaded: LoadedSpec, name: str, pipeline: PipelineSpec, problems: list[Problem], warnings: list[str]
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.name = name
@@ -262,6 +285,7 @@ class _PipelineChecker:
         self.problems = problems
         self.warnings = warnings
         self.used_models: list[str] = []
+        self.branch_only: dict[str, str] = {}  # tensor -> which switch branches alone produce it
 
     def where(self, *loc: object) -> str:
         return self.loaded.where("pipelines", self.name, *loc)
@@ -279,11 +303,19 @@ class _PipelineChecker:
         if plan is None or len(self.problems) > before:
             return None
         if self.pipeline.fuse:
-            why = f"fuse: true, with data-dependent control flow ({', '.join(sorted(set(control)))})" if control else "fuse: true"
+            why = (
+                f"fuse: true, with data-dependent control flow ({', '.join(sorted(set(control)))})"
+                if control
+                else "fuse: true"
+            )
             plan.kind = "fused"
+            # in-process handlers see every merged row: a component that takes one row at a time limits it
+            plan.max_batch_size = min(self.spec.models[m].max_batch_size for m in plan.models)
             plan.reason = f"{why}: every step's handler runs in-process in one Python model, batched as a whole (no hop between steps; its components scale together)"
         elif self.pipeline.instances is not None:
-            self.warnings.append(f"{self.where('instances')}: pipeline '{self.name}': instances applies to fused pipelines only (fuse: true); ignored")
+            self.warnings.append(
+                f"{self.where('instances')}: pipeline '{self.name}': instances applies to fused pipelines only (fuse: true); ignored"
+            )
         return plan
 
     # ensembles: a DAG ordered by data dependencies, as Triton runs it
@@ -300,10 +332,16 @@ class _PipelineChecker:
                 if out_name not in model.outputs:
                     continue
                 if tensor in self.pipeline.inputs:
-                    self.problem(("steps", i, "outputs", out_name), f"step {i} ({step.model}) writes tensor '{tensor}', which is a pipeline input: two producers of one tensor")
+                    self.problem(
+                        ("steps", i, "outputs", out_name),
+                        f"step {i} ({step.model}) writes tensor '{tensor}', which is a pipeline input: two producers of one tensor",
+                    )
                 elif tensor in producers:
                     other = producers[tensor]
-                    self.problem(("steps", i, "outputs", out_name), f"tensor '{tensor}' has two producers: step {other} ({steps[other].model}) and step {i} ({step.model})")
+                    self.problem(
+                        ("steps", i, "outputs", out_name),
+                        f"tensor '{tensor}' has two producers: step {other} ({steps[other].model}) and step {i} ({step.model})",
+                    )
                 else:
                     producers[tensor] = i
                     tensors[tensor] = model.outputs[out_name]
@@ -315,16 +353,27 @@ class _PipelineChecker:
             for in_name, tensor in step.inputs.items():
                 consumed.add(tensor)
                 if tensor not in tensors:
-                    self.problem(("steps", i, "inputs", in_name), f"step {i} ({step.model}) consumes tensor '{tensor}', which no step produces and is not a pipeline input")
+                    self.problem(
+                        ("steps", i, "inputs", in_name),
+                        f"step {i} ({step.model}) consumes tensor '{tensor}', which no step produces and is not a pipeline input",
+                    )
                     continue
                 if tensor in producers:
                     deps[i].add(producers[tensor])
                 if model is not None and in_name in model.inputs:
-                    self._check_edge(("steps", i, "inputs", in_name), tensor, tensors[tensor], f"{step.model}.{in_name}", model.inputs[in_name])
+                    self._check_edge(
+                        ("steps", i, "inputs", in_name),
+                        tensor,
+                        tensors[tensor],
+                        f"{step.model}.{in_name}",
+                        model.inputs[in_name],
+                    )
 
         for out in self.pipeline.outputs:
             if out in self.pipeline.inputs:
-                self.problem(("outputs",), f"output '{out}' is a pipeline input: an ensemble cannot return an input unchanged")
+                self.problem(
+                    ("outputs",), f"output '{out}' is a pipeline input: an ensemble cannot return an input unchanged"
+                )
             elif out not in producers:
                 self.problem(("outputs",), f"output '{out}' is never produced by any step")
 
@@ -350,7 +399,9 @@ class _PipelineChecker:
             kept_steps.append(EnsembleStep(i, step.model, dict(step.inputs), outputs, stage_of[i]))
 
         if self.pipeline.timeout_ms is not None and not self.pipeline.fuse:
-            self.warnings.append(f"{self.where('timeout_ms')}: pipeline '{self.name}': timeout_ms applies to orchestrated pipelines only; ignored for an ensemble")
+            self.warnings.append(
+                f"{self.where('timeout_ms')}: pipeline '{self.name}': timeout_ms applies to orchestrated pipelines only; ignored for an ensemble"
+            )
         max_batch = self._ensemble_batch_size()
         if max_batch is None:
             return None
@@ -359,7 +410,11 @@ class _PipelineChecker:
             spec=self.pipeline,
             kind="ensemble",
             reason="static DAG: a Triton ensemble runs it without a Python hop between steps",
-            tensors={t: tensors[t] for t in tensors if t in consumed or t in self.pipeline.outputs or t in self.pipeline.inputs},
+            tensors={
+                t: tensors[t]
+                for t in tensors
+                if t in consumed or t in self.pipeline.outputs or t in self.pipeline.inputs
+            },
             max_batch_size=max_batch,
             models=self.used_models,
             steps=kept_steps,
@@ -389,7 +444,10 @@ class _PipelineChecker:
         batching = {m for m, s in sizes.items() if s > 0}
         if batching and len(batching) != len(sizes) and not self.pipeline.fuse:  # a fused runtime adapts each step
             flat = sorted(set(sizes) - batching)
-            self.problem(("steps",), f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0); a Triton ensemble needs all or none to batch")
+            self.problem(
+                ("steps",),
+                f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0); a Triton ensemble needs all or none to batch",
+            )
             return None
         return min(sizes.values())
 
@@ -405,18 +463,28 @@ class _PipelineChecker:
             self.used_models.append(step.model)
         for in_name in step.inputs:
             if in_name not in model.inputs:
-                self.problem(loc + ("inputs", in_name), f"model '{step.model}' has no input '{in_name}' (inputs: {', '.join(model.inputs)})")
+                self.problem(
+                    loc + ("inputs", in_name),
+                    f"model '{step.model}' has no input '{in_name}' (inputs: {', '.join(model.inputs)})",
+                )
         missing = [n for n in model.inputs if n not in step.inputs]
         if missing:
             self.problem(loc + ("inputs",), f"step feeds no tensor to input(s) {missing} of model '{step.model}'")
         for out_name in step.outputs:
             if out_name not in model.outputs:
-                self.problem(loc + ("outputs", out_name), f"model '{step.model}' has no output '{out_name}' (outputs: {', '.join(model.outputs)})")
+                self.problem(
+                    loc + ("outputs", out_name),
+                    f"model '{step.model}' has no output '{out_name}' (outputs: {', '.join(model.outputs)})",
+                )
         return model
 
-    def _check_edge(self, loc: tuple[object, ...], tensor: str, produced: TensorSpec, consumer: str, expected: TensorSpec) -> None:
+    def _check_edge(
+        self, loc: tuple[object, ...], tensor: str, produced: TensorSpec, consumer: str, expected: TensorSpec
+    ) -> None:
         if not produced.compatible_with(expected):
-            self.problem(loc, f"tensor '{tensor}' is {produced.describe()} but {consumer} expects {expected.describe()}")
+            self.problem(
+                loc, f"tensor '{tensor}' is {produced.describe()} but {consumer} expects {expected.describe()}"
+            )
 
     # orchestrators: listed order, scoped tensors, branches that agree
 
@@ -424,9 +492,14 @@ class _PipelineChecker:
         env: dict[str, TensorSpec] = dict(self.pipeline.inputs)
         produced = self._check_block(self.pipeline.steps, ("steps",), env, frozenset())
         for out in self.pipeline.outputs:
-            if out not in produced and out not in self.pipeline.inputs:
+            if out in self.branch_only and out not in produced:
+                self.problem(("outputs",), f"output '{out}' is not produced on every path: {self.branch_only[out]}")
+            elif out not in produced and out not in self.pipeline.inputs:
                 self.problem(("outputs",), f"output '{out}' is never produced by any step")
-        sizes = [self.spec.models[m].max_batch_size for m in self.used_models]
+        # The orchestrator always batches: requests that queue up reach one execute() together and run
+        # concurrently, whatever its callees do. Merged rows go to a batching callee in one request (so no
+        # more than the smallest batching callee takes) and to a non-batching one row by row.
+        sizes = [self.spec.models[m].max_batch_size for m in self.used_models if self.spec.models[m].max_batch_size > 0]
         kinds = ", ".join(sorted(set(control)))
         return PipelinePlan(
             name=self.name,
@@ -434,11 +507,13 @@ class _PipelineChecker:
             kind="orchestrator",
             reason=f"data-dependent control flow ({kinds}): Triton ensembles cannot branch or loop, so a BLS orchestrator is generated",
             tensors={**self.pipeline.inputs, **produced},
-            max_batch_size=min(sizes) if sizes else 0,
+            max_batch_size=min(sizes) if sizes else UNBATCHED_ORCHESTRATOR_BATCH,
             models=self.used_models,
         )
 
-    def _check_block(self, steps: list[AnyStep], loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+    def _check_block(
+        self, steps: list[AnyStep], loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]
+    ) -> dict[str, TensorSpec]:
         """Check steps in order; return the tensors they produce. `env` grows as steps produce."""
         produced: dict[str, TensorSpec] = {}
         for i, step in enumerate(steps):
@@ -453,56 +528,93 @@ class _PipelineChecker:
                 new = self._check_map(step, step_loc, env)
             for tensor, spec in new.items():
                 if tensor in env and tensor not in rebindable:
-                    self.problem(step_loc, f"tensor '{tensor}' has two producers (it already exists when step {'.'.join(map(str, step_loc[1:]))} writes it)")
+                    self.problem(
+                        step_loc,
+                        f"tensor '{tensor}' has two producers (it already exists when step {'.'.join(map(str, step_loc[1:]))} writes it)",
+                    )
                     continue
                 env[tensor] = spec
                 produced[tensor] = spec
         return produced
 
-    def _check_orchestrated_model(self, step: ModelStep, loc: tuple[object, ...], env: dict[str, TensorSpec]) -> dict[str, TensorSpec]:
+    def _check_orchestrated_model(
+        self, step: ModelStep, loc: tuple[object, ...], env: dict[str, TensorSpec]
+    ) -> dict[str, TensorSpec]:
         model = self._check_model_step(step, loc)
         if model is None:
             return {}
         for in_name, tensor in step.inputs.items():
-            if tensor not in env:
-                self.problem(loc + ("inputs", in_name), f"step {step.model} consumes tensor '{tensor}' before anything produces it (in pipelines with switch/loop/map, steps run in listed order)")
+            if tensor not in env and tensor in self.branch_only:
+                self.problem(
+                    loc + ("inputs", in_name),
+                    f"step {step.model} consumes tensor '{tensor}', but {self.branch_only[tensor]}",
+                )
+            elif tensor not in env:
+                self.problem(
+                    loc + ("inputs", in_name),
+                    f"step {step.model} consumes tensor '{tensor}' before anything produces it "
+                    "(in pipelines with switch/loop/map, steps run in listed order)",
+                )
             elif in_name in model.inputs:
-                self._check_edge(loc + ("inputs", in_name), tensor, env[tensor], f"{step.model}.{in_name}", model.inputs[in_name])
+                self._check_edge(
+                    loc + ("inputs", in_name), tensor, env[tensor], f"{step.model}.{in_name}", model.inputs[in_name]
+                )
         return {tensor: model.outputs[out] for out, tensor in step.outputs.items() if out in model.outputs}
 
-    def _check_switch(self, step: SwitchStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+    def _check_switch(
+        self, step: SwitchStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]
+    ) -> dict[str, TensorSpec]:
         selector = env.get(step.switch)
         if selector is None:
             self.problem(loc + ("switch",), f"switch on tensor '{step.switch}', which nothing produces before it")
         elif selector.dtype not in ("string", "int8", "int16", "int32", "int64", "uint8") or selector.dims != [1]:
-            self.problem(loc + ("switch",), f"switch tensor '{step.switch}' is {selector.describe()}; it must be a string or integer tensor of dims [1]")
+            self.problem(
+                loc + ("switch",),
+                f"switch tensor '{step.switch}' is {selector.describe()}; it must be a string or integer tensor of dims [1]",
+            )
         elif selector.dtype != "string":
             for case in step.cases:
                 try:
                     int(case)
                 except ValueError:
-                    self.problem(loc + ("cases", case), f"case '{case}' is not an integer, but switch tensor '{step.switch}' is {selector.dtype}")
+                    self.problem(
+                        loc + ("cases", case),
+                        f"case '{case}' is not an integer, but switch tensor '{step.switch}' is {selector.dtype}",
+                    )
         branches: list[tuple[str, dict[str, TensorSpec]]] = []
         for case, body in step.cases.items():
             branches.append((f"case '{case}'", self._check_block(body, loc + ("cases", case), dict(env), rebindable)))
         if step.default is not None:
             branches.append(("default", self._check_block(step.default, loc + ("default",), dict(env), rebindable)))
+        # Only what every branch produces exists after the switch; a tensor some branches produce is
+        # theirs alone (an intermediate), and reading it later is an error that names the branches.
         first_label, first = branches[0]
+        common = [t for t in first if all(t in outputs for _, outputs in branches[1:])]
+        for tensor in sorted({t for _, outputs in branches for t in outputs} - set(common)):
+            having = [label for label, outputs in branches if tensor in outputs]
+            missing = [label for label, outputs in branches if tensor not in outputs]
+            self.branch_only[tensor] = f"only {', '.join(having)} of the switch at {self.where(*loc)} produce it, not {', '.join(missing)}"
         for label, outputs in branches[1:]:
-            if set(outputs) != set(first):
-                self.problem(loc, f"every branch must produce the same tensors: {first_label} produces {sorted(first)}, {label} produces {sorted(outputs)}")
-                continue
-            for tensor, spec in outputs.items():
-                if spec != first[tensor]:
-                    self.problem(loc, f"tensor '{tensor}' is {first[tensor].describe()} in {first_label} but {spec.describe()} in {label}")
-        return dict(first)
+            for tensor in common:
+                if outputs[tensor] != first[tensor]:
+                    self.problem(
+                        loc,
+                        f"tensor '{tensor}' is {first[tensor].describe()} in {first_label} "
+                        f"but {outputs[tensor].describe()} in {label}",
+                    )
+        return {tensor: first[tensor] for tensor in common}
 
-    def _check_loop(self, step: LoopStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]) -> dict[str, TensorSpec]:
+    def _check_loop(
+        self, step: LoopStep, loc: tuple[object, ...], env: dict[str, TensorSpec], rebindable: frozenset[str]
+    ) -> dict[str, TensorSpec]:
         loop = step.loop
         body_env = dict(env)
         for carried, initial in loop.carry.items():
             if initial not in env:
-                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' starts from '{initial}', which nothing produces before the loop")
+                self.problem(
+                    loc + ("loop", "carry", carried),
+                    f"carried tensor '{carried}' starts from '{initial}', which nothing produces before the loop",
+                )
             else:
                 body_env[carried] = env[initial]
         body_rebindable = rebindable | frozenset(loop.carry)
@@ -511,12 +623,19 @@ class _PipelineChecker:
         if until is None:
             self.problem(loc + ("loop", "until"), f"loop condition '{loop.until}' is not produced inside the loop body")
         elif until.dtype != "bool":
-            self.problem(loc + ("loop", "until"), f"loop condition '{loop.until}' is {until.describe()}; it must be bool")
+            self.problem(
+                loc + ("loop", "until"), f"loop condition '{loop.until}' is {until.describe()}; it must be bool"
+            )
         for carried, initial in loop.carry.items():
             if carried not in produced:
-                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' is not produced by the loop body")
+                self.problem(
+                    loc + ("loop", "carry", carried), f"carried tensor '{carried}' is not produced by the loop body"
+                )
             elif initial in env and not produced[carried].compatible_with(env[initial]):
-                self.problem(loc + ("loop", "carry", carried), f"carried tensor '{carried}' starts as {env[initial].describe()} but the body produces {produced[carried].describe()}")
+                self.problem(
+                    loc + ("loop", "carry", carried),
+                    f"carried tensor '{carried}' starts as {env[initial].describe()} but the body produces {produced[carried].describe()}",
+                )
         result = {t: s for t, s in produced.items()}
         for carried in loop.carry:
             if carried in env and carried in result:

@@ -20,7 +20,6 @@ and cannot deadlock; its instances do the compute, so their count is planned lik
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -84,7 +83,9 @@ class _Compiler:
                     writes.append(name)
         return _Compiled(compiled, needs, writes, writer)
 
-    def step(self, step: AnyStep, loc: tuple[Any, ...], types: dict[str, TensorSpec]) -> tuple[Json, set[str], dict[str, TensorSpec]]:
+    def step(
+        self, step: AnyStep, loc: tuple[Any, ...], types: dict[str, TensorSpec]
+    ) -> tuple[Json, set[str], dict[str, TensorSpec]]:
         """(node, names read from the block, tensors written to the block) for one step."""
         where = ".".join(str(part) for part in loc)
         if isinstance(step, ModelStep):
@@ -113,7 +114,10 @@ class _Compiler:
                 reads |= body.needs
             if default is not None:
                 reads |= default.needs
-            writes = branches[0][1].writes
+            # what every branch writes (plan.py made sure later steps read nothing else)
+            writes = [name for name in branches[0][1].writes if all(name in body.writes for _, body in branches[1:])]
+            if default is not None:
+                writes = [name for name in writes if name in default.writes]
             node = {
                 "op": "switch",
                 "where": where,
@@ -159,7 +163,9 @@ class _Compiler:
             "body": body.json(),
             "writes": body.writes,
             # item shapes (variable dims as 0) and dtypes, for the result of a map over zero items
-            "empty": {name: [[max(d, 0) for d in body_types[name].dims], body_types[name].numpy_dtype] for name in body.writes},
+            "empty": {
+                name: [[max(d, 0) for d in body_types[name].dims], body_types[name].numpy_dtype] for name in body.writes
+            },
         }
         return node, (body.needs - {over}) | {over}, stacked
 
@@ -271,4 +277,3 @@ def describe_program(program: Json, indent: str = "") -> str:
 
     walk(program["body"], indent)
     return "\n".join(lines)
-
