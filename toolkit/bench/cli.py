@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from toolkit.bench.profiles import ALL_PROFILES
+from toolkit.errors import CompoundError
 from toolkit.units import parse_duration
 
 
@@ -73,3 +74,9 @@ def bench(
     ).run()  # CompoundError: the CLI's main reports it
     click.echo(format_table(report))
     click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
+    failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
+    if failed:
+        raise CompoundError(
+            f"{len(failed)} of {len(report['profiles'])} profile(s) failed: {', '.join(failed)}",
+            hint=f"each failure is in the table above and in {out / 'results.json'}",
+        )

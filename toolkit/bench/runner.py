@@ -135,9 +135,13 @@ class BenchRunner:
             (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         report["targets"] = evaluate_targets(report)
         (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
-        from toolkit.bench.plots import write_plots
+        try:
+            from toolkit.bench.plots import write_plots
 
-        report["plots"] = [str(p) for p in write_plots(report, self.out)]
+            report["plots"] = [str(p) for p in write_plots(report, self.out)]
+        except ImportError as exc:  # matplotlib is an extra: the measurements stand without plots
+            report["plots"] = []
+            self.log(f"plots skipped: {exc.name or 'matplotlib'} is not installed (pip install 'compound[bench]')")
         (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         return report
 
