@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 from tritonclient.grpc import aio as grpcclient  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
-from toolkit.system import free_port  # noqa: E402
 from toolkit.deploy.local import LocalServer  # noqa: E402
 from toolkit.plan import DeploymentPlan, InstanceGroup, plan_spec, program  # noqa: E402
 from toolkit.render import program_model_files, render_files, template_env, write_repository  # noqa: E402
+from toolkit.system import free_port  # noqa: E402
 
 SENTENCES = [
     "the match was a great win for the home team",
@@ -52,7 +52,13 @@ def build_repository(plan: DeploymentPlan, pipeline: str, out: Path) -> tuple[st
     if static.kind != "ensemble":
         raise SystemExit(f"pipeline '{pipeline}' is not static (it is a {static.kind}); pick a linear one")
     bls = replace(static, name=f"{pipeline}_bls", kind="orchestrator", reason="benchmark: forced orchestrator")
-    fused = replace(static, name=f"{pipeline}_fused", kind="fused", reason="benchmark: forced fused", instances=InstanceGroup("KIND_CPU", 2))
+    fused = replace(
+        static,
+        name=f"{pipeline}_fused",
+        kind="fused",
+        reason="benchmark: forced fused",
+        instances=InstanceGroup("KIND_CPU", 2),
+    )
     files = render_files(plan)
     for variant in (bls, fused):
         for path, content in program_model_files(plan, variant, template_env()).items():
@@ -74,7 +80,9 @@ def make_inputs(plan: DeploymentPlan, pipeline: str) -> list[Any]:
     return inputs
 
 
-async def closed_loop(url: str, model: str, inputs: list[Any], concurrency: int, warmup_s: float, duration_s: float) -> dict[str, float]:
+async def closed_loop(
+    url: str, model: str, inputs: list[Any], concurrency: int, warmup_s: float, duration_s: float
+) -> dict[str, float]:
     client = grpcclient.InferenceServerClient(url)
     latencies: list[float] = []
     errors = 0
@@ -119,7 +127,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternate ensemble/BLS this many times; best round kept")
-    parser.add_argument("--orchestrator-instances", type=int, default=None, help="override the planned count (experiments)")
+    parser.add_argument(
+        "--orchestrator-instances", type=int, default=None, help="override the planned count (experiments)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "bls_vs_ensemble.json"))
     args = parser.parse_args()
 
@@ -129,25 +139,42 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="compound-bls-bench-"))
     bls, fused = build_repository(plan, args.pipeline, work / "repo")
     inputs = make_inputs(plan, args.pipeline)
-    server = LocalServer(work / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=work / "tritonserver.log")
+    server = LocalServer(
+        work / "repo",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=work / "tritonserver.log",
+    )
     results: dict[str, dict[str, dict[str, float]]] = {"ensemble": {}, "bls": {}, "fused": {}}
     with server:
         for concurrency in args.concurrency:
             for _ in range(args.rounds):
                 for label, model in (("ensemble", args.pipeline), ("bls", bls), ("fused", fused)):
-                    run = asyncio.run(closed_loop(server.grpc_url, model, inputs, concurrency, args.warmup, args.duration))
+                    run = asyncio.run(
+                        closed_loop(server.grpc_url, model, inputs, concurrency, args.warmup, args.duration)
+                    )
                     best = results[label].get(str(concurrency))
                     if best is None or run["p50_ms"] < best["p50_ms"]:
                         results[label][str(concurrency)] = run
-    print(f"pipeline {args.pipeline} ({' -> '.join(plan.pipelines[args.pipeline].models)}), {args.duration:.0f} s per run, best of {args.rounds}")
-    print(f"{'conc':>4} {'kind':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}  kind/ensemble p50, p95, req/s")
+    print(
+        f"pipeline {args.pipeline} ({' -> '.join(plan.pipelines[args.pipeline].models)}), {args.duration:.0f} s per run, best of {args.rounds}"
+    )
+    print(
+        f"{'conc':>4} {'kind':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}  kind/ensemble p50, p95, req/s"
+    )
     for concurrency in args.concurrency:
         e = results["ensemble"][str(concurrency)]
         for label in ("ensemble", "bls", "fused"):
             r = results[label][str(concurrency)]
-            print(f"{concurrency:>4} {label:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['throughput_rps']:>8.1f} {r['errors']:>6.0f}", end="")
+            print(
+                f"{concurrency:>4} {label:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['throughput_rps']:>8.1f} {r['errors']:>6.0f}",
+                end="",
+            )
             if label != "ensemble":
-                print(f"  {r['p50_ms'] / e['p50_ms']:.2f}x, {r['p95_ms'] / e['p95_ms']:.2f}x, {r['throughput_rps'] / e['throughput_rps']:.2f}x")
+                print(
+                    f"  {r['p50_ms'] / e['p50_ms']:.2f}x, {r['p95_ms'] / e['p95_ms']:.2f}x, {r['throughput_rps'] / e['throughput_rps']:.2f}x"
+                )
             else:
                 print()
     out = Path(args.out)
