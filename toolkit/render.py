@@ -112,6 +112,13 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         "pipelines": {
             name: {"kind": p.kind, "reason": p.reason, "models": p.models} for name, p in sorted(plan.pipelines.items())
         },
+        # read by the adaptive runtime: bounds per model; min 0 models start unloaded (on demand)
+        "autoscale": {
+            name: {"min": m.autoscale.min, "max": m.autoscale.max, "idle_s": m.autoscale.idle_s}
+            for name, m in sorted(plan.models.items())
+            if m.autoscale is not None and name in plan.deployed_models
+        },
+        "threads": {name: plan.models[name].threads for name in plan.deployed_models},
     }
 
 
@@ -144,6 +151,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         batching=batching,
         no_batching_reason=reason,
         instance_count=model.instance_count,
+        autoscale=model.autoscale,
         instance_kind=model.instance_kind,
         gpus=list(model.gpus) if model.gpus else None,
         cache=spec.cache,

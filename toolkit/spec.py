@@ -96,6 +96,21 @@ class Instances(_Strict):
         return self
 
 
+class Autoscale(_Strict):
+    """Instances follow the load between `min` and `max` (the adaptive runtime moves them); `min: 0`
+    unloads the model after `idle_s` without requests and loads it again when a request needs it."""
+
+    min: int = Field(default=1, ge=0, le=64)
+    max: int = Field(default=4, ge=1, le=64)
+    idle_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
 class ModelSpec(_Strict):
     handler: str = Field(pattern=HANDLER_REF, description="module:Class, imported from the spec's folder")
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -106,6 +121,7 @@ class ModelSpec(_Strict):
     instances: Instances = Field(default_factory=Instances)
     cache: bool = False
     warmup: bool = True
+    autoscale: Optional[Autoscale] = Field(default=None, description="absent: the fixed instances.count")
 
     @property
     def batching(self) -> Optional[DynamicBatching]:
@@ -113,6 +129,24 @@ class ModelSpec(_Strict):
         if self.max_batch_size == 0 or self.dynamic_batching is False:
             return None
         return DynamicBatching() if self.dynamic_batching is True else self.dynamic_batching
+
+    @model_validator(mode="after")
+    def _count_within_autoscale(self) -> ModelSpec:
+        scale = self.autoscale
+        if scale is not None and "count" in self.instances.model_fields_set:
+            if not max(scale.min, 1) <= self.instances.count <= scale.max:
+                raise ValueError(
+                    f"instances.count {self.instances.count} is outside autoscale's range "
+                    f"{max(scale.min, 1)}..{scale.max} (it is the count the model starts with)"
+                )
+        return self
+
+    @property
+    def starting_instances(self) -> int:
+        """Instances at start: the declared count, else autoscale's lower bound (at least one)."""
+        if self.autoscale is not None and "count" not in self.instances.model_fields_set:
+            return max(self.autoscale.min, 1)
+        return self.instances.count
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> ModelSpec:

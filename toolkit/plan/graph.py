@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 from toolkit.errors import Problem, SpecError
 from toolkit.spec import (
+    Autoscale,
     LoadedSpec,
     LoopStep,
     MapStep,
@@ -51,6 +52,7 @@ class ModelPlan:
     instance_count: int
     gpus: Optional[tuple[int, ...]]
     threads: int  # native threads per instance (see Instances.threads)
+    autoscale: Optional[Autoscale] = None  # the adaptive runtime's bounds; None: fixed instance_count
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,39 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
         if plan is not None:
             pipelines[name] = plan
 
+    _check_autoscale(loaded, pipelines, problems, warnings)
     if problems:
         raise SpecError(str(loaded.path), problems)
     for pipeline_plan in pipelines.values():
         if pipeline_plan.kind == "fused":
             pipeline_plan.instances = _fused_instances(pipeline_plan, models, device)
     return DeploymentPlan(loaded, device, models, pipelines, warnings)
+
+
+def _check_autoscale(
+    loaded: LoadedSpec, pipelines: dict[str, PipelinePlan], problems: list[Problem], warnings: list[str]
+) -> None:
+    """On-demand models (autoscale.min 0) must be reached only through orchestrators: an ensemble
+    cannot wait for a composing model to load, so Triton fails its requests while one is unloaded."""
+    for name, model in loaded.spec.models.items():
+        if model.autoscale is None:
+            continue
+        users = {kind: sorted(p for p, plan in pipelines.items() if plan.kind == kind and name in plan.models) for kind in ("ensemble", "orchestrator", "fused")}
+        where = loaded.where("models", name, "autoscale")
+        if model.autoscale.min == 0 and users["ensemble"]:
+            problems.append(
+                Problem(
+                    loaded.where("models", name, "autoscale", "min"),
+                    f"model '{name}': autoscale.min 0 (on demand) but ensemble pipeline(s) {users['ensemble']} use it; "
+                    "a Triton ensemble cannot wait while a composing model loads, so its requests would fail. "
+                    "Use min >= 1, or reach the model through a switch/loop/map pipeline (an orchestrator waits)",
+                )
+            )
+        if users["fused"] and not users["ensemble"] and not users["orchestrator"]:
+            warnings.append(
+                f"{where}: model '{name}' runs only inside fused pipeline(s) {users['fused']}: its handler scales "
+                "with the fused model, so its autoscale is ignored"
+            )
 
 
 def _on_gpu(kind: str, device: Device) -> bool:
@@ -190,9 +219,10 @@ def _plan_model(name: str, model: ModelSpec, handler: HandlerRef, device: Device
         spec=model,
         handler=handler,
         instance_kind="KIND_GPU" if gpu else "KIND_CPU",
-        instance_count=model.instances.count,
+        instance_count=model.starting_instances,
         gpus=gpus,
         threads=model.instances.threads,
+        autoscale=model.autoscale,
     )
 
 
