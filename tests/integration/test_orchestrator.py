@@ -217,12 +217,13 @@ def test_timeout_is_honoured(client: httpclient.InferenceServerClient) -> None:
 
 
 def test_trace_context_reaches_the_steps(agents: tuple[LocalServer, Path], client: httpclient.InferenceServerClient) -> None:
-    _, trace_file = agents
-    client.update_trace_settings(model_name="router", settings={"trace_level": ["TIMESTAMPS"]})
+    server, trace_file = agents
+    # the trace API is restricted: it takes the deployment's key
+    client.update_trace_settings(model_name="router", settings={"trace_level": ["TIMESTAMPS"]}, headers=server.headers)
     try:
         infer(client, "router", query=strings("what is 7"))
     finally:
-        client.update_trace_settings(model_name="router", settings={"trace_level": ["OFF"]})
+        client.update_trace_settings(model_name="router", settings={"trace_level": ["OFF"]}, headers=server.headers)
     traces: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
 from toolkit.errors import CompoundError, ServerError
+from toolkit.render import read_manifest
 from toolkit.system import port_in_use
 
 Target = Literal["local", "docker", "kubernetes"]
@@ -26,6 +27,8 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # key may use them (compound's own commands do). Inference, health, metadata and statistics stay open.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 API_KEY_HEADER = "compound-key"  # lower case: gRPC metadata keys must be
+RUNTIME_GRPC_ENV = "COMPOUND_TRITON_GRPC"
+RUNTIME_KEY_ENV = "COMPOUND_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -297,9 +300,16 @@ class TritonServer(abc.ABC):
 
     def server_args(self, model_repository: str, ports: tuple[int, int, int], address: Optional[str]) -> list[str]:
         args = triton_args(model_repository, ports, address=address, api_key=self.api_key)
+        args += model_control_args(self.repository)
         if uses_response_cache(self.repository):
             args += ["--cache-config", f"local,size={self.cache_bytes}"]
         return args + self.extra_args
+
+    def runtime_environment(self, grpc_port: Optional[int] = None) -> dict[str, str]:
+        """What the generated runtimes inside the server need to load on-demand models themselves
+        (their own server's gRPC endpoint and the key): environment variables, which no Triton API
+        exposes, unlike the repository's files."""
+        return {RUNTIME_GRPC_ENV: f"127.0.0.1:{grpc_port or self.endpoints.grpc_port}", RUNTIME_KEY_ENV: self.api_key}
 
     def start(self) -> TritonServer:
         self.preflight()
@@ -424,6 +434,23 @@ def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
             model = Path(argv[1]).parent.parent.name
             counts[model] = counts.get(model, 0) + 1
     return counts
+
+
+def on_demand_models(repository: Path) -> list[str]:
+    """Models that start unloaded (autoscale.min 0), from the repository's compound.json."""
+    autoscale = read_manifest(repository).get("autoscale", {})
+    return sorted(name for name, bounds in autoscale.items() if bounds.get("min") == 0)
+
+
+def model_control_args(repository: Path) -> list[str]:
+    """Explicit model control: the adaptive runtime loads, rescales and reloads models one by one.
+    Every model is loaded at start but the on-demand ones, which the first request that needs them
+    loads."""
+    on_demand = set(on_demand_models(repository))
+    if not on_demand:
+        return ["--model-control-mode=explicit", "--load-model=*"]
+    names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt") if p.parent.name not in on_demand)
+    return ["--model-control-mode=explicit", *(f"--load-model={name}" for name in names)]
 
 
 def redact_key(argv: Sequence[str]) -> list[str]:

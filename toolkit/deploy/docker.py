@@ -284,14 +284,17 @@ class DockerServer(TritonServer):
     def build_log_path(self) -> Path:
         return self.log_path.with_name("docker-build.log")
 
+    def triton_ports(self) -> tuple[int, int, int]:
+        """HTTP, gRPC and metrics ports inside the container."""
+        if self.network == "host":
+            return (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
+        return CONTAINER_PORTS
+
     def triton_args(self) -> list[str]:
         """tritonserver's arguments inside the container (the image's entry point adds backend paths)."""
-        if self.network == "host":
-            address = self.endpoints.host
-            ports = (self.endpoints.http_port, self.endpoints.grpc_port, self.endpoints.metrics_port)
-        else:
-            address, ports = "0.0.0.0", CONTAINER_PORTS  # noqa: S104 - inside the container; published on host only
-        return self.server_args(CONTAINER_REPOSITORY, ports, address)
+        # bridge: every interface inside the container; only --host's are published on the host
+        address = self.endpoints.host if self.network == "host" else "0.0.0.0"  # noqa: S104
+        return self.server_args(CONTAINER_REPOSITORY, self.triton_ports(), address)
 
     def launch(self) -> None:
         """Build the image if missing and start the container."""
@@ -315,6 +318,7 @@ class DockerServer(TritonServer):
             "labels": {MANAGED_LABEL: "true", "io.compound.repository": str(self.repository)},
             "volumes": {str(self.repository): {"bind": CONTAINER_REPOSITORY, "mode": "ro"}},
             "shm_size": self.shm_size,
+            "environment": self.runtime_environment(self.triton_ports()[1]),
         }
         if self.network == "host":
             kwargs["network_mode"] = "host"

@@ -129,7 +129,7 @@ class LocalServer(TritonServer):
 
     def launch(self) -> None:
         install = TritonInstall()
-        environment = install.environment()
+        environment = {**install.environment(), **self.runtime_environment()}
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv(install)
