@@ -156,6 +156,21 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     show_default=True,
     help="Seconds to wait until every model is ready.",
 )
+@click.option(
+    "--adaptive/--static",
+    "runtime",
+    default=True,
+    show_default=True,
+    help="[local, docker] Run the adaptive runtime beside the server (autoscaling, on-demand models, "
+    "self-healing, cost accounting); --static keeps the counts the spec names.",
+)
+@click.option(
+    "--cores",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    help="[local, docker] Cores the runtime may fill with instances  [default: the cores this machine lets us use]",
+)
+@click.option("--gpu-budget", type=click.IntRange(0), default=None, help="[local, docker] GPUs the runtime may fill.")
 @click.option("--image", default=None, help="[docker, kubernetes] Use this image instead of building one.")
 @click.option(
     "--base-image",
@@ -292,6 +307,9 @@ def deploy(
         kubernetes=kubernetes,
         context=options["context"],
         manifests_dir=options["manifests_dir"],
+        runtime=options["runtime"],
+        cores=options["cores"],
+        gpu_budget=options["gpu_budget"],
     )
     if options["dry_run"]:
         if target != "kubernetes":
@@ -395,6 +413,22 @@ def status(name: Optional[str]) -> None:
         else:
             line = f"{model.state}" + (f" ({model.reason})" if model.reason else "")
         click.echo(f"  model {model.name}: {line}")
+    runtime = targets.runtime_status(state) if running else None
+    if runtime is not None:
+        total = runtime["total"]
+        click.echo(
+            f"  runtime:    pid {runtime['pid']}, {runtime['cores']:g} cores, up {runtime['uptime_s']:.0f} s; "
+            f"{total['instance_s']:.0f} instance-s, {total['core_s']:.0f} core-s, {total['requests']} requests"
+        )
+        for model, info in runtime["models"].items():
+            bounds = info["autoscale"]
+            scale = f"autoscale {bounds['min']}..{bounds['max']}" if bounds else "fixed"
+            click.echo(
+                f"    {model}: {info['instances']} instance(s), {info['state']}, {scale}, utilisation {info['utilisation']:.2f}, "
+                f"{info['instance_s']:.0f} instance-s" + (f"; last: {info['last_decision']}" if info["last_decision"] else "")
+            )
+    elif running and state.target != "kubernetes":
+        click.echo("  runtime:    not running (deployed with --static, or it stopped: see `compound logs`)")
     if not running:
         sys.exit(1)
     if unhealthy:
@@ -405,10 +439,15 @@ def status(name: Optional[str]) -> None:
 @click.option("--name", default=None, help="Deployment name (default: the only one).")
 @click.option("-n", "--lines", type=click.IntRange(1), default=50, show_default=True)
 def logs(name: Optional[str], lines: int) -> None:
-    """Print the tail of the deployment's server log."""
+    """Print the tail of the deployment's server log, then the adaptive runtime's decisions."""
     from toolkit.deploy import base, targets
 
-    click.echo(targets.log_tail(base.load_state(name), lines))
+    state = base.load_state(name)
+    click.echo(targets.log_tail(state, lines))
+    runtime_log = Path(state.extra.get("workdir", "")) / "runtime.log"
+    if runtime_log.is_file():
+        click.echo(f"--- adaptive runtime: {runtime_log} ---")
+        click.echo(base.read_tail(runtime_log, lines))
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from toolkit.errors import CompoundError
 
 Protocol = Literal["http", "grpc"]
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # what `compound deploy` binds by default
+API_KEY_HEADER = "compound-key"  # lower case: gRPC metadata keys must be
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class Signature:
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
+
+
+def api_key_headers(api_key: str, protocol: str = "http") -> dict[str, str]:
+    """The header that opens the restricted APIs: Triton expects gRPC metadata under a prefixed name."""
+    if not api_key:
+        return {}
+    return {API_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{API_KEY_HEADER}": api_key}
 
 
 def strip_scheme(url: str) -> str:
@@ -375,3 +383,60 @@ def to_jsonable(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return value
 
     return {name: convert(array) for name, array in sorted(outputs.items())}
+
+
+# --- model control (restricted: these take the deployment's key) ---------------------------------
+
+
+def model_config(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
+    """A loaded model's config as JSON (HTTP), the form a load with a config override takes."""
+    status, config = http_json(f"http://{strip_scheme(url)}/v2/models/{model}/config", timeout=timeout)
+    if status != 200 or not isinstance(config, dict):
+        raise CompoundError(f"no config for model '{model}' on {url} (HTTP {status})")
+    return config
+
+
+def load_models(
+    grpc_url: str, models: dict[str, Optional[dict[str, Any]]], api_key: str, timeout: float = 300.0
+) -> dict[str, Optional[str]]:
+    """Load (or reload, or rescale with a config override) several models at once, over gRPC: Triton
+    loads models requested concurrently in parallel, where its HTTP endpoint and the Python backend's
+    own load_model() go one by one. model -> None when it loaded, else the server's error."""
+    import concurrent.futures
+
+    from tritonclient.utils import InferenceServerException
+
+    def load(name: str, config: Optional[dict[str, Any]]) -> Optional[str]:
+        client = grpc_client(grpc_url)
+        try:
+            client.load_model(
+                name,
+                headers=api_key_headers(api_key, "grpc"),
+                config=json.dumps(config) if config is not None else None,
+                client_timeout=timeout,
+            )
+            return None
+        except InferenceServerException as exc:
+            return str(exc.message() or exc)
+        finally:
+            client.close()
+
+    if not models:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(models)) as pool:
+        futures = {name: pool.submit(load, name, config) for name, config in models.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def unload_model(grpc_url: str, model: str, api_key: str, timeout: float = 60.0) -> Optional[str]:
+    """Unload a model (in-flight requests finish first); None when done, else the server's error."""
+    from tritonclient.utils import InferenceServerException
+
+    client = grpc_client(grpc_url)
+    try:
+        client.unload_model(model, headers=api_key_headers(api_key, "grpc"), client_timeout=timeout)
+        return None
+    except InferenceServerException as exc:
+        return str(exc.message() or exc)
+    finally:
+        client.close()

@@ -119,7 +119,24 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
             if m.autoscale is not None and name in plan.deployed_models
         },
         "threads": {name: plan.models[name].threads for name in plan.deployed_models},
+        "edges": model_edges(plan),
     }
+
+
+def model_edges(plan: DeploymentPlan) -> list[list[str]]:
+    """[producer, consumer] pairs of component models across pipelines: whose load follows whose
+    (an ensemble's joins; an orchestrated pipeline's model steps in the order it lists them)."""
+    edges: set[tuple[str, str]] = set()
+    for pipeline in plan.pipelines.values():
+        if pipeline.kind == "fused":
+            continue
+        if pipeline.steps:
+            by_index = {step.index: step.model for step in pipeline.steps}
+            for consumer, producers in pipeline.joins.items():
+                edges.update((by_index[p], by_index[consumer]) for p in producers)
+        else:
+            edges.update(zip(pipeline.models, pipeline.models[1:]))
+    return [list(edge) for edge in sorted(edges) if edge[0] != edge[1]]
 
 
 def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: ModelPlan, source: str) -> str:

@@ -48,6 +48,7 @@ class ModelCounters:
     cache_hit: Duration = Duration()
     cache_miss: Duration = Duration()
     batch_executions: dict[int, int] = field(default_factory=dict)  # batch size -> executions
+    busy_ns: int = 0  # time instances spent executing batches (each batch once, unlike compute_*)
 
     def __sub__(self, other: ModelCounters) -> ModelCounters:
         return _combine(self, other, -1)
@@ -70,6 +71,7 @@ def _combine(a: ModelCounters, b: ModelCounters, sign: int) -> ModelCounters:
         inference_count=a.inference_count + sign * b.inference_count,
         execution_count=a.execution_count + sign * b.execution_count,
         batch_executions={s: n for s, n in sorted(batches.items()) if n},
+        busy_ns=a.busy_ns + sign * b.busy_ns,
         **durations,
     )
 
@@ -96,14 +98,17 @@ def parse_stats(payload: dict[str, Any]) -> dict[str, ModelCounters]:
             continue
         inference = entry.get("inference_stats", {}) or {}
         batches: dict[int, int] = {}
+        busy = 0
         for batch in entry.get("batch_stats", []) or []:
             size = _int(batch.get("batch_size"))
             batches[size] = batches.get(size, 0) + _duration(batch.get("compute_infer")).count
+            busy += sum(_duration(batch.get(part)).ns for part in ("compute_input", "compute_infer", "compute_output"))
         counters = ModelCounters(
             name=name,
             inference_count=_int(entry.get("inference_count")),
             execution_count=_int(entry.get("execution_count")),
             batch_executions=batches,
+            busy_ns=busy,
             **{key: _duration(inference.get(key)) for key in _DURATIONS},
         )
         result[name] = result[name] + counters if name in result else counters
@@ -290,3 +295,31 @@ def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[
     except Exception as exc:  # noqa: BLE001 - any transport error means the same thing here
         raise CompoundError(f"cannot read model statistics from {url} ({protocol}): {exc}") from None
     return parse_stats(payload)
+
+
+def parse_gauges(text: str, metric: str) -> dict[str, float]:
+    """One Prometheus gauge per model (versions summed) from Triton's /metrics text."""
+    values: dict[str, float] = {}
+    prefix = metric + "{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, _, value = line[len(prefix) :].partition("} ")
+        model = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("model=")), "")
+        try:
+            values[model] = values.get(model, 0.0) + float(value)
+        except ValueError:
+            continue
+    return values
+
+
+def fetch_pending(metrics_url: str, timeout: float = 5.0) -> dict[str, float]:
+    """Requests waiting in each model's queue right now (Triton's nv_inference_pending_request_count)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as response:  # noqa: S310 - the server's metrics URL
+            text = response.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise CompoundError(f"cannot read metrics from {metrics_url}: {exc}") from None
+    return parse_gauges(text, "nv_inference_pending_request_count")

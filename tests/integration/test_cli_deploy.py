@@ -27,7 +27,7 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
     )
     http, grpc, metrics = free_port(), free_port(), free_port()
     ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    result = runner.invoke(cli, ["deploy", str(repo), "--target", "local", *ports])
+    result = runner.invoke(cli, ["deploy", str(repo), "--target", "local", "--static", *ports])
     try:
         assert result.exit_code == 0, result.output
         assert f"HTTP 127.0.0.1:{http}" in result.output and "ready in" in result.output
@@ -61,7 +61,7 @@ def test_deploy_status_infer_stop(tmp_path: Path) -> None:
         state_file = next(Path(os.environ["COMPOUND_STATE_DIR"]).glob("textdemo.json"))
         assert state.api_key and stat.S_IMODE(state_file.stat().st_mode) == 0o600  # it holds the API key
 
-        # a component whose Python stub dies is reported, not shown as running
+        # a component whose Python stub dies is reported, not shown as running (no runtime heals it: --static)
         stubs = [pid for pid in group_members(server_pid) if "/topic/" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert stubs, "no stub process for model 'topic'"
         for pid in stubs:

@@ -5,6 +5,7 @@ file that `status`/`logs`/`stop` act on. Targets (local, docker, kubernetes) ext
 from __future__ import annotations
 
 import abc
+import importlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
+from toolkit.client import API_KEY_HEADER, api_key_headers
 from toolkit.errors import CompoundError, ServerError
 from toolkit.render import read_manifest
 from toolkit.system import port_in_use
@@ -26,7 +28,6 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # Triton APIs that change or expose the server beyond serving: only clients holding the deployment's
 # key may use them (compound's own commands do). Inference, health, metadata and statistics stay open.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
-API_KEY_HEADER = "compound-key"  # lower case: gRPC metadata keys must be
 RUNTIME_GRPC_ENV = "COMPOUND_TRITON_GRPC"
 RUNTIME_KEY_ENV = "COMPOUND_API_KEY"
 
@@ -77,6 +78,10 @@ class DeployRequest:
     kubernetes: dict[str, object] = field(default_factory=dict)
     context: Optional[str] = None
     manifests_dir: Optional[Path] = None
+    # the adaptive runtime (local, docker): on by default; static deployments turn it off
+    runtime: bool = True
+    cores: Optional[float] = None  # the cores the runtime may fill (default: those this process may use)
+    gpu_budget: Optional[int] = None
 
     def server_options(self) -> dict[str, Any]:
         """The keyword arguments every TritonServer takes, as asked for."""
@@ -188,13 +193,6 @@ def load_failures(log_text: str) -> str:
 
 def new_api_key() -> str:
     return secrets.token_urlsafe(24)
-
-
-def api_key_headers(api_key: str, protocol: str = "http") -> dict[str, str]:
-    """The header that opens the restricted APIs: Triton expects gRPC metadata under a prefixed name."""
-    if not api_key:
-        return {}
-    return {API_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{API_KEY_HEADER}": api_key}
 
 
 def check_repository(repository: Path) -> None:
@@ -459,3 +457,21 @@ def redact_key(argv: Sequence[str]) -> list[str]:
         arg.rsplit("=", 1)[0] + "=<key>" if arg.startswith("--") and "restricted" in arg and "=" in arg else arg
         for arg in argv
     ]
+
+
+# target name -> the TritonServer subclass that owns it
+TARGETS: dict[str, str] = {
+    "local": "toolkit.deploy.local:LocalServer",
+    "docker": "toolkit.deploy.docker:DockerServer",
+    "kubernetes": "toolkit.deploy.kubernetes:KubernetesDeployment",
+}
+
+
+def target_class(target: str) -> type[TritonServer]:
+    """The class that owns servers of one target, imported only when that target is used (the docker
+    SDK and kubectl helpers stay out of a local deployment)."""
+    where = TARGETS.get(target)
+    if where is None:
+        raise CompoundError(f"unknown target '{target}'", hint=f"use one of {', '.join(TARGETS)}")
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]

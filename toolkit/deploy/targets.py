@@ -7,21 +7,13 @@ one from the request, records it, and dispatches later commands to the recorded 
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from toolkit.deploy import base
-from toolkit.deploy.base import DeploymentState, DeployRequest
+from toolkit.deploy.base import DeploymentState, DeployRequest, target_class
 from toolkit.errors import CompoundError
-
-# target name -> the TritonServer subclass that owns it
-TARGETS: dict[str, str] = {
-    "local": "toolkit.deploy.local:LocalServer",
-    "docker": "toolkit.deploy.docker:DockerServer",
-    "kubernetes": "toolkit.deploy.kubernetes:KubernetesDeployment",
-}
-
 
 def run_dir(name: str) -> Path:
     """Where a recorded deployment keeps its log and working files."""
@@ -38,16 +30,6 @@ def ensure_not_running(name: str) -> None:
             f"deployment '{name}' is already running (target {previous.target}, {previous.endpoints.describe()})",
             hint="`compound stop` it first, or pass --name",
         )
-
-
-def target_class(target: str) -> type[base.TritonServer]:
-    """The class that owns servers of one target, imported only when that target is used (the docker
-    SDK and kubectl helpers stay out of a local deployment)."""
-    where = TARGETS.get(target)
-    if where is None:
-        raise CompoundError(f"unknown target '{target}'", hint=f"use one of {', '.join(TARGETS)}")
-    module, name = where.split(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def start(request: DeployRequest) -> DeploymentState:
@@ -72,8 +54,90 @@ def start(request: DeployRequest) -> DeploymentState:
         extra={"workdir": str(workdir)},
     )
     server.record(state)
-    base.save_state(state)
+    state_path = base.save_state(state)
+    if request.runtime and request.target != "kubernetes":  # in Kubernetes it runs in the pod
+        try:
+            state.extra["runtime_pid"] = str(start_runtime(request, state, workdir, state_path))
+        except BaseException:
+            stop(state)
+            raise
+        base.save_state(state)
     return state
+
+
+def start_runtime(request: DeployRequest, state: DeploymentState, workdir: Path, state_path: Path) -> int:
+    """The adaptive runtime beside the server, detached like it; its decisions go to runtime.log."""
+    import os
+    import subprocess
+    import sys
+
+    from toolkit.deploy.supervisor import LOG_FILE, RuntimeConfig
+
+    endpoints = state.endpoints
+    config = RuntimeConfig(
+        name=state.name,
+        repository=state.repository,
+        http_url=endpoints.http_url,
+        grpc_url=endpoints.grpc_url,
+        metrics_url=endpoints.metrics_url,
+        api_key=state.api_key,
+        run_dir=str(workdir),
+        cores=float(request.cores or len(os.sched_getaffinity(0))),
+        gpus=request.gpu_budget or 0,
+        state_file=str(state_path),
+    )
+    with open(workdir / LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.deploy.supervisor", str(config.save())],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process.pid
+
+
+def runtime_running(state: DeploymentState) -> Optional[int]:
+    """The pid of the deployment's runtime while it runs (checked: not a process that reused it)."""
+    pid = int(state.extra.get("runtime_pid") or 0)
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return pid if b"toolkit.deploy.supervisor" in cmdline.read() else None
+    except OSError:
+        return None
+
+
+def runtime_status(state: DeploymentState) -> Optional[dict[str, object]]:
+    """What the runtime last wrote about each model, or None when it does not run."""
+    import json
+
+    from toolkit.deploy.supervisor import STATUS_FILE
+
+    path = Path(state.extra.get("workdir", "")) / STATUS_FILE
+    if runtime_running(state) is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except ValueError:
+        return None
+
+
+def stop_runtime(state: DeploymentState) -> None:
+    import os
+    import signal
+    import time
+
+    pid = runtime_running(state)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while runtime_running(state) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if runtime_running(state) is not None:
+        os.kill(pid, signal.SIGKILL)
 
 
 def is_running(state: DeploymentState) -> bool:
@@ -87,6 +151,7 @@ def log_tail(state: DeploymentState, lines: int) -> str:
 
 def stop(state: DeploymentState) -> bool:
     """Stop whatever the record names and forget it; False if nothing was running."""
+    stop_runtime(state)
     running = target_class(state.target).stop_recorded(state)
     base.forget_state(state.name)
     workdir = state.extra.get("workdir")

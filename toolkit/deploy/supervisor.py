@@ -1,0 +1,303 @@
+"""The adaptive runtime: one process beside each deployment that watches the server and changes it.
+
+Every interval it reads Triton's statistics, pending-request gauges, the repository index and the
+live Python stubs, then:
+- heals: a component with fewer live stubs than instances (a stub killed, OOM) is reloaded;
+- scales: the policy (toolkit/plan/autoscale.py) moves instances between components; a rescale is
+  a load with a config override, which Triton applies without failing a request;
+- unloads on-demand components idle for `idle_s` (the generated orchestrator loads them again, in
+  parallel with every other cold component the request can reach, when a request needs them);
+- accounts instance-, core- and GPU-seconds per component.
+It talks to Triton only through toolkit.client, with the deployment's key. `compound status` reads
+its status file, `compound logs` its decisions, `compound stop` ends it.
+
+Run by `compound deploy` as `python -m toolkit.deploy.supervisor RUN_DIR/runtime-config.json`; tests
+drive `Supervisor.tick()` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolkit.client import http_json, load_models, model_config, model_states, unload_model, api_key_headers
+from toolkit.errors import CompoundError
+from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
+from toolkit.render import read_manifest
+from toolkit.stats import ModelCounters, fetch_pending, fetch_stats
+
+INTERVAL_S = 1.0
+GONE_AFTER_S = 10.0  # the server not answering this long: the runtime ends
+STATUS_FILE = "runtime.json"
+LOG_FILE = "runtime.log"
+CONFIG_FILE = "runtime-config.json"
+
+
+@dataclass
+class RuntimeConfig:
+    """What the runtime process needs; written by `compound deploy` into the deployment's run folder."""
+
+    name: str
+    repository: str
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    api_key: str
+    run_dir: str
+    cores: float
+    gpus: int = 0
+    interval_s: float = INTERVAL_S
+    state_file: str = ""  # the deployment's state (to find its stubs); empty: stubs are not watched
+
+    def save(self) -> Path:
+        path = Path(self.run_dir) / CONFIG_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the key
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle, indent=2)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RuntimeConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class Account:
+    instance_s: float = 0.0
+    core_s: float = 0.0
+    gpu_s: float = 0.0
+    requests: int = 0
+    heals: int = 0
+
+
+@dataclass
+class Supervisor:
+    config: RuntimeConfig
+    stubs: Callable[[], Optional[dict[str, int]]] = lambda: None
+    log: Callable[[str], None] = print
+    components: dict[str, Component] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    gpu_models: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        manifest = read_manifest(self.config.repository)
+        self.bounds = {name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()}
+        self.threads: dict[str, int] = manifest.get("threads", {})
+        self.scaled_models: list[str] = list(manifest.get("models", []))
+        downstream: dict[str, list[str]] = {}
+        for producer, consumer in manifest.get("edges", []):
+            downstream.setdefault(producer, []).append(consumer)
+        self.policy = Policy(self.config.cores, downstream)
+        self.previous: Optional[dict[str, ModelCounters]] = None
+        self.previous_at = time.monotonic()
+        self.decisions: list[dict[str, Any]] = []
+
+    # --- one interval -------------------------------------------------------------------------
+
+    def tick(self, now: Optional[float] = None) -> list[Decision]:
+        """Measure, heal, decide, act, account; returns what it decided."""
+        now = time.monotonic() if now is None else now
+        loaded = self._refresh_components(now)
+        counters = fetch_stats(self.config.http_url)
+        seconds = max(now - self.previous_at, 1e-3)
+        windows = self._windows(counters, seconds)
+        self._account(windows, seconds)
+        self.previous, self.previous_at = counters, now
+        self._heal(loaded, now)
+        decisions = self.policy.decide(now, self.components, windows)
+        for decision in decisions:
+            self._apply(decision, now)
+        self.write_status(now)
+        return decisions
+
+    def _refresh_components(self, now: float) -> set[str]:
+        """Track every component model; pick up ones loaded since (an orchestrator loading an
+        on-demand component) with the instance count of their live config."""
+        states = {m.name: m for m in model_states(self.config.http_url, api_key_headers(self.config.api_key))}
+        loaded = {name for name, state in states.items() if state.state == "READY"}
+        for name in self.scaled_models:
+            component = self.components.get(name)
+            if name in loaded and (component is None or not component.loaded):
+                instances, gpu = self._instances_of(name)
+                if gpu:
+                    self.gpu_models.add(name)
+                if component is None:
+                    component = Component(name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now)
+                    self.components[name] = component
+                else:
+                    component.instances, component.loaded, component.last_request = instances, True, now
+                    self._record(now, name, "loaded", instances, "loaded on demand by a request that needed it")
+            elif name not in loaded and component is not None and component.loaded:
+                component.loaded = False
+            elif component is None:
+                self.components[name] = Component(name, 0, self.threads.get(name, 1), self.bounds.get(name), loaded=False)
+        return loaded
+
+    def _instances_of(self, name: str) -> tuple[int, bool]:
+        config = model_config(self.config.http_url, name)
+        groups = config.get("instance_group") or [{}]
+        return int(groups[0].get("count", 1) or 1), groups[0].get("kind") == "KIND_GPU"
+
+    def _windows(self, counters: dict[str, ModelCounters], seconds: float) -> dict[str, Window]:
+        pending = {}
+        try:
+            pending = fetch_pending(self.config.metrics_url)
+        except CompoundError:
+            pass  # the gauge only sharpens the signal; statistics carry it
+        windows = {}
+        for name, now in counters.items():
+            before = (self.previous or {}).get(name)
+            delta = now - before if before is not None else None
+            if delta is None or delta.success.count < 0 or delta.busy_ns < 0:
+                delta = now if self.previous is not None else None  # a reload restarted its counters
+            if delta is None:
+                continue
+            windows[name] = Window(
+                seconds=seconds,
+                requests=delta.success.count + delta.fail.count,
+                busy_s=delta.busy_ns / 1e9,
+                queue_s=delta.queue.ns / 1e9,
+                pending=pending.get(name, 0.0),
+            )
+        return windows
+
+    def _account(self, windows: dict[str, Window], seconds: float) -> None:
+        for name, component in self.components.items():
+            account = self.accounts.setdefault(name, Account())
+            if component.loaded:
+                account.instance_s += component.instances * seconds
+                account.core_s += component.instances * component.threads * seconds
+                if name in self.gpu_models:
+                    account.gpu_s += component.instances * seconds
+            if name in windows:
+                account.requests += windows[name].requests
+
+    def _heal(self, loaded: set[str], now: float) -> None:
+        live = self.stubs()
+        if live is None:
+            return
+        dead = {
+            name: f"{live.get(name, 0)} of {c.instances} backend process(es) alive"
+            for name, c in self.components.items()
+            if c.loaded and name in loaded and name not in self.gpu_models and live.get(name, 0) < c.instances
+        }
+        if not dead:
+            return
+        errors = load_models(self.config.grpc_url, {name: None for name in dead}, self.config.api_key)
+        for name, why in dead.items():
+            self.accounts.setdefault(name, Account()).heals += 1
+            outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
+            self._record(now, name, "heal", self.components[name].instances, f"{why}; {outcome}")
+            self.components[name].last_change = now
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        component = self.components[decision.model]
+        if decision.action == "unload":
+            error = unload_model(self.config.grpc_url, decision.model, self.config.api_key)
+            if error is None:
+                component.loaded = False
+        else:
+            config = model_config(self.config.http_url, decision.model)
+            for group in config.get("instance_group") or []:
+                group["count"] = decision.instances
+            error = load_models(self.config.grpc_url, {decision.model: config}, self.config.api_key)[decision.model]
+            if error is None:
+                component.instances = decision.instances
+        component.last_change = now
+        component.hot = component.cold = 0
+        outcome = decision.reason if error is None else f"{decision.reason}; FAILED: {error}"
+        component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
+        self._record(now, decision.model, decision.action, decision.instances, outcome)
+
+    def _record(self, now: float, model: str, action: str, instances: int, reason: str) -> None:
+        entry = {"t": round(now - self.started, 2), "model": model, "action": action, "instances": instances, "reason": reason}
+        self.decisions.append(entry)
+        if model in self.components and action in ("heal", "loaded"):
+            self.components[model].last_decision = f"{action}: {reason}"
+        self.log(f"{time.strftime('%H:%M:%S')} {model}: {action} -> {instances} instance(s): {reason}")
+
+    # --- what `compound status` shows ------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        models = {}
+        for name, c in sorted(self.components.items()):
+            account = self.accounts.get(name, Account())
+            models[name] = {
+                "instances": c.instances if c.loaded else 0,
+                "state": "loaded" if c.loaded else "unloaded (on demand)" if c.bounds and c.bounds.min == 0 else "unloaded",
+                "autoscale": asdict(c.bounds) if c.bounds else None,
+                "utilisation": round(c.utilisation, 3),
+                "last_decision": c.last_decision,
+                **{key: round(value, 2) if isinstance(value, float) else value for key, value in asdict(account).items()},
+            }
+        total = {key: round(sum(m[key] for m in models.values()), 2) for key in ("instance_s", "core_s", "gpu_s", "requests")}
+        return {
+            "deployment": self.config.name,
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started, 1),
+            "cores": self.config.cores,
+            "models": models,
+            "total": total,
+            "decisions": self.decisions[-50:],
+        }
+
+    def write_status(self, now: float) -> None:
+        path = Path(self.config.run_dir) / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(now), indent=1))
+        tmp.replace(path)
+
+    # --- the process -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Tick until the server is gone or a signal says stop."""
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+        last_seen = time.monotonic()
+        self.log(f"runtime for '{self.config.name}' started: {self.config.cores:g} cores, interval {self.config.interval_s:g} s")
+        while not stopping:
+            began = time.monotonic()
+            try:
+                self.tick(began)
+                last_seen = began
+            except (CompoundError, OSError) as exc:
+                if began - last_seen > GONE_AFTER_S:
+                    self.log(f"server gone for {GONE_AFTER_S:.0f} s ({exc}); runtime ends")
+                    break
+            time.sleep(max(0.0, self.config.interval_s - (time.monotonic() - began)))
+        self.write_status(time.monotonic())
+        self.log("runtime stopped")
+
+
+def server_live(http_url: str) -> bool:
+    status, _ = http_json(f"http://{http_url}/v2/health/live", timeout=2.0)
+    return status == 200
+
+
+def main(config_path: str) -> None:
+    from toolkit.deploy.base import DeploymentState, target_class
+
+    config = RuntimeConfig.load(config_path)
+    log_file = open(Path(config.run_dir) / LOG_FILE, "a", buffering=1)  # noqa: SIM115 - the process's own log
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+
+    stubs: Callable[[], Optional[dict[str, int]]] = lambda: None
+    if config.state_file and Path(config.state_file).is_file():
+        state = DeploymentState(**json.loads(Path(config.state_file).read_text()))
+        owner = target_class(state.target)
+        stubs = lambda: owner.recorded_stubs(state)  # noqa: E731
+    Supervisor(config, stubs=stubs, log=log).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

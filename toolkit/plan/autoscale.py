@@ -1,0 +1,189 @@
+"""The adaptive runtime's policy: from one window of Triton's statistics per component, which
+component gets an instance, which gives one back, which on-demand component is unloaded. Pure:
+the supervisor (toolkit/deploy/supervisor.py) measures and acts; this only decides, with a reason a
+person can check against the numbers.
+
+Why these signals. A Python component's instances are processes; one instance runs one batch at a
+time. `busy` (time its instances spent executing batches, each batch once) over the window and the
+instance count give its utilisation. Utilisation alone cannot tell a component that is busy from
+one that is the bottleneck, so scaling up also needs requests waiting: queue time per request at
+least half the busy time per request, or requests pending right now at least one per instance.
+Measured on this project's 2-core machines (docs/runtime.md): a CPU-bound, non-batching component
+at concurrency 32 sits at utilisation 0.97-1.0 with queue/busy ratios above 10, its light neighbours
+below 0.2; a second instance served 1.86x.
+
+Hysteresis: up after UP_AFTER saturated windows in a row, down after DOWN_AFTER idle ones, and no
+change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean
+anything). Capacity: a new instance needs half a core of measured spare capacity (its `threads`
+cores, at the component's measured utilisation, is what it will use); without spare, an idle
+component's instance moves to the bottleneck. Downstream components grow with their upstream in
+proportion to their own measured load before their queues grow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
+LOW_UTILISATION = 0.25  # an instance idler than this can go
+QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
+UP_AFTER = 2  # saturated windows in a row before adding an instance
+DOWN_AFTER = 10  # idle windows in a row before removing one
+COOLDOWN_S = 3.0  # no second change to a component within this time
+SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-threaded instance needs
+
+Action = Literal["scale", "unload"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    min: int
+    max: int
+    idle_s: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """One component over one interval, from the difference of two statistics snapshots."""
+
+    seconds: float
+    requests: int = 0
+    busy_s: float = 0.0  # instances executing batches
+    queue_s: float = 0.0  # summed over requests
+    pending: float = 0.0  # waiting at the end of the window
+
+    def busy_cores(self) -> float:
+        return self.busy_s / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Component:
+    """What the runtime tracks of one model between windows."""
+
+    name: str
+    instances: int
+    threads: int = 1
+    bounds: Optional[Bounds] = None  # None: fixed (measured and accounted, never scaled)
+    loaded: bool = True
+    last_change: float = -math.inf
+    last_request: float = 0.0
+    hot: int = 0  # saturated windows in a row
+    cold: int = 0  # idle windows in a row
+    utilisation: float = 0.0
+    last_decision: str = ""
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.bounds is not None
+
+    @property
+    def floor(self) -> int:
+        return max(self.bounds.min, 1) if self.bounds else self.instances
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    action: Action
+    instances: int  # after the change (0 for unload)
+    reason: str
+
+
+@dataclass
+class Policy:
+    cores: float
+    downstream: dict[str, list[str]] = field(default_factory=dict)  # component -> components it feeds
+
+    def observe(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> None:
+        """Update each component's utilisation and streaks from this window."""
+        for name, component in components.items():
+            window = windows.get(name)
+            if window is None or not component.loaded:
+                component.hot = component.cold = 0
+                continue
+            if window.requests:
+                component.last_request = now
+            component.utilisation = window.busy_cores() / max(component.instances, 1)
+            saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(component, window)
+            component.hot = component.hot + 1 if saturated else 0
+            component.cold = component.cold + 1 if component.utilisation < LOW_UTILISATION else 0
+
+    @staticmethod
+    def _waiting(component: Component, window: Window) -> bool:
+        if window.pending >= component.instances:
+            return True
+        if not window.requests:
+            return False
+        return window.queue_s / window.requests >= QUEUE_RATIO * window.busy_s / window.requests
+
+    def decide(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> list[Decision]:
+        self.observe(now, components, windows)
+        spare = self.cores - sum(w.busy_cores() for w in windows.values())
+        decisions: dict[str, Decision] = {}
+
+        def settled(c: Component) -> bool:
+            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+
+        def queue_ms(c: Component) -> float:
+            w = windows.get(c.name)
+            return 1e3 * w.queue_s / w.requests if w and w.requests else 0.0
+
+        bottlenecks = sorted(
+            (c for c in components.values() if settled(c) and c.hot >= UP_AFTER and c.instances < c.bounds.max),  # type: ignore[union-attr]
+            key=queue_ms,
+            reverse=True,
+        )
+        for component in bottlenecks:
+            n = component.instances
+            why = f"utilisation {component.utilisation:.2f} per instance and {queue_ms(component):.1f} ms queued per request"
+            if spare >= SPARE_FOR_NEW_INSTANCE * component.threads:
+                spare -= component.threads * component.utilisation
+                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; {spare + component.threads * component.utilisation:.2f} cores spare")
+            else:
+                donor = self._donor(components, settled, exclude=component.name)
+                if donor is None:
+                    continue
+                decisions[donor.name] = Decision(donor.name, "scale", donor.instances - 1, f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f})")
+                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; no spare core, takes {donor.name}'s instance")
+            self._grow_downstream(component, n, components, settled, decisions)
+
+        for component in components.values():
+            if not settled(component):
+                continue
+            bounds = component.bounds
+            assert bounds is not None  # settled() implies autoscaled
+            if bounds.min == 0 and now - component.last_request >= bounds.idle_s:
+                decisions[component.name] = Decision(component.name, "unload", 0, f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})")
+            elif component.cold >= DOWN_AFTER and component.instances > component.floor:
+                decisions[component.name] = Decision(
+                    component.name, "scale", component.instances - 1, f"utilisation {component.utilisation:.2f} for {component.cold} windows"
+                )
+        return list(decisions.values())
+
+    def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
+        idle = [
+            c
+            for c in components.values()
+            if c.name != exclude and settled(c) and c.utilisation < LOW_UTILISATION and c.instances > c.floor  # type: ignore[operator]
+        ]
+        return min(idle, key=lambda c: c.utilisation) if idle else None
+
+    def _grow_downstream(
+        self, upstream: Component, before: int, components: dict[str, Component], settled: object, decisions: dict[str, Decision]
+    ) -> None:
+        """An upstream component going from n to n+1 instances sends (n+1)/n times the load on: grow
+        each downstream component now to what that load needs at HIGH_UTILISATION."""
+        growth = (before + 1) / max(before, 1)
+        for name in self.downstream.get(upstream.name, []):
+            down = components.get(name)
+            if down is None or not settled(down):  # type: ignore[operator]
+                continue
+            assert down.bounds is not None
+            needed = math.ceil(down.utilisation * down.instances * growth / HIGH_UTILISATION - 1e-9)
+            target = min(needed, down.bounds.max)
+            if target > down.instances:
+                decisions[name] = Decision(
+                    name, "scale", target, f"downstream of {upstream.name}, which grows {before}->{before + 1}: its load {down.utilisation * down.instances:.2f} cores will grow {growth:.2f}x"
+                )
