@@ -1,0 +1,163 @@
+"""The adaptive runtime on a real server: it scales the bottleneck, moves instances away from idle
+components, heals a killed stub, accounts instance-seconds, and runs beside `compound deploy`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from click.testing import CliRunner
+
+from tests.conftest import FIXTURES, start_server
+from toolkit.cli import cli
+from toolkit.client import model_config
+from toolkit.deploy.base import stub_counts
+from toolkit.deploy.local import LocalServer, command_line, group_members
+from toolkit.deploy.supervisor import RuntimeConfig, Supervisor
+from toolkit.plan import plan_spec
+from toolkit.render import render_repository
+from toolkit.system import free_port
+
+SPEC = FIXTURES / "adaptive" / "pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def adaptive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    folder = tmp_path_factory.mktemp("adaptive")
+    server = start_server(render_repository(plan_spec(SPEC), folder / "repo"), folder)
+    yield server
+    server.stop()
+
+
+def supervisor_for(server: LocalServer, run_dir: Path, cores: float = 2.0) -> Supervisor:
+    config = RuntimeConfig(
+        name="adaptive",
+        repository=str(server.repository),
+        http_url=server.http_url,
+        grpc_url=server.grpc_url,
+        metrics_url=server.metrics_url,
+        api_key=server.api_key,
+        run_dir=str(run_dir),
+        cores=cores,
+    )
+    stubs = lambda: stub_counts([command_line(pid) for pid in group_members(server.pid)])  # noqa: E731
+    return Supervisor(config, stubs=stubs, log=lambda line: None)
+
+
+class Load:
+    """Closed-loop gRPC clients on one pipeline until stopped; counts what failed."""
+
+    def __init__(self, url: str, pipeline: str, concurrency: int) -> None:
+        self.url, self.pipeline, self.concurrency = url, pipeline, concurrency
+        self.stop_event = threading.Event()
+        self.done = 0
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
+
+    def _run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        data = grpcclient.InferInput("x", [1, 4], "FP32")
+        data.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    client.infer(self.pipeline, [data], client_timeout=30)
+                    with self.lock:
+                        self.done += 1
+                except Exception as exc:  # every failure counts, whatever its type
+                    with self.lock:
+                        self.errors.append(str(exc)[:200])
+        finally:
+            client.close()
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+def instances(server: LocalServer, model: str) -> int:
+    return int(model_config(server.http_url, model)["instance_group"][0]["count"])
+
+
+def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(adaptive_server: LocalServer, tmp_path: Path) -> None:
+    supervisor = supervisor_for(adaptive_server, tmp_path)
+    supervisor.tick()
+    assert instances(adaptive_server, "heavy") == 1 and instances(adaptive_server, "helper") == 2
+    with Load(adaptive_server.grpc_url, "chain", 16) as load:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and instances(adaptive_server, "heavy") < 2:
+            time.sleep(1.0)
+            supervisor.tick()
+        time.sleep(2.0)  # requests keep flowing through the rescale
+    assert instances(adaptive_server, "heavy") == 2, supervisor.decisions
+    assert not load.errors, load.errors[:3]
+    scaled = [d for d in supervisor.decisions if d["model"] == "heavy" and d["action"] == "scale"]
+    assert scaled and "utilisation" in scaled[0]["reason"] and "queued per request" in scaled[0]["reason"]
+    # helper is idle (no traffic on 'side'): its second instance is given back, heavy's kept
+    assert any(d["model"] == "helper" and d["instances"] == 1 for d in supervisor.decisions) or instances(
+        adaptive_server, "helper"
+    ) == 1, supervisor.decisions
+    status = supervisor.status(time.monotonic())
+    assert status["models"]["heavy"]["instance_s"] > 0 and 0 < status["models"]["heavy"]["requests"] <= load.done
+    assert (tmp_path / "runtime.json").is_file()
+
+
+def test_a_killed_stub_is_healed_and_the_pipeline_serves_again(adaptive_server: LocalServer, tmp_path: Path) -> None:
+    supervisor = supervisor_for(adaptive_server, tmp_path)
+    supervisor.tick()
+    with Load(adaptive_server.grpc_url, "chain", 4) as load:
+        time.sleep(1.0)
+        victims = [pid for pid in group_members(adaptive_server.pid) if "/front/" in " ".join(command_line(pid))]
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        time.sleep(0.5)
+        while time.monotonic() - killed_at < 10:
+            supervisor.tick()
+            time.sleep(1.0)
+        errors_at_10s = len(load.errors)
+        done_at_10s = load.done
+        time.sleep(3.0)
+    heals = [d for d in supervisor.decisions if d["action"] == "heal" and d["model"] == "front"]
+    assert heals and "reloaded" in heals[0]["reason"], supervisor.decisions
+    assert len(load.errors) == errors_at_10s, "requests still failed 10 s after the stub was killed"
+    assert load.done > done_at_10s
+
+
+def test_deploy_runs_the_runtime_and_stop_ends_it(tmp_path: Path) -> None:
+    runner = CliRunner()
+    repo = tmp_path / "repo"
+    assert runner.invoke(cli, ["generate", str(SPEC), "-o", str(repo)]).exit_code == 0
+    ports = ["--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+    result = runner.invoke(cli, ["deploy", str(repo), "--name", "adaptive-cli", "--cores", "2", *ports])
+    try:
+        assert result.exit_code == 0, result.output
+        deadline = time.monotonic() + 20
+        status = runner.invoke(cli, ["status", "--name", "adaptive-cli"])
+        while "runtime:    pid" not in status.output and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = runner.invoke(cli, ["status", "--name", "adaptive-cli"])
+        assert status.exit_code == 0, status.output
+        assert "runtime:    pid" in status.output and "heavy: 1 instance(s), loaded, autoscale 1..2" in status.output
+        logs = runner.invoke(cli, ["logs", "--name", "adaptive-cli"])
+        assert "--- adaptive runtime" in logs.output and "runtime for 'adaptive-cli' started" in logs.output
+        runtime_pid = int(status.output.split("runtime:    pid ")[1].split(",")[0])
+    finally:
+        stopped = runner.invoke(cli, ["stop", "--name", "adaptive-cli"])
+    assert stopped.exit_code == 0
+    assert not Path(f"/proc/{runtime_pid}").exists() or "supervisor" not in Path(f"/proc/{runtime_pid}/cmdline").read_text()
