@@ -358,6 +358,8 @@ def load_spec(path: str | Path) -> LoadedSpec:
                 message = f"invalid name {err['input']!r}: must match {err['ctx']['pattern']}"
             elif err["type"] == "literal_error":
                 message = f"{err['input']!r} is not one of {err['ctx']['expected']}"
+            elif err["type"] == "value_error":
+                message = message.removeprefix("Value error, ")
             problems.append(Problem(_where(source, lines, loc), message))
         raise SpecError(str(source), problems) from None
     return LoadedSpec(spec, source, lines)

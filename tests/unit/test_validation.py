@@ -263,3 +263,38 @@ def test_missing_spec_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "spec file not found" in result.output
+
+
+def autoscaled(score_fields: str) -> str:
+    models = MODELS.replace(
+        "  score:\n    handler: handlers:Ident\n", "  score:\n    handler: handlers:Ident\n" + score_fields
+    )
+    return "name: demo\n" + models + GOOD_PIPELINE
+
+
+def test_autoscale_bounds_and_starting_count(tmp_path: Path) -> None:
+    plan = plan_spec(write_spec(tmp_path, autoscaled("    autoscale: {min: 2, max: 4}\n")))
+    assert plan.models["score"].instance_count == 2 and plan.models["score"].autoscale is not None
+    plan = plan_spec(write_spec(tmp_path, autoscaled("    autoscale: {max: 3}\n    instances: {count: 3}\n")))
+    assert plan.models["score"].instance_count == 3
+
+
+@pytest.mark.parametrize(
+    "fields,fragment",
+    [
+        ("    autoscale: {min: 3, max: 2}\n", "min 3 is above max 2"),
+        ("    autoscale: {min: 1, max: 2}\n    instances: {count: 4}\n", "instances.count 4 is outside autoscale's range 1..2"),
+        ("    autoscale: {min: 1, max: 2, idle_s: 0}\n", "idle_s"),
+        ("    autoscale: {min: 1, maximum: 2}\n", "unknown field 'maximum'"),
+    ],
+)
+def test_bad_autoscale_is_named(tmp_path: Path, fields: str, fragment: str) -> None:
+    problems = problems_of(write_spec(tmp_path, autoscaled(fields)))
+    assert any(fragment in p and "(models.score" in p and "Value error" not in p for p in problems), problems
+
+
+def test_on_demand_behind_an_ensemble_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    problems = problems_of(write_spec(tmp_path, autoscaled("    autoscale: {min: 0, max: 2}\n")))
+    assert len(problems) == 1
+    assert "models.score.autoscale.min" in problems[0] and "ensemble pipeline(s) ['p']" in problems[0]
+    assert "cannot wait while a composing model loads" in problems[0]
