@@ -267,26 +267,69 @@ class LoadedSpec:
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
+# Far beyond any real spec; they turn hostile or broken YAML into a located error instead of a hang
+# (aliases expanding exponentially) or a RecursionError (deep nesting, an anchor inside itself).
+MAX_YAML_DEPTH = 100
+MAX_YAML_VALUES = 100_000
+
+
 def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in result:
-                raise _DuplicateKey(path + (key,), key_node.start_mark.line + 1)
-            result[key] = _to_python(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1  # the key's line, not its value's
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, path + (i,), lines) for i, item in enumerate(node.value)]
-    loader = yaml.SafeLoader("")
-    return loader.construct_object(node)
+    return _Converter(lines).convert(node, path)
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, path: tuple[Any, ...], line: int) -> None:
-        self.path, self.line = path, line
+class _Converter:
+    """YAML nodes to plain data, recording each value's line; what cannot be a spec's data is a _BadNode."""
+
+    def __init__(self, lines: dict[tuple[Any, ...], int]) -> None:
+        self.lines = lines
+        self.values = 0
+        self.open: set[int] = set()  # the collections being converted: an alias back to one is a cycle
+        self.loader = yaml.SafeLoader("")
+
+    def convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        line = node.start_mark.line + 1
+        self.lines[path] = line
+        self.values += 1
+        if self.values > MAX_YAML_VALUES:
+            raise _BadNode(path, line, f"more than {MAX_YAML_VALUES} values (aliases expanding without end?)")
+        if len(path) > MAX_YAML_DEPTH:
+            raise _BadNode(path, line, f"nested deeper than {MAX_YAML_DEPTH} levels")
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path, line)
+        if id(node) in self.open:
+            raise _BadNode(path, line, "an alias refers to a value that contains it (recursive anchor)")
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key_line = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _BadNode(path, key_line, "a key must be a plain name, not a list or a mapping")
+                key = key_node.value
+                if key in result:
+                    raise _BadNode(path + (key,), key_line, "duplicate key")
+                result[key] = self.convert(value_node, path + (key,))
+                self.lines[path + (key,)] = key_line  # the key's line, not its value's
+            return result
+        finally:
+            self.open.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: tuple[Any, ...], line: int) -> Any:
+        try:
+            return self.loader.construct_object(node)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # a tag its text does not fit
+            text = node.value if len(node.value) <= 40 else f"{node.value[:40]}..."
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise _BadNode(path, line, f"malformed YAML: {text!r} is not a valid {kind} ({exc})") from None
+
+
+class _BadNode(Exception):
+    def __init__(self, path: tuple[Any, ...], line: int, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
 
 
 def _where(source: Path, lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> str:
@@ -338,9 +381,12 @@ def load_spec(path: str | Path) -> LoadedSpec:
         raise SpecError(str(source), [Problem(f"{source}{line}", f"malformed YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(str(source), [Problem(str(source), f"malformed YAML: {exc}")]) from None
-    except _DuplicateKey as dup:
-        dotted = ".".join(str(p) for p in dup.path)
-        raise SpecError(str(source), [Problem(f"{source}:{dup.line} ({dotted})", "duplicate key")]) from None
+    except RecursionError:  # the composer recurses once per level, before our depth check can run
+        raise SpecError(str(source), [Problem(str(source), "malformed YAML: nested too deeply")]) from None
+    except _BadNode as bad:
+        dotted = ".".join(str(p) for p in bad.path)
+        where = f"{source}:{bad.line} ({dotted})" if dotted else f"{source}:{bad.line}"
+        raise SpecError(str(source), [Problem(where, bad.message)]) from None
     if not isinstance(data, dict):
         raise SpecError(
             str(source), [Problem(str(source), "the spec must be a YAML mapping with name, models, pipelines")]

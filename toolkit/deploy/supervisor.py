@@ -98,6 +98,7 @@ class Supervisor:
         self.previous: Optional[dict[str, ModelCounters]] = None
         self.previous_at = time.monotonic()
         self.decisions: list[dict[str, Any]] = []
+        self.generation = 0
 
     # --- one interval -------------------------------------------------------------------------
 
@@ -190,12 +191,20 @@ class Supervisor:
         }
         if not dead:
             return
-        errors = load_models(self.config.grpc_url, {name: None for name in dead}, self.config.api_key)
+        errors = load_models(self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key)
         for name, why in dead.items():
             self.accounts.setdefault(name, Account()).heals += 1
             outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
             self._record(now, name, "heal", self.components[name].instances, f"{why}; {outcome}")
             self.components[name].last_change = now
+
+    def _fresh_config(self, name: str) -> dict[str, Any]:
+        """The live config with a new generation number: Triton may treat a reload of an unchanged
+        model as a no-op that leaves its dead stub dead; a changed config always restarts it."""
+        config = model_config(self.config.http_url, name)
+        self.generation += 1
+        config.setdefault("parameters", {})["compound.generation"] = {"string_value": str(self.generation)}
+        return config
 
     def _apply(self, decision: Decision, now: float) -> None:
         component = self.components[decision.model]

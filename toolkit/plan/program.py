@@ -193,7 +193,30 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
     }
     if pipeline.kind == "fused":
         program["handlers"] = inline_handlers(plan, pipeline)
+    else:
+        on_demand = {m for m in pipeline.models if (s := plan.models[m].autoscale) is not None and s.min == 0}
+        if on_demand:
+            program["on_demand"] = sorted(on_demand)
+            mark_prewarm(program["body"], on_demand, frozenset())
     return program
+
+
+def mark_prewarm(block: Json, on_demand: set[str], after: frozenset[str]) -> frozenset[str]:
+    """Give each model step the on-demand models a request may still need from that step on (this
+    step, the rest of its block, every branch of what follows, and what follows the block: `after`).
+    When a request meets a cold one, the runtime loads all of these at once, in parallel, instead of
+    one cold start after another as the request cascades down its path. Returns the block's set."""
+    reach = after
+    for node in reversed(block["steps"]):
+        if node["op"] == "model":
+            reach = reach | ({node["model"]} & on_demand)
+            node["prewarm"] = sorted(reach)
+        elif node["op"] == "switch":
+            bodies = [body for _, body in node["cases"]] + ([node["default"]] if node["default"] is not None else [])
+            reach = frozenset().union(*(mark_prewarm(body, on_demand, reach) for body in bodies))
+        else:  # loop and map bodies run, then what follows them
+            reach = mark_prewarm(node["body"], on_demand, reach)
+    return reach
 
 
 def inline_handlers(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
