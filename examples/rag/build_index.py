@@ -1,6 +1,7 @@
 """Embed the RAG example's corpus once (build time) into rag_handlers/index.npz.
 
-Run: HF_HUB_OFFLINE=1 python examples/rag/build_index.py   (needs `pip install .[rag]`)
+Run: python examples/rag/build_index.py   (needs `pip install .[rag]`; the handlers put Hugging Face offline)
+It embeds with the default (plain-torch) encoder; sentence-transformers gives the same vectors.
 """
 
 from __future__ import annotations
