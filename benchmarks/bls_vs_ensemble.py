@@ -158,7 +158,8 @@ def main() -> None:
                     if best is None or run["p50_ms"] < best["p50_ms"]:
                         results[label][str(concurrency)] = run
     print(
-        f"pipeline {args.pipeline} ({' -> '.join(plan.pipelines[args.pipeline].models)}), {args.duration:.0f} s per run, best of {args.rounds}"
+        f"pipeline {args.pipeline} ({' -> '.join(plan.pipelines[args.pipeline].models)}),"
+        f" {args.duration:.0f} s per run, best of {args.rounds}"
     )
     print(
         f"{'conc':>4} {'kind':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}  kind/ensemble p50, p95, req/s"
@@ -168,12 +169,14 @@ def main() -> None:
         for label in ("ensemble", "bls", "fused"):
             r = results[label][str(concurrency)]
             print(
-                f"{concurrency:>4} {label:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['throughput_rps']:>8.1f} {r['errors']:>6.0f}",
+                f"{concurrency:>4} {label:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f}"
+                f" {r['throughput_rps']:>8.1f} {r['errors']:>6.0f}",
                 end="",
             )
             if label != "ensemble":
                 print(
-                    f"  {r['p50_ms'] / e['p50_ms']:.2f}x, {r['p95_ms'] / e['p95_ms']:.2f}x, {r['throughput_rps'] / e['throughput_rps']:.2f}x"
+                    f"  {r['p50_ms'] / e['p50_ms']:.2f}x, {r['p95_ms'] / e['p95_ms']:.2f}x,"
+                    f" {r['throughput_rps'] / e['throughput_rps']:.2f}x"
                 )
             else:
                 print()

@@ -424,8 +424,9 @@ def status(name: Optional[str]) -> None:
             bounds = info["autoscale"]
             scale = f"autoscale {bounds['min']}..{bounds['max']}" if bounds else "fixed"
             click.echo(
-                f"    {model}: {info['instances']} instance(s), {info['state']}, {scale}, utilisation {info['utilisation']:.2f}, "
-                f"{info['instance_s']:.0f} instance-s" + (f"; last: {info['last_decision']}" if info["last_decision"] else "")
+                f"    {model}: {info['instances']} instance(s), {info['state']}, {scale},"
+                f" utilisation {info['utilisation']:.2f}, {info['instance_s']:.0f} instance-s"
+                + (f"; last: {info['last_decision']}" if info["last_decision"] else "")
             )
     elif running and state.target != "kubernetes":
         click.echo("  runtime:    not running (deployed with --static, or it stopped: see `compound logs`)")
@@ -507,7 +508,8 @@ def init(directory: Path) -> None:
     written = scaffold(directory)
     click.echo(f"created {directory}: {', '.join(p.name for p in written)}")
     click.echo(
-        f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'} && compound deploy {directory / 'model_repository'}"
+        f"next: compound generate {directory / 'pipeline.yaml'} -o {directory / 'model_repository'}"
+        f" && compound deploy {directory / 'model_repository'}"
     )
 
 

@@ -31,7 +31,8 @@ def stages(plan: DeploymentPlan, pipeline: str) -> list[Stage]:
         raise CompoundError(f"no pipeline '{pipeline}' in {plan.loaded.path} (pipelines: {known})")
     if p.kind != "ensemble":
         raise CompoundError(
-            f"pipeline '{pipeline}' is an orchestrated pipeline ({p.reason}); `compound bench` compares ensemble deployments",
+            f"pipeline '{pipeline}' is an orchestrated pipeline ({p.reason});"
+            " `compound bench` compares ensemble deployments",
             hint="benchmark a pipeline without switch/loop/map steps",
         )
     grouped: dict[int, list[EnsembleStep]] = {}

@@ -121,7 +121,8 @@ def pct(value: Optional[float]) -> str:
 def point_line(p: dict[str, Any]) -> str:
     lat = p["latency_ms"]
     return (
-        f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
+        f"c={p['concurrency']:>3}  {p['throughput_rps']:8.1f} req/s"
+        f"  p50 {lat['p50']:7.2f}  p95 {lat['p95']:7.2f}  p99 {lat['p99']:7.2f} ms"
         f"  errors {p['errors']}  server CPU {pct(p.get('server_cpu_pct'))}  client CPU {pct(p['client_cpu_pct'])}"
         f"  other CPU {pct(p.get('other_cpu_pct'))}"
     )

@@ -100,7 +100,9 @@ def build_profile(
         "static": "no dynamic batching, 1 instance per model, client chains the models (one round trip per step)",
         "ensemble": "generated ensemble, no dynamic batching, declared instances",
         "optimized": "generated ensemble, dynamic batching and cache as declared, instances planned from measured cost",
-        "fused": f"fuse: true: one Python model runs every handler in-process on the dynamic batch, {cores} instance(s)",
+        "fused": (
+            f"fuse: true: one Python model runs every handler in-process on the dynamic batch, {cores} instance(s)"
+        ),
     }[name]
     return ServerProfile(name, new_plan, request, instances, batching, description)
 

@@ -75,7 +75,10 @@ def run_ray_profile(
         env=child_env(),
     )
     result: dict[str, Any] = {
-        "description": "Ray Serve: one deployment per model (replicas as planned, @serve.batch), composed with DeploymentHandles; HTTP ingress",
+        "description": (
+            "Ray Serve: one deployment per model (replicas as planned, @serve.batch),"
+            " composed with DeploymentHandles; HTTP ingress"
+        ),
         "instances": counts,
         "dynamic_batching": True,
         "points": [],

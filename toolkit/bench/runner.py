@@ -181,7 +181,8 @@ class BenchRunner:
             result["cold_start_s"] = ready_s + until_first
             result["first_request_ms"] = first_latency * 1e3
             self.log(
-                f"  ready in {ready_s:.1f} s, first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
+                f"  ready in {ready_s:.1f} s,"
+                f" first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
             )
             cpu = ProcessCpu(server.pid) if server.pid else None
             for c in s.concurrency:
@@ -212,7 +213,10 @@ class BenchRunner:
         )
         self.log(f"  {res.throughput_rps:.0f} req/s at batch {res.batch} on {res.workers} worker process(es)")
         return {
-            "description": f"no server: handlers chained in-process at batch {res.batch}, {res.workers} worker process(es), one per core",
+            "description": (
+                f"no server: handlers chained in-process at batch {res.batch},"
+                f" {res.workers} worker process(es), one per core"
+            ),
             "throughput_rps": res.throughput_rps,
             "batch": res.batch,
             "workers": res.workers,
@@ -265,7 +269,9 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 frac = same[0]["latency_ms"]["p95"] / static_best["latency_ms"]["p95"]
                 targets.append(
                     {
-                        "target": f"{name} P95 at static's peak load (c={static_best['concurrency']}) <= 40% of static's",
+                        "target": (
+                            f"{name} P95 at static's peak load (c={static_best['concurrency']}) <= 40% of static's"
+                        ),
                         "value": round(frac, 3),
                         "met": frac <= 0.4,
                     }
@@ -279,7 +285,10 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": round(frac, 3),
                     "met": frac >= 0.8,
                     "applies": compute >= 5.0,
-                    "note": f"compute per request {compute:.2f} ms at batch {report['compute']['best_batch']}; client CPU at that point {best['client_cpu_pct']:.0f}% of a core",
+                    "note": (
+                        f"compute per request {compute:.2f} ms at batch {report['compute']['best_batch']};"
+                        f" client CPU at that point {best['client_cpu_pct']:.0f}% of a core"
+                    ),
                 }
             )
         if ray_best:
@@ -310,10 +319,15 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     comp = report["compute"]
     lines.append(
-        f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1, {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']}; planned instances {report['allocation']['counts']}"
+        f"compute per request: {comp['per_request_ms_batch1']:.2f} ms at batch 1,"
+        f" {comp['per_request_ms_best']:.2f} ms at batch {comp['best_batch']};"
+        f" planned instances {report['allocation']['counts']}"
     )
     lines.append("CPU: % of one core; other = the rest of the machine during the same window (should be ~0)")
-    header = f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'srv CPU':>8} {'cli CPU':>8} {'other':>6}"
+    header = (
+        f"{'profile':<10} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+        f" {'srv CPU':>8} {'cli CPU':>8} {'other':>6}"
+    )
     lines += [header, "-" * len(header)]
     for name, res in report["profiles"].items():
         if "error" in res:
@@ -321,18 +335,21 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         if "points" not in res:
             lines.append(
-                f"{name:<10} {'-':>5} {res['throughput_rps']:9.1f} {'':>8} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}  ({res['description']})"
+                f"{name:<10} {'-':>5} {res['throughput_rps']:9.1f} {'':>8} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}"
+                f"  ({res['description']})"
             )
             continue
         for p in res["points"]:
             lat = p["latency_ms"]
             lines.append(
-                f"{name:<10} {p['concurrency']:>5} {p['throughput_rps']:9.1f} {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['p99']:8.2f} {p['errors']:>6} "
+                f"{name:<10} {p['concurrency']:>5} {p['throughput_rps']:9.1f}"
+                f" {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['p99']:8.2f} {p['errors']:>6} "
                 f"{pct(p.get('server_cpu_pct')):>8} {pct(p['client_cpu_pct']):>8} {pct(p.get('other_cpu_pct')):>6}"
             )
         if "cold_start_s" in res:
             lines.append(
-                f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s), first request {res['first_request_ms']:.1f} ms"
+                f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s),"
+                f" first request {res['first_request_ms']:.1f} ms"
             )
     if report.get("targets"):
         lines.append("targets:")

@@ -373,7 +373,7 @@ class TritonServer(abc.ABC):
     def from_request(cls, request: DeployRequest, workdir: Path) -> TritonServer:
         """A server for `compound deploy`: detached from the CLI's process, files under `workdir`."""
 
-    def record(self, state: DeploymentState) -> None:
+    def record(self, state: DeploymentState) -> None:  # noqa: B027 - a hook: most targets add nothing
         """Fill in what a later `compound status/logs/stop` needs to find this server again."""
 
     @classmethod

@@ -137,7 +137,9 @@ def render_build_context(
     from toolkit.render import template_env
 
     kind = flavor or image_flavor(base_image)
-    packages = ["numpy<2", "threadpoolctl", *pip]  # generated models cap their BLAS pools with it
+    # generated models cap their BLAS pools with threadpoolctl; orchestrators load on-demand models
+    # through their server's gRPC API (tritonclient)
+    packages = ["numpy<2", "threadpoolctl", "tritonclient[grpc]", *pip]
     if kind == "pytriton":
         try:
             packages.insert(0, f"nvidia-pytriton=={importlib.metadata.version('nvidia-pytriton')}")
@@ -243,7 +245,8 @@ def _ensure_base(client: docker.DockerClient, base_image: str) -> None:
     except docker.errors.APIError as exc:
         raise CompoundError(
             f"base image {base_image} is not on this machine and could not be pulled: {exc.explanation or exc}",
-            hint="for NGC images `docker login nvcr.io` first; offline, build a local base with scripts/build_base_image.sh and pass --base-image compound-base:bookworm",
+            hint="for NGC images `docker login nvcr.io` first; offline, build a local base with"
+            " scripts/build_base_image.sh and pass --base-image compound-base:bookworm",
         ) from None
 
 
@@ -350,8 +353,10 @@ class DockerServer(TritonServer):
         tail = self.log_tail()
         if "already in use" in tail or "Address in use" in tail:
             return CompoundError(
-                f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}: one is already in use",
-                hint="pick others with --http-port/--grpc-port/--metrics-port, or stop what holds them (`compound stop`)",
+                f"tritonserver in container {self.name} could not bind its ports on {self.endpoints.host}:"
+                " one is already in use",
+                hint="pick others with --http-port/--grpc-port/--metrics-port,"
+                " or stop what holds them (`compound stop`)",
             )
         return ServerError(
             f"container {self.name} exited with code {state.get('ExitCode')} during start-up{load_failures(tail)}",
@@ -445,7 +450,8 @@ class DockerServer(TritonServer):
             )
         if "could not select device driver" in text:
             return CompoundError(
-                f"the repository asks for a GPU (KIND_GPU in {', '.join(gpu_models(self.repository)) or 'a model'}) but Docker has no GPU runtime: {text}",
+                f"the repository asks for a GPU (KIND_GPU in {', '.join(gpu_models(self.repository)) or 'a model'})"
+                f" but Docker has no GPU runtime: {text}",
                 hint="install the NVIDIA Container Toolkit, or regenerate the repository with --device cpu",
             )
         if "network" in text and "host" in text:
@@ -496,7 +502,7 @@ class DockerServer(TritonServer):
                     for chunk in stream:
                         log.write(chunk)
                         log.flush()
-            except Exception:  # noqa: BLE001 - the container went away; the log holds what came
+            except Exception:  # noqa: BLE001, S110 - the container went away; the log holds what came
                 pass
 
         self._log_thread = threading.Thread(target=pump, name=f"logs-{self.name}", daemon=True)

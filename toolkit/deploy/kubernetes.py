@@ -421,7 +421,8 @@ class KubernetesDeployment(TritonServer):
                 if "error" in line:
                     raise CompoundError(
                         f"pushing {tag} failed: {line['error']}",
-                        hint=f"`docker login {self.options.registry.split('/')[0]}`, or push it yourself and pass --image",
+                        hint=f"`docker login {self.options.registry.split('/')[0]}`, "
+                        "or push it yourself and pass --image",
                     )
         return tag
 

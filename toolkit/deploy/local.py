@@ -89,8 +89,10 @@ def python_libdir() -> str:
     library = sysconfig.get_config_var("LDLIBRARY") or ""
     if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / library).is_file():
         raise CompoundError(
-            f"{sys.executable} has no shared libpython (built without --enable-shared), which Triton's Python backend stub needs",
-            hint="use a Python built with --enable-shared (Debian's python3, conda, or pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared)",
+            f"{sys.executable} has no shared libpython (built without --enable-shared),"
+            " which Triton's Python backend stub needs",
+            hint="use a Python built with --enable-shared"
+            " (Debian's python3, conda, or pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared)",
         )
     return libdir
 
@@ -150,7 +152,8 @@ class LocalServer(TritonServer):
         if self.process is None or self.process.poll() is None:
             return None
         return ServerError(
-            f"tritonserver exited with code {self.process.returncode} during start-up{load_failures(read_tail(self.log_path, 400))}",
+            f"tritonserver exited with code {self.process.returncode} during start-up"
+            f"{load_failures(read_tail(self.log_path, 400))}",
             self.log_tail(),
             hint=self.describe(),
         )

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from toolkit.client import http_json, load_models, model_config, model_states, unload_model, api_key_headers
+from toolkit.client import api_key_headers, http_json, load_models, model_config, model_states, unload_model
 from toolkit.errors import CompoundError
 from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
 from toolkit.render import read_manifest
@@ -88,7 +88,9 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         manifest = read_manifest(self.config.repository)
-        self.bounds = {name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()}
+        self.bounds = {
+            name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()
+        }
         self.threads: dict[str, int] = manifest.get("threads", {})
         self.scaled_models: list[str] = list(manifest.get("models", []))
         downstream: dict[str, list[str]] = {}
@@ -130,7 +132,9 @@ class Supervisor:
                 if gpu:
                     self.gpu_models.add(name)
                 if component is None:
-                    component = Component(name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now)
+                    component = Component(
+                        name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now
+                    )
                     self.components[name] = component
                 else:
                     component.instances, component.loaded, component.last_request = instances, True, now
@@ -138,7 +142,9 @@ class Supervisor:
             elif name not in loaded and component is not None and component.loaded:
                 component.loaded = False
             elif component is None:
-                self.components[name] = Component(name, 0, self.threads.get(name, 1), self.bounds.get(name), loaded=False)
+                self.components[name] = Component(
+                    name, 0, self.threads.get(name, 1), self.bounds.get(name), loaded=False
+                )
         return loaded
 
     def _instances_of(self, name: str) -> tuple[int, bool]:
@@ -191,7 +197,9 @@ class Supervisor:
         }
         if not dead:
             return
-        errors = load_models(self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key)
+        errors = load_models(
+            self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key
+        )
         for name, why in dead.items():
             self.accounts.setdefault(name, Account()).heals += 1
             outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
@@ -226,7 +234,13 @@ class Supervisor:
         self._record(now, decision.model, decision.action, decision.instances, outcome)
 
     def _record(self, now: float, model: str, action: str, instances: int, reason: str) -> None:
-        entry = {"t": round(now - self.started, 2), "model": model, "action": action, "instances": instances, "reason": reason}
+        entry = {
+            "t": round(now - self.started, 2),
+            "model": model,
+            "action": action,
+            "instances": instances,
+            "reason": reason,
+        }
         self.decisions.append(entry)
         if model in self.components and action in ("heal", "loaded"):
             self.components[model].last_decision = f"{action}: {reason}"
@@ -240,13 +254,22 @@ class Supervisor:
             account = self.accounts.get(name, Account())
             models[name] = {
                 "instances": c.instances if c.loaded else 0,
-                "state": "loaded" if c.loaded else "unloaded (on demand)" if c.bounds and c.bounds.min == 0 else "unloaded",
+                "state": "loaded"
+                if c.loaded
+                else "unloaded (on demand)"
+                if c.bounds and c.bounds.min == 0
+                else "unloaded",
                 "autoscale": asdict(c.bounds) if c.bounds else None,
                 "utilisation": round(c.utilisation, 3),
                 "last_decision": c.last_decision,
-                **{key: round(value, 2) if isinstance(value, float) else value for key, value in asdict(account).items()},
+                **{
+                    key: round(value, 2) if isinstance(value, float) else value
+                    for key, value in asdict(account).items()
+                },
             }
-        total = {key: round(sum(m[key] for m in models.values()), 2) for key in ("instance_s", "core_s", "gpu_s", "requests")}
+        total = {
+            key: round(sum(m[key] for m in models.values()), 2) for key in ("instance_s", "core_s", "gpu_s", "requests")
+        }
         return {
             "deployment": self.config.name,
             "pid": os.getpid(),
@@ -271,7 +294,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
         last_seen = time.monotonic()
-        self.log(f"runtime for '{self.config.name}' started: {self.config.cores:g} cores, interval {self.config.interval_s:g} s")
+        cores, interval = self.config.cores, self.config.interval_s
+        self.log(f"runtime for '{self.config.name}' started: {cores:g} cores, interval {interval:g} s")
         while not stopping:
             began = time.monotonic()
             try:
@@ -300,11 +324,13 @@ def main(config_path: str) -> None:
     def log(line: str) -> None:
         log_file.write(line + "\n")
 
-    stubs: Callable[[], Optional[dict[str, int]]] = lambda: None
+    state = None
     if config.state_file and Path(config.state_file).is_file():
         state = DeploymentState(**json.loads(Path(config.state_file).read_text()))
-        owner = target_class(state.target)
-        stubs = lambda: owner.recorded_stubs(state)  # noqa: E731
+
+    def stubs() -> Optional[dict[str, int]]:
+        return target_class(state.target).recorded_stubs(state) if state is not None else None
+
     Supervisor(config, stubs=stubs, log=log).run()
 
 

@@ -15,6 +15,7 @@ from toolkit.deploy import base
 from toolkit.deploy.base import DeploymentState, DeployRequest, target_class
 from toolkit.errors import CompoundError
 
+
 def run_dir(name: str) -> Path:
     """Where a recorded deployment keeps its log and working files."""
     return base.state_dir().parent / "run" / name

@@ -388,7 +388,8 @@ def gate(stats: LatencyStats, p95_slo_ms: Optional[float], max_failure_ratio: Op
         violations.append(f"p95 latency {stats.p95_ms:g} ms is above the SLO of {p95_slo_ms:g} ms")
     if max_failure_ratio is not None and stats.failure_ratio > max_failure_ratio:
         violations.append(
-            f"failure ratio {stats.failure_ratio:.4f} ({stats.failures}/{stats.requests}) is above {max_failure_ratio:g}"
+            f"failure ratio {stats.failure_ratio:.4f} ({stats.failures}/{stats.requests})"
+            f" is above {max_failure_ratio:g}"
         )
     return violations
 

@@ -137,16 +137,31 @@ class Policy:
         )
         for component in bottlenecks:
             n = component.instances
-            why = f"utilisation {component.utilisation:.2f} per instance and {queue_ms(component):.1f} ms queued per request"
+            why = (
+                f"utilisation {component.utilisation:.2f} per instance and "
+                f"{queue_ms(component):.1f} ms queued per request"
+            )
             if spare >= SPARE_FOR_NEW_INSTANCE * component.threads:
                 spare -= component.threads * component.utilisation
-                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; {spare + component.threads * component.utilisation:.2f} cores spare")
+                decisions[component.name] = Decision(
+                    component.name,
+                    "scale",
+                    n + 1,
+                    f"{why}; {spare + component.threads * component.utilisation:.2f} cores spare",
+                )
             else:
                 donor = self._donor(components, settled, exclude=component.name)
                 if donor is None:
                     continue
-                decisions[donor.name] = Decision(donor.name, "scale", donor.instances - 1, f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f})")
-                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; no spare core, takes {donor.name}'s instance")
+                decisions[donor.name] = Decision(
+                    donor.name,
+                    "scale",
+                    donor.instances - 1,
+                    f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f})",
+                )
+                decisions[component.name] = Decision(
+                    component.name, "scale", n + 1, f"{why}; no spare core, takes {donor.name}'s instance"
+                )
             self._grow_downstream(component, n, components, settled, decisions)
 
         for component in components.values():
@@ -155,10 +170,18 @@ class Policy:
             bounds = component.bounds
             assert bounds is not None  # settled() implies autoscaled
             if bounds.min == 0 and now - component.last_request >= bounds.idle_s:
-                decisions[component.name] = Decision(component.name, "unload", 0, f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})")
+                decisions[component.name] = Decision(
+                    component.name,
+                    "unload",
+                    0,
+                    f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})",
+                )
             elif component.cold >= DOWN_AFTER and component.instances > component.floor:
                 decisions[component.name] = Decision(
-                    component.name, "scale", component.instances - 1, f"utilisation {component.utilisation:.2f} for {component.cold} windows"
+                    component.name,
+                    "scale",
+                    component.instances - 1,
+                    f"utilisation {component.utilisation:.2f} for {component.cold} windows",
                 )
         return list(decisions.values())
 
@@ -171,7 +194,12 @@ class Policy:
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
-        self, upstream: Component, before: int, components: dict[str, Component], settled: object, decisions: dict[str, Decision]
+        self,
+        upstream: Component,
+        before: int,
+        components: dict[str, Component],
+        settled: object,
+        decisions: dict[str, Decision],
     ) -> None:
         """An upstream component going from n to n+1 instances sends (n+1)/n times the load on: grow
         each downstream component now to what that load needs at HIGH_UTILISATION."""
@@ -185,5 +213,9 @@ class Policy:
             target = min(needed, down.bounds.max)
             if target > down.instances:
                 decisions[name] = Decision(
-                    name, "scale", target, f"downstream of {upstream.name}, which grows {before}->{before + 1}: its load {down.utilisation * down.instances:.2f} cores will grow {growth:.2f}x"
+                    name,
+                    "scale",
+                    target,
+                    f"downstream of {upstream.name}, which grows {before}->{before + 1}: "
+                    f"its load of {down.utilisation * down.instances:.2f} cores will grow {growth:.2f}x",
                 )

@@ -172,7 +172,10 @@ def _check_autoscale(
     for name, model in loaded.spec.models.items():
         if model.autoscale is None:
             continue
-        users = {kind: sorted(p for p, plan in pipelines.items() if plan.kind == kind and name in plan.models) for kind in ("ensemble", "orchestrator", "fused")}
+        users = {
+            kind: sorted(p for p, plan in pipelines.items() if plan.kind == kind and name in plan.models)
+            for kind in ("ensemble", "orchestrator", "fused")
+        }
         where = loaded.where("models", name, "autoscale")
         if model.autoscale.min == 0 and users["ensemble"]:
             problems.append(
@@ -264,7 +267,8 @@ def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: li
         problems.append(
             Problem(
                 where,
-                f"model '{name}': handler '{model.handler}' must be a class whose instances are callable (define __call__)",
+                f"model '{name}': handler '{model.handler}' must be a class whose instances are callable"
+                " (define __call__)",
             )
         )
         return None
@@ -276,7 +280,7 @@ def import_handler_module(entry: Path, folder: Path, *, fresh: bool = True) -> A
     `handlers` modules never collide; `folder` (the spec's) is on sys.path while it imports, as the
     repository has its siblings beside it. `fresh` re-executes it (validation sees the current file);
     otherwise an earlier import is reused (benchmarks load handlers many times)."""
-    digest = hashlib.sha1(str(entry.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(str(entry.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
     private = f"_compound_handler_{digest}"
     if private in sys.modules:
         if not fresh:
@@ -341,10 +345,14 @@ class _PipelineChecker:
             plan.kind = "fused"
             # in-process handlers see every merged row: a component that takes one row at a time limits it
             plan.max_batch_size = min(self.spec.models[m].max_batch_size for m in plan.models)
-            plan.reason = f"{why}: every step's handler runs in-process in one Python model, batched as a whole (no hop between steps; its components scale together)"
+            plan.reason = (
+                f"{why}: every step's handler runs in-process in one Python model, batched as a whole"
+                " (no hop between steps; its components scale together)"
+            )
         elif self.pipeline.instances is not None:
             self.warnings.append(
-                f"{self.where('instances')}: pipeline '{self.name}': instances applies to fused pipelines only (fuse: true); ignored"
+                f"{self.where('instances')}: pipeline '{self.name}':"
+                " instances applies to fused pipelines only (fuse: true); ignored"
             )
         return plan
 
@@ -364,13 +372,15 @@ class _PipelineChecker:
                 if tensor in self.pipeline.inputs:
                     self.problem(
                         ("steps", i, "outputs", out_name),
-                        f"step {i} ({step.model}) writes tensor '{tensor}', which is a pipeline input: two producers of one tensor",
+                        f"step {i} ({step.model}) writes tensor '{tensor}', which is a pipeline input:"
+                        " two producers of one tensor",
                     )
                 elif tensor in producers:
                     other = producers[tensor]
                     self.problem(
                         ("steps", i, "outputs", out_name),
-                        f"tensor '{tensor}' has two producers: step {other} ({steps[other].model}) and step {i} ({step.model})",
+                        f"tensor '{tensor}' has two producers:"
+                        f" step {other} ({steps[other].model}) and step {i} ({step.model})",
                     )
                 else:
                     producers[tensor] = i
@@ -385,7 +395,8 @@ class _PipelineChecker:
                 if tensor not in tensors:
                     self.problem(
                         ("steps", i, "inputs", in_name),
-                        f"step {i} ({step.model}) consumes tensor '{tensor}', which no step produces and is not a pipeline input",
+                        f"step {i} ({step.model}) consumes tensor '{tensor}',"
+                        " which no step produces and is not a pipeline input",
                     )
                     continue
                 if tensor in producers:
@@ -422,7 +433,8 @@ class _PipelineChecker:
                     outputs[out_name] = tensor
                 else:
                     self.warnings.append(
-                        f"{self.where('steps', i, 'outputs', out_name)}: pipeline '{self.name}': tensor '{tensor}' from step {i} ({step.model}) is never consumed; left out of the ensemble"
+                        f"{self.where('steps', i, 'outputs', out_name)}: pipeline '{self.name}':"
+                        f" tensor '{tensor}' from step {i} ({step.model}) is never consumed; left out of the ensemble"
                     )
             if not outputs:
                 self.problem(("steps", i), f"step {i} ({step.model}) produces nothing the pipeline uses")
@@ -430,7 +442,8 @@ class _PipelineChecker:
 
         if self.pipeline.timeout_ms is not None and not self.pipeline.fuse:
             self.warnings.append(
-                f"{self.where('timeout_ms')}: pipeline '{self.name}': timeout_ms applies to orchestrated pipelines only; ignored for an ensemble"
+                f"{self.where('timeout_ms')}: pipeline '{self.name}':"
+                " timeout_ms applies to orchestrated pipelines only; ignored for an ensemble"
             )
         max_batch = self._ensemble_batch_size()
         if max_batch is None:
@@ -476,7 +489,8 @@ class _PipelineChecker:
             flat = sorted(set(sizes) - batching)
             self.problem(
                 ("steps",),
-                f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0); a Triton ensemble needs all or none to batch",
+                f"mixes batching models {sorted(batching)} with non-batching models {flat} (max_batch_size 0);"
+                " a Triton ensemble needs all or none to batch",
             )
             return None
         return min(sizes.values())
@@ -535,7 +549,8 @@ class _PipelineChecker:
             name=self.name,
             spec=self.pipeline,
             kind="orchestrator",
-            reason=f"data-dependent control flow ({kinds}): Triton ensembles cannot branch or loop, so a BLS orchestrator is generated",
+            reason=f"data-dependent control flow ({kinds}):"
+            " Triton ensembles cannot branch or loop, so a BLS orchestrator is generated",
             tensors={**self.pipeline.inputs, **produced},
             max_batch_size=min(sizes) if sizes else UNBATCHED_ORCHESTRATOR_BATCH,
             models=self.used_models,
@@ -560,7 +575,8 @@ class _PipelineChecker:
                 if tensor in env and tensor not in rebindable:
                     self.problem(
                         step_loc,
-                        f"tensor '{tensor}' has two producers (it already exists when step {'.'.join(map(str, step_loc[1:]))} writes it)",
+                        f"tensor '{tensor}' has two producers"
+                        f" (it already exists when step {'.'.join(map(str, step_loc[1:]))} writes it)",
                     )
                     continue
                 env[tensor] = spec
@@ -600,7 +616,8 @@ class _PipelineChecker:
         elif selector.dtype not in ("string", "int8", "int16", "int32", "int64", "uint8") or selector.dims != [1]:
             self.problem(
                 loc + ("switch",),
-                f"switch tensor '{step.switch}' is {selector.describe()}; it must be a string or integer tensor of dims [1]",
+                f"switch tensor '{step.switch}' is {selector.describe()};"
+                " it must be a string or integer tensor of dims [1]",
             )
         elif selector.dtype != "string":
             for case in step.cases:
@@ -623,7 +640,9 @@ class _PipelineChecker:
         for tensor in sorted({t for _, outputs in branches for t in outputs} - set(common)):
             having = [label for label, outputs in branches if tensor in outputs]
             missing = [label for label, outputs in branches if tensor not in outputs]
-            self.branch_only[tensor] = f"only {', '.join(having)} of the switch at {self.where(*loc)} produce it, not {', '.join(missing)}"
+            self.branch_only[tensor] = (
+                f"only {', '.join(having)} of the switch at {self.where(*loc)} produce it, not {', '.join(missing)}"
+            )
         for label, outputs in branches[1:]:
             for tensor in common:
                 if outputs[tensor] != first[tensor]:
@@ -664,7 +683,8 @@ class _PipelineChecker:
             elif initial in env and not produced[carried].compatible_with(env[initial]):
                 self.problem(
                     loc + ("loop", "carry", carried),
-                    f"carried tensor '{carried}' starts as {env[initial].describe()} but the body produces {produced[carried].describe()}",
+                    f"carried tensor '{carried}' starts as {env[initial].describe()}"
+                    f" but the body produces {produced[carried].describe()}",
                 )
         result = {t: s for t, s in produced.items()}
         for carried in loop.carry:
