@@ -20,6 +20,7 @@ initialize(), then called in this process on the merged batch: no request, no co
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import sys
@@ -96,12 +97,14 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("compound.program", "program.json"))
+        program_file = params.get("compound.program", "program.json")
+        path = os.path.join(args["model_repository"], args["model_version"], program_file)
         with open(path, encoding="utf-8") as handle:
             self.program: Node = json.load(handle)
         if self.program.get("version") != PROGRAM_VERSION:
             raise pb_utils.TritonModelException(
-                f"{path}: program version {self.program.get('version')} is not {PROGRAM_VERSION}; regenerate with `compound generate`"
+                f"{path}: program version {self.program.get('version')} is not {PROGRAM_VERSION}; "
+                "regenerate with `compound generate`"
             )
         self.name: str = self.program["pipeline"]
         self.batching: bool = self.program["batching"]
@@ -114,22 +117,26 @@ class TritonPythonModel:
             self._load_handlers(args, int(params.get("compound.threads", "0")))
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
-        """Fused steps: load every handler here and warm it, so the first request pays no cold start."""
+        """Fused steps: load every handler here and warm it, so the first request pays no cold start.
+        A handler's code lies in its entry's `code` folder (several may hold a `handlers.py`), else
+        beside this file."""
         here = os.path.dirname(os.path.abspath(__file__))
-        if here not in sys.path:
-            sys.path.insert(0, here)
-        import compound_component  # templates/model.py, copied beside this file
-
+        compound_component = _component_module(here)
         self._describe = compound_component.describe_error
         compound_component.limit_native_threads(threads)
         device = compound_component.instance_device(args)
         for model, entry in self.program["handlers"].items():
-            outputs = [(name, np.dtype(dtype)) for name, dtype in entry["outputs"]]
-            self.inline[model] = compound_component.HandlerRunner(model, entry["handler"], entry["parameters"], device, outputs)
+            # [name, dtype, dims]; programs from before dims were checked have [name, dtype]
+            outputs = [(out[0], np.dtype(out[1]), out[2] if len(out) > 2 else None) for out in entry["outputs"]]
+            code_dir = os.path.join(here, entry["code"]) if entry.get("code") else here
+            self.inline[model] = compound_component.HandlerRunner(
+                model, entry["handler"], entry["parameters"], device, outputs, code_dir=code_dir
+            )
         compound_component.limit_native_threads(threads)  # before warmup: it runs as requests will
         for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:
-                self.inline[model]({name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}, rows)
+                zeros = {name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}
+                self.inline[model](zeros, rows)
 
     def finalize(self) -> None:
         for runner in self.inline.values():
@@ -163,25 +170,33 @@ class TritonPythonModel:
     # --- one group of requests ---------------------------------------------------------------
 
     async def _run_group(self, requests: list[Any], deadline: Optional[float]) -> list[Any]:
-        """Never raises: every failure becomes error responses. A failure of a merged batch is
-        retried request by request, so one bad request cannot fail the requests beside it."""
+        """Never raises: every failure becomes error responses. A failed merged batch is split in
+        halves, each retried (concurrently), down to the requests that fail alone: one bad request
+        cannot fail the requests beside it, and k bad ones among n cost O(k log n) runs, not n."""
         try:
             inputs = [self._inputs(request) for request in requests]
             sizes = [next(iter(values.values())).rows() for values in inputs]
             if len(requests) == 1:
                 env = inputs[0]
             else:
-                env = {name: Value(array=np.concatenate([values[name].array() for values in inputs])) for name in self.input_names}
+                env = {
+                    name: Value(array=np.concatenate([values[name].array() for values in inputs]))
+                    for name in self.input_names
+                }
             context = Context(requests[0].trace(), deadline)
             values = await self._with_deadline(self._run_body(env, context), context)
             return self._responses(values, sizes)
         except StepError as exc:
             if len(requests) > 1 and not isinstance(exc, TimedOut):
-                alone = await asyncio.gather(*(self._run_group([request], deadline) for request in requests))
-                return [responses[0] for responses in alone]
+                half = len(requests) // 2
+                first, second = await asyncio.gather(
+                    self._run_group(requests[:half], deadline), self._run_group(requests[half:], deadline)
+                )
+                return first + second
             return [_error(str(exc)) for _ in requests]
         except Exception as exc:  # noqa: BLE001 - report and keep serving
-            return [_error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}") for _ in requests]
+            message = f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}"
+            return [_error(message) for _ in requests]
 
     def _inputs(self, request: Any) -> dict[str, Value]:
         values: dict[str, Value] = {}
@@ -203,7 +218,8 @@ class TritonPythonModel:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         raise TimedOut(
-            f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms); steps still running: {running}"
+            f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms); "
+            f"steps still running: {running}"
         )
 
     async def _run_body(self, inputs: dict[str, Value], context: Context) -> dict[str, Value]:
@@ -263,50 +279,87 @@ class TritonPythonModel:
         where, model, batching = node["where"], node["model"], node["batching"]
         try:
             if batching:
-                inputs = [scope[tensor].tensor(name) for name, tensor in node["inputs"].items()]
+                calls = [[scope[tensor].tensor(name) for name, tensor in node["inputs"].items()]]
             else:
-                inputs = [_unbatched(name, scope[tensor], where) for name, tensor in node["inputs"].items()]
-            request = pb_utils.InferenceRequest(
-                model_name=model,
-                inputs=inputs,
-                requested_output_names=list(node["outputs"]),
-                trace=context.trace,
-                timeout=context.timeout_us(),
-            )
-        except StepError:
-            raise
+                # A model without a batch axis takes one row per request: send each row of the merged
+                # batch as its own request, all at once, so the callee's instances work on them side by side.
+                arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
+                rows = next(iter(arrays.values())).shape[0]
+                calls = [
+                    [pb_utils.Tensor(name, np.ascontiguousarray(array[row])) for name, array in arrays.items()]
+                    for row in range(rows)
+                ]
+            requests = [
+                pb_utils.InferenceRequest(
+                    model_name=model,
+                    inputs=inputs,
+                    requested_output_names=list(node["outputs"]),
+                    trace=context.trace,
+                    timeout=context.timeout_us(),
+                )
+                for inputs in calls
+            ]
         except Exception as exc:  # noqa: BLE001 - a bad tensor is this step's failure
-            raise StepError(f"pipeline '{self.name}': step {where} (model '{model}'): cannot build the request: {exc}") from None
+            raise StepError(
+                f"pipeline '{self.name}': step {where} (model '{model}'): cannot build the request: {exc}"
+            ) from None
         label = f"{where} ({model})"
-        context.running[label] = context.running.get(label, 0) + 1
+        context.running[label] = context.running.get(label, 0) + len(requests)
         try:
-            response = await request.async_exec()
+            responses = await asyncio.gather(*(request.async_exec() for request in requests))
         finally:
-            context.running[label] -= 1
+            context.running[label] -= len(requests)
             if not context.running[label]:
                 del context.running[label]
-        if response.has_error():
-            raise StepError(f"pipeline '{self.name}': step {where} (model '{model}') failed: {response.error().message()}")
+        for response in responses:
+            if response.has_error():
+                raise StepError(
+                    f"pipeline '{self.name}': step {where} (model '{model}') failed: {response.error().message()}"
+                )
         values: dict[str, Value] = {}
         for out_name, tensor in node["outputs"].items():
-            output = pb_utils.get_output_tensor_by_name(response, out_name)
-            if output is None:
-                raise StepError(f"pipeline '{self.name}': step {where} (model '{model}') returned no output '{out_name}'")
-            values[tensor] = Value(tensor=output) if batching else Value(array=output.as_numpy()[np.newaxis])
+            outputs = [pb_utils.get_output_tensor_by_name(response, out_name) for response in responses]
+            if any(output is None for output in outputs):
+                raise StepError(
+                    f"pipeline '{self.name}': step {where} (model '{model}') returned no output '{out_name}'"
+                )
+            if batching:
+                values[tensor] = Value(tensor=outputs[0])
+            elif len(outputs) == 1:
+                values[tensor] = Value(array=outputs[0].as_numpy()[np.newaxis])
+            else:
+                values[tensor] = Value(array=self._stack_rows(where, model, out_name, outputs))
         return values
+
+    def _stack_rows(self, where: str, model: str, name: str, outputs: list[Any]) -> np.ndarray:
+        """One output of a model without a batch axis, row by row, back into one batch."""
+        parts = [output.as_numpy() for output in outputs]
+        try:
+            return np.stack(parts)
+        except ValueError:
+            shapes = sorted({str(list(part.shape)) for part in parts})
+            raise StepError(
+                f"pipeline '{self.name}': step {where} (model '{model}'): rows produced '{name}' with different "
+                f"shapes {shapes}; they cannot share one batch"
+            ) from None
 
     def _call_inline(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         """A fused step: the handler runs right here, on the arrays in hand. It does not yield to
         the event loop, so the timeout is checked before each step rather than during one."""
         where, model = node["where"], node["model"]
         if context.deadline is not None and time.monotonic() > context.deadline:
-            raise TimedOut(f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms), before step {where} ({model})")
+            raise TimedOut(
+                f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms), "
+                f"before step {where} ({model})"
+            )
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
         try:
             outputs = dict(self.inline[model](arrays, rows))
         except Exception as exc:  # noqa: BLE001 - user code: the step's failure, the server keeps serving
-            raise StepError(f"pipeline '{self.name}': step {where} (model '{model}') failed: model '{model}': {self._describe(exc)}") from None
+            raise StepError(
+                f"pipeline '{self.name}': step {where} (model '{model}') failed: model '{model}': {self._describe(exc)}"
+            ) from None
         return {tensor: Value(array=outputs[out]) for out, tensor in node["outputs"].items()}
 
     async def _switch(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
@@ -315,7 +368,10 @@ class TritonPythonModel:
         rows = selector.shape[0]
         branches: dict[str, list[int]] = {}
         for row, raw in enumerate(selector.reshape(rows, -1)[:, 0]):
-            key = str(int(raw)) if node["integer"] else (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+            if node["integer"]:
+                key = str(int(raw))
+            else:
+                key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
             branches.setdefault(key, []).append(row)
         cases = dict((case, body) for case, body in node["cases"])
         chosen: list[tuple[Node, list[int]]] = []
@@ -323,16 +379,25 @@ class TritonPythonModel:
             body = cases.get(key, node["default"])
             if body is None:
                 raise StepError(
-                    f"pipeline '{self.name}': step {node['where']}: no case for {node['on']}={key!r} (cases: {', '.join(cases)}) and no default"
+                    f"pipeline '{self.name}': step {node['where']}: no case for {node['on']}={key!r} "
+                    f"(cases: {', '.join(cases)}) and no default"
                 )
             chosen.append((body, members))
         if len(chosen) == 1:
             return await self._block(chosen[0][0], scope, context)  # every row agrees: no regrouping
         picks = [np.array(members) for _, members in chosen]
         results = await _all(
-            [self._block(body, {n: v.take(pick) for n, v in scope.items()}, context) for (body, _), pick in zip(chosen, picks)]
+            [
+                self._block(body, {n: v.take(pick) for n, v in scope.items()}, context)
+                for (body, _), pick in zip(chosen, picks)
+            ]
         )
-        return {name: _scatter(name, node["where"], rows, [(pick, result[name].array()) for pick, result in zip(picks, results)]) for name in node["writes"]}
+        return {
+            name: _scatter(
+                name, node["where"], rows, [(pick, result[name].array()) for pick, result in zip(picks, results)]
+            )
+            for name in node["writes"]
+        }
 
     async def _loop(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         """Rows leave the loop when their `until` is true; the others go round again."""
@@ -393,7 +458,8 @@ class TritonPythonModel:
             except ValueError:
                 shapes = sorted({str(list(p.shape)) for p in parts})
                 raise StepError(
-                    f"pipeline '{self.name}': step {node['where']}: cannot stack '{name}' over items of different shapes {shapes}"
+                    f"pipeline '{self.name}': step {node['where']}: cannot stack '{name}' over items of different "
+                    f"shapes {shapes}"
                 ) from None
         return stacked
 
@@ -402,12 +468,28 @@ def _scope(node: Node, env: dict[str, Value], results: list[dict[str, Value]]) -
     return {name: env[name] if at == OUTER else results[at][name] for name, at in node["reads"].items()}
 
 
+def _component_module(here: str) -> Any:
+    """templates/model.py, copied beside this file as compound_component.py. Loaded from its path:
+    an import by name could find another file of that name (the server's working directory comes
+    first on the stub's sys.path)."""
+    path = os.path.join(here, "compound_component.py")
+    spec = importlib.util.spec_from_file_location("compound_component", path)
+    if spec is None or spec.loader is None:
+        raise pb_utils.TritonModelException(f"{path}: cannot load the component wrapper")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compound_component"] = module  # as an import would: typing and pickle look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def _scatter(name: str, where: str, rows: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> Value:
     """Put row subsets back in request order."""
     first = parts[0][1]
     if any(part.shape[1:] != first.shape[1:] or part.dtype != first.dtype for _, part in parts):
         shapes = sorted({str(list(part.shape[1:])) for _, part in parts})
-        raise StepError(f"step {where}: rows produced '{name}' with different shapes {shapes}; they cannot share one batch")
+        raise StepError(
+            f"step {where}: rows produced '{name}' with different shapes {shapes}; they cannot share one batch"
+        )
     merged = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
     for pick, part in parts:
         merged[pick] = part
@@ -419,13 +501,6 @@ def _zeros(rows: int, dims: list[int], dtype: str) -> np.ndarray:
     if np.dtype(dtype) == np.object_:
         return np.full((rows, *dims), b"", dtype=np.object_)
     return np.zeros((rows, *dims), dtype=np.dtype(dtype))
-
-
-def _unbatched(name: str, value: Value, where: str) -> Any:
-    array = value.array()
-    if array.shape[0] != 1:
-        raise StepError(f"step {where}: model has max_batch_size 0, so it takes one row at a time, got {array.shape[0]}")
-    return pb_utils.Tensor(name, np.ascontiguousarray(array[0]))
 
 
 async def _all(coroutines: list[Any]) -> list[Any]:

@@ -253,13 +253,8 @@ def program_model_files(
     }
     if fused:
         files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()
-        for model in pipeline.models:
-            for path, content in handler_files(plan.models[model].handler, f"{pipeline.name}/1").items():
-                if files.setdefault(path, content) != content:
-                    raise CompoundError(
-                        f"pipeline '{pipeline.name}': two handlers of its models would both be copied to {path}",
-                        hint="give their modules different names",
-                    )
+        for model in pipeline.models:  # each in a folder of its own: two `handlers` modules never collide
+            files.update(handler_files(plan.models[model].handler, f"{pipeline.name}/1/{model}"))
     return files
 
 

@@ -74,7 +74,7 @@ def test_repository_holds_one_model_with_every_handler(fused_repo: Path) -> None
     assert all(s["inline"] for s in steps)
     assert set(program["handlers"]) == {"tok", "sentiment", "topic", "verdict"}
     assert program["handlers"]["tok"]["warmup"] == [1, 64]
-    assert (fused_repo / "classify_fused/1/textdemo_handlers.py").is_file()
+    assert (fused_repo / "classify_fused/1/tok/textdemo_handlers.py").is_file()  # a code folder per model
     assert (fused_repo / "classify_fused/1/compound_component.py").read_bytes() == (ROOT / "templates/model.py").read_bytes()
     config = (fused_repo / "classify_fused/config.pbtxt").read_text()
     assert "# Why fused: fuse: true:" in config and "count: 2" in config and "kind: KIND_CPU" in config

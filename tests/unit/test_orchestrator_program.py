@@ -323,15 +323,16 @@ def test_fused_static_pipeline_inlines_every_step_and_deploys_no_component(tmp_p
         "handler": "handlers:Answer",
         "parameters": {},
         "inputs": {"query": [[1], "object"]},
-        "outputs": [["answer", "object"]],
+        "outputs": [["answer", "object", [1]]],
         "warmup": [1, 32],
+        "code": "echo",
     }
     # only the fused pipeline uses them: their handlers live inside it, not as models of their own
     assert "echo" not in plan.deployed_models and "route" not in plan.deployed_models
     assert "scorer" in plan.deployed_models  # used by no pipeline: deployed as before
     files = render_files(plan)
     assert "echo/config.pbtxt" not in files
-    assert {"p/1/model.py", "p/1/program.json", "p/1/handlers.py", "p/1/compound_component.py"} <= set(files)
+    assert {"p/1/model.py", "p/1/program.json", "p/1/echo/handlers.py", "p/1/compound_component.py"} <= set(files)
     config = text_format.Parse(files["p/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
     assert config.instance_group[0].count == 1 and config.max_batch_size == 32
     assert config.parameters["compound.threads"].string_value == "1"

@@ -231,7 +231,8 @@ def inline_handlers(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
             "handler": f"{model.handler.module}:{model.handler.cls}",
             "parameters": spec.parameters,
             "inputs": {n: [[1 if d == -1 else d for d in t.dims], t.numpy_dtype] for n, t in spec.inputs.items()},
-            "outputs": [[n, t.numpy_dtype] for n, t in spec.outputs.items()],
+            "outputs": [[n, t.numpy_dtype, list(t.dims)] for n, t in spec.outputs.items()],
+            "code": name,  # the folder beside the runtime that holds this handler's code
             "warmup": sizes if spec.warmup else [],
         }
     return handlers

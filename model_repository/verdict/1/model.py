@@ -9,15 +9,23 @@ computes the whole batch at once, and its outputs are sliced back per request (v
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# One declared output: name, numpy dtype, dims after the batch axis (-1: any size; None: unchecked).
+OutputSpec = tuple[str, np.dtype, Optional[list[int]]]
+
+
+class OutputError(ValueError):
+    """What the handler returned breaks the model's declared outputs (the message names the output)."""
 
 
 class HandlerRunner:
@@ -25,41 +33,145 @@ class HandlerRunner:
     convert its outputs. Also imported by fused pipelines (as `compound_component`), which run
     several handlers in one process: the same checks, written once."""
 
-    def __init__(self, model_name: str, handler: str, parameters: dict[str, Any], device: str, outputs: list[tuple[str, np.dtype]]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        handler: str,
+        parameters: dict[str, Any],
+        device: str,
+        outputs: Sequence[Sequence[Any]],
+        code_dir: Optional[str] = None,
+    ) -> None:
+        """`outputs`: (name, dtype) or (name, dtype, dims) per declared output. `code_dir`: the
+        folder holding the handler's code (default: this file's folder, where it is copied)."""
         self.model_name = model_name
-        self.outputs = outputs
+        self.outputs: list[OutputSpec] = [
+            (str(out[0]), np.dtype(out[1]), [int(d) for d in out[2]] if len(out) > 2 and out[2] is not None else None)
+            for out in outputs
+        ]
         module_name, class_name = handler.split(":")
-        here = os.path.dirname(os.path.abspath(__file__))
-        if here not in sys.path:
-            sys.path.insert(0, here)  # the handler's code is copied beside this file
-        handler_class = getattr(importlib.import_module(module_name), class_name)
-        self.handler = handler_class(parameters, device)
+        with handler_imports(module_name, code_dir or os.path.dirname(os.path.abspath(__file__))):
+            handler_class = getattr(importlib.import_module(module_name), class_name)
+            self.handler = handler_class(parameters, device)  # its __init__ may import more of its code
 
     def __call__(self, inputs: dict[str, np.ndarray], rows: int) -> list[tuple[str, np.ndarray]]:
         """The declared outputs, in order, each with `rows` rows of the declared dtype."""
         result = self.handler(**inputs)
-        return [(name, self._coerce(name, dtype, result, rows)) for name, dtype in self.outputs]
+        return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
 
-    def _coerce(self, name: str, dtype: np.dtype, result: Any, rows: int) -> np.ndarray:
+    def _coerce(self, name: str, dtype: np.dtype, dims: Optional[list[int]], result: Any, rows: int) -> np.ndarray:
         if not isinstance(result, dict) or name not in result:
             got = sorted(result) if isinstance(result, dict) else type(result).__name__
-            raise ValueError(f"handler returned no output '{name}' (got {got})")
-        array = np.asarray(result[name])
-        if dtype == np.object_:
-            if array.dtype.kind == "U":
-                array = np.char.encode(array, "utf-8")
-            if array.dtype != np.object_:
-                array = array.astype(np.object_)
-        elif array.dtype != dtype:
-            array = array.astype(dtype)
+            raise OutputError(f"handler returned no output '{name}' (got {got})")
+        try:
+            array = np.asarray(result[name])
+        except ValueError as exc:  # ragged lists
+            raise OutputError(f"output '{name}' is not an array: {exc}") from None
         if array.ndim == 0 or array.shape[0] != rows:
-            raise ValueError(f"output '{name}' has shape {array.shape}; its first axis must be the batch of {rows}")
-        return array
+            raise OutputError(f"output '{name}' has shape {array.shape}; its first axis must be the batch of {rows}")
+        if dims is not None and (
+            array.ndim != len(dims) + 1 or any(d != -1 and d != s for d, s in zip(dims, array.shape[1:]))
+        ):
+            raise OutputError(
+                f"output '{name}' has shape {list(array.shape)}: after the batch axis it must match the declared "
+                f"dims {dims} (-1: any size)"
+            )
+        return _convert(name, array, dtype)
 
     def close(self) -> None:
         close = getattr(self.handler, "close", None)
         if callable(close):
             close()
+
+
+def _convert(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The output as the declared dtype, refusing conversions that would change its values: a
+    float truncated into an int, an int wrapped around, numbers sent as strings. What handlers
+    naturally return still converts: Python ints and bools into any int type whose range holds
+    them, float64 into float32/float16, str into BYTES."""
+    if dtype == np.object_:  # BYTES
+        if array.dtype.kind == "U":
+            return np.char.encode(array, "utf-8").astype(np.object_)
+        if array.dtype.kind == "S":
+            return array.astype(np.object_)
+        if array.dtype.kind == "O":
+            return array  # str/bytes items: the backend serializes both
+        raise OutputError(f"output '{name}' is {array.dtype}; the config declares it BYTES (str or bytes)")
+    if array.dtype == dtype:
+        return array
+    source = array.dtype
+    if source.kind in "biu" and dtype.kind in "iu":
+        if source.kind != "b" and not np.can_cast(source, dtype, casting="safe") and array.size:
+            info = np.iinfo(dtype)
+            low, high = array.min(), array.max()
+            if low < info.min or high > info.max:
+                raise OutputError(
+                    f"output '{name}' holds values from {low} to {high}, outside the declared {dtype} "
+                    f"({info.min} to {info.max})"
+                )
+        return array.astype(dtype)
+    if not np.can_cast(source, dtype, casting="same_kind"):
+        raise OutputError(
+            f"output '{name}' is {source}, the config declares {dtype}: converting would change its values; "
+            f"return {dtype} (or convert explicitly)"
+        )
+    return array.astype(dtype)
+
+
+# Code folders handlers were loaded from in this process (a fused model loads several).
+_CODE_DIRS: set[str] = set()
+
+
+@contextlib.contextmanager
+def handler_imports(module_name: str, code_dir: str) -> Iterator[None]:
+    """Imports made inside resolve the handler's code from `code_dir`, whatever else the process
+    could import under the same names.
+
+    Why: the stub puts the server's working directory on sys.path ahead of the version folder (a
+    `handlers.py` there would be served instead), and a fused model loads several handlers whose
+    modules may share names (two `handlers.py`, two `utils.py`). So for the duration, `code_dir` is
+    sys.path[0] and sys.modules is cleared of what could shadow it: the handler's top-level module
+    and its submodules (unless loaded from `code_dir` itself, so handlers of one folder share them)
+    and every module loaded from another handler's folder. Afterwards those entries are put back;
+    modules new to this import stay in sys.modules unless a put-back entry takes their name (the
+    handler keeps its own through its globals).
+
+    Limits: only imports made while the module loads and the handler is constructed are isolated.
+    An import made later, inside a call, resolves by name like any import: against sys.modules
+    (the first handler loaded under a shared name keeps it) and sys.path, where the first code
+    folder loaded in the process stays in front (for a component model, its only folder). Modules
+    that are not files (namespace packages) are only recognised by name.
+    """
+    code_dir = os.path.realpath(code_dir)
+    top = module_name.split(".")[0]
+    others = _CODE_DIRS - {code_dir}
+
+    def shadows(name: str, module: Any) -> bool:
+        where = getattr(module, "__file__", None)
+        where = os.path.realpath(where) if isinstance(where, str) else None
+        if where is not None and _inside(where, code_dir):
+            return False
+        if name == top or name.startswith(top + "."):
+            return True
+        return where is not None and any(_inside(where, other) for other in others)
+
+    stashed = {name: module for name, module in list(sys.modules.items()) if shadows(name, module)}
+    for name in stashed:
+        del sys.modules[name]
+    keep_on_path = not _CODE_DIRS
+    _CODE_DIRS.add(code_dir)
+    sys.path.insert(0, code_dir)
+    importlib.invalidate_caches()  # the finders may have listed code_dir before its files were written
+    try:
+        yield
+    finally:
+        if not keep_on_path and code_dir in sys.path:
+            sys.path.remove(code_dir)
+        sys.modules.update(stashed)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder + os.sep)
 
 
 # Environment variables that size native thread pools when their library loads (torch, MKL and
@@ -101,13 +213,19 @@ class TritonPythonModel:
         self.batched: bool = int(config.get("max_batch_size", 0)) > 0
         self.input_names: list[str] = [tensor["name"] for tensor in config["input"]]
         outputs = [
-            (tensor["name"], np.dtype(pb_utils.triton_string_to_numpy(tensor["data_type"])))
+            (
+                tensor["name"],
+                np.dtype(pb_utils.triton_string_to_numpy(tensor["data_type"])),
+                [int(d) for d in tensor["dims"]],
+            )
             for tensor in config["output"]
         ]
         handler_parameters = json.loads(params.get("compound.handler_parameters", "{}"))
         threads = int(params.get("compound.threads", "0"))
         limit_native_threads(threads)
-        self.runner = HandlerRunner(self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs)
+        self.runner = HandlerRunner(
+            self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs
+        )
         limit_native_threads(threads)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -132,7 +250,7 @@ class TritonPythonModel:
         return responses
 
     def _run_group(self, members: list[int], inputs: list[list[np.ndarray]], unbatched: bool = False) -> list[Any]:
-        """One handler call for these requests; a failure fails only them."""
+        """One handler call for these requests; a failure fails only the requests that cause it."""
         try:
             if len(members) == 1:
                 arrays = inputs[members[0]]
@@ -146,8 +264,11 @@ class TritonPythonModel:
             outputs = self.runner(dict(zip(self.input_names, arrays)), sum(sizes))
         except Exception as exc:  # noqa: BLE001 - the handler is user code; report, keep serving
             if len(members) > 1:
-                # Pin the error on the request that caused it: rerun each alone (errors are rare).
-                return [self._run_group([m], inputs, unbatched)[0] for m in members]
+                # Pin the error on the requests that cause it by bisection: k bad requests among n cost
+                # O(k log n) handler calls, where rerunning each request alone would cost n, one after another.
+                half = len(members) // 2
+                first = self._run_group(members[:half], inputs, unbatched)
+                return first + self._run_group(members[half:], inputs, unbatched)
             message = f"model '{self.model_name}': {describe_error(exc)}"
             # One TritonError per response: the backend releases each with its response.
             return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in members]
@@ -168,6 +289,8 @@ class TritonPythonModel:
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, OutputError):
+        return str(exc)  # about what the handler returned: where this file noticed it says nothing more
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
