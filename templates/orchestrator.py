@@ -113,6 +113,7 @@ class TritonPythonModel:
         self.input_names: list[str] = list(self.program["inputs"])
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
+        self.on_demand = OnDemand(self.program.get("on_demand", []))
         if self.program.get("handlers"):
             self._load_handlers(args, int(params.get("compound.threads", "0")))
 
@@ -306,7 +307,13 @@ class TritonPythonModel:
         label = f"{where} ({model})"
         context.running[label] = context.running.get(label, 0) + len(requests)
         try:
+            if model in self.on_demand.models:
+                await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
             responses = await asyncio.gather(*(request.async_exec() for request in requests))
+            if model in self.on_demand.models and any(_not_loaded(r) for r in responses):
+                # unloaded for idleness between the check and the call: load it again, once
+                await self.on_demand.ensure(model, [], f"pipeline '{self.name}': step {where}")
+                responses = await asyncio.gather(*(request.async_exec() for request in requests))
         finally:
             context.running[label] -= len(requests)
             if not context.running[label]:
@@ -462,6 +469,70 @@ class TritonPythonModel:
                     f"shapes {shapes}"
                 ) from None
         return stacked
+
+
+class OnDemand:
+    """Components that start unloaded (`autoscale.min: 0`) and are loaded by the first request that
+    needs one. The request waits (no error) while it loads and warms, and every other cold component
+    its path can still reach (`prewarm`, compiled per step) starts loading at the same moment, so a
+    chain of cold components costs one cold start, not one after another.
+
+    Loads go through the server's own gRPC repository API with the deployment's key (both given to
+    the server's environment by compound): Triton runs concurrent loads in parallel there, where the
+    Python backend's own load_model() runs them one at a time (and a failing one has been seen to
+    abort the server). Concurrent requests for one cold model share one load."""
+
+    def __init__(self, models: list[str]) -> None:
+        self.models = set(models)
+        self.url = os.environ.get("COMPOUND_TRITON_GRPC", "")
+        self.key = os.environ.get("COMPOUND_API_KEY", "")
+        self.loads: dict[str, asyncio.Future[None]] = {}
+
+    async def ensure(self, model: str, prewarm: list[str], where: str) -> None:
+        if pb_utils.is_model_ready(model_name=model):
+            return
+        for name in [model, *prewarm]:
+            if name not in self.loads and (name == model or not pb_utils.is_model_ready(model_name=name)):
+                load = asyncio.ensure_future(self._load(name, where))
+                load.add_done_callback(_consume_error)  # a pre-warm nobody awaits must not log noise
+                self.loads[name] = load
+        await asyncio.shield(self.loads[model])
+
+    async def _load(self, name: str, where: str) -> None:
+        try:
+            if not self.url:
+                raise StepError(
+                    f"{where}: model '{name}' is on demand and not loaded, and this server gives its "
+                    "orchestrator no way to load it (start it with `compound deploy` or `compound serve`)"
+                )
+            await asyncio.get_running_loop().run_in_executor(None, self._load_blocking, name)
+        except StepError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to load fails the requests that need it
+            raise StepError(f"{where}: on-demand model '{name}' could not be loaded: {exc}") from None
+        finally:
+            self.loads.pop(name, None)
+
+    def _load_blocking(self, name: str) -> None:
+        import tritonclient.grpc as grpcclient  # only orchestrators with on-demand callees need it
+
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            client.load_model(name, headers={"triton-grpc-protocol-compound-key": self.key}, client_timeout=600)
+        finally:
+            client.close()
+
+
+def _consume_error(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _not_loaded(response: Any) -> bool:
+    if not response.has_error():
+        return False
+    message = response.error().message()
+    return "is not ready" in message or "unknown model" in message or "not found" in message
 
 
 def _scope(node: Node, env: dict[str, Value], results: list[dict[str, Value]]) -> dict[str, Value]:

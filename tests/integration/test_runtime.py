@@ -93,7 +93,9 @@ def instances(server: LocalServer, model: str) -> int:
     return int(model_config(server.http_url, model)["instance_group"][0]["count"])
 
 
-def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(adaptive_server: LocalServer, tmp_path: Path) -> None:
+def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(
+    adaptive_server: LocalServer, tmp_path: Path
+) -> None:
     supervisor = supervisor_for(adaptive_server, tmp_path)
     supervisor.tick()
     assert instances(adaptive_server, "heavy") == 1 and instances(adaptive_server, "helper") == 2
@@ -108,9 +110,10 @@ def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(adaptive
     scaled = [d for d in supervisor.decisions if d["model"] == "heavy" and d["action"] == "scale"]
     assert scaled and "utilisation" in scaled[0]["reason"] and "queued per request" in scaled[0]["reason"]
     # helper is idle (no traffic on 'side'): its second instance is given back, heavy's kept
-    assert any(d["model"] == "helper" and d["instances"] == 1 for d in supervisor.decisions) or instances(
-        adaptive_server, "helper"
-    ) == 1, supervisor.decisions
+    assert (
+        any(d["model"] == "helper" and d["instances"] == 1 for d in supervisor.decisions)
+        or instances(adaptive_server, "helper") == 1
+    ), supervisor.decisions
     status = supervisor.status(time.monotonic())
     assert status["models"]["heavy"]["instance_s"] > 0 and 0 < status["models"]["heavy"]["requests"] <= load.done
     assert (tmp_path / "runtime.json").is_file()
@@ -160,4 +163,7 @@ def test_deploy_runs_the_runtime_and_stop_ends_it(tmp_path: Path) -> None:
     finally:
         stopped = runner.invoke(cli, ["stop", "--name", "adaptive-cli"])
     assert stopped.exit_code == 0
-    assert not Path(f"/proc/{runtime_pid}").exists() or "supervisor" not in Path(f"/proc/{runtime_pid}/cmdline").read_text()
+    assert (
+        not Path(f"/proc/{runtime_pid}").exists()
+        or "supervisor" not in Path(f"/proc/{runtime_pid}/cmdline").read_text()
+    )
