@@ -8,16 +8,25 @@ Run by ``compound loadtest``, or by hand::
 Options (each also an environment variable): ``--pipeline`` (COMPOUND_PIPELINE), ``--protocol``
 auto|http|grpc (COMPOUND_PROTOCOL; auto follows the host's scheme), ``--data`` JSONL requests
 (COMPOUND_DATA; default: synthesised from the pipeline's config), ``--load-shape``
-constant|step|spike|burst (COMPOUND_SHAPE) with ``--steps``, ``--burst-on``, ``--burst-off``.
+constant|step|spike|burst|soak (COMPOUND_SHAPE) with ``--steps``, ``--burst-on``, ``--burst-off``;
+``--target-rps`` (COMPOUND_TARGET_RPS) paces the users to that offered rate instead of a closed loop.
+``--timeline-file`` (COMPOUND_TIMELINE) writes what a soak report needs, for any shape: requests,
+failures, p50/p95/max per ``--window`` (COMPOUND_WINDOW, default 1m), the p95 drift from the first
+to the last windows, and with ``--server-pid`` (COMPOUND_SERVER_PID, a tritonserver on this machine)
+the resident memory of it and of every process under it (Python-backend stubs) at the start, every
+window and the end.
 The web UI gets a "Pipeline models" tab: Triton's per-model statistics for the running test.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import itertools
 import json
 import logging
+import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -25,7 +34,7 @@ from types import ModuleType
 from typing import Any, Iterator, Optional
 
 import gevent
-from locust import FastHttpUser, User, constant, events, task
+from locust import FastHttpUser, User, events, task
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
 
 try:  # gRPC must cooperate with gevent, and be told so before any channel exists
@@ -39,11 +48,11 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 if (_CHECKOUT / "toolkit" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))  # a source checkout: use the toolkit next to this file
 
+from toolkit.client import Signature, grpc_client  # noqa: E402
 from toolkit.errors import CompoundError  # noqa: E402
 from toolkit.loadtest.inputs import Request, prepare_requests  # noqa: E402
-from toolkit.units import parse_duration  # noqa: E402
-from toolkit.client import Signature, grpc_client  # noqa: E402
 from toolkit.stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows  # noqa: E402
+from toolkit.units import parse_duration  # noqa: E402
 
 
 def _load_shapes() -> ModuleType:
@@ -58,7 +67,7 @@ def _load_shapes() -> ModuleType:
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("shapes.py"))
         if spec is None or spec.loader is None:
-            raise ImportError(f"shapes.py is missing next to {__file__}")
+            raise ImportError(f"shapes.py is missing next to {__file__}") from None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -95,6 +104,17 @@ def _add_options(parser: Any) -> None:
                        include_in_web_ui=False, help="write the final totals here as JSON when locust quits")
     group.add_argument("--models-refresh", dest="compound_refresh", env_var="COMPOUND_REFRESH", type=float,
                        default=2.0, include_in_web_ui=False, help="seconds between reads of Triton's statistics")
+    group.add_argument("--target-rps", dest="compound_target_rps", env_var="COMPOUND_TARGET_RPS", type=float,
+                       default=0.0, help="offered requests/s shared by all users (0: closed loop, no pause)")
+    group.add_argument("--window", dest="compound_window", env_var="COMPOUND_WINDOW", default="1m",
+                       include_in_web_ui=False, help="timeline resolution (soak report)")
+    group.add_argument("--timeline-file", dest="compound_timeline", env_var="COMPOUND_TIMELINE", default="",
+                       include_in_web_ui=False, help="write per-window latency, p95 drift and server memory here")
+    group.add_argument("--server-pid", dest="compound_server_pid", env_var="COMPOUND_SERVER_PID", type=int,
+                       default=0, include_in_web_ui=False, help="tritonserver's pid: sample its and its children's RSS")
+    # Set by the master from -u, which locust does not pass on to workers: pacing needs the total.
+    group.add_argument("--pacing-users", dest="compound_pacing_users", type=int, default=0,
+                       include_in_web_ui=False, help=argparse.SUPPRESS)
 
 
 class _Workload:
@@ -138,6 +158,23 @@ class _Workload:
 WORKLOAD = _Workload()
 
 
+def _paced(user: Any) -> float:
+    """locust's constant_pacing, at the interval that makes all users together offer --target-rps
+    (0: closed loop, the next request at once). Read at every wait: workers learn the total user count
+    from the master only when it starts them."""
+    options = getattr(user.environment, "parsed_options", None)
+    if options is None or not getattr(options, "compound_target_rps", 0):
+        return 0.0
+    users = getattr(options, "compound_pacing_users", 0) or getattr(options, "num_users", 0) or 1
+    interval = _shapes.Knobs(users, 1.0, None, target_rps=options.compound_target_rps).pacing_s()
+    now = time.monotonic()
+    last = getattr(user, "_compound_last_start", None)
+    # the first wait spreads the users over one interval, so they do not all fire together
+    wait = random.uniform(0, interval) if last is None else max(0.0, interval - (now - last))
+    user._compound_last_start = now + wait
+    return wait
+
+
 def _protocol(host: str, option: str) -> str:
     if option in ("http", "grpc"):
         return option
@@ -154,9 +191,9 @@ def _error_text(body: Optional[bytes], status: int) -> str:
 
 
 class TritonHttpUser(FastHttpUser):
-    """Closed-loop user calling ``POST /v2/models/<pipeline>/infer`` (KServe v2 REST)."""
+    """Closed-loop (or --target-rps paced) user calling ``POST /v2/models/<pipeline>/infer`` (KServe v2)."""
 
-    wait_time = constant(0)
+    wait_time = _paced
 
     @task
     def infer(self) -> None:
@@ -192,9 +229,9 @@ class GrpcError(Exception):
 
 
 class TritonGrpcUser(User):
-    """Closed-loop user calling ``ModelInfer`` through tritonclient.grpc (gevent-cooperative)."""
+    """Closed-loop (or --target-rps paced) user calling ``ModelInfer`` with tritonclient.grpc (gevent-cooperative)."""
 
-    wait_time = constant(0)
+    wait_time = _paced
 
     def on_start(self) -> None:
         self.client = grpc_client(self.host or WORKLOAD.host)
@@ -272,7 +309,9 @@ class _ModelsMonitor:
             return []
         b = self.latest
         head = {key: "" for key, _ in COLUMNS}
-        head.update(model=f"{b.pipeline} (end-to-end)", requests=b.requests, latency_ms=b.end_to_end_ms, share_pct=100.0)
+        head.update(
+            model=f"{b.pipeline} (end-to-end)", requests=b.requests, latency_ms=b.end_to_end_ms, share_pct=100.0
+        )
         return [head, *rows(b)]
 
     def as_json(self) -> dict[str, Any]:
@@ -330,6 +369,125 @@ def _write_result(environment: Any, path: str) -> None:
     Path(path).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
+def process_tree_rss(pid: int) -> list[dict[str, Any]]:
+    """Resident memory of a process and of every process under it (Linux /proc); [] when it is gone."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])  # comm may hold spaces
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        tree.append(current)
+        frontier.extend(child for child, parent in parents.items() if parent == current)
+    rows = []
+    for member in tree:
+        try:
+            with open(f"/proc/{member}/status", encoding="utf-8") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            with open(f"/proc/{member}/cmdline", "rb") as cmdline:
+                argv = [a.decode(errors="replace") for a in cmdline.read().split(b"\0") if a]
+        except OSError:
+            continue  # it exited between the scan and the read
+        rss_kb = int(fields.get("VmRSS", "0 kB").split()[0])
+        name = " ".join([os.path.basename(argv[0]), *argv[1:2]]) if argv else fields.get("Name", "").strip()
+        rows.append({"pid": member, "name": name[:120], "rss_mb": round(rss_kb / 1024, 1)})
+    return rows
+
+
+class _SoakRecorder:
+    """What a soak report needs: every process that sends requests files them into a Timeline (workers
+    ship theirs to the master with each stats report); the reporting process samples the server's memory
+    at the start, every window and the end, and writes it all to --timeline-file when locust quits."""
+
+    def __init__(self, environment: Any, options: Any) -> None:
+        self.environment = environment
+        self.options = options
+        self.window_s = float(options.compound_window)
+        self.timeline = _shapes.Timeline(self.window_s)
+        self.started: Optional[float] = None
+        self.samples: list[dict[str, Any]] = []
+        self.reporting = not isinstance(environment.runner, WorkerRunner)
+
+    def on_test_start(self, **_: Any) -> None:
+        self.started = time.time()
+        # a worker has the master's options only from its first spawn message, just before this event
+        self.window_s = parse_duration(self.options.compound_window, "--window")
+        self.timeline = _shapes.Timeline(self.window_s, self.end_s())
+        self.samples = []
+        if self.reporting and self.options.compound_server_pid:
+            self.sample("start")
+            gevent.spawn(self._sample_every_window)
+
+    def on_request(self, response_time: Optional[float] = None, exception: Any = None, start_time: Any = None,
+                   **_: Any) -> None:
+        if self.started is not None:
+            offset = (start_time if isinstance(start_time, (int, float)) else time.time()) - self.started
+            self.timeline.add(offset, float(response_time or 0.0), exception is not None)
+
+    def end_s(self) -> Optional[float]:
+        """When the test stops: -t, else the soak's own length; None runs until stopped."""
+        run_time = getattr(self.options, "run_time", None)
+        if run_time:
+            return float(run_time)
+        return float(_shapes.SOAK_DEFAULT_S) if self.options.compound_shape == "soak" else None
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any]) -> None:
+        data["compound_timeline"] = self.timeline.take()
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any]) -> None:
+        self.timeline.merge(data.get("compound_timeline") or {})
+
+    def sample(self, at: str) -> None:
+        rows = process_tree_rss(self.options.compound_server_pid)
+        offset = round(time.time() - self.started, 1) if self.started is not None else 0.0
+        self.samples.append({"at": at, "t_s": offset, "total_mb": round(sum(r["rss_mb"] for r in rows), 1),
+                             "processes": rows})
+
+    def _sample_every_window(self) -> None:
+        started = self.started
+        while self.started == started:
+            gevent.sleep(self.window_s)
+            if self.started == started and getattr(self.environment.runner, "state", None) in (
+                STATE_RUNNING, STATE_SPAWNING
+            ):
+                self.sample("window")
+
+    def write(self, path: str) -> None:
+        o = self.options
+        server: dict[str, Any] = {}
+        if o.compound_server_pid:
+            self.sample("end")
+            start, end = self.samples[0], self.samples[-1]
+            server = {
+                "pid": o.compound_server_pid,
+                "start_total_mb": start["total_mb"],
+                "end_total_mb": end["total_mb"],
+                "growth_mb": round(end["total_mb"] - start["total_mb"], 1),
+                "start": start["processes"],
+                "end": end["processes"],
+                "samples": [{k: s[k] for k in ("at", "t_s", "total_mb")} for s in self.samples],
+            }
+            if not end["processes"]:
+                server["error"] = f"no process {o.compound_server_pid} at the end (did the server die?)"
+        report = {
+            "shape": o.compound_shape,
+            "users": o.num_users,
+            "spawn_rate": o.spawn_rate,
+            "run_time_s": o.run_time,
+            "target_rps": o.compound_target_rps,
+            "window_s": self.window_s,
+            "windows": self.timeline.rows(),
+            "p95_drift": self.timeline.drift(),
+            "server_rss": server or None,
+        }
+        Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
@@ -345,15 +503,33 @@ def _on_init(environment: Any, **_: Any) -> None:
     if protocol == "http" and host and "://" not in host:
         environment.host = host = f"http://{host}"
     if not options.pipeline or not host:
-        log.error("compound: --pipeline and --host are required (e.g. --host http://127.0.0.1:8000 --pipeline classify)")
+        log.error(
+            "compound: --pipeline and --host are required (e.g. --host http://127.0.0.1:8000 --pipeline classify)"
+        )
         sys.exit(2)
     try:
-        for name in ("compound_burst_on", "compound_burst_off"):
+        for name in ("compound_burst_on", "compound_burst_off", "compound_window"):
             setattr(options, name, parse_duration(getattr(options, name), f"--{name[9:].replace('_', '-')}"))
+        if options.compound_target_rps < 0:
+            raise CompoundError(f"--target-rps must be 0 or more, got {options.compound_target_rps:g}")
+        if not options.compound_window > 0:
+            raise CompoundError("--window must be above 0")
+        if options.compound_server_pid and not os.path.isdir(f"/proc/{options.compound_server_pid}"):
+            raise CompoundError(f"--server-pid {options.compound_server_pid}: no such process on this machine")
         WORKLOAD.prepare(host, options.pipeline, protocol, options.data, options.compound_timeout)
     except CompoundError as exc:
         log.error("compound: %s", exc)
         sys.exit(2)
+    if not isinstance(environment.runner, WorkerRunner):
+        options.compound_pacing_users = options.num_users or 0  # workers get the total through this option
+    if options.compound_timeline or isinstance(environment.runner, WorkerRunner):
+        recorder = _SoakRecorder(environment, options)
+        environment.events.test_start.add_listener(recorder.on_test_start)
+        environment.events.request.add_listener(recorder.on_request)
+        environment.events.report_to_master.add_listener(recorder.on_report_to_master)
+        environment.events.worker_report.add_listener(recorder.on_worker_report)
+        if options.compound_timeline and recorder.reporting:
+            environment.events.quit.add_listener(lambda **_: recorder.write(options.compound_timeline))
     log.info("compound: %d request(s) for pipeline '%s' over %s", len(WORKLOAD.requests), options.pipeline, protocol)
     if options.compound_result and not isinstance(environment.runner, WorkerRunner):
         environment.events.quit.add_listener(lambda **_: _write_result(environment, options.compound_result))

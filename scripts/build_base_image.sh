@@ -26,14 +26,24 @@ REBUILD="${REBUILD:-0}"
 CACHE_DIR="${COMPOUND_CACHE:-${HOME}/.cache/compound}"
 TARBALL="${CACHE_DIR}/rootfs-${SUITE}.tar"
 # libpython3.11: the python-backend stub in the wheel links the shared libpython of its Python version.
-PACKAGES="${PACKAGES:-python3,python3-venv,python3-pip,libpython3.11,ca-certificates}"
+# passwd: useradd, with which the image compound builds on this base adds the unprivileged user it runs as.
+PACKAGES="${PACKAGES:-python3,python3-venv,python3-pip,libpython3.11,ca-certificates,passwd}"
 
 die() { echo "build_base_image: $*" >&2; exit 1; }
 
 docker info >/dev/null 2>&1 || die "no Docker engine is reachable: start dockerd (or set DOCKER_HOST)"
+
+# The image compound builds on this base runs as uid 1000, which must be able to reach everything.
+runs_unprivileged() { docker run --rm --network none --user 1000:1000 "$1" /bin/true >/dev/null 2>&1; }
+
 if [[ "$REBUILD" != 1 ]] && docker image inspect "$TAG" >/dev/null 2>&1; then
-    echo "cached: $TAG"
-    exit 0
+    if runs_unprivileged "$TAG"; then
+        echo "cached: $TAG"
+        exit 0
+    fi
+    # An earlier version of this script left / as mktemp's 0700: rebuild (the .debs stay cached).
+    echo "cached $TAG cannot run as a non-root user: rebuilding it"
+    REBUILD=1
 fi
 
 if [[ "$REBUILD" == 1 || ! -s "$TARBALL" ]]; then
@@ -50,6 +60,7 @@ if [[ "$REBUILD" == 1 || ! -s "$TARBALL" ]]; then
     if [[ "$HOST_CA" == 1 && -s /etc/ssl/certs/ca-certificates.crt ]]; then
         cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
     fi
+    chmod 0755 "$ROOTFS"  # it becomes the image's /: mktemp made it 0700, which locks out every other user
     rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* \
         "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/*
     tar -C "$ROOTFS" -cf "$TARBALL.tmp" .
@@ -62,4 +73,5 @@ docker import \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
     "$TARBALL" "$TAG" >/dev/null
+runs_unprivileged "$TAG" || die "$TAG was imported but uid 1000 cannot run /bin/true in it (permissions of $TARBALL?)"
 docker image inspect "$TAG" --format "built: {{index .RepoTags 0}} ({{.Size}} bytes)"

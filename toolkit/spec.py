@@ -321,7 +321,7 @@ class _Converter:
             return self.loader.construct_object(node)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # a tag its text does not fit
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors fail in many ways on a tag its text misfits
             text = node.value if len(node.value) <= 40 else f"{node.value[:40]}..."
             kind = node.tag.rsplit(":", 1)[-1]
             raise _BadNode(path, line, f"malformed YAML: {text!r} is not a valid {kind} ({exc})") from None

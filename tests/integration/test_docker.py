@@ -5,6 +5,8 @@ starts one for itself (flags from COMPOUND_TEST_DOCKERD_ARGS; the default suits 
 bridge or overlayfs) and stops it afterwards. Base image: COMPOUND_TEST_BASE_IMAGE, else the local
 Debian base built (once, cached) by scripts/build_base_image.sh, which needs debootstrap.
 First run on a bare engine: ~1-2 min base + ~4 min image build; later runs reuse both (~40 s).
+The image runs as an unprivileged user: no process in the container is uid 0, and handlers still
+import extension modules (ssl) and write to /tmp.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -117,8 +120,66 @@ def test_textdemo_in_a_container_over_http_and_grpc(textdemo_repo: Path, base_im
             assert list(outputs["label"][:, 0]) == list(expected["label"][:, 0])
         assert server.alive()
         assert "Started HTTPService" in server.log_tail(200)
+        assert server.container is not None and server.container.attrs["Config"]["User"] == "1000:1000"
+        users = _process_uids(server)
+        assert any("tritonserver" in args for _, args in users) and any("stub" in args for _, args in users), users
+        assert all(uid != "0" for uid, _ in users), f"processes running as root in the container: {users}"
     assert _containers_named(server.name) == []
     assert not port_in_use("127.0.0.1", server.endpoints.http_port)
+
+
+def _process_uids(server: DockerServer) -> list[tuple[str, str]]:
+    """(uid, command line) of every process in the server's container, as the host sees them."""
+    assert server.container is not None
+    top = server.container.top(ps_args="-eo pid,uid,args")  # the engine needs the pid column to filter
+    return [(str(row[1]), str(row[-1])) for row in top.get("Processes") or []]
+
+
+PROBE_SPEC = """
+name: probe
+models:
+  probe:
+    handler: probe:Probe
+    inputs: {x: {dtype: fp32, dims: [1]}}
+    outputs: {report: {dtype: string, dims: [3]}}
+pipelines:
+  check:
+    inputs: {x: {dtype: fp32, dims: [1]}}
+    outputs: [report]
+    steps: [{model: probe, inputs: {x: x}, outputs: {report: report}}]
+"""
+
+PROBE_HANDLER = """
+import os
+import ssl
+import tempfile
+
+import numpy as np
+
+
+class Probe:
+    def __init__(self, parameters, device):
+        with tempfile.NamedTemporaryFile(prefix="probe-") as scratch:  # Triton's writable path works
+            scratch.write(b"ok")
+            self.report = [ssl.OPENSSL_VERSION, str(os.geteuid()), scratch.name]
+
+    def __call__(self, x):
+        return {"report": np.array([self.report] * len(x), dtype=object)}
+"""
+
+
+def test_handlers_import_ssl_and_write_tmp_as_a_non_root_user(base_image: str, tmp_path: Path) -> None:
+    """The stub links the venv's own libpython (put first by the entry point), so _ssl loads; not as root."""
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "pipeline.yaml").write_text(PROBE_SPEC)
+    (tmp_path / "spec" / "probe.py").write_text(textwrap.dedent(PROBE_HANDLER))
+    repo = render_repository(plan_spec(tmp_path / "spec" / "pipeline.yaml"), tmp_path / "repo")
+    with _server(repo, base_image, tmp_path / "logs") as server:
+        out = infer("check", server.http_url, {"x": np.zeros((2, 1), dtype=np.float32)})
+        version, euid, scratch = (value.decode() for value in out["report"][0])
+        assert version.startswith("OpenSSL"), version
+        assert euid == "1000" and scratch.startswith("/tmp/probe-")
+        assert all(uid != "0" for uid, _ in _process_uids(server))
 
 
 def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:

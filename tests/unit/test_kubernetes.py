@@ -123,6 +123,53 @@ def test_probes_and_ports_match_triton(repos: dict[str, Path]) -> None:
     assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
+def test_pod_runs_unprivileged_with_a_read_only_root(repos: dict[str, Path]) -> None:
+    """The hardened default: non-root, no privilege escalation, no capabilities, seccomp, and a read-only
+    root file system with emptyDirs where Triton writes (/tmp, /dev/shm)."""
+    for device, repo in repos.items():
+        deployment = by_kind(render_manifests(repo, KubernetesOptions(name="textdemo", base_image=BASE)))["Deployment"]
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, device
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["runAsUser"] == 1000 and security["runAsGroup"] == 1000 and security["fsGroup"] == 1000
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        container = pod["containers"][0]
+        hardened = container["securityContext"]
+        assert hardened["allowPrivilegeEscalation"] is False
+        assert hardened["privileged"] is False
+        assert hardened["readOnlyRootFilesystem"] is True
+        assert hardened["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert set(mounts) == {"/tmp", "/dev/shm"}
+        assert "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/tmp"]]["emptyDir"]["sizeLimit"]
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        assert {"name": "HOME", "value": "/tmp"} in container["env"]  # the home folder is read-only
+    runtime = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, kserve=True)))
+    validate_cr(runtime["ServingRuntime"])
+    kserve = runtime["ServingRuntime"]["spec"]["containers"][0]
+    assert kserve["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"},
+        "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {m["mountPath"] for m in kserve["volumeMounts"]} == {"/tmp", "/dev/shm"}
+    assert {v["name"] for v in runtime["ServingRuntime"]["spec"]["volumes"]} == {"dshm", "tmp"}
+
+
+def test_the_image_runs_as_the_uid_the_pod_asks_for() -> None:
+    """runAsNonRoot can only be checked against a numeric USER; both flavors must end with the same one."""
+    for base in (BASE, "nvcr.io/nvidia/tritonserver:24.10-py3"):
+        dockerfile = render_build_context(base)["Dockerfile"].decode()
+        assert dockerfile.rstrip().splitlines()[-1] == "USER 1000:1000", base
+        assert "useradd --uid 1000" in dockerfile
+    entry = render_build_context(BASE)["tritonserver.sh"].decode()
+    assert 'LD_LIBRARY_PATH="@PYTHON_LIBDIR@:/opt/compound/libs' in entry  # the build writes the path in
+    assert 'sed -i "s|@PYTHON_LIBDIR@|$libdir|"' in render_build_context(BASE)["Dockerfile"].decode()
+
+
 def test_scaling_queries_are_per_model_promql(repos: dict[str, Path]) -> None:
     scaled = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", namespace="serving", base_image=BASE)))["ScaledObject"]
     triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
