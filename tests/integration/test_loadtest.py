@@ -22,8 +22,15 @@ from toolkit.loadtest.runner import LoadTestOptions, LocustRunner
 from toolkit.stats import fetch_stats
 
 COMPOSING = ["tok", "sentiment", "topic", "verdict"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def compound(*args: str) -> Result:
@@ -33,8 +40,22 @@ def compound(*args: str) -> Result:
 
 def short_run(url: str, tmp_path: Path, *extra: str) -> tuple[Result, dict[str, Any]]:
     summary = tmp_path / "summary.json"
-    result = compound("classify", "--url", url, "--users", "16", "--spawn-rate", "16", "--run-time", "4s",
-                      "--csv", str(tmp_path / "run"), "--json", str(summary), *extra)
+    result = compound(
+        "classify",
+        "--url",
+        url,
+        "--users",
+        "16",
+        "--spawn-rate",
+        "16",
+        "--run-time",
+        "4s",
+        "--csv",
+        str(tmp_path / "run"),
+        "--json",
+        str(summary),
+        *extra,
+    )
     return result, json.loads(summary.read_text()) if summary.exists() else {}
 
 
@@ -53,8 +74,9 @@ def test_http_headless_run_with_data_file_and_reports(textdemo_server: LocalServ
     data = tmp_path / "requests.jsonl"
     data.write_text("\n".join(json.dumps({"text": t}) for t in ["good news", "a bad match", "new chips"]) + "\n")
     html = tmp_path / "report.html"
-    result, summary = short_run(textdemo_server.http_url, tmp_path, "--data", str(data), "--html", str(html),
-                                "--max-failure-ratio", "0")
+    result, summary = short_run(
+        textdemo_server.http_url, tmp_path, "--data", str(data), "--html", str(html), "--max-failure-ratio", "0"
+    )
     assert result.exit_code == 0, result.output
     latency = summary["latency"]
     assert latency["requests"] > 50 and latency["failures"] == 0 and latency["rps"] > 0
@@ -71,8 +93,9 @@ def test_http_headless_run_with_data_file_and_reports(textdemo_server: LocalServ
 
 
 def test_grpc_headless_run_with_workers_and_a_shape(textdemo_server: LocalServer, tmp_path: Path) -> None:
-    result, summary = short_run(textdemo_server.grpc_url, tmp_path, "--protocol", "grpc", "--workers", "2",
-                                "--shape", "step", "--steps", "2")
+    result, summary = short_run(
+        textdemo_server.grpc_url, tmp_path, "--protocol", "grpc", "--workers", "2", "--shape", "step", "--steps", "2"
+    )
     assert result.exit_code == 0, result.output
     assert summary["protocol"] == "grpc" and summary["workers"] == 2
     assert summary["latency"]["requests"] > 50 and summary["latency"]["failures"] == 0
@@ -139,9 +162,18 @@ def _end_to_end_requests(dom: str) -> int:
     return int(match.group(1))
 
 
-def test_dashboard_shows_the_per_model_tab_live(textdemo_server: LocalServer, tmp_path: Path, artifacts_dir: Path) -> None:
-    options = LoadTestOptions(pipeline="classify", url=textdemo_server.http_url, users=8, spawn_rate=8,
-                              run_time_s=None, ui=True, web_port=free_port())
+def test_dashboard_shows_the_per_model_tab_live(
+    textdemo_server: LocalServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    options = LoadTestOptions(
+        pipeline="classify",
+        url=textdemo_server.http_url,
+        users=8,
+        spawn_rate=8,
+        run_time_s=None,
+        ui=True,
+        web_port=free_port(),
+    )
     with LocustRunner(options, tmp_path / "run") as runner:
         index = urllib.request.urlopen(runner.web_url + "/", timeout=10).read().decode()
         assert "Pipeline models" in index  # the tab is declared in the page's template args
@@ -178,8 +210,23 @@ def test_server_errors_are_counted_failures_with_their_message(
     data.write_text('{"text": "boom"}\n{"text": "fine"}\n')
     url = faulty_server.http_url if protocol == "http" else faulty_server.grpc_url
     summary = tmp_path / "summary.json"
-    result = compound("shout", "--url", url, "--protocol", protocol, "--data", str(data), "--users", "4",
-                      "--run-time", "2s", "--json", str(summary), "--max-failure-ratio", "0.01")
+    result = compound(
+        "shout",
+        "--url",
+        url,
+        "--protocol",
+        protocol,
+        "--data",
+        str(data),
+        "--users",
+        "4",
+        "--run-time",
+        "2s",
+        "--json",
+        str(summary),
+        "--max-failure-ratio",
+        "0.01",
+    )
     assert result.exit_code == 3, result.output  # the run completed; only the gate failed it
     latency = json.loads(summary.read_text())["latency"]
     assert latency["requests"] > latency["failures"] > 0
@@ -192,7 +239,62 @@ def test_synthesised_inputs_for_a_non_batching_model_with_variable_dims(
 ) -> None:
     """matrix: max_batch_size 0 and dims [-1], so requests carry no batch dimension."""
     summary = tmp_path / "summary.json"
-    result = compound("matrix", "--url", faulty_server.grpc_url, "--protocol", "grpc", "--users", "2",
-                      "--run-time", "2s", "--json", str(summary), "--max-failure-ratio", "0")
+    result = compound(
+        "matrix",
+        "--url",
+        faulty_server.grpc_url,
+        "--protocol",
+        "grpc",
+        "--users",
+        "2",
+        "--run-time",
+        "2s",
+        "--json",
+        str(summary),
+        "--max-failure-ratio",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(summary.read_text())["latency"]["requests"] > 0
+
+
+def test_a_short_soak_reports_failures_drift_and_server_memory(textdemo_server: LocalServer, tmp_path: Path) -> None:
+    """The soak shape through the CLI, shortened: paced at a target rate, windows of 2 s, and the RSS of
+    the server and each of its stubs at the start and the end."""
+    timeline = tmp_path / "soak.json"
+    result = compound(
+        "classify",
+        "--url",
+        textdemo_server.grpc_url,
+        "--protocol",
+        "grpc",
+        "--shape",
+        "soak",
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--run-time",
+        "9s",
+        "--target-rps",
+        "40",
+        "--window",
+        "2s",
+        "--timeline",
+        str(timeline),
+        "--server-pid",
+        str(textdemo_server.pid),
+        "--max-failure-ratio",
+        "0",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(timeline.read_text())
+    assert report["shape"] == "soak" and report["target_rps"] == 40 and len(report["windows"]) >= 3
+    assert sum(w["failures"] for w in report["windows"]) == 0
+    assert report["p95_drift"] is not None and report["p95_drift"]["first_p95_ms"] > 0
+    rss = report["server_rss"]
+    names = {p["name"] for p in rss["end"]}
+    assert rss["start_total_mb"] > 0 and "tritonserver" in " ".join(names) and len(rss["end"]) >= 5  # + 4 stubs
+    assert "p95 drift:" in result.output and "server memory (RSS, server and stubs)" in result.output
+    total = sum(w["requests"] for w in report["windows"])
+    assert 150 <= total <= 420, total  # about 40 req/s for 9 s, not a closed loop's thousands

@@ -25,7 +25,9 @@ from toolkit.units import parse_duration
     "--users", type=int, default=16, show_default=True, help="Concurrent closed-loop users (peak, for shapes)."
 )
 @click.option("--spawn-rate", type=float, default=8.0, show_default=True, help="Users started per second.")
-@click.option("--run-time", default="30s", show_default=True, help="Length of the run: 45, 30s, 5m, 1h30m.")
+@click.option(
+    "--run-time", default=None, help="Length of the run: 45, 30s, 5m, 1h30m  [default: 30s; 20m with --shape soak]"
+)
 @click.option("--shape", type=click.Choice(SHAPES), default="constant", show_default=True, help="Load shape.")
 @click.option("--steps", type=int, default=4, show_default=True, help="Steps of the step shape.")
 @click.option("--burst-on", default="5s", show_default=True, help="Burst shape: length of a burst.")
@@ -53,13 +55,34 @@ from toolkit.units import parse_duration
 @click.option("--p95-slo-ms", type=float, help="Fail (exit non-zero) when p95 latency is above this.")
 @click.option("--max-failure-ratio", type=float, help="Fail (exit non-zero) when failures/requests is above this.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Locust worker processes (distributed mode).")
+@click.option(
+    "--target-rps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Pace the users to this offered rate instead of a closed loop (a soak at half of peak).",
+)
+@click.option("--window", default="1m", show_default=True, help="Timeline window (--timeline).")
+@click.option(
+    "--timeline",
+    "timeline",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write per-window requests, failures, p50/p95/max, the p95 drift from the first to the last "
+    "windows, and the server's memory (RSS per process) to this JSON file.",
+)
+@click.option(
+    "--server-pid",
+    type=int,
+    default=None,
+    help="tritonserver's pid, for --timeline's memory samples  [default: the recorded local deployment's]",
+)
 def loadtest(
     pipeline: str,
     url: Optional[str],
     protocol: str,
     users: int,
     spawn_rate: float,
-    run_time: str,
+    run_time: Optional[str],
     shape: str,
     steps: int,
     burst_on: str,
@@ -73,10 +96,32 @@ def loadtest(
     p95_slo_ms: Optional[float],
     max_failure_ratio: Optional[float],
     workers: int,
+    target_rps: Optional[float],
+    window: str,
+    timeline: Optional[Path],
+    server_pid: Optional[int],
 ) -> None:
-    """Load-test PIPELINE on a running server with locust, and report per-model Triton statistics."""
+    """Load-test PIPELINE on a running server with locust, and report per-model Triton statistics.
+
+    A soak: `--shape soak --target-rps R --timeline soak.json` (20 minutes unless --run-time says
+    otherwise) reports failures, the p95 drift from the first to the last minutes, and the memory of
+    every server process at the start and the end."""
     if steps < 1:
         raise click.BadParameter("must be at least 1", param_hint="--steps")
+    run_time = run_time or (SOAK_RUN_TIME if shape == "soak" else DEFAULT_RUN_TIME)
+    extra_env = {
+        "COMPOUND_STEPS": str(steps),
+        "COMPOUND_BURST_ON": f"{parse_duration(burst_on, '--burst-on'):g}s",
+        "COMPOUND_BURST_OFF": f"{parse_duration(burst_off, '--burst-off'):g}s",
+        "COMPOUND_WINDOW": f"{parse_duration(window, '--window'):g}s",
+    }
+    if target_rps is not None:
+        extra_env["COMPOUND_TARGET_RPS"] = f"{target_rps:g}"
+    if timeline is not None:
+        extra_env["COMPOUND_TIMELINE"] = str(timeline.resolve())
+        pid = server_pid or recorded_server_pid()
+        if pid:
+            extra_env["COMPOUND_SERVER_PID"] = str(pid)
     options = LoadTestOptions(
         pipeline=pipeline,
         url=url or DEFAULT_URLS[protocol],
@@ -94,10 +139,52 @@ def loadtest(
         json_path=json_path,
         p95_slo_ms=p95_slo_ms,
         max_failure_ratio=max_failure_ratio,
-        extra_env={
-            "COMPOUND_STEPS": str(steps),
-            "COMPOUND_BURST_ON": f"{parse_duration(burst_on, '--burst-on'):g}s",
-            "COMPOUND_BURST_OFF": f"{parse_duration(burst_off, '--burst-off'):g}s",
-        },
+        extra_env=extra_env,
     )
     run_loadtest(options, echo=click.echo)
+    if timeline is not None and timeline.is_file():
+        click.echo(soak_summary(timeline))
+
+
+DEFAULT_RUN_TIME = "30s"
+SOAK_RUN_TIME = "20m"
+
+
+def recorded_server_pid() -> Optional[int]:
+    """The tritonserver of the only recorded local deployment, if there is one."""
+    from toolkit.deploy.base import load_state
+    from toolkit.errors import CompoundError
+
+    try:
+        state = load_state(None)
+    except CompoundError:
+        return None
+    return state.pid if state.target == "local" else None
+
+
+def soak_summary(timeline: Path) -> str:
+    """Failures, p95 drift and memory growth from a --timeline file, in words."""
+    import json
+
+    report = json.loads(timeline.read_text(encoding="utf-8"))
+    windows = report.get("windows") or []
+    failures = sum(int(w.get("failures", 0)) for w in windows)
+    lines = [
+        f"Timeline: {timeline} ({len(windows)} window(s) of {report.get('window_s', 0):g} s, {failures} failure(s))"
+    ]
+    drift = report.get("p95_drift")
+    if drift:
+        lines.append(
+            f"  p95 drift: {drift['first_p95_ms']:.1f} ms in the first windows, {drift['last_p95_ms']:.1f} ms in "
+            f"the last: x{drift['ratio']}"
+        )
+    rss = report.get("server_rss")
+    if rss and not rss.get("error"):
+        growth = 100.0 * rss["growth_mb"] / rss["start_total_mb"] if rss["start_total_mb"] else 0.0
+        lines.append(
+            f"  server memory (RSS, server and stubs): {rss['start_total_mb']:.0f} MB at the start, "
+            f"{rss['end_total_mb']:.0f} MB at the end ({growth:+.1f}%)"
+        )
+    elif rss:
+        lines.append(f"  server memory: {rss['error']}")
+    return "\n".join(lines)

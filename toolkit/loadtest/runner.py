@@ -30,7 +30,7 @@ from toolkit.stats import Breakdown, breakdown, fetch_stats, format_table, to_ht
 from toolkit.system import die_with_parent, free_port
 
 PROTOCOLS = ("http", "grpc")
-SHAPES = ("constant", "step", "spike", "burst")
+SHAPES = ("constant", "step", "spike", "burst", "soak")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
 # Users finish the request in flight when a run (or a shape's step down) stops them, instead of being
