@@ -235,3 +235,13 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
     assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
     assert _containers_named(f"compound-{name}") == []
     assert runner.invoke(cli, ["status", "--name", name]).exit_code != 0
+
+
+def test_a_repository_other_users_cannot_read_is_named_before_anything_starts(tmp_path: Path) -> None:
+    """The container never runs as root: a repository written under umask 077 would fail inside it."""
+    repo = render_repository(plan_spec(ROOT / "examples/textdemo/pipeline.yaml"), tmp_path / "repo")
+    (repo / "tok" / "config.pbtxt").chmod(0o600)
+    server = DockerServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with pytest.raises(CompoundError, match="cannot be read by other users") as refused:
+        server.start()
+    assert "chmod -R o+rX" in str(refused.value) and "tok/config.pbtxt" in str(refused.value)

@@ -187,13 +187,14 @@ def ensure_image(
     import docker
 
     files = render_build_context(base_image, flavor=flavor, pip=pip, repository=repository)
-    tag = context_tag(name, files)
+    _ensure_base(client, base_image)
+    # the base's id is part of the tag: a rebuilt base (same name) must not reuse images built on the old one
+    tag = context_tag(name, {**files, "base-image-id": client.images.get(base_image).id.encode()})
     try:
         client.images.get(tag)
         return tag
     except docker.errors.ImageNotFound:
         pass
-    _ensure_base(client, base_image)
     log_path = log_path or Path(tempfile.gettempdir()) / f"compound-build-{tag.replace(':', '-').replace('/', '-')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     context = Path(tempfile.mkdtemp(prefix="compound-docker-context-"))
@@ -298,6 +299,19 @@ class DockerServer(TritonServer):
         # bridge: every interface inside the container; only --host's are published on the host
         address = self.endpoints.host if self.network == "host" else "0.0.0.0"  # noqa: S104
         return self.server_args(CONTAINER_REPOSITORY, self.triton_ports(), address)
+
+    def preflight(self) -> None:
+        super().preflight()
+        paths = [self.repository, *sorted(self.repository.rglob("*"))]
+        unreadable = [
+            p for p in paths if p.stat().st_mode & (0o005 if p.is_dir() else 0o004) != (0o005 if p.is_dir() else 0o004)
+        ]
+        if unreadable:  # the container's user (uid 1000) reads the repository as "other"
+            raise CompoundError(
+                f"{unreadable[0]} (and {len(unreadable) - 1} more) cannot be read by other users, "
+                "so the server in the container (which never runs as root) cannot read the repository",
+                hint=f"chmod -R o+rX {self.repository}",
+            )
 
     def launch(self) -> None:
         """Build the image if missing and start the container."""
@@ -436,7 +450,8 @@ class DockerServer(TritonServer):
         if not state.container:
             return None
         try:
-            top = connect().containers.get(state.container).top(ps_args="-eo args")
+            # docker's top needs a PID column in what ps prints
+            top = connect().containers.get(state.container).top(ps_args="-eo pid,args")
         except (docker.errors.NotFound, docker.errors.APIError):
             return None
         return stub_counts([str(row[-1]).split() for row in top.get("Processes") or []])
