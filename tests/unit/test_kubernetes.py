@@ -3,6 +3,9 @@ pinned version) and the CRDs of KEDA, Prometheus Operator and KServe (../shared/
 
 from __future__ import annotations
 
+import json
+import stat
+
 import copy
 import functools
 import shutil
@@ -189,8 +192,8 @@ def test_scaling_queries_are_per_model_promql(repos: dict[str, Path]) -> None:
 
 def test_options_and_switches(repos: dict[str, Path]) -> None:
     bare = render_manifests(repos["cpu"], KubernetesOptions(name="Text_Demo", base_image=BASE, autoscale=False, monitor=False, image="registry.example/td:1"))
-    assert sorted(bare) == ["deployment.yaml", "kustomization.yaml", "service.yaml"]
-    assert yaml.safe_load(bare["kustomization.yaml"])["resources"] == ["deployment.yaml", "service.yaml"]
+    assert sorted(bare) == ["deployment.yaml", "kustomization.yaml", "secret.yaml", "service.yaml"]
+    assert yaml.safe_load(bare["kustomization.yaml"])["resources"] == ["deployment.yaml", "secret.yaml", "service.yaml"]
     assert by_kind(bare)["Deployment"]["metadata"]["name"] == "text-demo"
     assert by_kind(bare)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/td:1"
     assert k8s_name("9lives") == "compound-9lives"
@@ -218,7 +221,8 @@ def test_kustomize_builds_the_folder_offline(repos: dict[str, Path], tmp_path: P
     out = write_manifests(files, tmp_path / "manifests")
     built = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
-    assert sorted(d["kind"] for d in yaml.safe_load_all(built.stdout) if d) == ["Deployment", "PodMonitor", "ScaledObject", "Service"]
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(built.stdout) if d)
+    assert kinds == ["Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
 
 
 def test_no_reachable_cluster_is_a_clear_error(repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,3 +243,33 @@ def test_no_reachable_cluster_is_a_clear_error(repos: dict[str, Path], tmp_path:
     with pytest.raises(CompoundError, match="no Kubernetes cluster is reachable") as failure:
         deployment.start()
     assert "--dry-run" in str(failure.value)
+
+
+def test_the_key_comes_from_a_secret_and_the_runtime_runs_beside_triton(repos: dict[str, Path], tmp_path: Path) -> None:
+    """Restricted APIs in the pod: the key in a Secret (written 0600), read by tritonserver's args through
+    the environment, and by the adaptive runtime's sidecar, which sees the server's stubs (shared
+    process namespace) and fills the pod's CPU request."""
+    options = KubernetesOptions(name="textdemo", base_image=BASE, image="registry.example/td:1", cpu="1500m")
+    files = render_manifests(repos["cpu"], options)
+    secret = by_kind(files)["Secret"]
+    key = secret["stringData"]["api-key"]
+    assert len(key) >= 24 and secret["metadata"]["name"] == "textdemo-key"
+    pod = by_kind(files)["Deployment"]["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    triton, runtime = pod["containers"]
+    key_env = {"name": "COMPOUND_API_KEY", "valueFrom": {"secretKeyRef": {"name": "textdemo-key", "key": "api-key"}}}
+    assert key_env in triton["env"] and key_env in runtime["env"]
+    assert any(a.startswith("--http-restricted-api=") and a.endswith("compound-key=$(COMPOUND_API_KEY)") for a in triton["args"])
+    assert key not in files["deployment.yaml"]  # only in the Secret
+    assert runtime["command"] == ["/usr/local/bin/compound-runtime"] and runtime["args"][0] == "--inline"
+    config = json.loads(runtime["args"][1])
+    assert config["cores"] == 1.5 and config["stubs"] == "proc" and config["repository"] == "/models"
+    assert "api_key" not in config
+    assert runtime["securityContext"]["readOnlyRootFilesystem"] is True
+    written = write_manifests(files, tmp_path / "m")
+    assert stat.S_IMODE((written / "secret.yaml").stat().st_mode) == 0o600
+    context = render_build_context(BASE, repository=repos["cpu"])
+    assert "compound/toolkit/deploy/supervisor.py" in context and b"COPY compound/ /opt/compound/app/" in context["Dockerfile"]
+    assert b"toolkit.deploy.supervisor" in context["runtime.sh"]
+    plain = render_manifests(repos["cpu"], KubernetesOptions(name="t", base_image=BASE, image="x:1", runtime=False, restrict_apis=False))
+    assert "secret.yaml" not in plain and len(by_kind(plain)["Deployment"]["spec"]["template"]["spec"]["containers"]) == 1

@@ -5,7 +5,9 @@ Each pipeline has a pool of coroutines; in a phase the first `concurrency[pipeli
 request, wait for its answer and send the next, the rest wait for a phase that needs them. A
 coroutine that a new phase no longer needs finishes the request it has in flight first, so the
 number of requests in flight follows the schedule exactly, with no overlap of two phases' clients.
-Every request is recorded: start (seconds since the schedule began), latency, pipeline, ok.
+Every request is recorded: start (seconds since the schedule began), latency, pipeline, ok. When its
+inputs are built and its channel is open it prints `START <time.monotonic() of the first phase>`, so
+the parent samples the server on the same clock.
 
 Run: ``python -m toolkit.bench.workload_driver JOB.json`` (the result is JSON at job["result"]).
 """
@@ -39,7 +41,6 @@ class WorkloadJob:
     url: str
     targets: list[Target]
     phases: list[dict[str, Any]]  # {"name", "seconds", "concurrency": {pipeline: clients}}
-    start_at: float  # time.monotonic() at which the first phase begins (the parent samples from it too)
     result: str
     timeout_s: float = 30.0
 
@@ -96,7 +97,9 @@ async def run(job: WorkloadJob) -> dict[str, Any]:
     errors: list[str] = []
     wanted = [0] * len(job.targets)
     state: dict[str, Any] = {"changed": asyncio.Event(), "stop": False}
-    t0 = job.start_at
+    await client.is_server_ready()  # the channel is open before the clock starts
+    t0 = time.monotonic() + 0.2
+    print(f"START {t0!r}", flush=True)
 
     async def client_loop(p: int, k: int) -> None:
         target, rows = job.targets[p], prebuilt[p]
@@ -108,9 +111,7 @@ async def run(job: WorkloadJob) -> dict[str, Any]:
             start = time.monotonic()
             ok = True
             try:
-                await client.infer(
-                    target.name, rows[i % len(rows)], outputs=requested[p], client_timeout=job.timeout_s
-                )
+                await client.infer(target.name, rows[i % len(rows)], outputs=requested[p], client_timeout=job.timeout_s)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and sampled
                 ok = False
                 if len(errors) < 10:

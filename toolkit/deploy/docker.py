@@ -138,8 +138,8 @@ def render_build_context(
 
     kind = flavor or image_flavor(base_image)
     # generated models cap their BLAS pools with threadpoolctl; orchestrators load on-demand models
-    # through their server's gRPC API (tritonclient)
-    packages = ["numpy<2", "threadpoolctl", "tritonclient[grpc]", *pip]
+    # through their server's gRPC API (tritonclient); the adaptive runtime (a pod's sidecar) is compound
+    packages = ["numpy<2", "threadpoolctl", "tritonclient[grpc]", *RUNTIME_PACKAGES, *pip]
     if kind == "pytriton":
         try:
             packages.insert(0, f"nvidia-pytriton=={importlib.metadata.version('nvidia-pytriton')}")
@@ -157,11 +157,28 @@ def render_build_context(
     files = {
         "Dockerfile": env.get_template("docker/Dockerfile.j2").render(**values).encode(),
         "tritonserver.sh": env.get_template("docker/tritonserver.sh.j2").render(**values).encode(),
+        "runtime.sh": env.get_template("docker/runtime.sh.j2").render(**values).encode(),
+        **runtime_sources(),
     }
     if repository is not None:
         for path in sorted(repository.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 files[f"repository/{path.relative_to(repository).as_posix()}"] = path.read_bytes()
+    return files
+
+
+RUNTIME_PACKAGES = ("jinja2>=3.1", "pydantic>=2.5", "pyyaml>=6.0")  # what toolkit.deploy.supervisor imports
+
+
+def runtime_sources() -> dict[str, bytes]:
+    """compound's own Python modules, for the adaptive runtime that runs beside Triton in a pod
+    (templates and the locustfile stay out: the runtime needs neither)."""
+    package = Path(__file__).resolve().parents[1]
+    files = {}
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] not in ("templates", "locust") and "__pycache__" not in relative.parts:
+            files[f"compound/toolkit/{relative.as_posix()}"] = path.read_bytes()
     return files
 
 

@@ -28,6 +28,7 @@ from toolkit.deploy.base import (
     DeployRequest,
     TritonServer,
     check_repository,
+    new_api_key,
     triton_args,
     uses_response_cache,
 )
@@ -74,6 +75,9 @@ class KubernetesOptions:
     exit_timeout_s: int = 30
     restrict_apis: bool = True  # model control, shared memory, logging, trace behind the Secret's key
     api_key: str = ""  # written into the Secret; generated when empty
+    runtime: bool = True  # the adaptive runtime as a sidecar in each pod
+    run_as_user: int = 1000  # the image's unprivileged user (templates/docker/Dockerfile.j2)
+    tmp_size: str = "1Gi"  # the emptyDir at /tmp, the only path besides /dev/shm Triton writes to
 
 
 def k8s_name(text: str) -> str:
@@ -107,6 +111,36 @@ def pod_triton_args(
     if uses_response_cache(repository):
         args += ["--cache-config", "local,size=67108864"]
     return args
+
+
+def pod_cores(cpu: str) -> float:
+    """A Kubernetes CPU quantity ("2", "1.5", "500m") in cores."""
+    text = str(cpu).strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        raise CompoundError(f"--cpu {cpu!r} is not a Kubernetes CPU quantity", hint="e.g. 2, 1.5 or 500m") from None
+
+
+def pod_runtime_config(name: str, options: KubernetesOptions) -> dict[str, Any]:
+    """The adaptive runtime's configuration inside a pod: the server on loopback, the repository baked
+    at /models, the pod's CPU request as its budget, stubs found through the shared process namespace;
+    no key here (it comes from the Secret through the environment)."""
+    from toolkit.deploy.supervisor import RuntimeConfig
+
+    config = RuntimeConfig(
+        name=name,
+        repository="/models",
+        http_url="127.0.0.1:8000",
+        grpc_url="127.0.0.1:8001",
+        metrics_url="http://127.0.0.1:8002/metrics",
+        api_key="",
+        run_dir="/tmp/compound-runtime",  # noqa: S108 - the pod's own emptyDir at /tmp
+        cores=pod_cores(options.cpu),
+        gpus=options.gpus_per_pod,
+        stubs="proc",
+    )
+    return {key: value for key, value in vars(config).items() if key not in ("api_key", "state_file")}
 
 
 def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict[str, str]:
@@ -157,6 +191,11 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
         "window": options.window,
         "scrape_interval": options.scrape_interval,
         "selector_promql": f'namespace="{options.namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"{model_match}',
+        "run_as_user": options.run_as_user,
+        "tmp_size": options.tmp_size,
+        "secret_name": f"{name}-key" if options.restrict_apis else "",
+        "api_key": options.api_key or new_api_key(),
+        "runtime_args": ["--inline", json.dumps(pod_runtime_config(name, options))] if options.runtime else [],
     }
     env = template_env()
     env.filters["q"] = lambda value: json.dumps(str(value), ensure_ascii=False)
@@ -165,6 +204,7 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
     else:
         wanted = (
             ["deployment", "service"]
+            + (["secret"] if options.restrict_apis else [])
             + (["podmonitor"] if options.monitor else [])
             + (["scaledobject"] if options.autoscale else [])
         )
@@ -193,7 +233,13 @@ def write_manifests(files: dict[str, str], out_dir: str | Path) -> Path:
         if stale.name not in files and "compound" in stale.read_text(errors="replace")[:200]:
             stale.unlink()  # a manifest an earlier render wrote (e.g. before --no-autoscale)
     for file_name, text in files.items():
-        (out / file_name).write_text(text)
+        target = out / file_name
+        if file_name == "secret.yaml":  # holds the deployment's key
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        else:
+            target.write_text(text)
     return out
 
 

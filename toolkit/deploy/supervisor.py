@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.client import api_key_headers, http_json, load_models, model_config, model_states, unload_model
+from toolkit.deploy.base import stub_counts
 from toolkit.errors import CompoundError
 from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
 from toolkit.render import read_manifest
@@ -53,7 +54,8 @@ class RuntimeConfig:
     cores: float
     gpus: int = 0
     interval_s: float = INTERVAL_S
-    state_file: str = ""  # the deployment's state (to find its stubs); empty: stubs are not watched
+    state_file: str = ""  # the deployment's state (to find its stubs through its target)
+    stubs: str = "state"  # "state": through the recorded target; "proc": every process here (a pod)
 
     def save(self) -> Path:
         path = Path(self.run_dir) / CONFIG_FILE
@@ -315,24 +317,38 @@ def server_live(http_url: str) -> bool:
     return status == 200
 
 
-def main(config_path: str) -> None:
-    from toolkit.deploy.base import DeploymentState, target_class
+def main(argv: list[str]) -> None:
+    """`python -m toolkit.deploy.supervisor CONFIG.json`, or `--inline JSON` (a pod's sidecar, whose
+    key comes from the environment: a Secret)."""
+    from toolkit.deploy.base import RUNTIME_KEY_ENV, DeploymentState, target_class
+    from toolkit.deploy.local import all_command_lines
 
-    config = RuntimeConfig.load(config_path)
+    if argv[:1] == ["--inline"] and len(argv) == 2:
+        config = RuntimeConfig(**json.loads(argv[1]))
+    elif len(argv) == 1:
+        config = RuntimeConfig.load(argv[0])
+    else:
+        raise SystemExit("usage: python -m toolkit.deploy.supervisor CONFIG.json | --inline JSON")
+    config.api_key = config.api_key or os.environ.get(RUNTIME_KEY_ENV, "")
+    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     log_file = open(Path(config.run_dir) / LOG_FILE, "a", buffering=1)  # noqa: SIM115 - the process's own log
 
     def log(line: str) -> None:
         log_file.write(line + "\n")
+        if config.stubs == "proc":
+            print(line, flush=True)  # a sidecar's log is its output: `kubectl logs ... -c runtime`
 
     state = None
-    if config.state_file and Path(config.state_file).is_file():
+    if config.stubs == "state" and config.state_file and Path(config.state_file).is_file():
         state = DeploymentState(**json.loads(Path(config.state_file).read_text()))
 
     def stubs() -> Optional[dict[str, int]]:
+        if config.stubs == "proc":
+            return stub_counts(all_command_lines())
         return target_class(state.target).recorded_stubs(state) if state is not None else None
 
     Supervisor(config, stubs=stubs, log=log).run()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
