@@ -388,7 +388,7 @@ def status(name: Optional[str]) -> None:
     ready = running and base.http_ready(state.endpoints)
     where = f"container {state.container}" if state.container else f"pid {state.pid}"
     models = model_states(state.endpoints.http_url, base.api_key_headers(state.api_key)) if running else []
-    dead = targets.dead_stubs(state) if running else {}
+    dead = targets.dead_stubs(state, [m.name for m in models if m.state == "READY"]) if running else {}
     unhealthy = [m for m in models if not m.healthy or m.name in dead]
     condition = (
         "ready"

@@ -124,6 +124,9 @@ def test_textdemo_in_a_container_over_http_and_grpc(textdemo_repo: Path, base_im
         users = _process_uids(server)
         assert any("tritonserver" in args for _, args in users) and any("stub" in args for _, args in users), users
         assert all(uid != "0" for uid, _ in users), f"processes running as root in the container: {users}"
+        # the adaptive runtime's entry point (a pod's sidecar) imports compound's modules in the image
+        code, output = server.container.exec_run(["/usr/local/bin/compound-runtime"])
+        assert code == 1 and b"usage: python -m toolkit.deploy.supervisor" in output, output
     assert _containers_named(server.name) == []
     assert not port_in_use("127.0.0.1", server.endpoints.http_port)
 
@@ -226,6 +229,11 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
         status = runner.invoke(cli, ["status", "--name", name])
         assert status.exit_code == 0 and "ready (target docker, container compound-" in status.output, status.output
         assert "model classify: READY" in status.output
+        deadline = time.monotonic() + 60  # the runtime beside the container writes its first status
+        while "runtime:    pid" not in status.output and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = runner.invoke(cli, ["status", "--name", name])
+        assert "runtime:    pid" in status.output and "tok: 1 instance(s), loaded" in status.output, status.output
         inferred = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{ports[1]}", "--protocol", "grpc", "--input", f"text={TEXTS[0]}"])
         assert inferred.exit_code == 0 and '"score"' in inferred.output, inferred.output
         logs = runner.invoke(cli, ["logs", "--name", name, "-n", "400"])

@@ -92,14 +92,14 @@ class WorkloadRunner:
         self.plan: DeploymentPlan = plan_spec(settings.spec)
         needed = 1 if settings.workload == "steady" else 2
         known = list(self.plan.pipelines)
-        pipelines = settings.pipelines or known[:needed]
+        pipelines = list(dict.fromkeys(settings.pipelines)) or known[:needed]
         unknown = [p for p in pipelines if p not in known]
         if unknown:
             raise CompoundError(f"no pipeline {unknown} in {settings.spec}", hint=f"pipelines: {', '.join(known)}")
         if len(pipelines) < needed:
             raise CompoundError(
-                f"the {settings.workload} workload needs {needed} pipelines; {settings.spec} has {len(known)}",
-                hint="name them with --pipeline A,B",
+                f"the {settings.workload} workload needs {needed} different pipelines, got {', '.join(pipelines)}",
+                hint=f"name them with --pipeline A,B (pipelines in {settings.spec}: {', '.join(known)})",
             )
         self.pipelines = pipelines[:needed]
         self.phases = schedule(settings.workload, self.pipelines, settings.phase_s, settings.burst)
@@ -582,7 +582,8 @@ def write_plot(report: dict[str, Any], out: Path) -> Path:
         timeline = res["timeline"]
         t = [x + 0.5 for x in timeline["t"]]
         for k, (name, rps) in enumerate(timeline["rps"].items()):
-            smooth = np.convolve(np.asarray(rps, dtype=float), np.ones(3) / 3, mode="same")  # batches land in bursts
+            window = np.ones(3)  # batches complete together: a moving average shows the rate, not the batches
+            smooth = np.convolve(rps, window, mode="same") / np.convolve(np.ones(len(rps)), window, mode="same")
             axes[0].plot(t, smooth, style[mode], color=colours[k % len(colours)], label=f"{name} ({mode})")
         p95 = [np.nan if v is None else v for v in timeline["p95_ms"]]
         axes[1].plot(t, p95, style[mode], color="black" if mode == "adaptive" else "gray", label=mode)

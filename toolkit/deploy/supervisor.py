@@ -103,6 +103,7 @@ class Supervisor:
         self.previous_at = time.monotonic()
         self.decisions: list[dict[str, Any]] = []
         self.generation = 0
+        self.suspects: set[str] = set()  # components short of stubs in the last window
 
     # --- one interval -------------------------------------------------------------------------
 
@@ -192,11 +193,14 @@ class Supervisor:
         live = self.stubs()
         if live is None:
             return
-        dead = {
+        seen = {
             name: f"{live.get(name, 0)} of {c.instances} backend process(es) alive"
             for name, c in self.components.items()
             if c.loaded and name in loaded and name not in self.gpu_models and live.get(name, 0) < c.instances
         }
+        # dead in two windows in a row: a stub caught starting (a reload, a rescale) is not dead
+        dead = {name: why for name, why in seen.items() if name in self.suspects}
+        self.suspects = set(seen) - set(dead)
         if not dead:
             return
         errors = load_models(

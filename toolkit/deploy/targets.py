@@ -161,14 +161,31 @@ def stop(state: DeploymentState) -> bool:
     return running
 
 
-def dead_stubs(state: DeploymentState) -> dict[str, str]:
-    """Models of a running deployment that have fewer live Python stubs than instances: model -> why."""
-    live = target_class(state.target).recorded_stubs(state)
-    if live is None:
-        return {}
-    expected = base.python_instances(Path(state.repository))
-    return {
-        model: f"{live.get(model, 0)} of {count} backend process(es) alive"
-        for model, count in expected.items()
-        if live.get(model, 0) < count
-    }
+def dead_stubs(state: DeploymentState, loaded: list[str]) -> dict[str, str]:
+    """Loaded Python models with fewer live backend stubs than their live config's CPU instances:
+    model -> why. Seen twice, half a second apart, so a stub caught starting is not called dead."""
+    import time
+
+    from toolkit.client import model_config
+
+    owner = target_class(state.target)
+    expected: dict[str, int] = {}
+    for name in loaded:
+        config = model_config(state.endpoints.http_url, name)
+        groups = config.get("instance_group") or []
+        if config.get("backend") == "python" and all(g.get("kind", "KIND_CPU") == "KIND_CPU" for g in groups):
+            expected[name] = sum(int(g.get("count", 1) or 1) for g in groups) or 1
+    dead: dict[str, str] = {}
+    for attempt in range(2):
+        live = owner.recorded_stubs(state)
+        if live is None:
+            return {}
+        now_dead = {
+            m: f"{live.get(m, 0)} of {n} backend process(es) alive" for m, n in expected.items() if live.get(m, 0) < n
+        }
+        dead = now_dead if attempt == 0 else {m: why for m, why in now_dead.items() if m in dead}
+        if not dead:
+            return {}
+        if attempt == 0:
+            time.sleep(0.5)
+    return dead
