@@ -100,20 +100,23 @@ def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(
     supervisor.tick()
     assert instances(adaptive_server, "heavy") == 1 and instances(adaptive_server, "helper") == 2
     with Load(adaptive_server.grpc_url, "chain", 16) as load:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and instances(adaptive_server, "heavy") < 2:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            instances(adaptive_server, "heavy") < 2 or instances(adaptive_server, "helper") > 1
+        ):
             time.sleep(1.0)
             supervisor.tick()
-        time.sleep(2.0)  # requests keep flowing through the rescale
+        time.sleep(2.0)  # requests keep flowing through the rescales
     assert instances(adaptive_server, "heavy") == 2, supervisor.decisions
     assert not load.errors, load.errors[:3]
     scaled = [d for d in supervisor.decisions if d["model"] == "heavy" and d["action"] == "scale"]
     assert scaled and "utilisation" in scaled[0]["reason"] and "queued per request" in scaled[0]["reason"]
-    # helper is idle (no traffic on 'side'): its second instance is given back, heavy's kept
-    assert (
-        any(d["model"] == "helper" and d["instances"] == 1 for d in supervisor.decisions)
-        or instances(adaptive_server, "helper") == 1
-    ), supervisor.decisions
+    # helper has no traffic ('side' is idle): its second instance goes, heavy's stays
+    assert instances(adaptive_server, "helper") == 1, supervisor.decisions
+    given_back = [d for d in supervisor.decisions if d["model"] == "helper" and d["instances"] == 1]
+    assert given_back and (
+        "would carry it" in given_back[0]["reason"] or "gives an instance" in given_back[0]["reason"]
+    )
     status = supervisor.status(time.monotonic())
     assert status["models"]["heavy"]["instance_s"] > 0 and 0 < status["models"]["heavy"]["requests"] <= load.done
     assert (tmp_path / "runtime.json").is_file()

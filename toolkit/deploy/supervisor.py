@@ -95,6 +95,10 @@ class Supervisor:
         }
         self.threads: dict[str, int] = manifest.get("threads", {})
         self.scaled_models: list[str] = list(manifest.get("models", []))
+        # what computes: components and fused pipelines. An ensemble's or orchestrator's own "compute"
+        # time is its callees' (every request's whole path), so counting it would double every core.
+        fused = [name for name, p in manifest.get("pipelines", {}).items() if p.get("kind") == "fused"]
+        self.compute_models = set(self.scaled_models) | set(fused)
         downstream: dict[str, list[str]] = {}
         for producer, consumer in manifest.get("edges", []):
             downstream.setdefault(producer, []).append(consumer)
@@ -113,7 +117,7 @@ class Supervisor:
         loaded = self._refresh_components(now)
         counters = fetch_stats(self.config.http_url)
         seconds = max(now - self.previous_at, 1e-3)
-        windows = self._windows(counters, seconds)
+        windows = {name: w for name, w in self._windows(counters, seconds).items() if name in self.compute_models}
         self._account(windows, seconds)
         self.previous, self.previous_at = counters, now
         self._heal(loaded, now)

@@ -7,16 +7,20 @@ Why these signals. A Python component's instances are processes; one instance ru
 time. `busy` (time its instances spent executing batches, each batch once) over the window and the
 instance count give its utilisation. Utilisation alone cannot tell a component that is busy from
 one that is the bottleneck, so scaling up also needs requests waiting: queue time per request at
-least half the busy time per request, or requests pending right now at least one per instance.
+least half the busy time per request (Triton's pending-request gauge, read once a window, proved too
+noisy to trigger on by itself: one closed-loop client showed pending requests with 0.1 ms queued).
 Measured on this project's 2-core machines (docs/runtime.md): a CPU-bound, non-batching component
-at concurrency 32 sits at utilisation 0.97-1.0 with queue/busy ratios above 10, its light neighbours
-below 0.2; a second instance served 1.86x.
+at concurrency 32 sits at utilisation 0.92-1.04 with 100+ ms queued per request against 7 ms of
+work, its light neighbours below 0.2; a second instance served 1.83-1.91x.
 
-Hysteresis: up after UP_AFTER saturated windows in a row, down after DOWN_AFTER idle ones, and no
-change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean
-anything). Capacity: a new instance needs half a core of measured spare capacity (its `threads`
-cores, at the component's measured utilisation, is what it will use); without spare, an idle
-component's instance moves to the bottleneck. Downstream components grow with their upstream in
+Scaling down asks whether the load would still fit: a component goes from n to n-1 instances when
+its measured load (utilisation x n) spread over n-1 stays below DOWN_TO, for DOWN_AFTER windows in a
+row; the same test picks the component that gives an instance to a bottleneck when no core is
+spare. Hysteresis: up after UP_AFTER saturated windows in a row, and no change to a component within
+COOLDOWN_S of the last (a reload must settle before its numbers mean anything). Capacity: a new
+instance needs half a core of measured spare capacity, where busy cores are counted over the
+models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
+its callees' time, and would count them again). Downstream components grow with their upstream in
 proportion to their own measured load before their queues grow.
 """
 
@@ -27,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
-LOW_UTILISATION = 0.25  # an instance idler than this can go
+DOWN_TO = 0.5  # an instance goes when the load would still stay below this per remaining instance
 QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
+MIN_REQUESTS = 5  # fewer requests in a window say nothing about waiting
 UP_AFTER = 2  # saturated windows in a row before adding an instance
-DOWN_AFTER = 10  # idle windows in a row before removing one
+DOWN_AFTER = 5  # spare windows in a row before removing one
 COOLDOWN_S = 3.0  # no second change to a component within this time
 SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-threaded instance needs
 
@@ -106,17 +111,21 @@ class Policy:
             if window.requests:
                 component.last_request = now
             component.utilisation = window.busy_cores() / max(component.instances, 1)
-            saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(component, window)
+            saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
             component.hot = component.hot + 1 if saturated else 0
-            component.cold = component.cold + 1 if component.utilisation < LOW_UTILISATION else 0
+            component.cold = component.cold + 1 if component.autoscaled and self._spare_instance(component) else 0
 
     @staticmethod
-    def _waiting(component: Component, window: Window) -> bool:
-        if window.pending >= component.instances:
-            return True
-        if not window.requests:
+    def _waiting(window: Window) -> bool:
+        if window.requests < MIN_REQUESTS:
             return False
         return window.queue_s / window.requests >= QUEUE_RATIO * window.busy_s / window.requests
+
+    @staticmethod
+    def _spare_instance(component: Component) -> bool:
+        """The load would fit in one instance fewer (and the floor allows it)."""
+        n = component.instances
+        return n > component.floor and component.utilisation * n / (n - 1) < DOWN_TO
 
     def decide(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> list[Decision]:
         self.observe(now, components, windows)
@@ -177,20 +186,18 @@ class Policy:
                     f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})",
                 )
             elif component.cold >= DOWN_AFTER and component.instances > component.floor:
+                n = component.instances
                 decisions[component.name] = Decision(
                     component.name,
                     "scale",
-                    component.instances - 1,
-                    f"utilisation {component.utilisation:.2f} for {component.cold} windows",
+                    n - 1,
+                    f"utilisation {component.utilisation:.2f} on {n} instances for {component.cold} windows: "
+                    f"{n - 1} would carry it at {component.utilisation * n / (n - 1):.2f}",
                 )
         return list(decisions.values())
 
     def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        idle = [
-            c
-            for c in components.values()
-            if c.name != exclude and settled(c) and c.utilisation < LOW_UTILISATION and c.instances > c.floor  # type: ignore[operator]
-        ]
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and self._spare_instance(c)]  # type: ignore[operator]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
