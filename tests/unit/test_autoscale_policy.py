@@ -75,13 +75,14 @@ def test_downstream_grows_with_its_upstream_before_its_queue_does() -> None:
 
 def test_an_instance_goes_when_the_rest_would_carry_the_load() -> None:
     comps = components(c=2)
-    windows = {"c": Window(seconds=1.0, requests=20, busy_s=0.7, queue_s=0.0)}  # 0.35 each; 0.7 on one
-    assert run(Policy(cores=2), comps, windows, DOWN_AFTER + 2, start=100.0) == []  # 0.7 > DOWN_TO: stays
-    windows = {"c": Window(seconds=1.0, requests=20, busy_s=0.4, queue_s=0.0)}  # 0.2 each; 0.4 on one
+    windows = {"c": Window(seconds=1.0, requests=20, busy_s=1.0, queue_s=0.0)}  # 0.5 each; 1.0 on one
+    assert run(Policy(cores=2), comps, windows, DOWN_AFTER + 2, start=100.0) == []  # above DOWN_TO: stays
+    waiting = {"c": Window(seconds=1.0, requests=20, busy_s=0.7, queue_s=0.5)}  # would fit, but requests wait
+    assert run(Policy(cores=2), comps, waiting, DOWN_AFTER + 2, start=100.0) == []
+    windows = {"c": Window(seconds=1.0, requests=20, busy_s=0.7, queue_s=0.0)}  # one client's 0.7 of a core
     decisions = run(Policy(cores=2), comps, windows, DOWN_AFTER, start=100.0)
-    assert [(d.model, d.instances) for d in decisions] == [("c", 1)] and "1 would carry it at 0.40" in decisions[
-        0
-    ].reason
+    assert [(d.model, d.instances) for d in decisions] == [("c", 1)]
+    assert "1 would carry it at 0.70" in decisions[0].reason
 
 
 def test_cooldown_and_bounds() -> None:

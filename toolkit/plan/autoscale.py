@@ -14,9 +14,11 @@ at concurrency 32 sits at utilisation 0.92-1.04 with 100+ ms queued per request 
 work, its light neighbours below 0.2; a second instance served 1.83-1.91x.
 
 Scaling down asks whether the load would still fit: a component goes from n to n-1 instances when
-its measured load (utilisation x n) spread over n-1 stays below DOWN_TO, for DOWN_AFTER windows in a
-row; the same test picks the component that gives an instance to a bottleneck when no core is
-spare. Hysteresis: up after UP_AFTER saturated windows in a row, and no change to a component within
+its measured load (utilisation x n) spread over n-1 stays below DOWN_TO with nothing waiting, for
+DOWN_AFTER windows in a row; the same test, held for UP_AFTER windows, picks the component that gives
+an instance to a bottleneck when no core is spare (a bottleneck should not wait for the slower
+scale-down). A component one client keeps at 0.7 of a core on 2 instances gives one away: the
+other was idle. Hysteresis: up after UP_AFTER saturated windows in a row, and no change to a component within
 COOLDOWN_S of the last (a reload must settle before its numbers mean anything). Capacity: a new
 instance needs half a core of measured spare capacity, where busy cores are counted over the
 models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
-DOWN_TO = 0.5  # an instance goes when the load would still stay below this per remaining instance
+DOWN_TO = 0.75  # an instance goes when, nothing waiting, the rest would stay below this each
 QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
 MIN_REQUESTS = 5  # fewer requests in a window say nothing about waiting
 UP_AFTER = 2  # saturated windows in a row before adding an instance
@@ -113,7 +115,8 @@ class Policy:
             component.utilisation = window.busy_cores() / max(component.instances, 1)
             saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
             component.hot = component.hot + 1 if saturated else 0
-            component.cold = component.cold + 1 if component.autoscaled and self._spare_instance(component) else 0
+            spare = component.autoscaled and not self._waiting(window) and self._spare_instance(component)
+            component.cold = component.cold + 1 if spare else 0
 
     @staticmethod
     def _waiting(window: Window) -> bool:
@@ -197,7 +200,7 @@ class Policy:
         return list(decisions.values())
 
     def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        idle = [c for c in components.values() if c.name != exclude and settled(c) and self._spare_instance(c)]  # type: ignore[operator]
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= UP_AFTER]  # type: ignore[operator]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
