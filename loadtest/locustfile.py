@@ -84,37 +84,106 @@ def _add_options(parser: Any) -> None:
     group = parser  # locust's own parser: argument groups do not know include_in_web_ui
     group.add_argument("--pipeline", env_var="COMPOUND_PIPELINE", default="", help="pipeline (Triton model) to call")
     group.add_argument(
-        "--protocol", env_var="COMPOUND_PROTOCOL", default="auto", choices=["auto", "http", "grpc"],
+        "--protocol",
+        env_var="COMPOUND_PROTOCOL",
+        default="auto",
+        choices=["auto", "http", "grpc"],
         help="KServe v2 over HTTP or gRPC; auto follows the host's scheme (grpc://... is gRPC)",
     )
     group.add_argument("--data", env_var="COMPOUND_DATA", default="", help="JSONL file, one request a line, cycled")
     group.add_argument(
-        "--load-shape", dest="compound_shape", env_var="COMPOUND_SHAPE", default="constant",
-        choices=sorted(_shapes.SHAPES), help="load shape",
+        "--load-shape",
+        dest="compound_shape",
+        env_var="COMPOUND_SHAPE",
+        default="constant",
+        choices=sorted(_shapes.SHAPES),
+        help="load shape",
     )
-    group.add_argument("--steps", dest="compound_steps", env_var="COMPOUND_STEPS", type=int, default=4,
-                       help="steps of the step shape")
-    group.add_argument("--burst-on", dest="compound_burst_on", env_var="COMPOUND_BURST_ON", default="5s",
-                       help="burst shape: length of a burst")
-    group.add_argument("--burst-off", dest="compound_burst_off", env_var="COMPOUND_BURST_OFF", default="5s",
-                       help="burst shape: quiet time between bursts")
-    group.add_argument("--request-timeout", dest="compound_timeout", env_var="COMPOUND_TIMEOUT", type=float,
-                       default=60.0, include_in_web_ui=False, help="seconds before a request counts as failed")
-    group.add_argument("--result-file", dest="compound_result", env_var="COMPOUND_RESULT", default="",
-                       include_in_web_ui=False, help="write the final totals here as JSON when locust quits")
-    group.add_argument("--models-refresh", dest="compound_refresh", env_var="COMPOUND_REFRESH", type=float,
-                       default=2.0, include_in_web_ui=False, help="seconds between reads of Triton's statistics")
-    group.add_argument("--target-rps", dest="compound_target_rps", env_var="COMPOUND_TARGET_RPS", type=float,
-                       default=0.0, help="offered requests/s shared by all users (0: closed loop, no pause)")
-    group.add_argument("--window", dest="compound_window", env_var="COMPOUND_WINDOW", default="1m",
-                       include_in_web_ui=False, help="timeline resolution (soak report)")
-    group.add_argument("--timeline-file", dest="compound_timeline", env_var="COMPOUND_TIMELINE", default="",
-                       include_in_web_ui=False, help="write per-window latency, p95 drift and server memory here")
-    group.add_argument("--server-pid", dest="compound_server_pid", env_var="COMPOUND_SERVER_PID", type=int,
-                       default=0, include_in_web_ui=False, help="tritonserver's pid: sample its and its children's RSS")
+    group.add_argument(
+        "--steps", dest="compound_steps", env_var="COMPOUND_STEPS", type=int, default=4, help="steps of the step shape"
+    )
+    group.add_argument(
+        "--burst-on",
+        dest="compound_burst_on",
+        env_var="COMPOUND_BURST_ON",
+        default="5s",
+        help="burst shape: length of a burst",
+    )
+    group.add_argument(
+        "--burst-off",
+        dest="compound_burst_off",
+        env_var="COMPOUND_BURST_OFF",
+        default="5s",
+        help="burst shape: quiet time between bursts",
+    )
+    group.add_argument(
+        "--request-timeout",
+        dest="compound_timeout",
+        env_var="COMPOUND_TIMEOUT",
+        type=float,
+        default=60.0,
+        include_in_web_ui=False,
+        help="seconds before a request counts as failed",
+    )
+    group.add_argument(
+        "--result-file",
+        dest="compound_result",
+        env_var="COMPOUND_RESULT",
+        default="",
+        include_in_web_ui=False,
+        help="write the final totals here as JSON when locust quits",
+    )
+    group.add_argument(
+        "--models-refresh",
+        dest="compound_refresh",
+        env_var="COMPOUND_REFRESH",
+        type=float,
+        default=2.0,
+        include_in_web_ui=False,
+        help="seconds between reads of Triton's statistics",
+    )
+    group.add_argument(
+        "--target-rps",
+        dest="compound_target_rps",
+        env_var="COMPOUND_TARGET_RPS",
+        type=float,
+        default=0.0,
+        help="offered requests/s shared by all users (0: closed loop, no pause)",
+    )
+    group.add_argument(
+        "--window",
+        dest="compound_window",
+        env_var="COMPOUND_WINDOW",
+        default="1m",
+        include_in_web_ui=False,
+        help="timeline resolution (soak report)",
+    )
+    group.add_argument(
+        "--timeline-file",
+        dest="compound_timeline",
+        env_var="COMPOUND_TIMELINE",
+        default="",
+        include_in_web_ui=False,
+        help="write per-window latency, p95 drift and server memory here",
+    )
+    group.add_argument(
+        "--server-pid",
+        dest="compound_server_pid",
+        env_var="COMPOUND_SERVER_PID",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="tritonserver's pid: sample its and its children's RSS",
+    )
     # Set by the master from -u, which locust does not pass on to workers: pacing needs the total.
-    group.add_argument("--pacing-users", dest="compound_pacing_users", type=int, default=0,
-                       include_in_web_ui=False, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--pacing-users",
+        dest="compound_pacing_users",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help=argparse.SUPPRESS,
+    )
 
 
 class _Workload:
@@ -199,8 +268,11 @@ class TritonHttpUser(FastHttpUser):
     def infer(self) -> None:
         path = f"/v2/models/{WORKLOAD.pipeline}/infer"
         with self.client.post(
-            path, data=WORKLOAD.next_body(), headers={"Content-Type": "application/json"},
-            name=WORKLOAD.pipeline, catch_response=True,
+            path,
+            data=WORKLOAD.next_body(),
+            headers={"Content-Type": "application/json"},
+            name=WORKLOAD.pipeline,
+            catch_response=True,
         ) as response:
             if response.status_code != 200:
                 response.failure(_error_text(response.content, response.status_code))
@@ -257,8 +329,14 @@ class TritonGrpcUser(User):
         except Exception as exc:  # noqa: BLE001 - any failure is a failed request, never a crash
             exception = exc
         self.environment.events.request.fire(
-            request_type="gRPC", name=WORKLOAD.pipeline, response_time=(time.perf_counter() - start) * 1000,
-            response_length=length, response=None, context={}, exception=exception, start_time=start_time,
+            request_type="gRPC",
+            name=WORKLOAD.pipeline,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=length,
+            response=None,
+            context={},
+            exception=exception,
+            start_time=start_time,
             url=self.host,
         )
 
@@ -345,7 +423,7 @@ def _unwrap_error(error: Any) -> str:
     if type(error).__name__ == "CatchResponseError" and getattr(error, "args", None):
         return str(error.args[0])
     text = str(error) if isinstance(error, str) else repr(error)
-    return text[len("CatchResponseError("):-1] if text.startswith("CatchResponseError(") else text
+    return text[len("CatchResponseError(") : -1] if text.startswith("CatchResponseError(") else text
 
 
 def _write_result(environment: Any, path: str) -> None:
@@ -423,8 +501,9 @@ class _SoakRecorder:
             self.sample("start")
             gevent.spawn(self._sample_every_window)
 
-    def on_request(self, response_time: Optional[float] = None, exception: Any = None, start_time: Any = None,
-                   **_: Any) -> None:
+    def on_request(
+        self, response_time: Optional[float] = None, exception: Any = None, start_time: Any = None, **_: Any
+    ) -> None:
         if self.started is not None:
             offset = (start_time if isinstance(start_time, (int, float)) else time.time()) - self.started
             self.timeline.add(offset, float(response_time or 0.0), exception is not None)
@@ -445,15 +524,17 @@ class _SoakRecorder:
     def sample(self, at: str) -> None:
         rows = process_tree_rss(self.options.compound_server_pid)
         offset = round(time.time() - self.started, 1) if self.started is not None else 0.0
-        self.samples.append({"at": at, "t_s": offset, "total_mb": round(sum(r["rss_mb"] for r in rows), 1),
-                             "processes": rows})
+        self.samples.append(
+            {"at": at, "t_s": offset, "total_mb": round(sum(r["rss_mb"] for r in rows), 1), "processes": rows}
+        )
 
     def _sample_every_window(self) -> None:
         started = self.started
         while self.started == started:
             gevent.sleep(self.window_s)
             if self.started == started and getattr(self.environment.runner, "state", None) in (
-                STATE_RUNNING, STATE_SPAWNING
+                STATE_RUNNING,
+                STATE_SPAWNING,
             ):
                 self.sample("window")
 

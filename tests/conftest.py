@@ -8,10 +8,10 @@ from typing import Iterator
 
 import pytest
 
-from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
+from toolkit.system import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SPEC = ROOT / "examples" / "textdemo" / "pipeline.yaml"

@@ -41,8 +41,7 @@ class Chain:
             raise ValueError("repeat > 1 needs out_dim == dim")
         scale = 1.0 / np.sqrt(self.dim)
         self.weights = [
-            (rng.standard_normal((widths[i], widths[i + 1])) * scale).astype(np.float32)
-            for i in range(self.layers)
+            (rng.standard_normal((widths[i], widths[i + 1])) * scale).astype(np.float32) for i in range(self.layers)
         ]
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,5 +1,6 @@
 """A short real run of `compound bench` on the synthetic example: three profiles (static,
-optimized, fused), one concurrency, a few seconds each. Checks that the table, results.json and the PNG plots come out and are sane."""
+optimized, fused), one concurrency, a few seconds each. Checks that the table, results.json and the
+PNG plots come out and are sane."""
 
 from __future__ import annotations
 
@@ -25,7 +26,21 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(
         bench,
-        [str(SPEC), "--pipeline", "fanout", "--profiles", "static,optimized,fused", "--concurrency", "4", "--duration", "2s", "--warmup", "0.5s", "--out", str(out)],
+        [
+            str(SPEC),
+            "--pipeline",
+            "fanout",
+            "--profiles",
+            "static,optimized,fused",
+            "--concurrency",
+            "4",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0.5s",
+            "--out",
+            str(out),
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -76,7 +91,9 @@ def test_bench_fails_when_a_profile_fails_and_runs_without_matplotlib(tmp_path: 
     with_ray = importlib.util.find_spec("ray") is not None
     if with_ray:  # an unknown peer fails the same way everywhere
         args[args.index("ceiling,ray-serve")] = "ceiling"
-    done = subprocess.run([sys.executable, "-c", script, *args, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args, "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert "Traceback" not in done.stderr, done.stderr
     assert "plots skipped: matplotlib is not installed" in done.stderr
     report = json.loads((out / "results.json").read_text())

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from toolkit.cli import cli
 from toolkit.deploy.base import load_state
-from toolkit.system import free_port
 from toolkit.deploy.local import group_members
+from toolkit.system import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +104,9 @@ def test_serve_in_foreground_stops_on_ctrl_c(textdemo_repo: Path) -> None:
     import subprocess
     import sys
 
-    from toolkit.client import infer
     import numpy as np
+
+    from toolkit.client import infer
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     argv = [

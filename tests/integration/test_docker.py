@@ -27,11 +27,11 @@ import pytest
 
 from tests.integration.test_serving import TEXTS, reference, strings
 from toolkit.client import infer
-from toolkit.system import free_port, port_in_use
 from toolkit.deploy.docker import DockerServer, connect
 from toolkit.errors import CompoundError, ServerError
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
+from toolkit.system import free_port, port_in_use
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DOCKERD_ARGS = "--iptables=false --ip6tables=false --bridge=none --storage-driver=vfs"
@@ -49,7 +49,10 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         reason = str(exc).splitlines()[0]
     dockerd = shutil.which("dockerd")
     if dockerd is None or os.geteuid() != 0 or os.environ.get("DOCKER_HOST"):
-        pytest.skip(f"no Docker engine ({reason}) and none can be started here: needs root and dockerd (apt-get install docker.io)")
+        pytest.skip(
+            f"no Docker engine ({reason}) and none can be started here: "
+            "needs root and dockerd (apt-get install docker.io)"
+        )
     log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")
     args = shlex.split(os.environ.get("COMPOUND_TEST_DOCKERD_ARGS", DEFAULT_DOCKERD_ARGS))
     process = subprocess.Popen([dockerd, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -79,7 +82,9 @@ def base_image(docker_engine: None) -> str:
     image = os.environ.get("COMPOUND_TEST_BASE_IMAGE")
     if image:
         return image
-    done = subprocess.run([str(ROOT / "scripts" / "build_base_image.sh"), LOCAL_BASE], capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "build_base_image.sh"), LOCAL_BASE], capture_output=True, text=True, timeout=1200
+    )
     if done.returncode != 0:
         pytest.fail(f"scripts/build_base_image.sh failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return LOCAL_BASE
@@ -186,7 +191,9 @@ def test_handlers_import_ssl_and_write_tmp_as_a_non_root_user(base_image: str, t
 
 
 def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:
-    repo = render_repository(plan_spec(ROOT / "tests" / "fixtures" / "broken_init" / "pipeline.yaml"), tmp_path / "repo")
+    repo = render_repository(
+        plan_spec(ROOT / "tests" / "fixtures" / "broken_init" / "pipeline.yaml"), tmp_path / "repo"
+    )
     server = _server(repo, base_image, tmp_path / "logs")
     with pytest.raises(ServerError) as failure:
         server.start()
@@ -199,14 +206,24 @@ def test_busy_port_names_the_flag(textdemo_repo: Path, tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        server = DockerServer(textdemo_repo, http_port=holder.getsockname()[1], grpc_port=free_port(), metrics_port=free_port(), log_path=tmp_path / "log")
+        server = DockerServer(
+            textdemo_repo,
+            http_port=holder.getsockname()[1],
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            log_path=tmp_path / "log",
+        )
         with pytest.raises(CompoundError, match="--http-port"):
             server.start()
 
 
-def test_unreachable_engine_says_what_to_start(textdemo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_engine_says_what_to_start(
+    textdemo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
-    server = DockerServer(textdemo_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=tmp_path / "log")
+    server = DockerServer(
+        textdemo_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=tmp_path / "log"
+    )
     with pytest.raises(CompoundError) as failure:
         server.start()
     assert "cannot reach the Docker engine" in str(failure.value) and "dockerd" in str(failure.value)
@@ -221,8 +238,23 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
     runner = CliRunner()
     ports = [str(free_port()) for _ in range(3)]
     name = f"dockercli-{uuid.uuid4().hex[:6]}"
-    deploy = ["deploy", str(textdemo_repo), "--target", "docker", "--name", name, "--network", "host", "--base-image", base_image, "--timeout", "600"]
-    deployed = runner.invoke(cli, [*deploy, "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]])
+    deploy = [
+        "deploy",
+        str(textdemo_repo),
+        "--target",
+        "docker",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--base-image",
+        base_image,
+        "--timeout",
+        "600",
+    ]
+    deployed = runner.invoke(
+        cli, [*deploy, "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    )
     try:
         assert deployed.exit_code == 0, deployed.output
         assert _containers_named(f"compound-{name}"), "the container should outlive the deploy command"
@@ -234,7 +266,19 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
             time.sleep(0.5)
             status = runner.invoke(cli, ["status", "--name", name])
         assert "runtime:    pid" in status.output and "tok: 1 instance(s), loaded" in status.output, status.output
-        inferred = runner.invoke(cli, ["infer", "classify", "--url", f"127.0.0.1:{ports[1]}", "--protocol", "grpc", "--input", f"text={TEXTS[0]}"])
+        inferred = runner.invoke(
+            cli,
+            [
+                "infer",
+                "classify",
+                "--url",
+                f"127.0.0.1:{ports[1]}",
+                "--protocol",
+                "grpc",
+                "--input",
+                f"text={TEXTS[0]}",
+            ],
+        )
         assert inferred.exit_code == 0 and '"score"' in inferred.output, inferred.output
         logs = runner.invoke(cli, ["logs", "--name", name, "-n", "400"])
         assert logs.exit_code == 0 and "Started GRPCInferenceService" in logs.output, logs.output

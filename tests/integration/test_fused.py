@@ -28,7 +28,14 @@ from toolkit.plan import plan_spec
 from toolkit.render import render_repository
 
 ROOT = Path(__file__).resolve().parents[2]
-FUSED = {"classify": {"instances": {"count": 2}}, "router": {}, "refine": {}, "rank": {}, "rank_flat": {}, "guarded": {}}
+FUSED = {
+    "classify": {"instances": {"count": 2}},
+    "router": {},
+    "refine": {},
+    "rank": {},
+    "rank_flat": {},
+    "guarded": {},
+}
 TEXTS = ["I love this product", "terrible, awful service", "", "naïve café ☕ — 東京", "the match last night was great"]
 
 
@@ -39,7 +46,11 @@ def merged_spec(folder: Path) -> Path:
     shutil.copy(ROOT / "examples/textdemo/handlers.py", folder / "textdemo_handlers.py")
     for model in textdemo["models"].values():
         model["handler"] = "textdemo_" + model["handler"]
-    spec = {"name": "fused", "models": {**agents["models"], **textdemo["models"]}, "pipelines": {**agents["pipelines"], **textdemo["pipelines"]}}
+    spec = {
+        "name": "fused",
+        "models": {**agents["models"], **textdemo["models"]},
+        "pipelines": {**agents["pipelines"], **textdemo["pipelines"]},
+    }
     for name, extra in FUSED.items():
         spec["pipelines"][f"{name}_fused"] = {**spec["pipelines"][name], "fuse": True, **extra}
     path = folder / "pipeline.yaml"
@@ -75,7 +86,9 @@ def test_repository_holds_one_model_with_every_handler(fused_repo: Path) -> None
     assert set(program["handlers"]) == {"tok", "sentiment", "topic", "verdict"}
     assert program["handlers"]["tok"]["warmup"] == [1, 64]
     assert (fused_repo / "classify_fused/1/tok/textdemo_handlers.py").is_file()  # a code folder per model
-    assert (fused_repo / "classify_fused/1/compound_component.py").read_bytes() == (ROOT / "templates/model.py").read_bytes()
+    assert (fused_repo / "classify_fused/1/compound_component.py").read_bytes() == (
+        ROOT / "templates/model.py"
+    ).read_bytes()
     config = (fused_repo / "classify_fused/config.pbtxt").read_text()
     assert "# Why fused: fuse: true:" in config and "count: 2" in config and "kind: KIND_CPU" in config
     assert "max_queue_delay_microseconds: 500" in config  # the components' longest delay
@@ -112,7 +125,9 @@ def test_fused_static_dag_answers_what_the_ensemble_answers(fused_server: LocalS
             np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_concurrent_requests_run_as_one_batch(fused_server: LocalServer, client: httpclient.InferenceServerClient) -> None:
+def test_concurrent_requests_run_as_one_batch(
+    fused_server: LocalServer, client: httpclient.InferenceServerClient
+) -> None:
     def one(i: int) -> str:
         with httpclient.InferenceServerClient(fused_server.http_url) as c:
             return text(infer(c, "classify_fused", text=strings(f"request {i} {TEXTS[i % len(TEXTS)]}"))["label"])[0]
@@ -133,18 +148,24 @@ def test_fused_control_flow_matches_the_orchestrator(client: httpclient.Inferenc
     for pipeline in ("router", "router_fused"):
         out = infer(client, pipeline, query=queries)
         assert text(out["route"]) == ["math", "code", "chat"], pipeline
-    assert text(infer(client, "router", query=queries)["answer"]) == text(infer(client, "router_fused", query=queries)["answer"])
+    assert text(infer(client, "router", query=queries)["answer"]) == text(
+        infer(client, "router_fused", query=queries)["answer"]
+    )
     loop = {"start": np.array([[0], [3]], dtype=np.int32), "target": np.array([[2], [40]], dtype=np.int32)}
     expected, got = infer(client, "refine", **loop), infer(client, "refine_fused", **loop)
     assert got["draft"].tolist() == expected["draft"].tolist() and got["done"].tolist() == expected["done"].tolist()
     passages = np.array([[b"alpha", b"beta gamma", b"delta"]], dtype=object)
-    np.testing.assert_allclose(infer(client, "rank_fused", passages=passages)["scores"], infer(client, "rank", passages=passages)["scores"])
+    np.testing.assert_allclose(
+        infer(client, "rank_fused", passages=passages)["scores"], infer(client, "rank", passages=passages)["scores"]
+    )
     # rank_flat's callee takes no batch axis: fused, the pipeline does not either; orchestrated, it batches
     flat = infer(client, "rank_flat_fused", passages=passages[0])["scores"]
     np.testing.assert_allclose(flat, infer(client, "rank_flat", passages=passages)["scores"][0])
 
 
-def test_a_failing_handler_names_the_step_and_the_server_keeps_serving(client: httpclient.InferenceServerClient) -> None:
+def test_a_failing_handler_names_the_step_and_the_server_keeps_serving(
+    client: httpclient.InferenceServerClient,
+) -> None:
     with pytest.raises(InferenceServerException) as failure:
         infer(client, "router_fused", query=strings("fail"))
     message = str(failure.value)
@@ -157,5 +178,8 @@ def test_timeout_is_checked_between_steps(client: httpclient.InferenceServerClie
     passages = np.array([[b"sleep:200 a", b"sleep:200 b", b"sleep:200 c"]], dtype=object)  # 3 x 200 ms > 300 ms
     with pytest.raises(InferenceServerException) as failure:
         infer(client, "guarded_fused", passages=passages)
-    assert "pipeline 'guarded_fused' timed out after 300 ms (timeout_ms), before step steps.0.map.body.0 (slow_scorer)" in str(failure.value)
+    assert (
+        "pipeline 'guarded_fused' timed out after 300 ms (timeout_ms), before step steps.0.map.body.0 (slow_scorer)"
+        in str(failure.value)
+    )
     assert infer(client, "guarded_fused", passages=np.array([[b"quick"]], dtype=object))["scores"].shape == (1, 1, 1)

@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from toolkit.cli import cli
-from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
 from toolkit.loadtest.runner import LoadTestOptions, LocustRunner
 from toolkit.stats import fetch_stats
+from toolkit.system import free_port
 
 COMPOSING = ["tok", "sentiment", "topic", "verdict"]
 CHROMIUM_FLAGS = [

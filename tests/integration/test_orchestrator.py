@@ -18,10 +18,10 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from toolkit.system import free_port
 from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
+from toolkit.system import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "examples" / "agents" / "pipeline.yaml"
@@ -40,10 +40,14 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServ
         metrics_port=free_port(),
         log_path=work / "tritonserver.log",
         extra_args=[
-            "--trace-config", f"triton,file={trace_file}",
-            "--trace-config", "triton,log-frequency=1",
-            "--trace-config", "level=OFF",
-            "--trace-config", "rate=1",
+            "--trace-config",
+            f"triton,file={trace_file}",
+            "--trace-config",
+            "triton,log-frequency=1",
+            "--trace-config",
+            "level=OFF",
+            "--trace-config",
+            "rate=1",
         ],
     )
     server.start()
@@ -95,7 +99,9 @@ def test_repository_has_an_orchestrator_per_control_flow_pipeline(agents: tuple[
         ("hello there", "chat", "chat: hello there"),  # no case matches: default
     ],
 )
-def test_switch_takes_each_branch_and_default(client: httpclient.InferenceServerClient, query: str, route: str, answer: str) -> None:
+def test_switch_takes_each_branch_and_default(
+    client: httpclient.InferenceServerClient, query: str, route: str, answer: str
+) -> None:
     out = infer(client, "router", query=strings(query))
     assert text(out["route"]) == [route]
     assert text(out["answer"]) == [answer]
@@ -216,7 +222,9 @@ def test_timeout_is_honoured(client: httpclient.InferenceServerClient) -> None:
     assert infer(client, "guarded", passages=np.array([[b"ok"]], dtype=object))["scores"].tolist() == [[[2.0]]]
 
 
-def test_trace_context_reaches_the_steps(agents: tuple[LocalServer, Path], client: httpclient.InferenceServerClient) -> None:
+def test_trace_context_reaches_the_steps(
+    agents: tuple[LocalServer, Path], client: httpclient.InferenceServerClient
+) -> None:
     server, trace_file = agents
     # the trace API is restricted: it takes the deployment's key
     client.update_trace_settings(model_name="router", settings={"trace_level": ["TIMESTAMPS"]}, headers=server.headers)
@@ -227,7 +235,9 @@ def test_trace_context_reaches_the_steps(agents: tuple[LocalServer, Path], clien
     traces: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        traces = [t for f in sorted(trace_file.parent.glob(trace_file.name + "*")) for t in json.loads(f.read_text() or "[]")]
+        traces = [
+            t for f in sorted(trace_file.parent.glob(trace_file.name + "*")) for t in json.loads(f.read_text() or "[]")
+        ]
         if sum("model_name" in t for t in traces) >= 3:
             break
         time.sleep(0.1)
@@ -276,4 +286,6 @@ def test_32_concurrent_clients_on_a_router_do_not_deadlock(agents: tuple[LocalSe
     assert done[0] == 32 * 8
     assert server.alive()
     stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("router")["model_stats"][0]
-    assert int(stats["execution_count"]) < int(stats["inference_count"]), "requests were never merged into one execute()"
+    assert int(stats["execution_count"]) < int(stats["inference_count"]), (
+        "requests were never merged into one execute()"
+    )

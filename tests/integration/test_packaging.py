@@ -34,7 +34,13 @@ def test_non_editable_install_generates_the_example(tmp_path: Path) -> None:
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    where = subprocess.run([sys.executable, "-c", "import toolkit; print(toolkit.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import toolkit; print(toolkit.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.startswith(str(target))
     committed = ROOT / "model_repository"
     for path in sorted(committed.rglob("*")):

@@ -15,7 +15,9 @@ from toolkit.deploy.local import LocalServer
 
 def test_unkeyed_clients_cannot_touch_shared_memory_or_models(textdemo_server: LocalServer) -> None:
     base = f"http://{textdemo_server.http_url}"
-    status, _ = http_json(f"{base}/v2/systemsharedmemory/region/evil/register", {"key": "/evil", "offset": 0, "byte_size": 64})
+    status, _ = http_json(
+        f"{base}/v2/systemsharedmemory/region/evil/register", {"key": "/evil", "offset": 0, "byte_size": 64}
+    )
     assert status in (401, 403)
     status, _ = http_json(f"{base}/v2/repository/models/sentiment/unload", {})
     assert status in (401, 403)

@@ -33,7 +33,9 @@ def reference(texts: list[str]) -> dict[str, np.ndarray]:
     module_spec.loader.exec_module(handlers)
     ids = handlers.Tokenizer({"width": 16, "vocab": 4096}, "cpu")(text=strings(texts))["ids"]
     score = handlers.Sentiment({"vocab": 4096, "hidden": 256, "seed": 1}, "cpu")(ids=ids)["score"]
-    topics = handlers.Topic({"vocab": 4096, "hidden": 256, "topics": ["news", "sport", "tech", "arts"], "seed": 2}, "cpu")(ids=ids)["topics"]
+    topics = handlers.Topic(
+        {"vocab": 4096, "hidden": 256, "topics": ["news", "sport", "tech", "arts"], "seed": 2}, "cpu"
+    )(ids=ids)["topics"]
     joined = handlers.Verdict({"topics": ["news", "sport", "tech", "arts"]}, "cpu")(score=score, topics=topics)
     return {"score": score, "topics": topics, **joined}
 
@@ -57,7 +59,9 @@ def test_fan_out_and_join(textdemo_server: LocalServer) -> None:
     mood, topic = outputs["label"][0, 0].decode().split("/")
     assert mood == ("positive" if outputs["score"][0, 0] >= 0 else "negative")
     assert topic == ["news", "sport", "tech", "arts"][int(outputs["topics"][0].argmax())]
-    assert outputs["confidence"][0, 0] == pytest.approx(abs(outputs["score"][0, 0]) * outputs["topics"][0].max(), rel=1e-5)
+    assert outputs["confidence"][0, 0] == pytest.approx(
+        abs(outputs["score"][0, 0]) * outputs["topics"][0].max(), rel=1e-5
+    )
 
 
 def test_two_pipelines_share_models(textdemo_server: LocalServer) -> None:
@@ -150,7 +154,13 @@ def test_server_failing_at_start_shows_log_tail(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_named(textdemo_server: LocalServer, tmp_path: Path) -> None:
-    server = LocalServer(textdemo_server.repository, http_port=textdemo_server.endpoints.http_port, grpc_port=1, metrics_port=2, workdir=tmp_path)
+    server = LocalServer(
+        textdemo_server.repository,
+        http_port=textdemo_server.endpoints.http_port,
+        grpc_port=1,
+        metrics_port=2,
+        workdir=tmp_path,
+    )
     with pytest.raises(CompoundError, match=f"port {textdemo_server.endpoints.http_port} .* already in use") as caught:
         server.start()
     assert "--http-port" in str(caught.value)

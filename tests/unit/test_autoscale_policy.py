@@ -75,7 +75,7 @@ def test_downstream_grows_with_its_upstream_before_its_queue_does() -> None:
 
 def test_an_instance_goes_when_the_rest_would_carry_the_load() -> None:
     comps = components(c=2)
-    windows = {"c": Window(seconds=1.0, requests=20, busy_s=1.0, queue_s=0.0)}  # 0.5 each; 1.0 on one
+    windows = {"c": Window(seconds=1.0, requests=20, busy_s=1.2, queue_s=0.0)}  # 0.6 each; 1.2 on one
     assert run(Policy(cores=2), comps, windows, DOWN_AFTER + 2, start=100.0) == []  # above DOWN_TO: stays
     waiting = {"c": Window(seconds=1.0, requests=20, busy_s=0.7, queue_s=0.5)}  # would fit, but requests wait
     assert run(Policy(cores=2), comps, waiting, DOWN_AFTER + 2, start=100.0) == []

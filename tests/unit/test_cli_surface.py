@@ -27,7 +27,9 @@ def readme_commands() -> list[str]:
 
 
 def test_the_readme_names_commands() -> None:
-    assert {"validate", "generate", "deploy", "status", "logs", "stop", "infer", "loadtest", "bench"} <= set(readme_commands())
+    assert {"validate", "generate", "deploy", "status", "logs", "stop", "infer", "loadtest", "bench"} <= set(
+        readme_commands()
+    )
 
 
 @pytest.mark.parametrize("command", readme_commands())
@@ -40,7 +42,9 @@ def test_every_command_the_readme_names_has_help(command: str) -> None:
 def test_version_does_not_import_the_bench_or_locust() -> None:
     """`compound --version` stays light: the commands that pull heavy stacks load only when used."""
     code = "import sys; from toolkit.cli import cli\ntry:\n    cli(['--version'])\nexcept SystemExit:\n    pass\n"
-    code += "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('toolkit.bench', 'locust', 'matplotlib')))))"
+    code += (
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('toolkit.bench', 'locust', 'matplotlib')))))"
+    )
     done = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 

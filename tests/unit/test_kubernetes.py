@@ -3,13 +3,12 @@ pinned version) and the CRDs of KEDA, Prometheus Operator and KServe (../shared/
 
 from __future__ import annotations
 
-import json
-import stat
-
 import copy
 import functools
+import json
 import shutil
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,13 @@ import pytest
 import yaml
 
 from toolkit.deploy.docker import context_tag, image_flavor, ngc_tag, render_build_context
-from toolkit.deploy.kubernetes import KubernetesDeployment, KubernetesOptions, k8s_name, render_manifests, write_manifests
+from toolkit.deploy.kubernetes import (
+    KubernetesDeployment,
+    KubernetesOptions,
+    k8s_name,
+    render_manifests,
+    write_manifests,
+)
 from toolkit.errors import CompoundError
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
@@ -40,7 +45,13 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def documents(files: dict[str, str]) -> list[dict[str, Any]]:
-    return [doc for name, text in sorted(files.items()) if name != "kustomization.yaml" for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for name, text in sorted(files.items())
+        if name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def by_kind(files: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -71,7 +82,11 @@ def _crds() -> dict[Path, dict[str, Any]]:
 
 def _strict(schema: Any) -> Any:
     if isinstance(schema, dict):
-        if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for value in schema.values():
             _strict(value)
@@ -87,14 +102,16 @@ def validate_cr(doc: dict[str, Any]) -> None:
 
 
 def test_deployment_and_service_validate_against_kubernetes_schema(repos: dict[str, Path]) -> None:
-    for device, repo in repos.items():
+    for repo in repos.values():
         kinds = by_kind(render_manifests(repo, KubernetesOptions(name="textdemo", base_image=BASE)))
         for kind in ("Deployment", "Service"):
             kubernetes_validate.validate(kinds[kind], K8S_VERSION, strict=True)  # raises on any problem
 
 
 def test_custom_resources_validate_against_their_crds(repos: dict[str, Path]) -> None:
-    plain = render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, monitor_labels={"release": "prometheus"}))
+    plain = render_manifests(
+        repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, monitor_labels={"release": "prometheus"})
+    )
     kserve = render_manifests(repos["gpu"], KubernetesOptions(name="textdemo", base_image=BASE, kserve=True))
     checked = []
     for doc in documents(plain) + documents(kserve):
@@ -121,8 +138,14 @@ def test_probes_and_ports_match_triton(repos: dict[str, Path]) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     args = container["args"]
-    assert args[args.index("--model-repository") + 1] == "/models" and args[args.index("--strict-readiness") + 1] == "true"
-    assert {p["name"]: p["port"] for p in kinds["Service"]["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert (
+        args[args.index("--model-repository") + 1] == "/models" and args[args.index("--strict-readiness") + 1] == "true"
+    )
+    assert {p["name"]: p["port"] for p in kinds["Service"]["spec"]["ports"]} == {
+        "http": 8000,
+        "grpc": 8001,
+        "metrics": 8002,
+    }
     assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
@@ -154,8 +177,13 @@ def test_pod_runs_unprivileged_with_a_read_only_root(repos: dict[str, Path]) -> 
     validate_cr(runtime["ServingRuntime"])
     kserve = runtime["ServingRuntime"]["spec"]["containers"][0]
     assert kserve["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"},
-        "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
     assert {m["mountPath"] for m in kserve["volumeMounts"]} == {"/tmp", "/dev/shm"}
@@ -174,7 +202,9 @@ def test_the_image_runs_as_the_uid_the_pod_asks_for() -> None:
 
 
 def test_scaling_queries_are_per_model_promql(repos: dict[str, Path]) -> None:
-    scaled = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", namespace="serving", base_image=BASE)))["ScaledObject"]
+    scaled = by_kind(
+        render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", namespace="serving", base_image=BASE))
+    )["ScaledObject"]
     triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
     assert scaled["spec"]["scaleTargetRef"]["name"] == "textdemo"
     for trigger in triggers.values():
@@ -191,7 +221,12 @@ def test_scaling_queries_are_per_model_promql(repos: dict[str, Path]) -> None:
 
 
 def test_options_and_switches(repos: dict[str, Path]) -> None:
-    bare = render_manifests(repos["cpu"], KubernetesOptions(name="Text_Demo", base_image=BASE, autoscale=False, monitor=False, image="registry.example/td:1"))
+    bare = render_manifests(
+        repos["cpu"],
+        KubernetesOptions(
+            name="Text_Demo", base_image=BASE, autoscale=False, monitor=False, image="registry.example/td:1"
+        ),
+    )
     assert sorted(bare) == ["deployment.yaml", "kustomization.yaml", "secret.yaml", "service.yaml"]
     assert yaml.safe_load(bare["kustomization.yaml"])["resources"] == ["deployment.yaml", "secret.yaml", "service.yaml"]
     assert by_kind(bare)["Deployment"]["metadata"]["name"] == "text-demo"
@@ -206,9 +241,14 @@ def test_baked_image_tag_follows_the_repository(repos: dict[str, Path]) -> None:
     gpu = render_build_context(BASE, repository=repos["gpu"])
     assert "repository/classify/config.pbtxt" in cpu and b"COPY repository/ /models/" in cpu["Dockerfile"]
     assert context_tag("compound-textdemo", cpu) != context_tag("compound-textdemo", gpu)
-    assert context_tag("compound-textdemo", cpu) == context_tag("compound-textdemo", render_build_context(BASE, repository=repos["cpu"]))
+    assert context_tag("compound-textdemo", cpu) == context_tag(
+        "compound-textdemo", render_build_context(BASE, repository=repos["cpu"])
+    )
     ngc = render_build_context("nvcr.io/nvidia/tritonserver:24.10-py3")
-    assert image_flavor("nvcr.io/nvidia/tritonserver:24.10-py3") == "ngc" and b"/opt/tritonserver/bin/tritonserver" in ngc["tritonserver.sh"]
+    assert (
+        image_flavor("nvcr.io/nvidia/tritonserver:24.10-py3") == "ngc"
+        and b"/opt/tritonserver/bin/tritonserver" in ngc["tritonserver.sh"]
+    )
     assert image_flavor(BASE) == "pytriton" and b"nvidia-pytriton==" in cpu["Dockerfile"]
     assert (ngc_tag("2.42.0"), ngc_tag("2.51.0"), ngc_tag("2.53.0")) == ("24.01", "24.10", "24.12")
 
@@ -225,21 +265,27 @@ def test_kustomize_builds_the_folder_offline(repos: dict[str, Path], tmp_path: P
     assert kinds == ["Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
 
 
-def test_no_reachable_cluster_is_a_clear_error(repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_reachable_cluster_is_a_clear_error(
+    repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "nowhere",
         "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
         "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
         "users": [{"name": "nobody", "user": {}}],
     }
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    deployment = KubernetesDeployment(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE), manifests_dir=tmp_path / "m")
+    deployment = KubernetesDeployment(
+        repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE), manifests_dir=tmp_path / "m"
+    )
     with pytest.raises(CompoundError, match="no Kubernetes cluster is reachable") as failure:
         deployment.start()
     assert "--dry-run" in str(failure.value)
@@ -259,7 +305,10 @@ def test_the_key_comes_from_a_secret_and_the_runtime_runs_beside_triton(repos: d
     triton, runtime = pod["containers"]
     key_env = {"name": "COMPOUND_API_KEY", "valueFrom": {"secretKeyRef": {"name": "textdemo-key", "key": "api-key"}}}
     assert key_env in triton["env"] and key_env in runtime["env"]
-    assert any(a.startswith("--http-restricted-api=") and a.endswith("compound-key=$(COMPOUND_API_KEY)") for a in triton["args"])
+    assert any(
+        a.startswith("--http-restricted-api=") and a.endswith("compound-key=$(COMPOUND_API_KEY)")
+        for a in triton["args"]
+    )
     assert key not in files["deployment.yaml"]  # only in the Secret
     assert runtime["command"] == ["/usr/local/bin/compound-runtime"] and runtime["args"][0] == "--inline"
     config = json.loads(runtime["args"][1])
@@ -269,7 +318,14 @@ def test_the_key_comes_from_a_secret_and_the_runtime_runs_beside_triton(repos: d
     written = write_manifests(files, tmp_path / "m")
     assert stat.S_IMODE((written / "secret.yaml").stat().st_mode) == 0o600
     context = render_build_context(BASE, repository=repos["cpu"])
-    assert "compound/toolkit/deploy/supervisor.py" in context and b"COPY compound/ /opt/compound/app/" in context["Dockerfile"]
+    assert (
+        "compound/toolkit/deploy/supervisor.py" in context
+        and b"COPY compound/ /opt/compound/app/" in context["Dockerfile"]
+    )
     assert b"toolkit.deploy.supervisor" in context["runtime.sh"]
-    plain = render_manifests(repos["cpu"], KubernetesOptions(name="t", base_image=BASE, image="x:1", runtime=False, restrict_apis=False))
-    assert "secret.yaml" not in plain and len(by_kind(plain)["Deployment"]["spec"]["template"]["spec"]["containers"]) == 1
+    plain = render_manifests(
+        repos["cpu"], KubernetesOptions(name="t", base_image=BASE, image="x:1", runtime=False, restrict_apis=False)
+    )
+    assert (
+        "secret.yaml" not in plain and len(by_kind(plain)["Deployment"]["spec"]["template"]["spec"]["containers"]) == 1
+    )

@@ -47,8 +47,16 @@ def test_gates() -> None:
 
 
 def test_locust_argv_for_each_role(tmp_path: Path) -> None:
-    options = LoadTestOptions(pipeline="classify", url="127.0.0.1:8001", protocol="grpc", users=4, spawn_rate=2,
-                              run_time_s=7, workers=2, data=Path("d.jsonl"))
+    options = LoadTestOptions(
+        pipeline="classify",
+        url="127.0.0.1:8001",
+        protocol="grpc",
+        users=4,
+        spawn_rate=2,
+        run_time_s=7,
+        workers=2,
+        data=Path("d.jsonl"),
+    )
     runner = LocustRunner(options, tmp_path)
     master = runner.command("master")
     assert master[:3] == [sys.executable, "-m", "locust"] and "--headless" in master
@@ -70,15 +78,21 @@ sys.path.insert(0, sys.argv[1])
 import shapes
 k = shapes.Knobs(users=16, spawn_rate=4, run_time=40, steps=4, burst_on=2, burst_off=3)
 out = {name: [list(cls.users_at(t, k)) for t in (0, 9.9, 10, 17, 21, 39)] for name, cls in shapes.SHAPES.items()}
-out["selected"] = [list(shapes.SelectedShape.users_at(t, shapes.Knobs(16, 4, 40, shape="burst", burst_on=2, burst_off=3))) for t in (0, 2.5)]
+knobs = shapes.Knobs(16, 4, 40, shape="burst", burst_on=2, burst_off=3)
+out["selected"] = [list(shapes.SelectedShape.users_at(t, knobs)) for t in (0, 2.5)]
 print(json.dumps(out))
 """
 
 
 def test_shapes_schedules() -> None:
     """Run in a child: importing locust monkey-patches the process that does it."""
-    done = subprocess.run([sys.executable, "-c", SHAPES_SCRIPT, str(ROOT / "loadtest")],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SHAPES_SCRIPT, str(ROOT / "loadtest")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["constant"] == [[16, 4]] * 6
     assert [u for u, _ in out["step"]] == [4, 4, 8, 8, 12, 16]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.client import signature_from_config
 from toolkit.errors import CompoundError
 from toolkit.loadtest.inputs import (
     VARIABLE_DIM_SIZE,
@@ -14,7 +15,6 @@ from toolkit.loadtest.inputs import (
     synthesise,
 )
 from toolkit.units import parse_duration
-from toolkit.client import signature_from_config
 
 CONFIG = {
     "name": "mixed",

@@ -14,6 +14,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from toolkit.errors import SpecError
+from toolkit.plan import DeploymentPlan, plan_spec
+from toolkit.plan.graph import UNBATCHED_ORCHESTRATOR_BATCH
 from toolkit.plan.program import (
     ORCHESTRATOR_INSTANCES,
     OUTER,
@@ -22,9 +25,6 @@ from toolkit.plan.program import (
     describe_program,
     plan_instances,
 )
-from toolkit.errors import SpecError
-from toolkit.plan import DeploymentPlan, plan_spec
-from toolkit.plan.graph import UNBATCHED_ORCHESTRATOR_BATCH
 from toolkit.render import program_model_files, render_files, template_env, templates_dir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -73,16 +73,22 @@ def test_ensemble_config_wires_fan_out_and_join() -> None:
 def test_gpu_device_renders_kind_gpu(tmp_path: Path) -> None:
     files = render_files(plan_spec(EXAMPLE, device="gpu"))
     for model in ("tok", "sentiment", "topic", "verdict"):
-        assert parse(files[f"{model}/config.pbtxt"]).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert (
+            parse(files[f"{model}/config.pbtxt"]).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        )
 
 
 def test_explicit_gpus_list(tmp_path: Path) -> None:
-    spec = EXAMPLE.read_text().replace("instances: {count: 1, kind: auto}", "instances: {count: 2, kind: gpu, gpus: [0, 1]}", 1)
+    spec = EXAMPLE.read_text().replace(
+        "instances: {count: 1, kind: auto}", "instances: {count: 2, kind: gpu, gpus: [0, 1]}", 1
+    )
     (tmp_path / "pipeline.yaml").write_text(spec)
     (tmp_path / "handlers.py").write_bytes((EXAMPLE.parent / "handlers.py").read_bytes())
     tok = parse(render_files(plan_spec(tmp_path / "pipeline.yaml"))["tok/config.pbtxt"])
     group = tok.instance_group[0]
-    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and group.count == 2 and list(group.gpus) == [0, 1]
+    assert (
+        group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and group.count == 2 and list(group.gpus) == [0, 1]
+    )
 
 
 def test_rendering_is_deterministic() -> None:

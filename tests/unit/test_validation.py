@@ -12,7 +12,7 @@ from toolkit.cli import cli
 from toolkit.errors import SpecError
 from toolkit.plan import plan_spec
 
-HANDLERS = '''
+HANDLERS = """
 import numpy as np
 
 class Ident:
@@ -24,7 +24,7 @@ class Ident:
 class NotCallable:
     def __init__(self, parameters, device):
         pass
-'''
+"""
 
 MODELS = """
 models:
@@ -84,7 +84,7 @@ pipelines:
     inputs: {{text: {{dtype: string, dims: [1]}}}}
     outputs: {outputs}
     steps:
-{textwrap.indent(textwrap.dedent(steps).strip(), '      ')}
+{textwrap.indent(textwrap.dedent(steps).strip(), "      ")}
 """
     )
 
@@ -101,7 +101,9 @@ def test_unknown_model_in_step(tmp_path: Path) -> None:
 
 
 def test_tensor_consumed_never_produced(tmp_path: Path) -> None:
-    found = problems_of(write_spec(tmp_path, steps_spec("- {model: score, inputs: {ids: ids}, outputs: {score: score}}")))
+    found = problems_of(
+        write_spec(tmp_path, steps_spec("- {model: score, inputs: {ids: ids}, outputs: {score: score}}"))
+    )
     assert any("consumes tensor 'ids'" in p and "no step produces" in p for p in found), found
 
 
@@ -114,7 +116,9 @@ def test_two_producers(tmp_path: Path) -> None:
         """
     )
     found = problems_of(write_spec(tmp_path, spec))
-    assert any("tensor 'ids' has two producers" in p and "step 0 (tok)" in p and "step 1 (tok)" in p for p in found), found
+    assert any("tensor 'ids' has two producers" in p and "step 0 (tok)" in p and "step 1 (tok)" in p for p in found), (
+        found
+    )
 
 
 def test_cycle(tmp_path: Path) -> None:
@@ -163,7 +167,9 @@ def test_missing_handler_module(tmp_path: Path) -> None:
 
 
 def test_unimportable_handler(tmp_path: Path) -> None:
-    found = problems_of(write_spec(tmp_path, "name: demo\n" + MODELS + GOOD_PIPELINE, handlers="import no_such_package_xyz\n"))
+    found = problems_of(
+        write_spec(tmp_path, "name: demo\n" + MODELS + GOOD_PIPELINE, handlers="import no_such_package_xyz\n")
+    )
     assert any("cannot import handler module 'handlers'" in p and "no_such_package_xyz" in p for p in found), found
 
 
@@ -229,9 +235,15 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_unconsumed_tensor_is_a_warning_and_left_out(tmp_path: Path) -> None:
-    body = "name: demo\n" + MODELS.replace(
-        "outputs: {score: {dtype: fp32, dims: [1]}}\n  floats", "outputs: {score: {dtype: fp32, dims: [1]}, extra: {dtype: fp32, dims: [1]}}\n  floats", 1
-    ) + GOOD_PIPELINE.replace("outputs: {score: score}}", "outputs: {score: score, extra: spare}}")
+    body = (
+        "name: demo\n"
+        + MODELS.replace(
+            "outputs: {score: {dtype: fp32, dims: [1]}}\n  floats",
+            "outputs: {score: {dtype: fp32, dims: [1]}, extra: {dtype: fp32, dims: [1]}}\n  floats",
+            1,
+        )
+        + GOOD_PIPELINE.replace("outputs: {score: score}}", "outputs: {score: score, extra: spare}}")
+    )
     plan = plan_spec(write_spec(tmp_path, body))
     assert any("tensor 'spare'" in w and "never consumed" in w for w in plan.warnings), plan.warnings
     assert plan.pipelines["p"].steps[1].outputs == {"score": "score"}
@@ -283,7 +295,10 @@ def test_autoscale_bounds_and_starting_count(tmp_path: Path) -> None:
     "fields,fragment",
     [
         ("    autoscale: {min: 3, max: 2}\n", "min 3 is above max 2"),
-        ("    autoscale: {min: 1, max: 2}\n    instances: {count: 4}\n", "instances.count 4 is outside autoscale's range 1..2"),
+        (
+            "    autoscale: {min: 1, max: 2}\n    instances: {count: 4}\n",
+            "instances.count 4 is outside autoscale's range 1..2",
+        ),
         ("    autoscale: {min: 1, max: 2, idle_s: 0}\n", "idle_s"),
         ("    autoscale: {min: 1, maximum: 2}\n", "unknown field 'maximum'"),
     ],

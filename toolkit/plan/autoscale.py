@@ -17,9 +17,10 @@ Scaling down asks whether the load would still fit: a component goes from n to n
 its measured load (utilisation x n) spread over n-1 stays below DOWN_TO with nothing waiting, for
 DOWN_AFTER windows in a row; the same test, held for UP_AFTER windows, picks the component that gives
 an instance to a bottleneck when no core is spare (a bottleneck should not wait for the slower
-scale-down). A component one client keeps at 0.7 of a core on 2 instances gives one away: the
-other was idle. Hysteresis: up after UP_AFTER saturated windows in a row, and no change to a component within
-COOLDOWN_S of the last (a reload must settle before its numbers mean anything). Capacity: a new
+scale-down). "Nothing waiting" is what makes 0.9 safe: a component that one client keeps at 0.8 of
+a core on 2 instances gives one away (measured: the other was idle, and queueing stayed at zero);
+one whose requests queue keeps it. Hysteresis: up after UP_AFTER saturated windows in a row, and no
+change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean anything). Capacity: a new
 instance needs half a core of measured spare capacity, where busy cores are counted over the
 models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
 its callees' time, and would count them again). Downstream components grow with their upstream in
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
-DOWN_TO = 0.75  # an instance goes when, nothing waiting, the rest would stay below this each
+DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
 QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
 MIN_REQUESTS = 5  # fewer requests in a window say nothing about waiting
 UP_AFTER = 2  # saturated windows in a row before adding an instance
