@@ -20,9 +20,9 @@ an instance to a bottleneck when no core is spare (a bottleneck should not wait 
 scale-down). "Nothing waiting" is what makes 0.9 safe: a component that one client keeps at 0.8 of
 a core on 2 instances gives one away (measured: the other was idle, and queueing stayed at zero);
 one whose requests queue keeps it. Hysteresis: up after UP_AFTER saturated windows in a row, and no
-change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean anything). Capacity: a new
-instance needs half a core of measured spare capacity, where busy cores are counted over the
-models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
+change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean
+anything). Capacity: a new instance needs half a core of measured spare capacity, where busy cores
+are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
 its callees' time, and would count them again). Downstream components grow with their upstream in
 proportion to their own measured load before their queues grow.
 """
