@@ -105,3 +105,10 @@ def test_idle_on_demand_components_are_unloaded_and_fixed_ones_never_touched() -
     assert policy.decide(20.0, comps, {"agent": Window(seconds=1.0), "fixed": saturated()}) == []
     (decision,) = policy.decide(31.0, comps, {"agent": Window(seconds=1.0), "fixed": saturated()})
     assert decision.action == "unload" and decision.model == "agent" and "idle_s 30" in decision.reason
+
+
+def test_a_queue_many_times_the_work_needs_one_window() -> None:
+    comps = components(heavy=1)
+    flooded = {"heavy": Window(seconds=1.0, requests=100, busy_s=0.99, queue_s=12.0)}  # 120 ms queued for 10 ms
+    (decision,) = Policy(cores=2).decide(10.0, comps, flooded)
+    assert decision.model == "heavy" and decision.instances == 2

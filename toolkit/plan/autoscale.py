@@ -15,12 +15,14 @@ work, its light neighbours below 0.2; a second instance served 1.83-1.91x.
 
 Scaling down asks whether the load would still fit: a component goes from n to n-1 instances when
 its measured load (utilisation x n) spread over n-1 stays below DOWN_TO with nothing waiting, for
-DOWN_AFTER windows in a row; the same test, held for UP_AFTER windows, picks the component that gives
-an instance to a bottleneck when no core is spare (a bottleneck should not wait for the slower
-scale-down). "Nothing waiting" is what makes 0.9 safe: a component that one client keeps at 0.8 of
-a core on 2 instances gives one away (measured: the other was idle, and queueing stayed at zero);
-one whose requests queue keeps it. Hysteresis: up after UP_AFTER saturated windows in a row, and no
-change to a component within COOLDOWN_S of the last (a reload must settle before its numbers mean
+DOWN_AFTER windows in a row; the same test, in the last window, picks the component that gives an
+instance to a bottleneck when no core is spare (a bottleneck should not wait for the slower
+scale-down; measured on the bursty workload, each window a burst waits costs P95). "Nothing
+waiting" is what makes 0.9 safe: a component that one client keeps at 0.8 of a core on 2 instances
+gives one away (measured: the other was idle, and queueing stayed at zero); one whose requests queue
+keeps it. Hysteresis: up after UP_AFTER saturated windows in a row (one, when requests queue
+SEVERE_QUEUE_RATIO times as long as they compute), and no change to a component within COOLDOWN_S
+of the last (a reload must settle before its numbers mean
 anything). Capacity: a new instance needs half a core of measured spare capacity, where busy cores
 are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
 its callees' time, and would count them again). Downstream components grow with their upstream in
@@ -36,6 +38,7 @@ from typing import Literal, Optional
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
 DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
 QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
+SEVERE_QUEUE_RATIO = 4.0  # ... and that makes one saturated window enough
 MIN_REQUESTS = 5  # fewer requests in a window say nothing about waiting
 UP_AFTER = 2  # saturated windows in a row before adding an instance
 DOWN_AFTER = 5  # spare windows in a row before removing one
@@ -115,7 +118,9 @@ class Policy:
                 component.last_request = now
             component.utilisation = window.busy_cores() / max(component.instances, 1)
             saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
-            component.hot = component.hot + 1 if saturated else 0
+            # a queue several times the work is no fluctuation: one window is evidence enough
+            severe = saturated and window.queue_s >= SEVERE_QUEUE_RATIO * window.busy_s
+            component.hot = UP_AFTER if severe else component.hot + 1 if saturated else 0
             spare = component.autoscaled and not self._waiting(window) and self._spare_instance(component)
             component.cold = component.cold + 1 if spare else 0
 
@@ -201,7 +206,7 @@ class Policy:
         return list(decisions.values())
 
     def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= UP_AFTER]  # type: ignore[operator]
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]  # type: ignore[operator]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
