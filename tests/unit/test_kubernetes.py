@@ -329,3 +329,31 @@ def test_the_key_comes_from_a_secret_and_the_runtime_runs_beside_triton(repos: d
     assert (
         "secret.yaml" not in plain and len(by_kind(plain)["Deployment"]["spec"]["template"]["spec"]["containers"]) == 1
     )
+
+
+def test_dry_run_says_when_the_image_it_names_was_never_built(repos: dict[str, Path], tmp_path: Path) -> None:
+    """`--dry-run` without --image must not promise that `kubectl apply -k` will work as is."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    out = tmp_path / "k8s"
+    runner = CliRunner()
+    args = ["deploy", str(repos["cpu"]), "--target", "kubernetes", "--dry-run", "--manifests-dir", str(out)]
+    result = runner.invoke(cli, [*args, "--base-image", BASE])
+    assert result.exit_code == 0, result.output
+    assert "which --dry-run did not build or push" in result.output and "pass --image" in result.output
+    named = runner.invoke(cli, [*args, "--image", "registry.example/td:1"])
+    assert named.exit_code == 0 and "did not build" not in named.output
+    assert "next: kubectl apply -k" in named.output
+
+
+def test_an_image_that_may_not_be_built_is_explained_without_a_flag_that_does_not_exist(
+    repos: dict[str, Path], tmp_path: Path
+) -> None:
+    deployment = KubernetesDeployment(
+        repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE), manifests_dir=tmp_path / "m", build=False
+    )
+    with pytest.raises(CompoundError, match="no --image given") as failure:
+        deployment._build_image()
+    assert "--no-build" not in str(failure.value) and "--image" in str(failure.value)

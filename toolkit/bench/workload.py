@@ -278,22 +278,8 @@ class _Runtime:
     """The adaptive runtime beside a bench server, started as `compound deploy` starts it."""
 
     def __init__(self, server: Any, folder: Path, cores: float, log: Callable[[str], None]) -> None:
-        from toolkit.deploy.base import DeploymentState
-
         self.server, self.folder, self.cores, self.log = server, folder, cores, log
-        self.state = DeploymentState(
-            name=f"bench-{folder.name}",
-            target="local",
-            repository=str(server.repository),
-            host=server.endpoints.host,
-            http_port=server.endpoints.http_port,
-            grpc_port=server.endpoints.grpc_port,
-            metrics_port=server.endpoints.metrics_port,
-            log_path=str(server.log_path),
-            api_key=server.api_key,
-            extra={"workdir": str(folder)},
-        )
-        server.record(self.state)
+        self.state = server.deployment_state(f"bench-{folder.name}", folder)
         self.status_path = folder / "runtime.json"
         self.log_path = folder / "runtime.log"
         self.process: Any = None

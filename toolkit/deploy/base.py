@@ -373,6 +373,23 @@ class TritonServer(abc.ABC):
     def from_request(cls, request: DeployRequest, workdir: Path) -> TritonServer:
         """A server for `compound deploy`: detached from the CLI's process, files under `workdir`."""
 
+    def deployment_state(self, name: str, workdir: Path) -> DeploymentState:
+        """What `compound deploy` records of this (started) server for later commands."""
+        state = DeploymentState(
+            name=name,
+            target=self.target,
+            repository=str(self.repository),
+            host=self.endpoints.host,
+            http_port=self.endpoints.http_port,
+            grpc_port=self.endpoints.grpc_port,
+            metrics_port=self.endpoints.metrics_port,
+            log_path=str(self.log_path),
+            api_key=self.api_key,
+            extra={"workdir": str(workdir)},
+        )
+        self.record(state)
+        return state
+
     def record(self, state: DeploymentState) -> None:  # noqa: B027 - a hook: most targets add nothing
         """Fill in what a later `compound status/logs/stop` needs to find this server again."""
 

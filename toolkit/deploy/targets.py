@@ -42,19 +42,7 @@ def start(request: DeployRequest) -> DeploymentState:
     workdir.mkdir(parents=True)
     server = target_class(request.target).from_request(request, workdir)
     server.start()
-    state = DeploymentState(
-        name=request.name,
-        target=request.target,
-        repository=str(request.repository),
-        host=request.host,
-        http_port=server.endpoints.http_port,
-        grpc_port=server.endpoints.grpc_port,
-        metrics_port=server.endpoints.metrics_port,
-        log_path=str(server.log_path),
-        api_key=server.api_key,
-        extra={"workdir": str(workdir)},
-    )
-    server.record(state)
+    state = server.deployment_state(request.name, workdir)
     state_path = base.save_state(state)
     if request.runtime and request.target != "kubernetes":  # in Kubernetes it runs in the pod
         try:
