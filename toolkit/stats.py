@@ -295,31 +295,3 @@ def fetch_stats(url: str, protocol: str = "http", timeout: float = 5.0) -> dict[
     except Exception as exc:  # noqa: BLE001 - any transport error means the same thing here
         raise CompoundError(f"cannot read model statistics from {url} ({protocol}): {exc}") from None
     return parse_stats(payload)
-
-
-def parse_gauges(text: str, metric: str) -> dict[str, float]:
-    """One Prometheus gauge per model (versions summed) from Triton's /metrics text."""
-    values: dict[str, float] = {}
-    prefix = metric + "{"
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        labels, _, value = line[len(prefix) :].partition("} ")
-        model = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("model=")), "")
-        try:
-            values[model] = values.get(model, 0.0) + float(value)
-        except ValueError:
-            continue
-    return values
-
-
-def fetch_pending(metrics_url: str, timeout: float = 5.0) -> dict[str, float]:
-    """Requests waiting in each model's queue right now (Triton's nv_inference_pending_request_count)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=timeout) as response:  # noqa: S310 - the server's metrics URL
-            text = response.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise CompoundError(f"cannot read metrics from {metrics_url}: {exc}") from None
-    return parse_gauges(text, "nv_inference_pending_request_count")

@@ -7,7 +7,7 @@ from toolkit.plan.autoscale import COOLDOWN_S, DOWN_AFTER, UP_AFTER, Bounds, Com
 
 def saturated(seconds: float = 1.0, instances: int = 1) -> Window:
     """Busy the whole window on every instance, 100 requests each waiting 20 ms for 7 ms of work."""
-    return Window(seconds=seconds, requests=100, busy_s=0.98 * seconds * instances, queue_s=2.0, pending=12)
+    return Window(seconds=seconds, requests=100, busy_s=0.98 * seconds * instances, queue_s=2.0)
 
 
 def quiet(seconds: float = 1.0, busy_s: float = 0.05) -> Window:
@@ -43,9 +43,9 @@ def test_a_bottleneck_with_a_spare_core_gets_an_instance_after_the_hysteresis() 
 
 def test_busy_without_waiting_is_not_a_bottleneck() -> None:
     comps = components(heavy=1)
-    windows = {"heavy": Window(seconds=1.0, requests=100, busy_s=0.98, queue_s=0.001, pending=50)}
+    windows = {"heavy": Window(seconds=1.0, requests=100, busy_s=0.98, queue_s=0.001)}
     policy = Policy(cores=2)
-    assert run(policy, comps, windows, 5) == []  # the pending gauge alone does not trigger
+    assert run(policy, comps, windows, 5) == []  # 0.01 ms queued: nothing waits
 
 
 def test_without_a_spare_core_an_idle_components_instance_moves() -> None:

@@ -1,6 +1,6 @@
 """The adaptive runtime: one process beside each deployment that watches the server and changes it.
 
-Every interval it reads Triton's statistics, pending-request gauges, the repository index and the
+Every interval it reads Triton's statistics, the repository index and the
 live Python stubs, then:
 - heals: a component with fewer live stubs than instances (a stub killed, OOM) is reloaded;
 - scales: the policy (toolkit/plan/autoscale.py) moves instances between components; a rescale is
@@ -31,7 +31,7 @@ from toolkit.deploy.base import stub_counts
 from toolkit.errors import CompoundError
 from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
 from toolkit.render import read_manifest
-from toolkit.stats import ModelCounters, fetch_pending, fetch_stats
+from toolkit.stats import ModelCounters, fetch_stats
 
 INTERVAL_S = 1.0
 GONE_AFTER_S = 10.0  # the server not answering this long: the runtime ends
@@ -160,11 +160,6 @@ class Supervisor:
         return int(groups[0].get("count", 1) or 1), groups[0].get("kind") == "KIND_GPU"
 
     def _windows(self, counters: dict[str, ModelCounters], seconds: float) -> dict[str, Window]:
-        pending = {}
-        try:
-            pending = fetch_pending(self.config.metrics_url)
-        except CompoundError:
-            pass  # the gauge only sharpens the signal; statistics carry it
         windows = {}
         for name, now in counters.items():
             before = (self.previous or {}).get(name)
@@ -178,7 +173,6 @@ class Supervisor:
                 requests=delta.success.count + delta.fail.count,
                 busy_s=delta.busy_ns / 1e9,
                 queue_s=delta.queue.ns / 1e9,
-                pending=pending.get(name, 0.0),
             )
         return windows
 

@@ -63,7 +63,6 @@ class Window:
     requests: int = 0
     busy_s: float = 0.0  # instances executing batches
     queue_s: float = 0.0  # summed over requests
-    pending: float = 0.0  # waiting at the end of the window
 
     def busy_cores(self) -> float:
         return self.busy_s / self.seconds if self.seconds > 0 else 0.0
