@@ -97,7 +97,7 @@ def locustfile_path() -> Path:
             return candidate
     except (ImportError, ModuleNotFoundError, TypeError):
         pass
-    candidate = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
+    candidate = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"  # toolkit/loadtest/ -> checkout
     if not candidate.is_file():
         raise CompoundError("the locustfile is missing from this installation", hint="reinstall compound")
     return candidate
