@@ -260,14 +260,16 @@ def test_synthesised_inputs_for_a_non_batching_model_with_variable_dims(
 
 def test_a_short_soak_reports_failures_drift_and_server_memory(textdemo_server: LocalServer, tmp_path: Path) -> None:
     """The soak shape through the CLI, shortened: paced at a target rate, windows of 2 s, and the RSS of
-    the server and each of its stubs at the start and the end."""
+    the server and each of its stubs at the start and the end. Over HTTP: Triton 2.51 can crash when a
+    gRPC call is cancelled as a response is sent (server#7368), as a paced gRPC run's stop showed, and
+    this server is shared by the session (docs/hardening.md)."""
     timeline = tmp_path / "soak.json"
     result = compound(
         "classify",
         "--url",
-        textdemo_server.grpc_url,
+        textdemo_server.http_url,
         "--protocol",
-        "grpc",
+        "http",
         "--shape",
         "soak",
         "--users",
