@@ -245,7 +245,7 @@ def test_rendered_files_parse_and_carry_the_runtime() -> None:
     assert "timeout" in files["guarded/config.pbtxt"]
     assert files["guarded/1/model.py"] == (templates_dir() / "orchestrator.py").read_text()
     assert json.loads(files["guarded/1/program.json"])["timeout_ms"] == 300
-    all_files = render_files(plan)  # the lead's renderer picks them up for every orchestrator
+    all_files = render_files(plan)  # the renderer writes them for every orchestrator
     assert "router/1/program.json" in all_files and "router/1/model.py" in all_files
 
 

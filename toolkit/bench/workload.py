@@ -445,7 +445,7 @@ def _held(fixed: Optional[dict[str, int]], samples: list[dict[str, Any]]) -> Cal
 
 
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, met / missed with the measured values."""
+    """The workload's targets, met / missed with the measured values."""
     static, adaptive = report["deployments"].get("static", {}), report["deployments"].get("adaptive", {})
     if "error" in static or "error" in adaptive or not static or not adaptive:
         return []
