@@ -420,26 +420,6 @@ class TritonServer(abc.ABC):
         self.stop()
 
 
-def python_instances(repository: Path) -> dict[str, int]:
-    """Python-backend models of a repository and how many stub processes each should have running
-    (one per CPU instance; at least one per GPU model, whose count depends on the GPUs present)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    expected: dict[str, int] = {}
-    for path in sorted(repository.glob("*/config.pbtxt")):
-        try:
-            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-        except (OSError, text_format.ParseError):
-            continue
-        if config.backend != "python":
-            continue
-        groups = config.instance_group or []
-        cpu = sum(g.count or 1 for g in groups if g.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU)
-        expected[config.name or path.parent.name] = cpu or 1
-    return expected
-
-
 def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
     """Live Python-backend stubs per model, from process command lines: a stub's first argument is
     <repository>/<model>/<version>/model.py."""
