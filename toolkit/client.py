@@ -397,6 +397,13 @@ def model_config(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
     return config
 
 
+def instance_count(config: dict[str, Any]) -> tuple[int, bool]:
+    """(instances, whether on a GPU) of a model config as JSON, its instance groups summed (compound
+    writes one group; on a GPU the count is per device, so it is a lower bound)."""
+    groups = config.get("instance_group") or [{}]
+    return sum(int(g.get("count", 1) or 1) for g in groups), any(g.get("kind") == "KIND_GPU" for g in groups)
+
+
 def load_models(
     grpc_url: str, models: dict[str, Optional[dict[str, Any]]], api_key: str, timeout: float = 300.0
 ) -> dict[str, Optional[str]]:

@@ -431,6 +431,11 @@ def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
     return counts
 
 
+def missing_stubs(expected: dict[str, int], live: dict[str, int]) -> dict[str, str]:
+    """Models with fewer live stubs than instances: model -> how many are alive, in words."""
+    return {m: f"{live.get(m, 0)} of {n} backend process(es) alive" for m, n in expected.items() if live.get(m, 0) < n}
+
+
 def on_demand_models(repository: Path) -> list[str]:
     """Models that start unloaded (autoscale.min 0), from the repository's compound.json."""
     autoscale = read_manifest(repository).get("autoscale", {})

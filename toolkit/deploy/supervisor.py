@@ -26,8 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from toolkit.client import api_key_headers, http_json, load_models, model_config, model_states, unload_model
-from toolkit.deploy.base import stub_counts
+from toolkit.client import (
+    api_key_headers,
+    http_json,
+    instance_count,
+    load_models,
+    model_config,
+    repository_index,
+    unload_model,
+)
+from toolkit.deploy.base import missing_stubs, stub_counts
 from toolkit.errors import CompoundError
 from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
 from toolkit.render import read_manifest
@@ -130,12 +138,13 @@ class Supervisor:
     def _refresh_components(self, now: float) -> set[str]:
         """Track every component model; pick up ones loaded since (an orchestrator loading an
         on-demand component) with the instance count of their live config."""
-        states = {m.name: m for m in model_states(self.config.http_url, api_key_headers(self.config.api_key))}
-        loaded = {name for name, state in states.items() if state.state == "READY"}
+        # the index alone (one request), not model_states(), which asks each model for readiness too
+        index = repository_index(self.config.http_url, api_key_headers(self.config.api_key))
+        loaded = {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
         for name in self.scaled_models:
             component = self.components.get(name)
             if name in loaded and (component is None or not component.loaded):
-                instances, gpu = self._instances_of(name)
+                instances, gpu = instance_count(model_config(self.config.http_url, name))
                 if gpu:
                     self.gpu_models.add(name)
                 if component is None:
@@ -153,11 +162,6 @@ class Supervisor:
                     name, 0, self.threads.get(name, 1), self.bounds.get(name), loaded=False
                 )
         return loaded
-
-    def _instances_of(self, name: str) -> tuple[int, bool]:
-        config = model_config(self.config.http_url, name)
-        groups = config.get("instance_group") or [{}]
-        return int(groups[0].get("count", 1) or 1), groups[0].get("kind") == "KIND_GPU"
 
     def _windows(self, counters: dict[str, ModelCounters], seconds: float) -> dict[str, Window]:
         windows = {}
@@ -191,11 +195,12 @@ class Supervisor:
         live = self.stubs()
         if live is None:
             return
-        seen = {
-            name: f"{live.get(name, 0)} of {c.instances} backend process(es) alive"
+        expected = {
+            name: c.instances
             for name, c in self.components.items()
-            if c.loaded and name in loaded and name not in self.gpu_models and live.get(name, 0) < c.instances
+            if c.loaded and name in loaded and name not in self.gpu_models
         }
+        seen = missing_stubs(expected, live)
         # dead in two windows in a row: a stub caught starting (a reload, a rescale) is not dead
         dead = {name: why for name, why in seen.items() if name in self.suspects}
         self.suspects = set(seen) - set(dead)

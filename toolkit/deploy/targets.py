@@ -7,12 +7,19 @@ one from the request, records it, and dispatches later commands to the recorded 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
+from toolkit.client import instance_count, model_config
 from toolkit.deploy import base
-from toolkit.deploy.base import DeploymentState, DeployRequest, target_class
+from toolkit.deploy.base import DeploymentState, DeployRequest, missing_stubs, target_class
 from toolkit.errors import CompoundError
 
 
@@ -56,10 +63,6 @@ def start(request: DeployRequest) -> DeploymentState:
 
 def start_runtime(request: DeployRequest, state: DeploymentState, workdir: Path, state_path: Path) -> int:
     """The adaptive runtime beside the server, detached like it; its decisions go to runtime.log."""
-    import os
-    import subprocess
-    import sys
-
     from toolkit.deploy.supervisor import LOG_FILE, RuntimeConfig
 
     endpoints = state.endpoints
@@ -100,8 +103,6 @@ def runtime_running(state: DeploymentState) -> Optional[int]:
 
 def runtime_status(state: DeploymentState) -> Optional[dict[str, object]]:
     """What the runtime last wrote about each model, or None when it does not run."""
-    import json
-
     from toolkit.deploy.supervisor import STATUS_FILE
 
     path = Path(state.extra.get("workdir", "")) / STATUS_FILE
@@ -114,10 +115,6 @@ def runtime_status(state: DeploymentState) -> Optional[dict[str, object]]:
 
 
 def stop_runtime(state: DeploymentState) -> None:
-    import os
-    import signal
-    import time
-
     pid = runtime_running(state)
     if pid is None:
         return
@@ -152,28 +149,22 @@ def stop(state: DeploymentState) -> bool:
 def dead_stubs(state: DeploymentState, loaded: list[str]) -> dict[str, str]:
     """Loaded Python models with fewer live backend stubs than their live config's CPU instances:
     model -> why. Seen twice, half a second apart, so a stub caught starting is not called dead."""
-    import time
-
-    from toolkit.client import model_config
-
     owner = target_class(state.target)
     expected: dict[str, int] = {}
     for name in loaded:
         config = model_config(state.endpoints.http_url, name)
-        groups = config.get("instance_group") or []
-        if config.get("backend") == "python" and all(g.get("kind", "KIND_CPU") == "KIND_CPU" for g in groups):
-            expected[name] = sum(int(g.get("count", 1) or 1) for g in groups) or 1
-    dead: dict[str, str] = {}
+        instances, gpu = instance_count(config)
+        if config.get("backend") == "python" and not gpu:
+            expected[name] = instances
+    dead: Optional[dict[str, str]] = None
     for attempt in range(2):
         live = owner.recorded_stubs(state)
         if live is None:
             return {}
-        now_dead = {
-            m: f"{live.get(m, 0)} of {n} backend process(es) alive" for m, n in expected.items() if live.get(m, 0) < n
-        }
-        dead = now_dead if attempt == 0 else {m: why for m, why in now_dead.items() if m in dead}
+        seen = missing_stubs(expected, live)
+        dead = seen if dead is None else {m: why for m, why in seen.items() if m in dead}
         if not dead:
             return {}
         if attempt == 0:
             time.sleep(0.5)
-    return dead
+    return dead or {}
