@@ -16,7 +16,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from tests.conftest import FIXTURES
 from tests.integration.test_serving import TEXTS, reference, strings
 from toolkit.client import infer
 from toolkit.deploy.docker import DockerServer, connect
@@ -143,45 +143,9 @@ def _process_uids(server: DockerServer) -> list[tuple[str, str]]:
     return [(str(row[1]), str(row[-1])) for row in top.get("Processes") or []]
 
 
-PROBE_SPEC = """
-name: probe
-models:
-  probe:
-    handler: probe:Probe
-    inputs: {x: {dtype: fp32, dims: [1]}}
-    outputs: {report: {dtype: string, dims: [3]}}
-pipelines:
-  check:
-    inputs: {x: {dtype: fp32, dims: [1]}}
-    outputs: [report]
-    steps: [{model: probe, inputs: {x: x}, outputs: {report: report}}]
-"""
-
-PROBE_HANDLER = """
-import os
-import ssl
-import tempfile
-
-import numpy as np
-
-
-class Probe:
-    def __init__(self, parameters, device):
-        with tempfile.NamedTemporaryFile(prefix="probe-") as scratch:  # Triton's writable path works
-            scratch.write(b"ok")
-            self.report = [ssl.OPENSSL_VERSION, str(os.geteuid()), scratch.name]
-
-    def __call__(self, x):
-        return {"report": np.array([self.report] * len(x), dtype=object)}
-"""
-
-
 def test_handlers_import_ssl_and_write_tmp_as_a_non_root_user(base_image: str, tmp_path: Path) -> None:
     """The stub links the venv's own libpython (put first by the entry point), so _ssl loads; not as root."""
-    (tmp_path / "spec").mkdir()
-    (tmp_path / "spec" / "pipeline.yaml").write_text(PROBE_SPEC)
-    (tmp_path / "spec" / "probe.py").write_text(textwrap.dedent(PROBE_HANDLER))
-    repo = render_repository(plan_spec(tmp_path / "spec" / "pipeline.yaml"), tmp_path / "repo")
+    repo = render_repository(plan_spec(FIXTURES / "probe" / "pipeline.yaml"), tmp_path / "repo")
     with _server(repo, base_image, tmp_path / "logs") as server:
         out = infer("check", server.http_url, {"x": np.zeros((2, 1), dtype=np.float32)})
         version, euid, scratch = (value.decode() for value in out["report"][0])
