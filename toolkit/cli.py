@@ -170,7 +170,13 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     default=None,
     help="[local, docker] Cores the runtime may fill with instances  [default: the cores this machine lets us use]",
 )
-@click.option("--gpu-budget", type=click.IntRange(0), default=None, help="[local, docker] GPUs the runtime may fill.")
+@click.option(
+    "--gpu-budget",
+    type=click.IntRange(0),
+    default=None,
+    help="[local, docker] GPU instances the runtime may run in all (KIND_GPU components)  "
+    "[default: each model's autoscale.max only]",
+)
 @click.option("--image", default=None, help="[docker, kubernetes] Use this image instead of building one.")
 @click.option(
     "--base-image",

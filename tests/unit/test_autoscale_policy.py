@@ -112,3 +112,15 @@ def test_a_queue_many_times_the_work_needs_one_window() -> None:
     flooded = {"heavy": Window(seconds=1.0, requests=100, busy_s=0.99, queue_s=12.0)}  # 120 ms queued for 10 ms
     (decision,) = Policy(cores=2).decide(10.0, comps, flooded)
     assert decision.model == "heavy" and decision.instances == 2
+
+
+def test_gpu_components_are_bounded_by_the_gpu_budget_not_by_cores() -> None:
+    comps = components(vision=1, other=1)
+    comps["vision"].gpu = comps["other"].gpu = True
+    windows = {"vision": saturated(), "cpu": Window(seconds=1.0, busy_s=2.0)}  # no core spare
+    decisions = run(Policy(cores=2, gpus=3), comps, windows, UP_AFTER, start=10.0)
+    assert [(d.model, d.instances) for d in decisions] == [("vision", 2)]
+    assert "3 of 3 GPU instances" in decisions[0].reason
+    comps = components(vision=1, other=2)  # 1 + 2 = the budget
+    comps["vision"].gpu = comps["other"].gpu = True
+    assert run(Policy(cores=2, gpus=3), comps, windows, 4) == []

@@ -110,7 +110,7 @@ class Supervisor:
         downstream: dict[str, list[str]] = {}
         for producer, consumer in manifest.get("edges", []):
             downstream.setdefault(producer, []).append(consumer)
-        self.policy = Policy(self.config.cores, downstream)
+        self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus)
         self.previous: Optional[dict[str, ModelCounters]] = None
         self.previous_at = time.monotonic()
         self.decisions: list[dict[str, Any]] = []
@@ -149,10 +149,11 @@ class Supervisor:
                     self.gpu_models.add(name)
                 if component is None:
                     component = Component(
-                        name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now
+                        name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now, gpu=gpu
                     )
                     self.components[name] = component
                 else:
+                    component.gpu = gpu
                     component.instances, component.loaded, component.last_request = instances, True, now
                     self._record(now, name, "loaded", instances, "loaded on demand by a request that needed it")
             elif name not in loaded and component is not None and component.loaded:

@@ -77,6 +77,7 @@ class Component:
     threads: int = 1
     bounds: Optional[Bounds] = None  # None: fixed (measured and accounted, never scaled)
     loaded: bool = True
+    gpu: bool = False  # its instances run on GPUs: bounded by the GPU budget, not by cores
     last_change: float = -math.inf
     last_request: float = 0.0
     hot: int = 0  # saturated windows in a row
@@ -105,6 +106,7 @@ class Decision:
 class Policy:
     cores: float
     downstream: dict[str, list[str]] = field(default_factory=dict)  # component -> components it feeds
+    gpus: int = 0  # GPU instances all components together may run; 0: only each one's autoscale.max
 
     def observe(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> None:
         """Update each component's utilisation and streaks from this window."""
@@ -158,7 +160,13 @@ class Policy:
                 f"utilisation {component.utilisation:.2f} per instance and "
                 f"{queue_ms(component):.1f} ms queued per request"
             )
-            if spare >= SPARE_FOR_NEW_INSTANCE * component.threads:
+            if component.gpu:
+                on_gpus = sum(c.instances for c in components.values() if c.gpu and c.loaded)
+                if self.gpus and on_gpus >= self.gpus:
+                    continue
+                budget = f"; {on_gpus + 1} of {self.gpus} GPU instances" if self.gpus else ""
+                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}{budget}")
+            elif spare >= SPARE_FOR_NEW_INSTANCE * component.threads:
                 spare -= component.threads * component.utilisation
                 decisions[component.name] = Decision(
                     component.name,
