@@ -148,7 +148,8 @@ def stop(state: DeploymentState) -> bool:
 
 def dead_stubs(state: DeploymentState, loaded: list[str]) -> dict[str, str]:
     """Loaded Python models with fewer live backend stubs than their live config's CPU instances:
-    model -> why. Seen twice, half a second apart, so a stub caught starting is not called dead."""
+    model -> why. Seen in three looks half a second apart, so a stub caught starting (or a process
+    list read while a container's processes change) is not called dead."""
     owner = target_class(state.target)
     expected: dict[str, int] = {}
     for name in loaded:
@@ -157,7 +158,7 @@ def dead_stubs(state: DeploymentState, loaded: list[str]) -> dict[str, str]:
         if config.get("backend") == "python" and not gpu:
             expected[name] = instances
     dead: Optional[dict[str, str]] = None
-    for attempt in range(2):
+    for attempt in range(DEAD_STUB_LOOKS):
         live = owner.recorded_stubs(state)
         if live is None:
             return {}
@@ -165,6 +166,9 @@ def dead_stubs(state: DeploymentState, loaded: list[str]) -> dict[str, str]:
         dead = seen if dead is None else {m: why for m, why in seen.items() if m in dead}
         if not dead:
             return {}
-        if attempt == 0:
+        if attempt < DEAD_STUB_LOOKS - 1:
             time.sleep(0.5)
     return dead or {}
+
+
+DEAD_STUB_LOOKS = 3
