@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -41,10 +42,13 @@ class HandlerRunner:
         device: str,
         outputs: Sequence[Sequence[Any]],
         code_dir: Optional[str] = None,
+        cache: Any = None,
     ) -> None:
         """`outputs`: (name, dtype) or (name, dtype, dims) per declared output. `code_dir`: the
-        folder holding the handler's code (default: this file's folder, where it is copied)."""
+        folder holding the handler's code (default: this file's folder, where it is copied).
+        `cache`: a compound_cache.TieredCache the calls go through, or None."""
         self.model_name = model_name
+        self.cache = cache
         self.outputs: list[OutputSpec] = [
             (str(out[0]), np.dtype(out[1]), [int(d) for d in out[2]] if len(out) > 2 and out[2] is not None else None)
             for out in outputs
@@ -54,8 +58,14 @@ class HandlerRunner:
             handler_class = getattr(importlib.import_module(module_name), class_name)
             self.handler = handler_class(parameters, device)  # its __init__ may import more of its code
 
-    def __call__(self, inputs: dict[str, np.ndarray], rows: int) -> list[tuple[str, np.ndarray]]:
-        """The declared outputs, in order, each with `rows` rows of the declared dtype."""
+    def __call__(self, inputs: dict[str, np.ndarray], rows: int, cached: bool = True) -> list[tuple[str, np.ndarray]]:
+        """The declared outputs, in order, each with `rows` rows of the declared dtype. Through the
+        cache unless `cached` is False (warmup's zeros are no answers worth keeping)."""
+        if self.cache is not None and cached:
+            return self.cache.run(inputs, rows, self._compute)
+        return self._compute(inputs, rows)
+
+    def _compute(self, inputs: dict[str, np.ndarray], rows: int) -> list[tuple[str, np.ndarray]]:
         result = self.handler(**inputs)
         return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
 
@@ -196,6 +206,31 @@ def limit_native_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def component_cache(component: str, settings: Optional[dict[str, Any]], args: dict[str, str], here: str) -> Any:
+    """The component's tiered cache (compound_cache.py beside this file), or None without one."""
+    if not settings:
+        return None
+    path = os.path.join(here, "compound_cache.py")
+    module = sys.modules.get("compound_cache")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("compound_cache", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load the cache runtime from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["compound_cache"] = module
+        spec.loader.exec_module(module)
+    return module.TieredCache(component, settings, instance=args.get("model_instance_name", ""), log=log_warning)
+
+
+def log_warning(message: str) -> None:
+    """Into Triton's log where the backend offers one (it names the model), else stderr."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 def instance_device(args: dict[str, str]) -> str:
     """The handler's device: "cuda:N" on a KIND_GPU instance, else "cpu"."""
     if args.get("model_instance_kind") == "GPU":
@@ -223,8 +258,10 @@ class TritonPythonModel:
         handler_parameters = json.loads(params.get("compound.handler_parameters", "{}"))
         threads = int(params.get("compound.threads", "0"))
         limit_native_threads(threads)
+        here = os.path.dirname(os.path.abspath(__file__))
+        cache = component_cache(self.model_name, json.loads(params.get("compound.cache", "null")), args, here)
         self.runner = HandlerRunner(
-            self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs
+            self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs, cache=cache
         )
         limit_native_threads(threads)
 

@@ -130,14 +130,15 @@ class TritonPythonModel:
             # [name, dtype, dims]; programs from before dims were checked have [name, dtype]
             outputs = [(out[0], np.dtype(out[1]), out[2] if len(out) > 2 else None) for out in entry["outputs"]]
             code_dir = os.path.join(here, entry["code"]) if entry.get("code") else here
+            cache = compound_component.component_cache(model, entry.get("cache"), args, here)
             self.inline[model] = compound_component.HandlerRunner(
-                model, entry["handler"], entry["parameters"], device, outputs, code_dir=code_dir
+                model, entry["handler"], entry["parameters"], device, outputs, code_dir=code_dir, cache=cache
             )
         compound_component.limit_native_threads(threads)  # before warmup: it runs as requests will
         for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:
                 zeros = {name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}
-                self.inline[model](zeros, rows)
+                self.inline[model](zeros, rows, cached=False)
 
     def finalize(self) -> None:
         for runner in self.inline.values():

@@ -177,6 +177,19 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     help="[local, docker] GPU instances the runtime may run in all (KIND_GPU components)  "
     "[default: each model's autoscale.max only]",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    metavar="URL",
+    help="Redis shared by the tiered caches of components with `cache: {redis: true}` (redis://HOST:PORT[/DB]); "
+    "from a bridge-networked container, 127.0.0.1 is the container itself.",
+)
+@click.option(
+    "--redis-deployment",
+    is_flag=True,
+    help="[kubernetes] Also render a Redis Deployment and Service, and point the pods at it (unless --redis).",
+)
 @click.option("--image", default=None, help="[docker, kubernetes] Use this image instead of building one.")
 @click.option(
     "--base-image",
@@ -272,7 +285,7 @@ def deploy(
 ) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
     from toolkit.deploy import targets
-    from toolkit.deploy.base import DeployRequest, check_repository
+    from toolkit.deploy.base import DeployRequest, check_redis_url, check_repository
 
     _reject_other_targets_options(click.get_current_context(), target)
     repo = Path(repository).resolve()
@@ -294,6 +307,7 @@ def deploy(
             "autoscale",
             "monitor",
             "kserve",
+            "redis_deployment",
         )
     }
     request = DeployRequest(
@@ -316,7 +330,9 @@ def deploy(
         runtime=options["runtime"],
         cores=options["cores"],
         gpu_budget=options["gpu_budget"],
+        redis_url=check_redis_url(options["redis_url"]) if options["redis_url"] else None,
     )
+    _warn_about_redis(repo, request)
     if options["dry_run"]:
         if target != "kubernetes":
             raise CompoundError("--dry-run only applies to --target kubernetes")
@@ -346,6 +362,21 @@ def deploy(
     )
 
 
+def _warn_about_redis(repository: Path, request: Any) -> None:
+    """A Redis tier nobody can reach, or a Redis nobody uses: worth a line, not a refusal (the cache
+    works without its shared tier)."""
+    from toolkit.deploy.base import redis_cached_models
+
+    wanting = redis_cached_models(repository)
+    has_redis = request.redis_url or request.kubernetes.get("redis_deployment")
+    if wanting and not has_redis:
+        click.echo(
+            f"warning: {', '.join(wanting)} cache(s) in Redis but no --redis was given: memory tier only", err=True
+        )
+    elif has_redis and not wanting:
+        click.echo("warning: --redis given, but no component has `cache: {redis: true}`: nothing will use it", err=True)
+
+
 @cli.command()
 @click.argument("repository", type=click.Path(file_okay=False))
 @_ports
@@ -357,7 +388,16 @@ def deploy(
     show_default=True,
     help="Seconds to wait until every model is ready.",
 )
-def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_port: int, timeout_s: float) -> None:
+@click.option("--redis", "redis_url", default=None, metavar="URL", help="Redis for the tiered caches (see deploy).")
+def serve(
+    repository: str,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    timeout_s: float,
+    redis_url: Optional[str],
+) -> None:
     """Run Triton on REPOSITORY in the foreground until Ctrl-C."""
     from toolkit.deploy.local import LocalServer
 
@@ -368,6 +408,7 @@ def serve(repository: str, host: str, http_port: int, grpc_port: int, metrics_po
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         ready_timeout_s=timeout_s,
+        redis_url=redis_url,
     )
     with server:
         click.echo(f"ready: {server.endpoints.describe()} (log: {server.log_path}); Ctrl-C stops")

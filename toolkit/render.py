@@ -23,11 +23,13 @@ from tritonclient.grpc import model_config_pb2
 from toolkit import __version__
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
+from toolkit.plan.cache import cache_settings
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.spec import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
+CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
 
 
 def templates_dir() -> Path:
@@ -86,6 +88,8 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
         files[f"{name}/config.pbtxt"] = config.encode()
         files[f"{name}/1/model.py"] = generic_model
         files.update(handler_files(model.handler, f"{name}/1"))
+        if model.spec.tiered_cache is not None:
+            files[f"{name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
     for name in sorted(plan.pipelines):
         pipeline = plan.pipelines[name]
         if pipeline.kind == "ensemble":
@@ -103,6 +107,11 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
 
 def manifest(plan: DeploymentPlan) -> dict[str, Any]:
     """What the repository holds, for deploy/status/loadtest (and people) to read."""
+    caches = {
+        name: {"memory_mb": c.memory_mb, "redis": c.redis, "ttl_s": c.ttl_s}
+        for name, m in sorted(plan.models.items())
+        if (c := m.spec.tiered_cache) is not None
+    }
     return {
         "generator": f"compound {__version__}",
         "deployment": plan.name,
@@ -120,6 +129,8 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         },
         "threads": {name: plan.models[name].threads for name in plan.deployed_models},
         "edges": model_edges(plan),
+        # read by deploy (does any component want --redis?) and the load test's cache table
+        **({"tiered_cache": caches} if caches else {}),
     }
 
 
@@ -157,6 +168,9 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         ("compound.handler_parameters", json.dumps(spec.parameters, sort_keys=True, ensure_ascii=False)),
         ("compound.threads", str(model.threads)),
     ]
+    cache = cache_settings(model)
+    if cache is not None:
+        parameters.append(("compound.cache", json.dumps(cache, sort_keys=True)))
     return env.get_template("config.pbtxt.j2").render(
         version=__version__,
         source=source,
@@ -171,7 +185,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         autoscale=model.autoscale,
         instance_kind=model.instance_kind,
         gpus=list(model.gpus) if model.gpus else None,
-        cache=spec.cache,
+        cache=spec.response_cache,
         warmups=warmups,
         parameters=parameters,
     )
@@ -197,7 +211,7 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
                 "outputs": sorted(step.outputs.items()),
             }
         )
-    cache = all(plan.spec.models[m].cache for m in pipeline.models)
+    cache = all(plan.spec.models[m].response_cache for m in pipeline.models)
     return env.get_template("ensemble.pbtxt.j2").render(
         version=__version__,
         source=source,
@@ -255,25 +269,15 @@ def program_model_files(
         files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()
         for model in pipeline.models:  # each in a folder of its own: two `handlers` modules never collide
             files.update(handler_files(plan.models[model].handler, f"{pipeline.name}/1/{model}"))
+        if any(plan.spec.models[m].tiered_cache is not None for m in pipeline.models):
+            files[f"{pipeline.name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
     return files
 
 
 def handler_files(handler: HandlerRef, folder: str) -> dict[str, bytes]:
     """The handler's module (or package) copied into `folder` (a model's version folder, beside
     its model.py), so the repository stands alone."""
-    top = handler.module.split(".")[0]
-    files: dict[str, bytes] = {}
-    if not handler.is_package:
-        rel = Path(*handler.module.split(".")).with_suffix(".py")
-        files[f"{folder}/{rel.as_posix()}"] = handler.source.read_bytes()
-        return files
-    root = handler.source
-    for _ in handler.module.split(".")[1:]:
-        root = root.parent  # up to the top-level package folder
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files[f"{folder}/{top}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-    return files
+    return {f"{folder}/{rel}": path.read_bytes() for rel, path in handler.code_files().items()}
 
 
 def _parse_config(path: str, text: str) -> model_config_pb2.ModelConfig:

@@ -111,6 +111,23 @@ class Autoscale(_Strict):
         return self
 
 
+class CacheSpec(_Strict):
+    """compound's own cache of a component's outputs, row by row: an in-process LRU (`memory_mb`) in
+    front of Redis (`redis: true`, shared by every server and replica given the same `--redis`).
+    Unlike Triton's response cache (`cache: true`) it also serves steps inside fused pipelines and
+    orchestrators, and a batch computes only the rows it misses."""
+
+    memory_mb: float = Field(default=256, ge=0, description="in-process tier per instance; 0: none")
+    redis: bool = Field(default=False, description="also keep entries in the Redis given at deploy")
+    ttl_s: float = Field(default=3600, gt=0, description="an entry is recomputed after this many seconds")
+
+    @model_validator(mode="after")
+    def _some_tier(self) -> CacheSpec:
+        if self.memory_mb == 0 and not self.redis:
+            raise ValueError("memory_mb 0 and redis false would cache nothing: give memory_mb or redis: true")
+        return self
+
+
 class ModelSpec(_Strict):
     handler: str = Field(pattern=HANDLER_REF, description="module:Class, imported from the spec's folder")
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -119,9 +136,21 @@ class ModelSpec(_Strict):
     max_batch_size: int = Field(default=32, ge=0)
     dynamic_batching: Union[DynamicBatching, bool] = True
     instances: Instances = Field(default_factory=Instances)
-    cache: bool = False
+    cache: Union[bool, CacheSpec] = Field(
+        default=False, description="true: Triton's response cache; a mapping: compound's tiered cache (CacheSpec)"
+    )
     warmup: bool = True
     autoscale: Optional[Autoscale] = Field(default=None, description="absent: the fixed instances.count")
+
+    @property
+    def response_cache(self) -> bool:
+        """Triton's own cache of whole responses (`cache: true`)."""
+        return self.cache is True
+
+    @property
+    def tiered_cache(self) -> Optional[CacheSpec]:
+        """compound's row cache (`cache: {...}`), or None."""
+        return self.cache if isinstance(self.cache, CacheSpec) else None
 
     @property
     def batching(self) -> Optional[DynamicBatching]:

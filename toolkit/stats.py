@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from toolkit import cachestats
+from toolkit.cachestats import CacheFigures
 from toolkit.client import grpc_client, http_json, strip_scheme
 from toolkit.errors import CompoundError
 
@@ -149,6 +151,7 @@ class Breakdown:
     end_to_end_ms: float  # the pipeline's own average server-side latency per request
     models: list[ModelBreakdown]
     bottleneck: Optional[str]  # the composing model with the most time per request
+    cache: list[CacheFigures] = field(default_factory=list)  # tiered cache per component (toolkit.cachestats)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,8 +234,14 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 
+def columns(b: Breakdown) -> list[tuple[str, str]]:
+    """COLUMNS, and the tiered cache's when the run has cache figures (none otherwise)."""
+    return COLUMNS + cachestats.columns(b.cache)
+
+
 def rows(b: Breakdown) -> list[dict[str, Any]]:
-    """Table rows (dicts keyed like COLUMNS), the bottleneck marked, for text, HTML and the web UI."""
+    """Table rows (dicts keyed like columns(b)), the bottleneck marked, for text, HTML and the web UI;
+    cache figures of components that are no row (fused steps) come as rows of their own."""
     result = []
     for m in b.models:
         row: dict[str, Any] = {key: getattr(m, key) for key, _ in COLUMNS if key != "share_pct"}
@@ -240,13 +249,13 @@ def rows(b: Breakdown) -> list[dict[str, Any]]:
         if m.model == b.bottleneck:
             row["model"] = f"{m.model} (bottleneck)"
         result.append(row)
-    return result
+    return cachestats.merge_rows(result, [m.model for m in b.models], b.cache, [key for key, _ in COLUMNS])
 
 
 def format_table(b: Breakdown) -> str:
     """A plain-text table for the terminal."""
-    header = [title for _, title in COLUMNS]
-    body = [[str(r[key]) for key, _ in COLUMNS] for r in rows(b)]
+    header = [title for _, title in columns(b)]
+    body = [[str(r[key]) for key, _ in columns(b)] for r in rows(b)]
     widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(header)]
     lines = [
         f"Pipeline '{b.pipeline}': {b.requests} requests succeeded on the server ({b.failures} failures counted "
@@ -256,6 +265,11 @@ def format_table(b: Breakdown) -> str:
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in body]
     lines.append(f"Bottleneck: {b.bottleneck}" if b.bottleneck else "Bottleneck: none (no requests reached the models)")
+    if b.cache:
+        lines.append(
+            "Tiered cache, in rows: Hits answered by each tier, Computed by the handler "
+            "('Cache hits' is Triton's response cache)"
+        )
     return "\n".join(lines)
 
 
@@ -263,8 +277,10 @@ def to_html(b: Breakdown) -> str:
     """A self-contained HTML section, appended to locust's report."""
     from html import escape
 
-    head = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(r[key]))}</td>" for key, _ in COLUMNS) + "</tr>" for r in rows(b))
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in columns(b))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(r[key]))}</td>" for key, _ in columns(b)) + "</tr>" for r in rows(b)
+    )
     return (
         '<section id="compound-models" style="font-family:sans-serif;margin:2em">'
         f"<h2>Pipeline '{escape(b.pipeline)}': per-model breakdown</h2>"

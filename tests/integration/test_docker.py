@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,8 @@ from tests.conftest import FIXTURES
 from tests.integration.test_serving import TEXTS, reference, strings
 from toolkit.client import infer
 from toolkit.deploy.docker import DockerServer, connect
+from toolkit.deploy.local import LocalServer
+from toolkit.deploy.redis import RedisServer
 from toolkit.errors import CompoundError, ServerError
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
@@ -152,6 +155,25 @@ def test_handlers_import_ssl_and_write_tmp_as_a_non_root_user(base_image: str, t
         assert version.startswith("OpenSSL"), version
         assert euid == "1000" and scratch.startswith("/tmp/probe-")
         assert all(uid != "0" for uid, _ in _process_uids(server))
+
+
+def test_cached_components_in_a_container_share_the_hosts_redis(base_image: str, tmp_path: Path) -> None:
+    """--redis reaches the stubs inside the container; entries it writes answer a server outside it."""
+    import redis as redis_client
+
+    repo = render_repository(plan_spec(ROOT / "examples" / "cache" / "pipeline.yaml"), tmp_path / "repo")
+    batch = {"text": np.array([[b"parcel lost"], [b"great service"]], dtype=object)}
+    with RedisServer(workdir=tmp_path / "redis") as redis:
+        with _server(repo, base_image, tmp_path / "logs", redis_url=redis.url) as server:
+            inside = infer("retrieve", server.http_url, batch)
+        assert redis_client.Redis.from_url(redis.url).dbsize() == 2
+        with LocalServer(
+            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), redis_url=redis.url
+        ) as local:
+            outside = infer("retrieve", local.http_url, batch)
+            metrics = urllib.request.urlopen(local.metrics_url, timeout=5).read().decode()
+    assert outside["documents"].tolist() == inside["documents"].tolist()
+    assert 'compound_cache_hits_total{component="encode",instance="encode_0_0",tier="redis"} 2' in metrics
 
 
 def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:

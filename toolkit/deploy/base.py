@@ -30,6 +30,7 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 RUNTIME_GRPC_ENV = "COMPOUND_TRITON_GRPC"
 RUNTIME_KEY_ENV = "COMPOUND_API_KEY"
+REDIS_URL_ENV = "COMPOUND_REDIS_URL"  # the shared cache tier (templates/cache.py reads the same name)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class DeployRequest:
     runtime: bool = True
     cores: Optional[float] = None  # the cores the runtime may fill (default: those this process may use)
     gpu_budget: Optional[int] = None
+    # the shared tier of components' tiered caches (local, docker, kubernetes)
+    redis_url: Optional[str] = None
 
     def server_options(self) -> dict[str, Any]:
         """The keyword arguments every TritonServer takes, as asked for."""
@@ -91,6 +94,7 @@ class DeployRequest:
             "grpc_port": self.grpc_port,
             "metrics_port": self.metrics_port,
             "ready_timeout_s": self.ready_timeout_s,
+            "redis_url": self.redis_url,
         }
 
 
@@ -264,8 +268,10 @@ class TritonServer(abc.ABC):
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         extra_args: Sequence[str] = (),
         api_key: Optional[str] = None,
+        redis_url: Optional[str] = None,
     ) -> None:
         self.repository = Path(repository).resolve()
+        self.redis_url = check_redis_url(redis_url) if redis_url else None
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self.log_path = Path(log_path) if log_path is not None else None
         self.ready_timeout_s = ready_timeout_s
@@ -307,7 +313,13 @@ class TritonServer(abc.ABC):
         """What the generated runtimes inside the server need to load on-demand models themselves
         (their own server's gRPC endpoint and the key): environment variables, which no Triton API
         exposes, unlike the repository's files."""
-        return {RUNTIME_GRPC_ENV: f"127.0.0.1:{grpc_port or self.endpoints.grpc_port}", RUNTIME_KEY_ENV: self.api_key}
+        environment = {
+            RUNTIME_GRPC_ENV: f"127.0.0.1:{grpc_port or self.endpoints.grpc_port}",
+            RUNTIME_KEY_ENV: self.api_key,
+        }
+        if self.redis_url:
+            environment[REDIS_URL_ENV] = self.redis_url  # templates/cache.py reads it
+        return environment
 
     def start(self) -> TritonServer:
         self.preflight()
@@ -434,6 +446,24 @@ def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
 def missing_stubs(expected: dict[str, int], live: dict[str, int]) -> dict[str, str]:
     """Models with fewer live stubs than instances: model -> how many are alive, in words."""
     return {m: f"{live.get(m, 0)} of {n} backend process(es) alive" for m, n in expected.items() if live.get(m, 0) < n}
+
+
+def redis_cached_models(repository: Path) -> list[str]:
+    """Components whose tiered cache has a Redis tier, from the repository's compound.json."""
+    caches = read_manifest(repository).get("tiered_cache", {})
+    return sorted(name for name, cache in caches.items() if cache.get("redis"))
+
+
+def check_redis_url(url: str) -> str:
+    """The URL as given, if redis-py can use it; else a CompoundError naming --redis."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise CompoundError(
+            f"--redis {url!r} is not a Redis URL", hint="give redis://HOST:PORT[/DB] (or rediss://, unix:///path)"
+        )
+    if scheme != "unix" and not url.split("://", 1)[1].split("/", 1)[0]:
+        raise CompoundError(f"--redis {url!r} names no host", hint="give redis://HOST:PORT[/DB]")
+    return url
 
 
 def on_demand_models(repository: Path) -> list[str]:

@@ -46,6 +46,8 @@ CONTAINER_PORTS = (8000, 8001, 8002)  # inside the container on a bridge network
 DEFAULT_SHM_SIZE = "256m"  # the Python backend moves tensors through /dev/shm; Docker's default is 64 MB
 STOP_GRACE_S = 15
 MANAGED_LABEL = "io.compound.managed"
+# one command line per process, read in the container (a stub's arguments hold no spaces)
+LIST_PROCESSES = 'for f in /proc/[0-9]*/cmdline; do tr "\\000" " " < "$f" 2>/dev/null; echo; done'
 # Triton inside the nvidia-pytriton wheel, from its changelog; later releases default to the last known.
 PYTRITON_TRITON = {
     "0.5.0": "2.42.0",
@@ -138,8 +140,9 @@ def render_build_context(
 
     kind = flavor or image_flavor(base_image)
     # generated models cap their BLAS pools with threadpoolctl; orchestrators load on-demand models
-    # through their server's gRPC API (tritonclient); the adaptive runtime (a pod's sidecar) is compound
-    packages = ["numpy<2", "threadpoolctl", "tritonclient[grpc]", *RUNTIME_PACKAGES, *pip]
+    # through their server's gRPC API (tritonclient); cached components reach Redis (redis); the
+    # adaptive runtime (a pod's sidecar) is compound
+    packages = ["numpy<2", "threadpoolctl", "tritonclient[grpc]", "redis>=5.0", *RUNTIME_PACKAGES, *pip]
     if kind == "pytriton":
         try:
             packages.insert(0, f"nvidia-pytriton=={importlib.metadata.version('nvidia-pytriton')}")
@@ -467,8 +470,13 @@ class DockerServer(TritonServer):
         if not state.container:
             return None
         try:
-            # docker's top needs a PID column in what ps prints
-            top = connect().containers.get(state.container).top(ps_args="-eo pid,args")
+            container = connect().containers.get(state.container)
+            # the container's own /proc: what its processes are, not a filter over the host's ps
+            listed = container.exec_run(["/bin/sh", "-c", LIST_PROCESSES])
+            if listed.exit_code == 0:
+                lines = listed.output.decode("utf-8", errors="replace").splitlines()
+                return stub_counts([line.split() for line in lines])
+            top = container.top(ps_args="-eo pid,args")  # an image without a shell: the engine's view
         except (docker.errors.NotFound, docker.errors.APIError):
             return None
         return stub_counts([str(row[-1]).split() for row in top.get("Processes") or []])

@@ -27,6 +27,7 @@ from toolkit.deploy.base import (
     DeploymentState,
     DeployRequest,
     TritonServer,
+    check_redis_url,
     check_repository,
     new_api_key,
     triton_args,
@@ -77,6 +78,10 @@ class KubernetesOptions:
     api_key: str = ""  # written into the Secret; generated when empty
     runtime: bool = True  # the adaptive runtime as a sidecar in each pod
     run_as_user: int = 1000  # the image's unprivileged user (templates/docker/Dockerfile.j2)
+    redis_url: str = ""  # the shared tier of tiered caches; with redis_deployment: the one rendered here
+    redis_deployment: bool = False  # render a Redis Deployment and Service beside Triton
+    redis_image: str = "redis:7.4-alpine"
+    redis_memory: str = "1Gi"
     tmp_size: str = "1Gi"  # the emptyDir at /tmp, the only path besides /dev/shm Triton writes to
 
 
@@ -143,6 +148,26 @@ def pod_runtime_config(name: str, options: KubernetesOptions) -> dict[str, Any]:
     return {key: value for key, value in vars(config).items() if key not in ("api_key", "state_file")}
 
 
+def pod_redis_url(name: str, options: KubernetesOptions) -> str:
+    """What the pods' COMPOUND_REDIS_URL says: the given URL, else the Redis rendered beside them."""
+    if options.redis_url:
+        return check_redis_url(options.redis_url)
+    if options.redis_deployment:
+        return f"redis://{name}-redis.{options.namespace}.svc:6379/0"
+    return ""
+
+
+def redis_maxmemory(limit: str) -> str:
+    """Redis' maxmemory at 80% of the container's limit (LRU eviction before the OOM killer)."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "K": 1000, "M": 1000**2, "G": 1000**3}
+    for suffix, factor in units.items():
+        if limit.endswith(suffix) and limit[: -len(suffix)].isdigit():
+            return str(int(int(limit[: -len(suffix)]) * factor * 0.8))
+    if limit.isdigit():
+        return str(int(int(limit) * 0.8))
+    raise CompoundError(f"redis memory {limit!r} is not a Kubernetes quantity", hint="give e.g. 512Mi or 2Gi")
+
+
 def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict[str, str]:
     """File name -> YAML text. Every document is parsed back before anything is returned."""
     from toolkit.render import read_manifest, template_env
@@ -196,6 +221,11 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
         "secret_name": f"{name}-key" if options.restrict_apis else "",
         "api_key": options.api_key or new_api_key(),
         "runtime_args": ["--inline", json.dumps(pod_runtime_config(name, options))] if options.runtime else [],
+        "redis_name": f"{name}-redis",
+        "redis_url": pod_redis_url(name, options),
+        "redis_image": options.redis_image,
+        "redis_memory": options.redis_memory,
+        "redis_maxmemory": redis_maxmemory(options.redis_memory),
     }
     env = template_env()
     env.filters["q"] = lambda value: json.dumps(str(value), ensure_ascii=False)
@@ -207,6 +237,7 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
             + (["secret"] if options.restrict_apis else [])
             + (["podmonitor"] if options.monitor else [])
             + (["scaledobject"] if options.autoscale else [])
+            + (["redis"] if options.redis_deployment else [])
         )
     files = {f"{stem}.yaml": env.get_template(f"k8s/{stem}.yaml.j2").render(**values) for stem in wanted}
     files["kustomization.yaml"] = (
@@ -402,6 +433,7 @@ class KubernetesDeployment(TritonServer):
             image=request.image,
             base_image=request.base_image,
             startup_timeout_s=int(request.ready_timeout_s),
+            redis_url=request.redis_url or "",
             **request.kubernetes,  # type: ignore[arg-type]
         )
         return cls(

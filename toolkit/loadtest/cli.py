@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
-from toolkit.client import DEFAULT_URLS
+from toolkit.client import DEFAULT_URLS, strip_scheme
 from toolkit.loadtest.runner import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
 from toolkit.units import parse_duration
+
+if TYPE_CHECKING:
+    from toolkit.deploy.base import DeploymentState
 
 
 @click.command("loadtest")
@@ -76,6 +79,13 @@ from toolkit.units import parse_duration
     default=None,
     help="tritonserver's pid, for --timeline's memory samples  [default: the recorded local deployment's]",
 )
+@click.option(
+    "--metrics-url",
+    metavar="URL",
+    default=None,
+    help="Triton's metrics endpoint, for the tiered cache's columns (skipped when unreachable)  "
+    "[default: the recorded deployment's when --url targets it, else 127.0.0.1:8002 without --url]",
+)
 def loadtest(
     pipeline: str,
     url: Optional[str],
@@ -100,6 +110,7 @@ def loadtest(
     window: str,
     timeline: Optional[Path],
     server_pid: Optional[int],
+    metrics_url: Optional[str],
 ) -> None:
     """Load-test PIPELINE on a running server with locust, and report per-model Triton statistics.
 
@@ -122,6 +133,7 @@ def loadtest(
         pid = server_pid or recorded_server_pid()
         if pid:
             extra_env["COMPOUND_SERVER_PID"] = str(pid)
+    metrics_url, cache_steps = cache_source(url, protocol, metrics_url)
     options = LoadTestOptions(
         pipeline=pipeline,
         url=url or DEFAULT_URLS[protocol],
@@ -140,6 +152,8 @@ def loadtest(
         p95_slo_ms=p95_slo_ms,
         max_failure_ratio=max_failure_ratio,
         extra_env=extra_env,
+        metrics_url=metrics_url,
+        cache_steps=cache_steps,
     )
     run_loadtest(options, echo=click.echo)
     if timeline is not None and timeline.is_file():
@@ -150,16 +164,50 @@ DEFAULT_RUN_TIME = "30s"
 SOAK_RUN_TIME = "20m"
 
 
-def recorded_server_pid() -> Optional[int]:
-    """The tritonserver of the only recorded local deployment, if there is one."""
+def recorded_state() -> Optional[DeploymentState]:
+    """The only recorded deployment, if there is one."""
     from toolkit.deploy.base import load_state
     from toolkit.errors import CompoundError
 
     try:
-        state = load_state(None)
+        return load_state(None)
     except CompoundError:
         return None
-    return state.pid if state.target == "local" else None
+
+
+def recorded_server_pid() -> Optional[int]:
+    """The tritonserver of the only recorded local deployment, if there is one."""
+    state = recorded_state()
+    return state.pid if state is not None and state.target == "local" else None
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]"}  # noqa: S104 - compared, never bound
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    """host:port pairs naming the same server (a server bound to 0.0.0.0 answers on loopback)."""
+    host_a, _, port_a = strip_scheme(a).rpartition(":")
+    host_b, _, port_b = strip_scheme(b).rpartition(":")
+    return port_a == port_b and (host_a == host_b or {host_a, host_b} <= _LOOPBACK)
+
+
+def cache_source(url: Optional[str], protocol: str, metrics_url: Optional[str]) -> tuple[Optional[str], dict[str, str]]:
+    """Where the tiered cache's metrics are, and the fused steps of the repository served (for their
+    rows' names): the recorded deployment's when the run targets it, else Triton's default metrics
+    port when no --url was given; --metrics-url wins. A wrong guess only costs the cache columns."""
+    from toolkit.cachestats import fused_steps
+    from toolkit.render import read_manifest
+
+    target = url or DEFAULT_URLS[protocol]
+    state = recorded_state()
+    if state is not None:
+        endpoints = state.endpoints
+        if _same_endpoint(target, endpoints.grpc_url if protocol == "grpc" else endpoints.http_url):
+            return metrics_url or endpoints.metrics_url, fused_steps(read_manifest(state.repository))
+    return metrics_url or (None if url else DEFAULT_METRICS_URL), {}
+
+
+DEFAULT_METRICS_URL = "http://127.0.0.1:8002/metrics"  # what `compound deploy` binds by default
 
 
 def soak_summary(timeline: Path) -> str:

@@ -19,10 +19,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from toolkit import cachestats
 from toolkit.client import Signature, strip_scheme
 from toolkit.errors import CompoundError
 from toolkit.loadtest.inputs import prepare_requests
@@ -64,6 +65,8 @@ class LoadTestOptions:
     p95_slo_ms: Optional[float] = None
     max_failure_ratio: Optional[float] = None
     extra_env: dict[str, str] = field(default_factory=dict)  # more COMPOUND_* knobs (burst lengths, steps)
+    metrics_url: Optional[str] = None  # Triton's Prometheus endpoint, for the tiered cache's columns
+    cache_steps: dict[str, str] = field(default_factory=dict)  # fused step -> its pipeline (compound.json)
 
     def check(self) -> None:
         """Option errors a user can make, before anything starts."""
@@ -488,6 +491,7 @@ def run_loadtest(
     signature = preflight(options)
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="compound-loadtest-"))
     before = fetch_stats(options.url, options.protocol)
+    cache_before = cachestats.scrape(options.metrics_url)  # None: no cache columns
     runner = LocustRunner(options, run_dir)
     with runner:
         if options.ui:
@@ -508,6 +512,10 @@ def run_loadtest(
     try:
         after = fetch_stats(options.url, options.protocol)
         models: Optional[Breakdown] = breakdown(options.pipeline, before, after, list(signature.composing))
+        cache_after = cachestats.scrape(options.metrics_url) if cache_before is not None else None
+        if cache_before is not None and cache_after is not None:
+            cache = cachestats.figures(cache_before, cache_after, after, options.cache_steps)
+            models = replace(models, cache=cache)
     except CompoundError as exc:  # the server died during the run: still report what locust saw
         echo(f"warning: no per-model breakdown: {exc}")
         models = None

@@ -42,6 +42,20 @@ class HandlerRef:
     source: Path  # a module file, or a package folder
     is_package: bool
 
+    def code_files(self) -> dict[str, Path]:
+        """The handler's code, as it is copied beside its model: relative path -> file."""
+        if not self.is_package:
+            return {Path(*self.module.split(".")).with_suffix(".py").as_posix(): self.source}
+        root = self.source
+        for _ in self.module.split(".")[1:]:
+            root = root.parent  # up to the top-level package folder
+        top = self.module.split(".")[0]
+        return {
+            f"{top}/{path.relative_to(root).as_posix()}": path
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        }
+
 
 @dataclass(frozen=True)
 class ModelPlan:

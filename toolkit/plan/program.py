@@ -25,6 +25,7 @@ from typing import Any, Union
 
 from toolkit import __version__
 from toolkit.errors import CompoundError
+from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import DeploymentPlan, PipelinePlan
 from toolkit.spec import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
 
@@ -235,6 +236,9 @@ def inline_handlers(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
             "code": name,  # the folder beside the runtime that holds this handler's code
             "warmup": sizes if spec.warmup else [],
         }
+        cache = cache_settings(model)
+        if cache is not None:
+            handlers[name]["cache"] = cache
     return handlers
 
 
