@@ -12,6 +12,7 @@ import extension modules (ssl) and write to /tmp.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -166,14 +167,16 @@ def test_cached_components_in_a_container_share_the_hosts_redis(base_image: str,
     with RedisServer(workdir=tmp_path / "redis") as redis:
         with _server(repo, base_image, tmp_path / "logs", redis_url=redis.url) as server:
             inside = infer("retrieve", server.http_url, batch)
-        assert redis_client.Redis.from_url(redis.url).dbsize() == 2
+        assert redis_client.Redis.from_url(redis.url).dbsize() >= 2  # and the warmup input's entry
         with LocalServer(
             repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), redis_url=redis.url
         ) as local:
             outside = infer("retrieve", local.http_url, batch)
             metrics = urllib.request.urlopen(local.metrics_url, timeout=5).read().decode()
     assert outside["documents"].tolist() == inside["documents"].tolist()
-    assert 'compound_cache_hits_total{component="encode",instance="encode_0_0",tier="redis"} 2' in metrics
+    redis_hits = r'compound_cache_hits_total\{component="encode",instance="encode_0_0",tier="redis"\} (\d+)'
+    hits = re.search(redis_hits, metrics)
+    assert hits and int(hits.group(1)) >= 2, metrics  # both rows (and the warmup input, written by the container)
 
 
 def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:
