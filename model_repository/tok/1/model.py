@@ -60,7 +60,7 @@ class HandlerRunner:
 
     def __call__(self, inputs: dict[str, np.ndarray], rows: int, cached: bool = True) -> list[tuple[str, np.ndarray]]:
         """The declared outputs, in order, each with `rows` rows of the declared dtype. Through the
-        cache unless `cached` is False (warmup's zeros are no answers worth keeping)."""
+        cache unless `cached` is False (a fused model warms its handlers on zeros: no input of a user)."""
         if self.cache is not None and cached:
             return self.cache.run(inputs, rows, self._compute)
         return self._compute(inputs, rows)
