@@ -347,10 +347,9 @@ class TieredCache:
             wanted = self._distinct_missing(keys, found)
         if wanted:
             computed = self._compute(inputs, rows, wanted, compute)
-            if len(wanted) == rows:  # nothing was cached and no row repeats: the handler's batch as is
-                self._store(keys, wanted, computed, now)
-                return computed
             self._store(keys, wanted, computed, now)
+            if len(wanted) == rows:  # nothing was cached and no row repeats: the handler's batch as is
+                return computed
             for j, i in enumerate(wanted):
                 found[i] = {name: array[j] for name, array in computed}
             by_key = {keys[i]: found[i] for i in wanted}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -31,7 +31,7 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["COMPOUND_STATE_DIR"] = previous
 
 
-def start_server(repository: Path, log_dir: Path) -> LocalServer:
+def start_server(repository: Path, log_dir: Path, redis_url: Optional[str] = None) -> LocalServer:
     """A started server on free loopback ports (callers stop it)."""
     server = LocalServer(
         repository,
@@ -39,6 +39,7 @@ def start_server(repository: Path, log_dir: Path) -> LocalServer:
         grpc_port=free_port(),
         metrics_port=free_port(),
         log_path=log_dir / "tritonserver.log",
+        redis_url=redis_url,
     )
     return server.start()
 

@@ -12,12 +12,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
 from toolkit import __version__
 from toolkit.errors import CompoundError
+
+if TYPE_CHECKING:
+    from toolkit.deploy.base import DeployRequest
 
 PORT = click.IntRange(1, 65535)
 
@@ -362,7 +365,7 @@ def deploy(
     )
 
 
-def _warn_about_redis(repository: Path, request: Any) -> None:
+def _warn_about_redis(repository: Path, request: DeployRequest) -> None:
     """A Redis tier nobody can reach, or a Redis nobody uses: worth a line, not a refusal (the cache
     works without its shared tier)."""
     from toolkit.deploy.base import redis_cached_models

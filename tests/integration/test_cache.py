@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 import urllib.request
 import uuid
@@ -20,12 +19,13 @@ import redis as redis_client
 import tritonclient.grpc as grpcclient
 import yaml
 
+from tests.conftest import start_server
+from tests.integration.load import Load
 from toolkit.client import infer
 from toolkit.deploy.local import LocalServer
 from toolkit.deploy.redis import RedisServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
-from toolkit.system import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cache"
@@ -38,18 +38,6 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server.stop()
 
 
-def _serve(repo: Path, log_dir: Path, redis_url: str) -> LocalServer:
-    server = LocalServer(
-        repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=log_dir / "tritonserver.log",
-        redis_url=redis_url,
-    )
-    return server.start()
-
-
 @pytest.fixture(scope="module")
 def servers(redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, LocalServer]]:
     root = tmp_path_factory.mktemp("cache")
@@ -60,9 +48,9 @@ def servers(redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     data["pipelines"]["retrieve"]["fuse"] = True
     (fused_spec / "pipeline.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     fused = render_repository(plan_spec(fused_spec / "pipeline.yaml"), root / "fused")
-    first = _serve(plain, root, redis.url)
+    first = start_server(plain, root, redis.url)
     try:
-        second = _serve(fused, tmp_path_factory.mktemp("cache-b"), redis.url)
+        second = start_server(fused, tmp_path_factory.mktemp("cache-b"), redis.url)
     except BaseException:
         first.stop()
         raise
@@ -109,51 +97,18 @@ def test_entries_computed_on_one_server_answer_the_other_servers_fused_pipeline(
     assert counters[("compound_cache_stored_bytes_total", "encode", "redis")] > 0
 
 
-class Load:
-    """Closed-loop gRPC clients over both pipelines with fresh texts (every row misses, so every
-    request reaches Redis) until stopped."""
-
-    def __init__(self, url: str, concurrency: int) -> None:
-        self.url = url
-        self.stop_event = threading.Event()
-        self.done = 0
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(concurrency)]
-
-    def _run(self, index: int) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
-        pipeline = ("classify", "retrieve")[index % 2]
-        try:
-            while not self.stop_event.is_set():
-                data = grpcclient.InferInput("text", [1, 1], "BYTES")
-                data.set_data_from_numpy(texts(1))
-                try:
-                    client.infer(pipeline, [data], client_timeout=30)
-                    with self.lock:
-                        self.done += 1
-                except Exception as exc:  # every failure counts, whatever its type
-                    with self.lock:
-                        self.errors.append(str(exc)[:200])
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+def fresh_text(index: int) -> tuple[str, list[grpcclient.InferInput]]:
+    """Clients alternate between the pipelines; every text is new, so every row reaches Redis."""
+    data = grpcclient.InferInput("text", [1, 1], "BYTES")
+    data.set_data_from_numpy(texts(1))
+    return ("classify", "retrieve")[index % 2], [data]
 
 
 def test_redis_killed_under_load_fails_no_request_and_is_used_again(
     servers: tuple[LocalServer, LocalServer], redis: RedisServer
 ) -> None:
     first, _ = servers
-    with Load(first.grpc_url, 8) as load:
+    with Load(first.grpc_url, 8, fresh_text) as load:
         time.sleep(1.5)
         done_before_kill = load.done
         redis.kill()

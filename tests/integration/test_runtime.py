@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from click.testing import CliRunner
 
 from tests.conftest import FIXTURES, start_server
+from tests.integration.load import Load
 from toolkit.cli import cli
 from toolkit.client import model_config
 from toolkit.deploy.base import stub_counts
@@ -51,42 +51,10 @@ def supervisor_for(server: LocalServer, run_dir: Path, cores: float = 2.0) -> Su
     return Supervisor(config, stubs=stubs, log=lambda line: None)
 
 
-class Load:
-    """Closed-loop gRPC clients on one pipeline until stopped; counts what failed."""
-
-    def __init__(self, url: str, pipeline: str, concurrency: int) -> None:
-        self.url, self.pipeline, self.concurrency = url, pipeline, concurrency
-        self.stop_event = threading.Event()
-        self.done = 0
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
-
-    def _run(self) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
-        data = grpcclient.InferInput("x", [1, 4], "FP32")
-        data.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    client.infer(self.pipeline, [data], client_timeout=30)
-                    with self.lock:
-                        self.done += 1
-                except Exception as exc:  # every failure counts, whatever its type
-                    with self.lock:
-                        self.errors.append(str(exc)[:200])
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+def chain_request(_: int) -> tuple[str, list[grpcclient.InferInput]]:
+    data = grpcclient.InferInput("x", [1, 4], "FP32")
+    data.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    return "chain", [data]
 
 
 def instances(server: LocalServer, model: str) -> int:
@@ -99,7 +67,7 @@ def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(
     supervisor = supervisor_for(adaptive_server, tmp_path)
     supervisor.tick()
     assert instances(adaptive_server, "heavy") == 1 and instances(adaptive_server, "helper") == 2
-    with Load(adaptive_server.grpc_url, "chain", 16) as load:
+    with Load(adaptive_server.grpc_url, 16, chain_request) as load:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
             instances(adaptive_server, "heavy") < 2 or instances(adaptive_server, "helper") > 1
@@ -125,7 +93,7 @@ def test_the_bottleneck_gets_an_instance_and_idle_ones_give_theirs_back(
 def test_a_killed_stub_is_healed_and_the_pipeline_serves_again(adaptive_server: LocalServer, tmp_path: Path) -> None:
     supervisor = supervisor_for(adaptive_server, tmp_path)
     supervisor.tick()
-    with Load(adaptive_server.grpc_url, "chain", 4) as load:
+    with Load(adaptive_server.grpc_url, 4, chain_request) as load:
         time.sleep(1.0)
         victims = [pid for pid in group_members(adaptive_server.pid) if "/front/" in " ".join(command_line(pid))]
         assert victims
