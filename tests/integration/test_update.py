@@ -4,6 +4,7 @@ share in every topology; promote and rollback switch the whole set."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -63,7 +64,9 @@ def test_update_and_rollback_under_load_fail_nothing_and_touch_only_the_changed(
     live = Live.of(server)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
-    untouched = {model: stubs(server, model) for model in ("double", "kind")}
+    # kind is called by the orchestrator only. double is also an ensemble step, and Triton 2.51 reloads
+    # an ensemble's composing models whenever the ensemble is loaded (gracefully: no request fails)
+    untouched = {"kind": stubs(server, "kind")}
     assert all(untouched.values())
     lines: list[str] = []
     with Load(server.grpc_url, 16, lambda i: (PIPELINES[i % 3], x_input())) as load:
@@ -79,7 +82,7 @@ def test_update_and_rollback_under_load_fail_nothing_and_touch_only_the_changed(
     assert sorted(change.changed_pipelines) == sorted(PIPELINES)
     assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
     # unchanged components kept their processes through the update and the rollback
-    assert {model: stubs(server, model) for model in ("double", "kind")} == untouched
+    assert {"kind": stubs(server, "kind")} == untouched
     book = Book.from_json((server.repository / VERSIONS_FILE).read_text())
     assert book.current == 1 and book.history == [1]
     assert book.versions[2].components["shift"]["model"] == "shift.v2"
@@ -99,7 +102,11 @@ def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalSer
         assert abs(100.0 * new / 400 - 20.0) <= 5.0, (pipeline, new)
     report = "\n".join(canary_report(live) or [])
     assert "canary v2 at 20% beside v1" in report
-    assert "chain v1: 320 requests, 0 failed" in report and "chain v2: 80 requests, 0 failed" in report
+    for pipeline in PIPELINES:  # the routers' own counts, per version, agree with what the clients saw
+        old = re.search(rf"{pipeline} v1: (\d+) requests, 0 failed", report)
+        new = re.search(rf"{pipeline} v2: (\d+) requests, 0 failed", report)
+        assert old and new, report
+        assert int(old.group(1)) + int(new.group(1)) == 400 and abs(int(new.group(1)) - 80) <= 20, report
     promote(live, log=print)
     assert [answer(client, p) for p in PIPELINES] == [4.0, 4.0, 4.0]
     rollback(live, log=print)

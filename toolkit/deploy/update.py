@@ -452,7 +452,7 @@ def _start_canary(
     for name in routers:
         book.public[name] = "router"
     book.canary = {"from": book.current, "to": number, "percent": percent, "shadow": shadow, "pipelines": pipelines}
-    mode = "copied to" if shadow else "routed to"
+    mode = "copied to" if shadow else "sent to"
     log(
         f"canary: {percent:g}% of the requests of {', '.join(pipelines)} {mode} version {number} "
         f"(routers loaded in {time.monotonic() - started:.1f} s); `compound promote` or `compound rollback` next"
