@@ -35,7 +35,6 @@ from toolkit.plan.versions import (
     VERSIONS_FILE,
     Book,
     Change,
-    archive_name,
     bootstrap,
     describe_version,
     model_files,
