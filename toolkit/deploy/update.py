@@ -192,10 +192,15 @@ def _loaded(live: Live) -> set[str]:
     return {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
 
 
-def _load(live: Live, names: list[str], what: str) -> None:
+def _load(live: Live, names: list[str], what: str, one_by_one: bool = False) -> None:
+    """Load models, in parallel unless `one_by_one`: pipelines are loaded in turn (an ensemble's load
+    reloads its composing models, and concurrent such loads once aborted the Python backend,
+    boost::interprocess::lock_exception, on Triton 2.51)."""
     if not names:
         return
-    errors = load_models(live.grpc_url, {name: None for name in names}, live.api_key)
+    errors: dict[str, Optional[str]] = {}
+    for batch in [[n] for n in names] if one_by_one else [names]:
+        errors.update(load_models(live.grpc_url, {name: None for name in batch}, live.api_key))
     failed = {name: error for name, error in errors.items() if error is not None}
     if failed:
         lines = "\n  ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
@@ -357,7 +362,7 @@ def _switch(live: Live, book: Book, target: int, log: Log) -> None:
             write_folder(repo, name, rename_model(read_folder(repo / entry["folder"]), name, {}))
             switched.append(name)
     started = time.monotonic()
-    _load(live, switched, f"the pipelines of version {target}")
+    _load(live, switched, f"the pipelines of version {target}", one_by_one=True)
     for name in switched:
         book.public[name] = version.pipelines[name]["folder"]
     if switched:
@@ -443,11 +448,11 @@ def _start_canary(
             name, (book.current, old_folder), (number, new_folder), new_config, percent, shadow
         )
     hidden = sorted({old.pipelines[n]["folder"] for n in pipelines} | {new.pipelines[n]["folder"] for n in pipelines})
-    _load(live, hidden, "the pipeline versions the canary routes to")
+    _load(live, hidden, "the pipeline versions the canary routes to", one_by_one=True)
     for name, files in routers.items():
         write_folder(repo, name, files)
     started = time.monotonic()
-    _load(live, sorted(routers), "the canary routers")
+    _load(live, sorted(routers), "the canary routers", one_by_one=True)
     for name in routers:
         book.public[name] = "router"
     book.canary = {"from": book.current, "to": number, "percent": percent, "shadow": shadow, "pipelines": pipelines}
