@@ -30,7 +30,13 @@ class _Group(click.Group):
     commands that live beside their stage (loadtest, bench) only when they run or are listed, so
     `compound --version` and the light commands stay quick."""
 
-    lazy_commands = {"loadtest": "toolkit.loadtest.cli:loadtest", "bench": "toolkit.bench.cli:bench"}
+    lazy_commands = {
+        "loadtest": "toolkit.loadtest.cli:loadtest",
+        "bench": "toolkit.bench.cli:bench",
+        "update": "toolkit.deploy.update_cli:update",
+        "promote": "toolkit.deploy.update_cli:promote",
+        "rollback": "toolkit.deploy.update_cli:rollback",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy_commands])
@@ -463,6 +469,11 @@ def status(name: Optional[str]) -> None:
         else:
             line = f"{model.state}" + (f" ({model.reason})" if model.reason else "")
         click.echo(f"  model {model.name}: {line}")
+    if running and state.target != "kubernetes":
+        from toolkit.deploy.update import Live, canary_report
+
+        for text in canary_report(Live.of(state)) or []:
+            click.echo(text)
     runtime = targets.runtime_status(state) if running else None
     if runtime is not None:
         total = runtime["total"]

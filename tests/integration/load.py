@@ -4,6 +4,7 @@ underneath (a rescale, a killed stub, a killed Redis)."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 import tritonclient.grpc as grpcclient
@@ -22,6 +23,7 @@ class Load:
         self.stop_event = threading.Event()
         self.done = 0
         self.errors: list[str] = []
+        self.latencies: list[tuple[float, float]] = []  # (monotonic start, seconds) of each success
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(concurrency)]
 
@@ -30,10 +32,12 @@ class Load:
         try:
             while not self.stop_event.is_set():
                 model, inputs = self.next_request(index)
+                started = time.monotonic()
                 try:
                     client.infer(model, inputs, client_timeout=30)
                     with self.lock:
                         self.done += 1
+                        self.latencies.append((started, time.monotonic() - started))
                 except Exception as exc:  # every failure counts, whatever its type
                     with self.lock:
                         self.errors.append(str(exc)[:200])

@@ -357,3 +357,26 @@ def test_an_image_that_may_not_be_built_is_explained_without_a_flag_that_does_no
     with pytest.raises(CompoundError, match="no --image given") as failure:
         deployment._build_image()
     assert "--no-build" not in str(failure.value) and "--image" in str(failure.value)
+
+
+def test_a_new_repository_rolls_the_pods_one_by_one(repos: dict[str, Path], tmp_path: Path) -> None:
+    """`compound update --target kubernetes`: the pod template names the repository's digest, and the
+    rollout never takes a serving pod away before its replacement is ready."""
+    import shutil
+
+    options = KubernetesOptions(name="textdemo", base_image=BASE)
+    before = yaml.safe_load(render_manifests(repos["cpu"], options)["deployment.yaml"])
+    assert before["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    changed = tmp_path / "repo"
+    shutil.copytree(repos["cpu"], changed)
+    config = changed / "tok" / "config.pbtxt"
+    config.write_text(config.read_text().replace('\\"width\\": 16', '\\"width\\": 8'))
+    after = yaml.safe_load(render_manifests(changed, options)["deployment.yaml"])
+    key = "io.compound/repository-digest"
+    assert (
+        after["spec"]["template"]["metadata"]["annotations"][key]
+        != before["spec"]["template"]["metadata"]["annotations"][key]
+    )

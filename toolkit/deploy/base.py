@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Optional, Sequence
 
 from toolkit.client import API_KEY_HEADER, api_key_headers
 from toolkit.errors import CompoundError, ServerError
+from toolkit.plan.versions import VERSIONS_FILE, serving_models
 from toolkit.render import read_manifest
 from toolkit.system import port_in_use
 
@@ -316,6 +317,9 @@ class TritonServer(abc.ABC):
         environment = {
             RUNTIME_GRPC_ENV: f"127.0.0.1:{grpc_port or self.endpoints.grpc_port}",
             RUNTIME_KEY_ENV: self.api_key,
+            # No __pycache__ written into model folders: Triton takes a folder whose files changed for a
+            # changed model, and reloads it when an ensemble using it loads (`compound update`).
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
         if self.redis_url:
             environment[REDIS_URL_ENV] = self.redis_url  # templates/cache.py reads it
@@ -477,6 +481,10 @@ def model_control_args(repository: Path) -> list[str]:
     Every model is loaded at start but the on-demand ones, which the first request that needs them
     loads."""
     on_demand = set(on_demand_models(repository))
+    versions = repository / VERSIONS_FILE
+    if versions.is_file():  # updated: the version in service (toolkit/plan/versions.py), not every folder
+        names = [name for name in serving_models(versions.read_text()) if name not in on_demand]
+        return ["--model-control-mode=explicit", *(f"--load-model={name}" for name in names)]
     if not on_demand:
         return ["--model-control-mode=explicit", "--load-model=*"]
     names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt") if p.parent.name not in on_demand)

@@ -36,6 +36,7 @@ from toolkit.client import (
     unload_model,
 )
 from toolkit.deploy.base import missing_stubs, stub_counts
+from toolkit.deploy.update import runtime_may_act
 from toolkit.errors import CompoundError
 from toolkit.plan.autoscale import Bounds, Component, Decision, Policy, Window
 from toolkit.render import read_manifest
@@ -97,6 +98,17 @@ class Supervisor:
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
+        self._read_manifest()
+        self.previous: Optional[dict[str, ModelCounters]] = None
+        self.previous_at = time.monotonic()
+        self.decisions: list[dict[str, Any]] = []
+        self.generation = 0
+        self.suspects: set[str] = set()  # components short of stubs in the last window
+
+    def _read_manifest(self) -> None:
+        """The component models the runtime acts on; read again when `compound update` rewrote it."""
+        path = Path(self.config.repository) / "compound.json"
+        self.manifest_mtime = path.stat().st_mtime_ns if path.is_file() else 0
         manifest = read_manifest(self.config.repository)
         self.bounds = {
             name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()
@@ -111,27 +123,31 @@ class Supervisor:
         for producer, consumer in manifest.get("edges", []):
             downstream.setdefault(producer, []).append(consumer)
         self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus)
-        self.previous: Optional[dict[str, ModelCounters]] = None
-        self.previous_at = time.monotonic()
-        self.decisions: list[dict[str, Any]] = []
-        self.generation = 0
-        self.suspects: set[str] = set()  # components short of stubs in the last window
+        for name in set(self.components) - set(self.scaled_models):  # replaced by an update
+            del self.components[name]
 
     # --- one interval -------------------------------------------------------------------------
 
     def tick(self, now: Optional[float] = None) -> list[Decision]:
         """Measure, heal, decide, act, account; returns what it decided."""
         now = time.monotonic() if now is None else now
+        path = Path(self.config.repository) / "compound.json"
+        if path.is_file() and path.stat().st_mtime_ns != self.manifest_mtime:
+            self._read_manifest()
         loaded = self._refresh_components(now)
         counters = fetch_stats(self.config.http_url)
         seconds = max(now - self.previous_at, 1e-3)
         windows = {name: w for name, w in self._windows(counters, seconds).items() if name in self.compute_models}
         self._account(windows, seconds)
         self.previous, self.previous_at = counters, now
-        self._heal(loaded, now)
-        decisions = self.policy.decide(now, self.components, windows)
-        for decision in decisions:
-            self._apply(decision, now)
+        with runtime_may_act(self.config.repository) as may_act:
+            if not may_act:  # `compound update` is loading and unloading models: measure only
+                self.write_status(now)
+                return []
+            self._heal(loaded, now)
+            decisions = self.policy.decide(now, self.components, windows)
+            for decision in decisions:
+                self._apply(decision, now)
         self.write_status(now)
         return decisions
 
