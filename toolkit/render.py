@@ -23,8 +23,8 @@ from tritonclient.grpc import model_config_pb2
 from toolkit import __version__
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
-from toolkit.plan.graph import fan_out_of
 from toolkit.plan.cache import cache_settings
+from toolkit.plan.graph import fan_out_of
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.spec import TensorSpec
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,15 +15,13 @@ import numpy as np
 
 from toolkit.bench.ceiling import measure_ceiling
 from toolkit.bench.chain import InProcessPipeline
-from toolkit.bench.driver import Job, first_response
 from toolkit.bench.inputs import sample_rows
-from toolkit.bench.measure import ProcessCpu, pct, point_line, run_driver
+from toolkit.bench.measure import measure_server, pct
 from toolkit.bench.profile import CostCurve, profile_pipeline
-from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile, tensor_datatypes
+from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
 from toolkit.plan.allocate import Allocation, allocate
-from toolkit.system import free_ports
 
 REQUEST_POOL = 512  # distinct request rows the client cycles through
 
@@ -146,65 +143,28 @@ class BenchRunner:
         return report
 
     def _server_profile(self, name: str, allocation: Allocation, rows_file: Path, work: Path) -> dict[str, Any]:
-        from toolkit.deploy.local import LocalServer
-        from toolkit.render import render_repository
-
         s = self.s
         profile = build_profile(name, self.plan, s.pipeline, allocation, cores=s.core_budget)
-        repo = render_repository(profile.plan, self.out / "repos" / name)
-        http, grpc, metrics = free_ports(3)
-        datatypes = tensor_datatypes(profile.plan, s.pipeline)
         result: dict[str, Any] = {
             "description": profile.description,
             "instances": profile.instances,
             "dynamic_batching": profile.batching,
-            "repository": str(repo),
-            "points": [],
         }
-        began = time.perf_counter()
-        with LocalServer(
-            repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log"
-        ) as server:
-            ready_s = time.perf_counter() - began
-            probe = Job(
-                server.grpc_url,
-                profile.request_stages,
-                datatypes,
-                str(rows_file),
-                1,
-                0.0,
-                0.0,
-                str(work / "probe.json"),
-            )
-            until_first, first_latency = first_response(probe, timeout_s=60.0)
-            result["ready_s"] = ready_s
-            result["cold_start_s"] = ready_s + until_first
-            result["first_request_ms"] = first_latency * 1e3
-            self.log(
-                f"  ready in {ready_s:.1f} s,"
-                f" first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
-            )
-            cpu = ProcessCpu(server.pid) if server.pid else None
-            for c in s.concurrency:
-                job = Job(
-                    server.grpc_url,
-                    profile.request_stages,
-                    datatypes,
-                    str(rows_file),
-                    c,
-                    s.duration_s,
-                    s.warmup_s,
-                    str(work / f"result-{name}-{c}.json"),
-                )
-                if s.driver == "locust":
-                    from toolkit.bench.locust_driver import run_locust
-
-                    point = run_locust(job, work, cpu)
-                else:
-                    point = run_driver(job, work, cpu, self.log)
-                result["points"].append(point)
-                self.log("  " + point_line(point))
-        return result
+        measured = measure_server(
+            profile.plan,
+            s.pipeline,
+            profile.request_stages,
+            rows_file,
+            s.concurrency,
+            s.duration_s,
+            s.warmup_s,
+            self.out / "repos" / name,
+            work,
+            name,
+            self.log,
+            s.driver,
+        )
+        return {**result, **measured}
 
     def _ceiling(self, allocation: Allocation) -> dict[str, Any]:
         s = self.s

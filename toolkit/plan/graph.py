@@ -412,8 +412,8 @@ class _PipelineChecker:
             if control:
                 self.problem(
                     ("fuse",),
-                    f"fuse groups need a static pipeline, and this one has control flow ({', '.join(sorted(set(control)))});"
-                    " use fuse: true to fuse it whole",
+                    "fuse groups need a static pipeline, and this one has control flow"
+                    f" ({', '.join(sorted(set(control)))}); use fuse: true to fuse it whole",
                 )
                 return None
             self._plan_groups(plan)
@@ -654,18 +654,14 @@ class _PipelineChecker:
             produced = [t for s in group_steps for t in s.outputs.values()]
             read = [t for s in group_steps for t in s.inputs.values() if t not in produced]
             inputs = list(dict.fromkeys(read))
-            outputs = [
-                t for t in produced if t in self.pipeline.outputs or consumed_by.get(t, set()) - {name}
-            ]
+            outputs = [t for t in produced if t in self.pipeline.outputs or consumed_by.get(t, set()) - {name}]
             index_of[name] = min(s.index for s in group_steps)
             calls.append(
                 EnsembleStep(index_of[name], name, {t: t for t in inputs}, {t: t for t in outputs}, stage_of[name])
             )
             plan.groups[name] = self._group_plan(plan, name, group_steps, inputs, outputs)
         plan.calls = calls
-        plan.call_joins = {
-            index_of[n]: sorted(index_of[d] for d in call_deps[n]) for n in order if call_deps[n]
-        }
+        plan.call_joins = {index_of[n]: sorted(index_of[d] for d in call_deps[n]) for n in order if call_deps[n]}
         names = ", ".join(f"'{g}' ({', '.join(p.models)})" for g, p in plan.groups.items())
         plan.reason += f"; fuse group(s) {names} each run in-process in one Python model, called as one step"
 
