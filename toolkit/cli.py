@@ -30,7 +30,11 @@ class _Group(click.Group):
     commands that live beside their stage (loadtest, bench) only when they run or are listed, so
     `compound --version` and the light commands stay quick."""
 
-    lazy_commands = {"loadtest": "toolkit.loadtest.cli:loadtest", "bench": "toolkit.bench.cli:bench"}
+    lazy_commands = {
+        "loadtest": "toolkit.loadtest.cli:loadtest",
+        "bench": "toolkit.bench.cli:bench",
+        "tune": "toolkit.bench.tune_cli:tune",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy_commands])
@@ -98,10 +102,26 @@ def validate(spec: str, device: str) -> None:
     show_default=True,
     help="Instance kind for `instances.kind: auto` models (KIND_CPU or KIND_GPU).",
 )
-def generate(spec: str, out_dir: str, device: str) -> None:
+@click.option(
+    "--tune",
+    "tune_budget",
+    is_flag=False,
+    flag_value="10m",
+    default=None,
+    help="Tune first (`compound tune`, all static pipelines, all cores; optional budget, default 10m), write "
+    "SPEC's folder/<stem>.tuned.yaml and its report, and generate from it.",
+)
+def generate(spec: str, out_dir: str, device: str, tune_budget: Optional[str]) -> None:
     """Write a Triton model repository for SPEC into OUT_DIR."""
     from toolkit.render import render_files, write_repository
 
+    if tune_budget is not None:
+        from toolkit.bench.tune import tuned_spec_path
+        from toolkit.bench.tune_cli import run_tune
+
+        tuned = tuned_spec_path(Path(spec))
+        run_tune(Path(spec), tuned, (), 0, 1 if device == "gpu" else 0, None, 64, tune_budget)
+        spec = str(tuned)
     plan = _plan(spec, device)
     files = render_files(plan)
     written = write_repository(files, out_dir)

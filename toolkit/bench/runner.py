@@ -18,7 +18,14 @@ from toolkit.bench.chain import InProcessPipeline
 from toolkit.bench.inputs import sample_rows
 from toolkit.bench.measure import measure_server, pct
 from toolkit.bench.profile import CostCurve, profile_pipeline
-from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile
+from toolkit.bench.profiles import (
+    ALL_PROFILES,
+    GENERATED_PROFILES,
+    SERVER_PROFILES,
+    SPEC_PROFILES,
+    build_profile,
+    spec_profile,
+)
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
 from toolkit.plan.allocate import Allocation, allocate
@@ -39,6 +46,7 @@ class Settings:
     driver: str = "grpc"
     profile_seconds: float = 0.3
     command: str = ""
+    tuned: Optional[Path] = None  # the `tuned` profile's spec (what `compound tune` wrote)
 
     @property
     def core_budget(self) -> int:
@@ -61,9 +69,13 @@ class BenchRunner:
     def __init__(self, settings: Settings, log: Callable[[str], None] = print) -> None:
         self.s = settings
         self.log = log
-        unknown = [p for p in settings.profiles if p not in ALL_PROFILES]
+        unknown = [p for p in settings.profiles if p not in ALL_PROFILES + SPEC_PROFILES]
         if unknown:
-            raise CompoundError(f"unknown profile(s) {unknown}", hint=f"choose from {', '.join(ALL_PROFILES)}")
+            raise CompoundError(
+                f"unknown profile(s) {unknown}", hint=f"choose from {', '.join(ALL_PROFILES + SPEC_PROFILES)}"
+            )
+        if "tuned" in settings.profiles and settings.tuned is None:
+            raise CompoundError("the tuned profile needs --tuned FILE", hint="the spec `compound tune` wrote")
         if settings.driver not in ("grpc", "locust"):
             raise CompoundError(f"unknown driver '{settings.driver}'", hint="use grpc or locust")
         self.plan: DeploymentPlan = plan_spec(settings.spec)
@@ -117,7 +129,7 @@ class BenchRunner:
         for name in s.profiles:
             self.log(f"profile {name} ...")
             try:
-                if name in SERVER_PROFILES:
+                if name in SERVER_PROFILES or name in SPEC_PROFILES:
                     result = self._server_profile(name, allocation, rows_file, work)
                 elif name == "ceiling":
                     result = self._ceiling(allocation)
@@ -131,6 +143,10 @@ class BenchRunner:
             report["profiles"][name] = result
             (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         report["targets"] = evaluate_targets(report)
+        if "tuned" in report["profiles"]:
+            from toolkit.bench.tune import tuned_ratios
+
+            report["tuned_ratios"] = tuned_ratios(report)
         (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         try:
             from toolkit.bench.plots import write_plots
@@ -144,7 +160,11 @@ class BenchRunner:
 
     def _server_profile(self, name: str, allocation: Allocation, rows_file: Path, work: Path) -> dict[str, Any]:
         s = self.s
-        profile = build_profile(name, self.plan, s.pipeline, allocation, cores=s.core_budget)
+        if name in SPEC_PROFILES:
+            source = plan_spec(s.tuned) if name == "tuned" and s.tuned else self.plan
+            profile = spec_profile(name, source, s.pipeline)
+        else:
+            profile = build_profile(name, self.plan, s.pipeline, allocation, cores=s.core_budget)
         result: dict[str, Any] = {
             "description": profile.description,
             "instances": profile.instances,
@@ -311,6 +331,10 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s),"
                 f" first request {res['first_request_ms']:.1f} ms"
             )
+    if report.get("tuned_ratios"):
+        lines.append("tuned against the other profiles of this run (throughput ratios; of_ceiling: fraction):")
+        for key, value in report["tuned_ratios"].items():
+            lines.append(f"  {key}: {value}")
     if report.get("targets"):
         lines.append("targets:")
         for t in report["targets"]:
