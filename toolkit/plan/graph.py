@@ -402,6 +402,12 @@ class _PipelineChecker:
     def check(self) -> Optional[PipelinePlan]:
         before = len(self.problems)
         control = _control_flow_kinds(self.pipeline.steps)
+        if control and self.pipeline.fuse_groups:
+            self.problem(
+                ("fuse",),
+                "fuse groups need a static pipeline, and this one has control flow"
+                f" ({', '.join(sorted(set(control)))}); use fuse: true to fuse it whole",
+            )
         if control:
             plan = self._check_orchestrated(control)
         else:
@@ -409,13 +415,6 @@ class _PipelineChecker:
         if plan is None or len(self.problems) > before:
             return None
         if self.pipeline.fuse_groups:
-            if control:
-                self.problem(
-                    ("fuse",),
-                    "fuse groups need a static pipeline, and this one has control flow"
-                    f" ({', '.join(sorted(set(control)))}); use fuse: true to fuse it whole",
-                )
-                return None
             self._plan_groups(plan)
             if len(self.problems) > before:
                 return None
