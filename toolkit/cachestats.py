@@ -155,6 +155,10 @@ def fused_steps(manifest: Mapping[str, Any]) -> dict[str, str]:
             for model in plan.get("models", []) or []:
                 if model not in deployed:
                     steps.setdefault(model, pipeline)
+    for group, info in sorted((manifest.get("fused_groups") or {}).items()):
+        for model in info.get("models", []) or []:
+            if model not in deployed:
+                steps.setdefault(model, group)
     return steps
 
 

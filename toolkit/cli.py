@@ -36,6 +36,7 @@ class _Group(click.Group):
         "update": "toolkit.deploy.update_cli:update",
         "promote": "toolkit.deploy.update_cli:promote",
         "rollback": "toolkit.deploy.update_cli:rollback",
+        "tune": "toolkit.bench.tune_cli:tune",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -104,10 +105,26 @@ def validate(spec: str, device: str) -> None:
     show_default=True,
     help="Instance kind for `instances.kind: auto` models (KIND_CPU or KIND_GPU).",
 )
-def generate(spec: str, out_dir: str, device: str) -> None:
+@click.option(
+    "--tune",
+    "tune_budget",
+    is_flag=False,
+    flag_value="10m",
+    default=None,
+    help="Tune first (`compound tune`, all static pipelines, all cores; optional budget, default 10m), write "
+    "SPEC's folder/<stem>.tuned.yaml and its report, and generate from it.",
+)
+def generate(spec: str, out_dir: str, device: str, tune_budget: Optional[str]) -> None:
     """Write a Triton model repository for SPEC into OUT_DIR."""
     from toolkit.render import render_files, write_repository
 
+    if tune_budget is not None:
+        from toolkit.bench.tune import tuned_spec_path
+        from toolkit.bench.tune_cli import run_tune
+
+        tuned = tuned_spec_path(Path(spec))
+        run_tune(Path(spec), tuned, (), 0, 1 if device == "gpu" else 0, None, 64, tune_budget)
+        spec = str(tuned)
     plan = _plan(spec, device)
     files = render_files(plan)
     written = write_repository(files, out_dir)

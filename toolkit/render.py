@@ -24,6 +24,7 @@ from toolkit import __version__
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.plan.cache import cache_settings
+from toolkit.plan.graph import fan_out_of
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.spec import TensorSpec
 
@@ -95,6 +96,9 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
         if pipeline.kind == "ensemble":
             files[f"{name}/config.pbtxt"] = _render_ensemble(env, plan, pipeline, source).encode()
             files[f"{name}/1/.keep"] = b""  # Triton needs a version folder, even for ensembles
+            for group in pipeline.groups.values():  # fuse groups: fused models the ensemble calls
+                for path, content in program_model_files(plan, group, env).items():
+                    files[path] = content.encode() if isinstance(content, str) else content
         else:
             for path, content in program_model_files(plan, pipeline, env).items():
                 files[path] = content.encode() if isinstance(content, str) else content
@@ -129,6 +133,18 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         },
         "threads": {name: plan.models[name].threads for name in plan.deployed_models},
         "edges": model_edges(plan),
+        # fused models an ensemble calls as one step (`fuse: [groups]`): they compute, like fused pipelines
+        **(
+            {
+                "fused_groups": {
+                    name: {"pipeline": pipeline, "models": group.models}
+                    for pipeline, p in sorted(plan.pipelines.items())
+                    for name, group in sorted(p.groups.items())
+                }
+            }
+            if plan.fused_groups
+            else {}
+        ),
         # read by deploy (does any component want --redis?) and the load test's cache table
         **({"tiered_cache": caches} if caches else {}),
     }
@@ -142,8 +158,8 @@ def model_edges(plan: DeploymentPlan) -> list[list[str]]:
         if pipeline.kind == "fused":
             continue
         if pipeline.steps:
-            by_index = {step.index: step.model for step in pipeline.steps}
-            for consumer, producers in pipeline.joins.items():
+            by_index = {step.index: step.model for step in pipeline.served_steps}
+            for consumer, producers in pipeline.served_joins.items():
                 edges.update((by_index[p], by_index[consumer]) for p in producers)
         else:
             edges.update(zip(pipeline.models, pipeline.models[1:]))
@@ -195,10 +211,17 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
     spec = pipeline.spec
     outputs = {name: pipeline.tensors[name] for name in spec.outputs}
     steps = []
-    for step in pipeline.steps:
-        producers = pipeline.joins.get(step.index, [])
-        consumers = pipeline.fan_out.get(step.index, [])
-        notes = [f"pipelines.{pipeline.name}.steps[{step.index}], stage {step.stage}"]
+    fan_out = fan_out_of(pipeline.served_joins)
+    for step in pipeline.served_steps:
+        producers = pipeline.served_joins.get(step.index, [])
+        consumers = fan_out.get(step.index, [])
+        group = pipeline.groups.get(step.model)
+        where = (
+            f"pipelines.{pipeline.name}.fuse group '{step.model}' (steps {', '.join(group.models)} fused)"
+            if group
+            else f"pipelines.{pipeline.name}.steps[{step.index}]"
+        )
+        notes = [f"{where}, stage {step.stage}"]
         if len(producers) > 1:
             notes.append(f"joins steps {producers}")
         if len(consumers) > 1:
@@ -211,7 +234,7 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
                 "outputs": sorted(step.outputs.items()),
             }
         )
-    cache = all(plan.spec.models[m].response_cache for m in pipeline.models)
+    cache = not pipeline.groups and all(plan.spec.models[m].response_cache for m in pipeline.models)
     return env.get_template("ensemble.pbtxt.j2").render(
         version=__version__,
         source=source,

@@ -257,17 +257,43 @@ Loop.model_rebuild()
 MapOver.model_rebuild()
 
 
+class FuseGroup(_Strict):
+    """Steps of a static pipeline run in-process in ONE Python model, called by the ensemble as one
+    step; the pipeline's other steps stay models of their own (with their own instances and device)."""
+
+    name: str = Field(pattern=MODEL_NAME, description="the fused model's name (unique among models and pipelines)")
+    steps: list[Annotated[str, Field(pattern=MODEL_NAME)]] = Field(
+        min_length=2, description="the models of the pipeline's steps to fuse"
+    )
+    instances: Optional[Instances] = Field(default=None, description="default: the busiest member's count")
+
+
 class PipelineSpec(_Strict):
     inputs: dict[TensorName, TensorSpec] = Field(min_length=1)
     outputs: list[TensorName] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
     timeout_ms: Optional[int] = Field(default=None, ge=1, description="orchestrated and fused pipelines only")
-    fuse: bool = Field(
-        default=False, description="run every step's handler in-process in ONE Python model (no hop between steps)"
+    fuse: Annotated[
+        Union[Annotated[bool, Tag("flag")], Annotated[list[FuseGroup], Tag("groups")]],
+        Discriminator(lambda v: "groups" if isinstance(v, (list, tuple)) else "flag"),
+    ] = Field(
+        default=False,
+        description="true: every step's handler in-process in ONE Python model (no hop between steps);"
+        " a list of groups: each group's steps fused into one model, the other steps separate (static pipelines)",
     )
     instances: Optional[Instances] = Field(
         default=None, description="fused pipelines only: the fused model's instance group"
     )
+
+    @property
+    def fused(self) -> bool:
+        """The whole pipeline is one fused model (`fuse: true`)."""
+        return self.fuse is True
+
+    @property
+    def fuse_groups(self) -> list[FuseGroup]:
+        """Groups of steps fused into models of their own (`fuse: [...]`); empty otherwise."""
+        return self.fuse if isinstance(self.fuse, list) else []
 
 
 class Spec(_Strict):
@@ -384,6 +410,8 @@ def _document_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part in ("model", "switch", "loop", "map"):
             continue  # discriminator tag
+        elif part in ("flag", "groups") and result and result[-1] == "fuse":
+            continue  # fuse's tag: true/false or a list of groups
         else:
             result.append(part)
             node = None

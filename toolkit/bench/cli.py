@@ -38,7 +38,7 @@ def _int_list(value: str) -> list[int]:
     "--profiles",
     default=",".join(ALL_PROFILES),
     show_default=True,
-    help="Comma-separated: " + ", ".join(ALL_PROFILES) + ".",
+    help="Comma-separated: " + ", ".join(ALL_PROFILES) + "; also written (the spec as written) and tuned (--tuned).",
 )
 @click.option("--concurrency", default="1,4,16,64", show_default=True, help="Closed-loop client concurrency levels.")
 @click.option("--duration", default="20s", show_default=True, help="Measured time per load point.")
@@ -64,6 +64,12 @@ def _int_list(value: str) -> list[int]:
     "Burst concurrency: the largest --concurrency given, else 32.",
 )
 @click.option(
+    "--tuned",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The spec `compound tune` wrote: the `tuned` profile deploys it as written (add tuned to --profiles).",
+)
+@click.option(
     "--phase-seconds", type=click.FloatRange(min=1.0), default=20.0, show_default=True, help="[--workload] Each phase."
 )
 def bench(
@@ -78,6 +84,7 @@ def bench(
     out: Path,
     workload: Optional[str],
     phase_seconds: float,
+    tuned: Optional[Path],
 ) -> None:
     """Deploy each profile in turn and measure it with the same load generator; write a table,
     results.json and PNG plots to OUT. With --workload: static against adaptive under a schedule."""
@@ -100,6 +107,7 @@ def bench(
         cores=cores,
         driver=driver,
         command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        tuned=tuned,
     )
     report = BenchRunner(
         settings, log=lambda m: click.echo(m, err=True)

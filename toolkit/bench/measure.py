@@ -126,3 +126,66 @@ def point_line(p: dict[str, Any]) -> str:
         f"  errors {p['errors']}  server CPU {pct(p.get('server_cpu_pct'))}  client CPU {pct(p['client_cpu_pct'])}"
         f"  other CPU {pct(p.get('other_cpu_pct'))}"
     )
+
+
+def measure_server(
+    plan: Any,
+    pipeline: str,
+    stages: list[list[Any]],
+    rows_file: Path,
+    concurrency: list[int],
+    duration_s: float,
+    warmup_s: float,
+    repo_dir: Path,
+    work: Path,
+    name: str,
+    log: Callable[[str], None],
+    driver: str = "grpc",
+) -> dict[str, Any]:
+    """Render `plan`, start it on a local tritonserver (free ports), time the first response, run the
+    load generator at each concurrency, stop the server (always). What `bench` measures each server
+    profile with and `tune` each candidate with: one measurement, one code path."""
+    from toolkit.bench.driver import first_response
+    from toolkit.deploy.local import LocalServer
+    from toolkit.render import render_repository
+    from toolkit.system import free_ports
+
+    repo = render_repository(plan, repo_dir)
+    http, grpc, metrics = free_ports(3)
+    datatypes = {t: spec.v2_datatype for t, spec in plan.pipelines[pipeline].tensors.items()}
+    result: dict[str, Any] = {"repository": str(repo), "points": []}
+    began = time.perf_counter()
+    with LocalServer(
+        repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log"
+    ) as server:
+        ready_s = time.perf_counter() - began
+        probe = Job(server.grpc_url, stages, datatypes, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"))
+        until_first, first_latency = first_response(probe, timeout_s=60.0)
+        result["ready_s"] = ready_s
+        result["cold_start_s"] = ready_s + until_first
+        result["first_request_ms"] = first_latency * 1e3
+        log(
+            f"  ready in {ready_s:.1f} s,"
+            f" first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
+        )
+        cpu = ProcessCpu(server.pid) if server.pid else None
+        for c in concurrency:
+            job = Job(
+                server.grpc_url,
+                stages,
+                datatypes,
+                str(rows_file),
+                c,
+                duration_s,
+                warmup_s,
+                str(work / f"result-{name}-{c}.json"),
+            )
+            if driver == "locust":
+                from toolkit.bench.locust_driver import run_locust
+
+                point = run_locust(job, work, cpu)
+            else:
+                point = run_driver(job, work, cpu, log)
+            result["points"].append(point)
+            log("  " + point_line(point))
+    return result

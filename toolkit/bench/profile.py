@@ -79,3 +79,66 @@ def profile_pipeline(
             # the fastest of several calls: another process taking the core only ever adds time
             curves[model].append(min(samples))
     return {m: CostCurve(m, tuple(sizes), tuple(s)) for m, s in curves.items()}
+
+
+def thread_scaling(
+    plan: DeploymentPlan,
+    pipeline: str,
+    batch: int,
+    threads: tuple[int, ...] = (2,),
+    min_seconds: float = 0.2,
+    chain: InProcessPipeline | None = None,
+) -> dict[str, dict[int, float]]:
+    """How much faster each handler's call at `batch` is with t native threads than with one: model
+    -> {t: speedup}. Each setting loads a fresh handler under the cap, as a generated model does
+    (`instances.threads`), so a handler that pins its own threads in __init__ shows no speedup."""
+    from threadpoolctl import threadpool_limits
+
+    from toolkit.bench.chain import load_handler
+
+    chain = chain or InProcessPipeline(plan, pipeline)
+    rows = sample_rows(plan, pipeline, batch, seed=1)
+    per_model_inputs = chain.model_inputs(rows)
+    found: dict[str, dict[int, float]] = {}
+    for model in chain.models:
+        args = {k: np.ascontiguousarray(v) for k, v in per_model_inputs[model].items()}
+        seconds: dict[int, float] = {}
+        for t in (1, *threads):
+            with threadpool_limits(limits=t), _torch_threads(t):
+                handler = load_handler(plan, model)
+                handler(**args)
+                samples: list[float] = []
+                began = time.perf_counter()
+                while len(samples) < 3 or (time.perf_counter() - began < min_seconds and len(samples) < 50):
+                    start = time.perf_counter()
+                    handler(**args)
+                    samples.append(time.perf_counter() - start)
+                seconds[t] = min(samples)
+                close = getattr(handler, "close", None)
+                if callable(close):
+                    close()
+        found[model] = {t: seconds[1] / seconds[t] for t in threads if seconds[t] > 0}
+    return found
+
+
+class _torch_threads:  # noqa: N801 - used as a context manager, like threadpool_limits
+    """torch's own pool (not BLAS, so threadpoolctl misses it), when torch is already loaded."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.before: int | None = None
+
+    def __enter__(self) -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and self.before is not None:
+            torch.set_num_threads(self.before)

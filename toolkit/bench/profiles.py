@@ -110,3 +110,32 @@ def build_profile(
 def tensor_datatypes(plan: DeploymentPlan, pipeline: str) -> dict[str, str]:
     """Every pipeline tensor's KServe v2 datatype (the static client sends intermediates too)."""
     return {t: spec.v2_datatype for t, spec in plan.pipelines[pipeline].tensors.items()}
+
+
+# A spec's pipeline deployed exactly as its file says (batching, instances, fusion): `written` is the
+# benchmarked spec, `tuned` the spec `compound tune` wrote (bench --tuned FILE).
+SPEC_PROFILES = ("written", "tuned")
+
+
+def spec_profile(name: str, plan: DeploymentPlan, pipeline: str) -> ServerProfile:
+    """The pipeline of `plan`'s spec as written, with only its models; one call to the pipeline."""
+    spec = plan.spec
+    p = spec.pipelines[pipeline]
+    used = list(dict.fromkeys(s.model for s in p.steps if hasattr(s, "model")))
+    only = spec.model_copy(update={"pipelines": {pipeline: p}, "models": {m: spec.models[m] for m in used}})
+    new_plan = build_plan(LoadedSpec(only, plan.loaded.path, {}), plan.device)
+    pp = new_plan.pipelines[pipeline]
+    if pp.kind == "fused" and pp.instances is not None:
+        instances = {pipeline: pp.instances.count}
+    else:
+        instances = {g.name: g.instances.count for g in pp.groups.values() if g.instances is not None}
+        instances.update({m: new_plan.models[m].instance_count for m in pp.direct_models})
+    what = {"written": "the spec as written", "tuned": "the spec `compound tune` wrote"}[name]
+    return ServerProfile(
+        name,
+        new_plan,
+        _ensemble_request(new_plan, pipeline),
+        instances,
+        any(new_plan.spec.models[m].batching is not None for m in used),
+        f"{what} ({plan.loaded.path.name}): its batching, instances and fusion as the file says ({pp.kind})",
+    )

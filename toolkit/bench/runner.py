@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,15 +15,20 @@ import numpy as np
 
 from toolkit.bench.ceiling import measure_ceiling
 from toolkit.bench.chain import InProcessPipeline
-from toolkit.bench.driver import Job, first_response
 from toolkit.bench.inputs import sample_rows
-from toolkit.bench.measure import ProcessCpu, pct, point_line, run_driver
+from toolkit.bench.measure import measure_server, pct
 from toolkit.bench.profile import CostCurve, profile_pipeline
-from toolkit.bench.profiles import ALL_PROFILES, GENERATED_PROFILES, SERVER_PROFILES, build_profile, tensor_datatypes
+from toolkit.bench.profiles import (
+    ALL_PROFILES,
+    GENERATED_PROFILES,
+    SERVER_PROFILES,
+    SPEC_PROFILES,
+    build_profile,
+    spec_profile,
+)
 from toolkit.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
 from toolkit.plan.allocate import Allocation, allocate
-from toolkit.system import free_ports
 
 REQUEST_POOL = 512  # distinct request rows the client cycles through
 
@@ -42,6 +46,7 @@ class Settings:
     driver: str = "grpc"
     profile_seconds: float = 0.3
     command: str = ""
+    tuned: Optional[Path] = None  # the `tuned` profile's spec (what `compound tune` wrote)
 
     @property
     def core_budget(self) -> int:
@@ -64,9 +69,13 @@ class BenchRunner:
     def __init__(self, settings: Settings, log: Callable[[str], None] = print) -> None:
         self.s = settings
         self.log = log
-        unknown = [p for p in settings.profiles if p not in ALL_PROFILES]
+        unknown = [p for p in settings.profiles if p not in ALL_PROFILES + SPEC_PROFILES]
         if unknown:
-            raise CompoundError(f"unknown profile(s) {unknown}", hint=f"choose from {', '.join(ALL_PROFILES)}")
+            raise CompoundError(
+                f"unknown profile(s) {unknown}", hint=f"choose from {', '.join(ALL_PROFILES + SPEC_PROFILES)}"
+            )
+        if "tuned" in settings.profiles and settings.tuned is None:
+            raise CompoundError("the tuned profile needs --tuned FILE", hint="the spec `compound tune` wrote")
         if settings.driver not in ("grpc", "locust"):
             raise CompoundError(f"unknown driver '{settings.driver}'", hint="use grpc or locust")
         self.plan: DeploymentPlan = plan_spec(settings.spec)
@@ -120,7 +129,7 @@ class BenchRunner:
         for name in s.profiles:
             self.log(f"profile {name} ...")
             try:
-                if name in SERVER_PROFILES:
+                if name in SERVER_PROFILES or name in SPEC_PROFILES:
                     result = self._server_profile(name, allocation, rows_file, work)
                 elif name == "ceiling":
                     result = self._ceiling(allocation)
@@ -134,6 +143,10 @@ class BenchRunner:
             report["profiles"][name] = result
             (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         report["targets"] = evaluate_targets(report)
+        if "tuned" in report["profiles"]:
+            from toolkit.bench.tune import tuned_ratios
+
+            report["tuned_ratios"] = tuned_ratios(report)
         (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         try:
             from toolkit.bench.plots import write_plots
@@ -146,65 +159,32 @@ class BenchRunner:
         return report
 
     def _server_profile(self, name: str, allocation: Allocation, rows_file: Path, work: Path) -> dict[str, Any]:
-        from toolkit.deploy.local import LocalServer
-        from toolkit.render import render_repository
-
         s = self.s
-        profile = build_profile(name, self.plan, s.pipeline, allocation, cores=s.core_budget)
-        repo = render_repository(profile.plan, self.out / "repos" / name)
-        http, grpc, metrics = free_ports(3)
-        datatypes = tensor_datatypes(profile.plan, s.pipeline)
+        if name in SPEC_PROFILES:
+            source = plan_spec(s.tuned) if name == "tuned" and s.tuned else self.plan
+            profile = spec_profile(name, source, s.pipeline)
+        else:
+            profile = build_profile(name, self.plan, s.pipeline, allocation, cores=s.core_budget)
         result: dict[str, Any] = {
             "description": profile.description,
             "instances": profile.instances,
             "dynamic_batching": profile.batching,
-            "repository": str(repo),
-            "points": [],
         }
-        began = time.perf_counter()
-        with LocalServer(
-            repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log"
-        ) as server:
-            ready_s = time.perf_counter() - began
-            probe = Job(
-                server.grpc_url,
-                profile.request_stages,
-                datatypes,
-                str(rows_file),
-                1,
-                0.0,
-                0.0,
-                str(work / "probe.json"),
-            )
-            until_first, first_latency = first_response(probe, timeout_s=60.0)
-            result["ready_s"] = ready_s
-            result["cold_start_s"] = ready_s + until_first
-            result["first_request_ms"] = first_latency * 1e3
-            self.log(
-                f"  ready in {ready_s:.1f} s,"
-                f" first response after {result['cold_start_s']:.1f} s ({first_latency * 1e3:.1f} ms)"
-            )
-            cpu = ProcessCpu(server.pid) if server.pid else None
-            for c in s.concurrency:
-                job = Job(
-                    server.grpc_url,
-                    profile.request_stages,
-                    datatypes,
-                    str(rows_file),
-                    c,
-                    s.duration_s,
-                    s.warmup_s,
-                    str(work / f"result-{name}-{c}.json"),
-                )
-                if s.driver == "locust":
-                    from toolkit.bench.locust_driver import run_locust
-
-                    point = run_locust(job, work, cpu)
-                else:
-                    point = run_driver(job, work, cpu, self.log)
-                result["points"].append(point)
-                self.log("  " + point_line(point))
-        return result
+        measured = measure_server(
+            profile.plan,
+            s.pipeline,
+            profile.request_stages,
+            rows_file,
+            s.concurrency,
+            s.duration_s,
+            s.warmup_s,
+            self.out / "repos" / name,
+            work,
+            name,
+            self.log,
+            s.driver,
+        )
+        return {**result, **measured}
 
     def _ceiling(self, allocation: Allocation) -> dict[str, Any]:
         s = self.s
@@ -351,6 +331,10 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{'':<10} cold start {res['cold_start_s']:.2f} s (ready {res['ready_s']:.2f} s),"
                 f" first request {res['first_request_ms']:.1f} ms"
             )
+    if report.get("tuned_ratios"):
+        lines.append("tuned against the other profiles of this run (throughput ratios; of_ceiling: fraction):")
+        for key, value in report["tuned_ratios"].items():
+            lines.append(f"  {key}: {value}")
     if report.get("targets"):
         lines.append("targets:")
         for t in report["targets"]:

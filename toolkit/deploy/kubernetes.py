@@ -182,9 +182,11 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
     image = options.image or default_image(repo, options)
     selector = {"app.kubernetes.io/name": "tritonserver", "app.kubernetes.io/instance": name}
     labels = {**selector, "app.kubernetes.io/managed-by": "compound", "app.kubernetes.io/version": __version__}
-    scaled_models = list(manifest.get("models", [])) + [
-        p for p, v in manifest.get("pipelines", {}).items() if v.get("kind") != "ensemble"
-    ]  # Python models that queue
+    scaled_models = (
+        list(manifest.get("models", []))
+        + [p for p, v in manifest.get("pipelines", {}).items() if v.get("kind") != "ensemble"]
+        + list(manifest.get("fused_groups", {}))
+    )  # Python models that queue
     model_match = f',model=~"{"|".join(scaled_models)}"' if scaled_models else ""
     values: dict[str, Any] = {
         "version": __version__,

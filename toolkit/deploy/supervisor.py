@@ -118,6 +118,7 @@ class Supervisor:
         # what computes: components and fused pipelines. An ensemble's or orchestrator's own "compute"
         # time is its callees' (every request's whole path), so counting it would double every core.
         fused = [name for name, p in manifest.get("pipelines", {}).items() if p.get("kind") == "fused"]
+        fused += list(manifest.get("fused_groups", {}))  # fused models an ensemble calls as one step
         self.compute_models = set(self.scaled_models) | set(fused)
         downstream: dict[str, list[str]] = {}
         for producer, consumer in manifest.get("edges", []):

@@ -102,15 +102,41 @@ class PipelinePlan:
     steps: list[EnsembleStep] = field(default_factory=list)  # ensembles only, in execution order
     joins: dict[int, list[int]] = field(default_factory=dict)  # step index -> producer step indexes
     instances: Optional[InstanceGroup] = None  # fused pipelines only
+    # `fuse: [groups]` (ensembles only): each group is a fused model of its own, planned like a fused
+    # pipeline; `calls`/`call_joins` are then the ensemble's steps with each group as ONE step
+    groups: dict[str, PipelinePlan] = field(default_factory=dict)
+    calls: list[EnsembleStep] = field(default_factory=list)
+    call_joins: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def fan_out(self) -> dict[int, list[int]]:
         """Producer step index -> the steps that consume its outputs (more than one: a fan-out)."""
-        consumers: dict[int, list[int]] = {}
-        for consumer, producers in self.joins.items():
-            for producer in producers:
-                consumers.setdefault(producer, []).append(consumer)
-        return {k: sorted(v) for k, v in sorted(consumers.items())}
+        return fan_out_of(self.joins)
+
+    @property
+    def served_steps(self) -> list[EnsembleStep]:
+        """The ensemble's own steps: component steps, with each fuse group as one step."""
+        return self.calls if self.groups else self.steps
+
+    @property
+    def served_joins(self) -> dict[int, list[int]]:
+        return self.call_joins if self.groups else self.joins
+
+    @property
+    def direct_models(self) -> list[str]:
+        """Component models the pipeline calls as models of their own (not inside a fused model)."""
+        if self.kind == "fused":
+            return []
+        inside = {m for group in self.groups.values() for m in group.models}
+        return [m for m in self.models if m not in inside]
+
+
+def fan_out_of(joins: dict[int, list[int]]) -> dict[int, list[int]]:
+    consumers: dict[int, list[int]] = {}
+    for consumer, producers in joins.items():
+        for producer in producers:
+            consumers.setdefault(producer, []).append(consumer)
+    return {k: sorted(v) for k, v in sorted(consumers.items())}
 
 
 @dataclass
@@ -132,10 +158,15 @@ class DeploymentPlan:
     @property
     def deployed_models(self) -> list[str]:
         """Component models that become Triton models of their own: all but those that only fused
-        pipelines use (their handlers run inside the fused model)."""
-        fused = {m for p in self.pipelines.values() if p.kind == "fused" for m in p.models}
-        served = {m for p in self.pipelines.values() if p.kind != "fused" for m in p.models}
+        pipelines and fuse groups use (their handlers run inside the fused model)."""
+        fused = {m for p in self.pipelines.values() for m in p.models if m not in p.direct_models}
+        served = {m for p in self.pipelines.values() for m in p.direct_models}
         return sorted(m for m in self.models if m not in fused or m in served)
+
+    @property
+    def fused_groups(self) -> dict[str, PipelinePlan]:
+        """Every pipeline's fuse groups (fused models called by an ensemble), by model name."""
+        return {name: group for p in self.pipelines.values() for name, group in p.groups.items()}
 
 
 def plan_spec(path: str | Path, device: Device = "cpu") -> DeploymentPlan:
@@ -170,11 +201,14 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
             pipelines[name] = plan
 
     _check_autoscale(loaded, pipelines, problems, warnings)
+    _check_group_names(loaded, problems)
     if problems:
         raise SpecError(str(loaded.path), problems)
     for pipeline_plan in pipelines.values():
         if pipeline_plan.kind == "fused":
             pipeline_plan.instances = _fused_instances(pipeline_plan, models, device)
+        for group in pipeline_plan.groups.values():
+            group.instances = _fused_instances(group, models, device)
     return DeploymentPlan(loaded, device, models, pipelines, warnings)
 
 
@@ -205,6 +239,30 @@ def _check_autoscale(
                 f"{where}: model '{name}' runs only inside fused pipeline(s) {users['fused']}: its handler scales "
                 "with the fused model, so its autoscale is ignored"
             )
+
+
+def _check_group_names(loaded: LoadedSpec, problems: list[Problem]) -> None:
+    """A fuse group becomes a Triton model: its name must clash with no model, pipeline or other group."""
+    seen: dict[str, str] = {}
+    for pipeline_name, pipeline in loaded.spec.pipelines.items():
+        for g, group in enumerate(pipeline.fuse_groups):
+            where = loaded.where("pipelines", pipeline_name, "fuse", g, "name")
+            clash = (
+                "a model"
+                if group.name in loaded.spec.models
+                else "a pipeline"
+                if group.name in loaded.spec.pipelines
+                else seen.get(group.name)
+            )
+            if clash:
+                problems.append(
+                    Problem(
+                        where,
+                        f"pipeline '{pipeline_name}': fuse group '{group.name}' has the same name as {clash}:"
+                        " it becomes a Triton model, and model names must be unique",
+                    )
+                )
+            seen.setdefault(group.name, f"fuse group '{group.name}' of pipeline '{pipeline_name}'")
 
 
 def _on_gpu(kind: str, device: Device) -> bool:
@@ -344,13 +402,23 @@ class _PipelineChecker:
     def check(self) -> Optional[PipelinePlan]:
         before = len(self.problems)
         control = _control_flow_kinds(self.pipeline.steps)
+        if control and self.pipeline.fuse_groups:
+            self.problem(
+                ("fuse",),
+                "fuse groups need a static pipeline, and this one has control flow"
+                f" ({', '.join(sorted(set(control)))}); use fuse: true to fuse it whole",
+            )
         if control:
             plan = self._check_orchestrated(control)
         else:
             plan = self._check_ensemble()
         if plan is None or len(self.problems) > before:
             return None
-        if self.pipeline.fuse:
+        if self.pipeline.fuse_groups:
+            self._plan_groups(plan)
+            if len(self.problems) > before:
+                return None
+        if self.pipeline.fused:
             why = (
                 f"fuse: true, with data-dependent control flow ({', '.join(sorted(set(control)))})"
                 if control
@@ -454,7 +522,7 @@ class _PipelineChecker:
                 self.problem(("steps", i), f"step {i} ({step.model}) produces nothing the pipeline uses")
             kept_steps.append(EnsembleStep(i, step.model, dict(step.inputs), outputs, stage_of[i]))
 
-        if self.pipeline.timeout_ms is not None and not self.pipeline.fuse:
+        if self.pipeline.timeout_ms is not None and not self.pipeline.fused:
             self.warnings.append(
                 f"{self.where('timeout_ms')}: pipeline '{self.name}':"
                 " timeout_ms applies to orchestrated pipelines only; ignored for an ensemble"
@@ -478,6 +546,152 @@ class _PipelineChecker:
             joins={i: sorted(deps[i]) for i in order if deps[i]},
         )
 
+    # fuse groups: some steps of an ensemble fused into one model, called as one step
+
+    def _plan_groups(self, plan: PipelinePlan) -> None:
+        """Check each group (steps of this pipeline, each in one group only, nothing outside it running
+        between two of its steps, no two groups waiting on each other), then plan each as a fused
+        pipeline of its own and the ensemble's steps with each group as one step."""
+        before = len(self.problems)
+        by_model: dict[str, list[EnsembleStep]] = {}
+        for step in plan.steps:
+            by_model.setdefault(step.model, []).append(step)
+        owner: dict[int, str] = {}
+        members: dict[str, list[EnsembleStep]] = {}
+        for g, group in enumerate(self.pipeline.fuse_groups):
+            chosen: list[EnsembleStep] = []
+            for k, model in enumerate(group.steps):
+                loc = ("fuse", g, "steps", k)
+                found = by_model.get(model, [])
+                if not found:
+                    self.problem(
+                        loc,
+                        f"fuse group '{group.name}': '{model}' is not a step of this pipeline"
+                        f" (steps: {', '.join(s.model for s in plan.steps)})",
+                    )
+                elif len(found) > 1:
+                    self.problem(
+                        loc,
+                        f"fuse group '{group.name}': model '{model}' runs in steps {[s.index for s in found]};"
+                        " a group names steps by model, so a grouped model must run in one step only",
+                    )
+                elif found[0].index in owner:
+                    other = owner[found[0].index]
+                    self.problem(
+                        loc,
+                        f"fuse group '{group.name}': step {found[0].index} ({model}) is "
+                        + ("named twice" if other == group.name else f"already in fuse group '{other}'")
+                        + ": a step is fused into one group only",
+                    )
+                else:
+                    owner[found[0].index] = group.name
+                    chosen.append(found[0])
+            members[group.name] = sorted(chosen, key=plan.steps.index)
+        if len(self.problems) > before:
+            return
+        ancestors = _ancestors(plan)
+        for g, group in enumerate(self.pipeline.fuse_groups):
+            inside = {s.index for s in members[group.name]}
+            for step in plan.steps:
+                if step.index in inside:
+                    continue
+                upstream = sorted(m for m in inside if m in ancestors[step.index])
+                downstream = sorted(m for m in inside if step.index in ancestors[m])
+                if upstream and downstream:
+                    names = {s.index: s.model for s in plan.steps}
+                    self.problem(
+                        ("fuse", g, "steps"),
+                        f"fuse group '{group.name}' is not contiguous: step {step.index} ({step.model}) runs between"
+                        f" its steps (after {', '.join(names[i] for i in upstream)}, before"
+                        f" {', '.join(names[i] for i in downstream)}); add it to the group or fuse fewer steps",
+                    )
+                    break
+        if len(self.problems) > before:
+            return
+        node = {s.index: owner.get(s.index, f"#{s.index}") for s in plan.steps}
+        first = {n: min(i for i, m in node.items() if m == n) for n in node.values()}
+        call_deps: dict[str, set[str]] = {n: set() for n in node.values()}
+        for consumer, producers in plan.joins.items():
+            for producer in producers:
+                if node[producer] != node[consumer]:
+                    call_deps[node[consumer]].add(node[producer])
+        order = _topological_names(call_deps, first)
+        if order is None:
+            waiting = sorted(n for n in call_deps if not n.startswith("#"))
+            self.problem(
+                ("fuse",),
+                f"fuse groups {waiting} wait on each other (each needs a tensor the other produces):"
+                " merge them or fuse other steps",
+            )
+            return
+        self._build_calls(plan, members, node, call_deps, order)
+
+    def _build_calls(
+        self,
+        plan: PipelinePlan,
+        members: dict[str, list[EnsembleStep]],
+        node: dict[int, str],
+        call_deps: dict[str, set[str]],
+        order: list[str],
+    ) -> None:
+        by_index = {s.index: s for s in plan.steps}
+        consumed_by: dict[str, set[str]] = {}  # tensor -> the calls that read it
+        for step in plan.steps:
+            for tensor in step.inputs.values():
+                consumed_by.setdefault(tensor, set()).add(node[step.index])
+        index_of: dict[str, int] = {}
+        stage_of: dict[str, int] = {}
+        calls: list[EnsembleStep] = []
+        for name in order:
+            stage_of[name] = 1 + max((stage_of[d] for d in call_deps[name]), default=-1)
+            if name.startswith("#"):
+                step = by_index[int(name[1:])]
+                index_of[name] = step.index
+                calls.append(EnsembleStep(step.index, step.model, step.inputs, step.outputs, stage_of[name]))
+                continue
+            group_steps = members[name]
+            produced = [t for s in group_steps for t in s.outputs.values()]
+            read = [t for s in group_steps for t in s.inputs.values() if t not in produced]
+            inputs = list(dict.fromkeys(read))
+            outputs = [t for t in produced if t in self.pipeline.outputs or consumed_by.get(t, set()) - {name}]
+            index_of[name] = min(s.index for s in group_steps)
+            calls.append(
+                EnsembleStep(index_of[name], name, {t: t for t in inputs}, {t: t for t in outputs}, stage_of[name])
+            )
+            plan.groups[name] = self._group_plan(plan, name, group_steps, inputs, outputs)
+        plan.calls = calls
+        plan.call_joins = {index_of[n]: sorted(index_of[d] for d in call_deps[n]) for n in order if call_deps[n]}
+        names = ", ".join(f"'{g}' ({', '.join(p.models)})" for g, p in plan.groups.items())
+        plan.reason += f"; fuse group(s) {names} each run in-process in one Python model, called as one step"
+
+    def _group_plan(
+        self, plan: PipelinePlan, name: str, steps: list[EnsembleStep], inputs: list[str], outputs: list[str]
+    ) -> PipelinePlan:
+        """A group as a fused pipeline of its own: the same runtime, program and warmup as `fuse: true`."""
+        group = next(g for g in self.pipeline.fuse_groups if g.name == name)
+        spec = PipelineSpec(
+            inputs={t: plan.tensors[t] for t in inputs},
+            outputs=outputs,
+            steps=[ModelStep(model=s.model, inputs=s.inputs, outputs=s.outputs) for s in steps],
+            fuse=True,
+            instances=group.instances,
+        )
+        models = [s.model for s in steps]
+        tensors = {t: plan.tensors[t] for s in steps for t in (*s.inputs.values(), *s.outputs.values())}
+        return PipelinePlan(
+            name=name,
+            spec=spec,
+            kind="fused",
+            reason=(
+                f"fuse group of pipeline '{self.name}': steps {', '.join(models)} run in-process in one Python model,"
+                " batched as a whole (no hop between them); the pipeline's ensemble calls it as one step"
+            ),
+            tensors=tensors,
+            max_batch_size=min(self.spec.models[m].max_batch_size for m in models),
+            models=models,
+            steps=[EnsembleStep(k, s.model, s.inputs, s.outputs, s.stage) for k, s in enumerate(steps)],
+        )
+
     def _topological(self, steps: list[ModelStep], deps: dict[int, set[int]]) -> Optional[list[int]]:
         remaining = {i: set(d) for i, d in deps.items()}
         order: list[int] = []
@@ -499,7 +713,7 @@ class _PipelineChecker:
         if not sizes:
             return None
         batching = {m for m, s in sizes.items() if s > 0}
-        if batching and len(batching) != len(sizes) and not self.pipeline.fuse:  # a fused runtime adapts each step
+        if batching and len(batching) != len(sizes) and not self.pipeline.fused:  # a fused runtime adapts each step
             flat = sorted(set(sizes) - batching)
             self.problem(
                 ("steps",),
@@ -717,6 +931,31 @@ class _PipelineChecker:
         body_env[step.map.over] = item
         produced = self._check_block(step.map.body, loc + ("map", "body"), body_env, frozenset({step.map.over}))
         return {t: TensorSpec(dtype=s.dtype, dims=[over.dims[0], *s.dims]) for t, s in produced.items()}
+
+
+def _ancestors(plan: PipelinePlan) -> dict[int, set[int]]:
+    """Step index -> every step it (transitively) waits on; steps are in execution order."""
+    found: dict[int, set[int]] = {}
+    for step in plan.steps:
+        direct = plan.joins.get(step.index, [])
+        found[step.index] = set(direct).union(*(found[d] for d in direct))
+    return found
+
+
+def _topological_names(deps: dict[str, set[str]], rank: dict[str, int]) -> Optional[list[str]]:
+    """Names in dependency order (ties by rank), or None on a cycle."""
+    remaining = {n: set(d) for n, d in deps.items()}
+    order: list[str] = []
+    while remaining:
+        ready = sorted((n for n, d in remaining.items() if not d), key=rank.__getitem__)
+        if not ready:
+            return None
+        for n in ready:
+            order.append(n)
+            del remaining[n]
+        for d in remaining.values():
+            d.difference_update(ready)
+    return order
 
 
 def _control_flow_kinds(steps: list[AnyStep]) -> list[str]:

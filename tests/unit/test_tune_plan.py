@@ -1,0 +1,140 @@
+"""The tuner's pure decisions (toolkit/plan/tune.py): batch from cost curves and the SLO, candidate
+structures whose specs validate and plan, threads, the measurement budget, and the choice."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toolkit.bench.tune import choose
+from toolkit.plan import build_plan, plan_spec
+from toolkit.plan.tune import (
+    HOP_OVERHEAD_S,
+    Candidate,
+    Unit,
+    apply_candidate,
+    candidates,
+    choose_batch,
+    measurement_plan,
+    predict_rps,
+    spec_yaml,
+    threads_for,
+)
+from toolkit.spec import LoadedSpec, load_spec
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
+SIZES = (1, 2, 4, 8, 16)
+
+
+def curve(per_row_ms: float, batch1_ms: float) -> dict[int, float]:
+    """Seconds per call: batch1_ms per row at 1, falling linearly in log-batch to per_row_ms at 16."""
+    steps = len(SIZES) - 1
+    return {b: b * (batch1_ms + (per_row_ms - batch1_ms) * i / steps) / 1e3 for i, b in enumerate(SIZES)}
+
+
+CURVES = {
+    "encode": curve(0.1, 0.3),
+    "branch_a": curve(0.1, 0.3),
+    "branch_b": curve(1.0, 3.0),  # heavy: ~70% of the compute
+    "join": curve(0.1, 0.3),
+}
+
+
+def test_batch_is_the_cheapest_per_row_and_shrinks_to_fit_an_slo() -> None:
+    assert choose_batch(CURVES, 16).batch == 16
+    # the path of a batch: 3.9 ms at 1, 2 x 3.25 = 6.5 ms at 2, 4 x 2.6 = 10.4 ms at 4: half of 14 ms fits 2
+    fitted = choose_batch(CURVES, 16, slo_p95_ms=14)
+    assert fitted.batch == 2 and "fits half the 14 ms P95 SLO" in fitted.why
+    tight = choose_batch(CURVES, 16, slo_p95_ms=1)
+    assert tight.batch == 1 and "above half the SLO" in tight.why
+
+
+def test_candidates_cover_every_structure_and_each_tuned_spec_plans(tmp_path: Path) -> None:
+    loaded = load_spec(FIXTURE / "pipeline.yaml")
+    plan = build_plan(loaded)
+    batching, plans = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES})
+    assert plans[0].name == "as-written"
+    kinds = {c.kind for c in plans}
+    assert kinds == {"as-written", "ensemble", "fused", "partial"}
+    ensemble = next(c for c in plans if c.kind == "ensemble")
+    assert {u.name: u.count for u in ensemble.units}["branch_b"] == 2  # the heavy step gets both cores
+    fused = next(c for c in plans if c.kind == "fused")
+    assert fused.units[0].count == 2 and fused.units[0].fused
+    partial = [c for c in plans if c.kind == "partial"]
+    assert partial and all("branch_b" not in members for c in partial for _, members in c.groups)
+    for candidate in plans:
+        spec = apply_candidate(loaded.spec, "fan", candidate)
+        tuned = build_plan(LoadedSpec(spec, loaded.path, {}))
+        p = tuned.pipelines["fan"]
+        if candidate.kind == "fused":
+            assert p.kind == "fused" and p.instances is not None and p.instances.count == 2
+        if candidate.kind == "partial":
+            assert set(p.groups) == {g for g, _ in candidate.groups}
+        if candidate.kind != "as-written":
+            batching_of = tuned.spec.models["encode"].batching
+            assert tuned.spec.models["encode"].max_batch_size == batching.batch
+            assert batching_of is not None and batching_of.max_queue_delay_us == 0
+
+
+def test_tuned_spec_yaml_reads_back_as_the_same_spec(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "handlers.py", tmp_path / "handlers.py")
+    loaded = load_spec(FIXTURE / "pipeline.yaml")
+    plan = build_plan(loaded)
+    _, plans = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES})
+    partial = next(c for c in plans if c.kind == "partial")
+    spec = apply_candidate(loaded.spec, "fan", partial)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(spec_yaml(spec, ["tuned", "by a test"]))
+    text = path.read_text()
+    assert text.startswith("# tuned\n# by a test\nname: tunefix\n")
+    assert "x: {dtype: fp32, dims: [64]}" in text  # short mappings stay on one line
+    assert load_spec(path).spec == spec
+    assert plan_spec(path).pipelines["fan"].groups
+
+
+def test_threads_only_where_they_pay_and_fit() -> None:
+    assert threads_for({2: 1.9}, count=1, cores=2) == 2
+    assert threads_for({2: 1.2}, count=1, cores=2) == 1  # 60% efficient: instances do better
+    assert threads_for({2: 1.9}, count=2, cores=2) == 1  # two instances already fill the cores
+    assert threads_for({}, count=1, cores=8) == 1
+
+
+def test_prediction_charges_one_hop_per_model() -> None:
+    per_row = {"a": 1e-3, "b": 1e-3}
+    split = predict_rps((Unit("a", ("a",), 1), Unit("b", ("b",), 1)), per_row, cores=2)
+    fused = predict_rps((Unit("f", ("a", "b"), 2, fused=True),), per_row, cores=2)
+    assert split == pytest.approx(2 / (2e-3 + 2 * HOP_OVERHEAD_S))
+    assert fused == pytest.approx(2 / (2e-3 + HOP_OVERHEAD_S))
+
+
+def test_measurement_plan_fits_the_budget() -> None:
+    count, point, warmup = measurement_plan(5, budget_s=60, start_s=4)
+    assert count == 5 and 2 <= point <= 10
+    assert count * (4 + point + warmup) <= 60
+    assert measurement_plan(5, budget_s=20, start_s=4)[0] == 3
+    assert measurement_plan(5, budget_s=3, start_s=4) == (0, 0.0, 0.0)
+    assert measurement_plan(2, budget_s=600, start_s=4)[1] == 10.0
+
+
+def _candidate(name: str, kind: str = "ensemble") -> Candidate:
+    return Candidate(name, kind, (), 16, 0, 0.0, "")
+
+
+def test_choice_keeps_the_written_spec_unless_beaten_and_respects_the_slo() -> None:
+    plans = [_candidate("as-written", "as-written"), _candidate("fused", "fused"), _candidate("ensemble")]
+
+    def m(rps: float, p95: float, errors: int = 0) -> dict[str, float]:
+        return {"throughput_rps": rps, "p95_ms": p95, "errors": errors}
+
+    chosen, why = choose(plans, {"as-written": m(100, 50), "fused": m(300, 40), "ensemble": m(200, 30)}, None)
+    assert chosen.name == "fused" and "3.00x the spec as written" in why
+    chosen, _ = choose(plans, {"as-written": m(100, 50), "fused": m(300, 40), "ensemble": m(200, 30)}, 35)
+    assert chosen.name == "ensemble"
+    chosen, why = choose(plans, {"as-written": m(100, 50), "fused": m(101, 40)}, None)
+    assert chosen.name == "as-written" and "kept" in why
+    chosen, _ = choose(plans, {"as-written": m(100, 50), "fused": m(300, 40, errors=3)}, None)
+    assert chosen.name == "as-written"
+    chosen, why = choose(plans, {"as-written": m(100, 50), "fused": m(300, 40)}, 10)
+    assert chosen.name == "fused" and "no candidate met the 10 ms P95 SLO" in why
