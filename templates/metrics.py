@@ -33,7 +33,7 @@ STEP_BATCH = "compound_step_batch_rows"
 PENDING = "compound_pending_requests"
 INSTANCES = "compound_instances"
 FAMILIES = {
-    STEP_DURATION: ("HISTOGRAM", "Duration of one call of a pipeline step (fused: the handler; orchestrated: the call)"),
+    STEP_DURATION: ("HISTOGRAM", "Duration of one call of a pipeline step (fused: the handler; else: the call)"),
     STEP_BATCH: ("HISTOGRAM", "Rows per call of a pipeline step (the batch the step ran on)"),
     PENDING: ("GAUGE", "Requests sent to a component by an orchestrator or fused pipeline and not yet answered"),
     INSTANCES: ("GAUGE", "Loaded instances of a component in a Triton model (1 per instance process)"),

@@ -451,3 +451,60 @@ def test_the_spec_fixture_is_what_the_tests_expect(repo: Path) -> None:
     fused = json.loads((repo / "router_fused" / "1" / "program.json").read_text())
     assert set(fused["handlers"]) == {"route", "shout", "whisper"}
     assert (repo / "router_fused" / "1" / "compound_component.py").is_file()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def step_series(name: str) -> dict[tuple[str, str, str], list[float]]:
+    return {
+        (labels["pipeline"], labels["step"], labels["component"]): metric.observations
+        for labels, metric in fake.series(name)
+    }
+
+
+def test_every_step_call_is_timed_and_sized_and_counted_pending_while_awaited(pb: ModuleType, repo: Path) -> None:
+    callees = register_callees()
+    model = load(repo, "router")
+    seen: list[int] = []
+    shout = callees["shout"].fn
+
+    def watched(arrays: fake.Arrays) -> fake.Arrays:
+        seen.append(model.metrics.pending("router", "shout"))  # while the orchestrator awaits it
+        return shout(arrays)
+
+    callees["shout"].fn = watched
+    execute(model, *(fake.request(query=strings(t)) for t in ("a!", "B", "c!")))
+    rows = step_series("compound_step_batch_rows")
+    assert rows == {
+        ("router", "steps.0", "route"): [3.0],
+        ("router", "steps.1.cases.loud.0", "shout"): [2.0],
+        ("router", "steps.1.default.0", "whisper"): [1.0],
+    }
+    assert {key: len(values) for key, values in step_series("compound_step_duration_seconds").items()} == {
+        key: 1 for key in rows
+    }
+    assert seen == [2] and model.metrics.pending("router", "shout") == 0
+    model.metrics.flush()
+    pending = {labels["component"]: metric.value for labels, metric in fake.series("compound_pending_requests")}
+    assert pending == {"route": 0.0, "shout": 0.0, "whisper": 0.0}
+    assert not fake.series("compound_instances")  # an orchestrator runs no component itself
+    model.finalize()
+
+
+def test_a_fused_pipeline_times_its_inline_steps_and_counts_its_components_instances(
+    pb: ModuleType, repo: Path
+) -> None:
+    model = load(repo, "router_fused")
+    instances = {(labels["component"], labels["model"]): m.value for labels, m in fake.series("compound_instances")}
+    assert instances == {(component, "router_fused"): 1.0 for component in ("route", "shout", "whisper")}
+    execute(model, fake.request(query=strings("hi!", "Hello")), fake.request(query=strings("x")))
+    assert step_series("compound_step_batch_rows") == {
+        ("router_fused", "steps.0", "route"): [3.0],  # the merged batch: one observation per call, not per request
+        ("router_fused", "steps.1.cases.loud.0", "shout"): [1.0],
+        ("router_fused", "steps.1.default.0", "whisper"): [2.0],
+    }
+    durations = step_series("compound_step_duration_seconds")
+    assert all(len(v) == 1 and 0 <= v[0] < 5 for v in durations.values())
+    model.finalize()
+    assert {m.value for _, m in fake.series("compound_instances")} == {0.0}  # unloaded: no instance left
