@@ -113,8 +113,8 @@ def render_dashboard(name: str, manifest: dict[str, Any], pods: str) -> dict[str
             "none",
             [
                 (
-                    f"{per('compound_step_batch_rows_sum', step, step_by)} / "
-                    f"{per('compound_step_batch_rows_count', step, step_by)}",
+                    f"{per('compound_step_rows_total', step, step_by)} / "
+                    f"{per('compound_step_duration_seconds_count', step, step_by)}",
                     "{{pipeline}} {{step}} {{component}}",
                 )
             ],

@@ -203,7 +203,7 @@ def test_every_step_of_fused_and_orchestrated_pipelines_is_counted_timed_and_siz
     for target, metric in (
         (calls, "compound_step_duration_seconds_count"),
         (seconds, "compound_step_duration_seconds_sum"),
-        (rows, "compound_step_batch_rows_sum"),
+        (rows, "compound_step_rows_total"),
     ):
         for labels, number in scraped(text, metric):
             key = (labels["pipeline"], labels["step"], labels["component"])

@@ -87,7 +87,9 @@ class MetricFamily:
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name = name
         self.kind = kind
-        METRICS.setdefault(name, {})
+        # bound now: a runtime left running by an earlier test (its flusher thread) writes into the
+        # registry of its own test, never into the next one's
+        self.registry = METRICS.setdefault(name, {})
 
     def Metric(self, labels: dict[str, str], buckets: Optional[list[float]] = None) -> Metric:  # noqa: N802 - Triton's name
         # as the real backend: histograms need buckets, the others refuse them
@@ -95,7 +97,7 @@ class MetricFamily:
         if buckets is not None:
             assert list(buckets) == sorted(buckets)
         key = frozenset(labels.items())
-        return METRICS[self.name].setdefault(key, Metric(self.kind, buckets))
+        return self.registry.setdefault(key, Metric(self.kind, buckets))
 
 
 def series(name: str) -> list[tuple[dict[str, str], Metric]]:

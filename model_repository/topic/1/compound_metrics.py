@@ -6,9 +6,10 @@ orchestrator has sent to a component and not yet had answered, and the instances
 Triton's statistics stop at its own models: a fused pipeline is one model (its steps are invisible)
 and an orchestrator's callees only see anonymous requests. Here each step call records, per
 pipeline, step and component, its duration and its batch size (two histograms: their `_count` is
-the step's calls, the batch size's `_sum` its rows). Pending requests and instances are gauges
-kept in plain Python on the request path and pushed to Triton by one background thread every
-FLUSH_S, only when they changed: a request pays two histogram updates per step, never a gauge write.
+the step's calls) and its rows (a counter: rows / calls is the batch size). Rows, pending requests
+and instances are kept in plain Python on the request path and pushed to Triton by one background
+thread every FLUSH_S, only when they changed: a step call pays one histogram update (an IPC to the
+server), never a counter or gauge write.
 
 Metric families are per process (every instance is a stub process of its own); Triton merges the
 families of all instances by name, and the `instance` label keeps their series apart. A process
@@ -25,16 +26,14 @@ from typing import Any, Optional
 FLUSH_S = 0.25  # how often gauges reach Triton: well under any scrape interval
 # Step durations, seconds: from a fast in-process step (~50 us) to a slow model call (10 s).
 DURATION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
-# Rows per step call: a batch of 1 is a request alone, the upper buckets merged batches.
-BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 STEP_DURATION = "compound_step_duration_seconds"
-STEP_BATCH = "compound_step_batch_rows"
+STEP_ROWS = "compound_step_rows_total"
 PENDING = "compound_pending_requests"
 INSTANCES = "compound_instances"
 FAMILIES = {
     STEP_DURATION: ("HISTOGRAM", "Duration of one call of a pipeline step (fused: the handler; else: the call)"),
-    STEP_BATCH: ("HISTOGRAM", "Rows per call of a pipeline step (the batch the step ran on)"),
+    STEP_ROWS: ("COUNTER", "Rows a pipeline step ran (one per request of one row); per call: the batch size"),
     PENDING: ("GAUGE", "Requests sent to a component by an orchestrator or fused pipeline and not yet answered"),
     INSTANCES: ("GAUGE", "Loaded instances of a component in a Triton model (1 per instance process)"),
 }
@@ -49,9 +48,12 @@ class Metrics:
         self.calls: dict[tuple[str, str, str], int] = collections.defaultdict(int)  # for tests without Triton
         self._series: dict[tuple[Any, ...], Any] = {}
         self._pending: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self._rows: dict[tuple[tuple[str, str], ...], int] = collections.defaultdict(int)
+        self._rows_pushed: dict[tuple[tuple[str, str], ...], int] = {}
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._pushed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the request path's counts
+        self._flush_lock = threading.Lock()  # one push at a time (the flusher, or load/unload)
         self._families: dict[str, Any] = {}
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -67,12 +69,13 @@ class Metrics:
     def step(self, pipeline: str, where: str, component: str, rows: int, seconds: float) -> None:
         """One call of a step ran `rows` rows in `seconds` (failed calls too: they took the time)."""
         self.calls[(pipeline, where, component)] += 1
+        labels = (("pipeline", pipeline), ("step", where), ("component", component))
+        with self._lock:
+            self._rows[labels] += rows
         if self._api is None:
             return
-        labels = (("pipeline", pipeline), ("step", where), ("component", component))
         try:
             self._metric(STEP_DURATION, labels, DURATION_BUCKETS).observe(seconds)
-            self._metric(STEP_BATCH, labels, BATCH_BUCKETS).observe(float(rows))
         except Exception:  # noqa: BLE001 - metrics never fail a request
             self._api = None
 
@@ -83,6 +86,9 @@ class Metrics:
 
     def pending(self, pipeline: str, component: str) -> int:
         return self._pending.get((pipeline, component), 0)
+
+    def rows(self, pipeline: str, where: str, component: str) -> int:
+        return self._rows.get((("pipeline", pipeline), ("step", where), ("component", component)), 0)
 
     def timer(self, pipeline: str, where: str, component: str, rows: int) -> StepTimer:
         return StepTimer(self, pipeline, where, component, rows)
@@ -111,13 +117,26 @@ class Metrics:
             self._gauges[(name, labels)] = value
 
     def flush(self) -> None:
-        """Push changed gauges to Triton."""
+        """Push changed gauges and the rows counted since the last push to Triton."""
+        with self._flush_lock:
+            self._push()
+
+    def _push(self) -> None:
         with self._lock:
             for (pipeline, component), count in self._pending.items():
                 self._gauges[(PENDING, (("pipeline", pipeline), ("component", component)))] = float(count)
             changed = [(key, value) for key, value in self._gauges.items() if self._pushed.get(key) != value]
+            added = [(key, n - self._rows_pushed.get(key, 0)) for key, n in self._rows.items()]
         if self._api is None:
             return
+        for labels, rows in added:
+            if rows:
+                try:
+                    self._metric(STEP_ROWS, labels).increment(float(rows))
+                except Exception:  # noqa: BLE001
+                    self._api = None
+                    return
+                self._rows_pushed[labels] = self._rows_pushed.get(labels, 0) + rows
         for key, value in changed:
             try:
                 self._metric(key[0], key[1]).set(value)
