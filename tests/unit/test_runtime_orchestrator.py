@@ -166,10 +166,17 @@ class Score:
 """
 
 
+LOADED: list[Any] = []  # models the current test loaded: unloaded after it (their metrics threads stop)
+
+
 @pytest.fixture()
 def pb() -> Iterator[ModuleType]:
     with fake.installed() as module:
         yield module
+        while LOADED:
+            model = LOADED.pop()
+            if model.metrics is not None:
+                model.metrics.unloaded()
 
 
 @pytest.fixture()
@@ -231,6 +238,7 @@ def load(repo: Path, pipeline: str) -> Any:
             "model_instance_kind": "CPU",
         }
     )
+    LOADED.append(model)
     return model
 
 
