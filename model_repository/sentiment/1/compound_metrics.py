@@ -19,6 +19,7 @@ without the Python backend's metrics API (a unit test, an old backend) keeps the
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from typing import Any, Optional
@@ -166,6 +167,10 @@ class Metrics:
                 family = self._api(name=name, description=description, kind=getattr(self._api, kind))
                 self._families[name] = family
             label_dict = {**dict(labels), "instance": self.instance}
+            if FAMILIES[name][0] == "GAUGE":
+                # A reload starts the new instances (same names) before the old ones finalize and
+                # zero their gauges: the process id keeps the two generations' series apart.
+                label_dict["pid"] = str(os.getpid())
             if buckets is None:
                 metric = family.Metric(labels=label_dict)
             else:
