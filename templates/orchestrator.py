@@ -20,6 +20,7 @@ initialize(), then called in this process on the merged batch: no request, no co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -114,15 +115,19 @@ class TritonPythonModel:
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
         self.on_demand = OnDemand(self.program.get("on_demand", []))
+        metrics = _sibling_module(os.path.dirname(os.path.abspath(__file__)), "compound_metrics", required=False)
+        self.metrics = metrics.Metrics(self.name, args.get("model_instance_name", "")) if metrics else None
         if self.program.get("handlers"):
             self._load_handlers(args, int(params.get("compound.threads", "0")))
+        if self.metrics is not None:
+            self.metrics.loaded(list(self.program.get("handlers", {})))
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
         A handler's code lies in its entry's `code` folder (several may hold a `handlers.py`), else
         beside this file."""
         here = os.path.dirname(os.path.abspath(__file__))
-        compound_component = _component_module(here)
+        compound_component = _sibling_module(here, "compound_component")
         self._describe = compound_component.describe_error
         compound_component.limit_native_threads(threads)
         device = compound_component.instance_device(args)
@@ -141,6 +146,8 @@ class TritonPythonModel:
                 self.inline[model](zeros, rows, cached=False)
 
     def finalize(self) -> None:
+        if self.metrics is not None:
+            self.metrics.unloaded()
         for runner in self.inline.values():
             runner.close()
 
@@ -308,13 +315,14 @@ class TritonPythonModel:
         label = f"{where} ({model})"
         context.running[label] = context.running.get(label, 0) + len(requests)
         try:
-            if model in self.on_demand.models:
-                await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
-            responses = await asyncio.gather(*(request.async_exec() for request in requests))
-            if model in self.on_demand.models and any(_not_loaded(r) for r in responses):
-                # unloaded for idleness between the check and the call: load it again, once
-                await self.on_demand.ensure(model, [], f"pipeline '{self.name}': step {where}")
+            with self._timed(node, scope):
+                if model in self.on_demand.models:
+                    await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
                 responses = await asyncio.gather(*(request.async_exec() for request in requests))
+                if model in self.on_demand.models and any(_not_loaded(r) for r in responses):
+                    # unloaded for idleness between the check and the call: load it again, once
+                    await self.on_demand.ensure(model, [], f"pipeline '{self.name}': step {where}")
+                    responses = await asyncio.gather(*(request.async_exec() for request in requests))
         finally:
             context.running[label] -= len(requests)
             if not context.running[label]:
@@ -363,12 +371,20 @@ class TritonPythonModel:
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
         try:
-            outputs = dict(self.inline[model](arrays, rows))
+            with self._timed(node, scope):
+                outputs = dict(self.inline[model](arrays, rows))
         except Exception as exc:  # noqa: BLE001 - user code: the step's failure, the server keeps serving
             raise StepError(
                 f"pipeline '{self.name}': step {where} (model '{model}') failed: model '{model}': {self._describe(exc)}"
             ) from None
         return {tensor: Value(array=outputs[out]) for out, tensor in node["outputs"].items()}
+
+    def _timed(self, node: Node, scope: dict[str, Value]) -> Any:
+        """Around one step call: its duration and batch size, its rows pending on the component."""
+        if self.metrics is None:
+            return contextlib.nullcontext()
+        rows = scope[next(iter(node["inputs"].values()))].rows()
+        return self.metrics.timer(self.name, node["where"], node["model"], rows)
 
     async def _switch(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         """Rows go to the branch their selector names; each branch runs once, on its rows only."""
@@ -540,16 +556,19 @@ def _scope(node: Node, env: dict[str, Value], results: list[dict[str, Value]]) -
     return {name: env[name] if at == OUTER else results[at][name] for name, at in node["reads"].items()}
 
 
-def _component_module(here: str) -> Any:
-    """templates/model.py, copied beside this file as compound_component.py. Loaded from its path:
+def _sibling_module(here: str, name: str, required: bool = True) -> Any:
+    """A runtime module copied beside this file: compound_component.py (templates/model.py) or
+    compound_metrics.py (templates/metrics.py); None for a missing optional one. Loaded from its path:
     an import by name could find another file of that name (the server's working directory comes
     first on the stub's sys.path)."""
-    path = os.path.join(here, "compound_component.py")
-    spec = importlib.util.spec_from_file_location("compound_component", path)
+    path = os.path.join(here, f"{name}.py")
+    if not required and not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise pb_utils.TritonModelException(f"{path}: cannot load the component wrapper")
+        raise pb_utils.TritonModelException(f"{path}: cannot load {name}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["compound_component"] = module  # as an import would: typing and pickle look modules up by name
+    sys.modules[name] = module  # as an import would: typing and pickle look modules up by name
     spec.loader.exec_module(module)
     return module
 

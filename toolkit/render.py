@@ -31,6 +31,7 @@ from toolkit.spec import TensorSpec
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
+METRICS_MODULE = "compound_metrics"  # templates/metrics.py, beside every Python model
 
 
 def templates_dir() -> Path:
@@ -83,11 +84,13 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     source = f"{plan.loaded.folder.name}/{plan.loaded.path.name}" if plan.loaded.folder.name else plan.loaded.path.name
     generic_model = (templates_dir() / "model.py").read_bytes()
+    metrics_module = (templates_dir() / "metrics.py").read_bytes()
     for name in plan.deployed_models:
         model = plan.models[name]
         config = _render_model_config(env, plan, model, source)
         files[f"{name}/config.pbtxt"] = config.encode()
         files[f"{name}/1/model.py"] = generic_model
+        files[f"{name}/1/{METRICS_MODULE}.py"] = metrics_module
         files.update(handler_files(model.handler, f"{name}/1"))
         if model.spec.tiered_cache is not None:
             files[f"{name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
@@ -287,6 +290,7 @@ def program_model_files(
         f"{pipeline.name}/config.pbtxt": config,
         f"{pipeline.name}/1/model.py": runtime,
         f"{pipeline.name}/1/{PROGRAM_FILE}": json.dumps(program, indent=1, sort_keys=True) + "\n",
+        f"{pipeline.name}/1/{METRICS_MODULE}.py": (templates_dir() / "metrics.py").read_bytes(),
     }
     if fused:
         files[f"{pipeline.name}/1/{COMPONENT_MODULE}.py"] = (templates_dir() / "model.py").read_bytes()

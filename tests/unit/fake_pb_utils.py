@@ -2,8 +2,9 @@
 (templates/model.py, templates/orchestrator.py) can be unit-tested fast and deterministically.
 
 It has what the runtimes use: Tensor, InferenceRequest (whose `async_exec` dispatches to a fake
-callee function registered in CALLEES), InferenceResponse, TritonError, TritonModelException and the
-lookup helpers. `load_template` imports a runtime from its file with this module standing in.
+callee function registered in CALLEES), InferenceResponse, TritonError, TritonModelException, the
+lookup helpers and the custom metrics API (MetricFamily: every series lands in METRICS).
+`load_template` imports a runtime from its file with this module standing in.
 """
 
 from __future__ import annotations
@@ -50,6 +51,57 @@ _DTYPES = {
     "TYPE_FP64": np.float64,
     "TYPE_STRING": np.object_,
 }
+
+
+class Metric:
+    """One series: a counter's or gauge's value, a histogram's observations."""
+
+    def __init__(self, kind: str, buckets: Optional[list[float]]) -> None:
+        self.kind = kind
+        self.buckets = buckets
+        self.value = 0.0
+        self.observations: list[float] = []
+
+    def increment(self, value: float) -> None:
+        assert self.kind in ("COUNTER", "GAUGE")
+        self.value += value
+
+    def set(self, value: float) -> None:
+        assert self.kind == "GAUGE"
+        self.value = value
+
+    def observe(self, value: float) -> None:
+        assert self.kind == "HISTOGRAM"
+        self.observations.append(value)
+
+
+# family name -> frozenset of label items -> series
+METRICS: dict[str, dict[frozenset[tuple[str, str]], Metric]] = {}
+
+
+class MetricFamily:
+    COUNTER = "COUNTER"
+    GAUGE = "GAUGE"
+    HISTOGRAM = "HISTOGRAM"
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind
+        # bound now: a runtime left running by an earlier test (its flusher thread) writes into the
+        # registry of its own test, never into the next one's
+        self.registry = METRICS.setdefault(name, {})
+
+    def Metric(self, labels: dict[str, str], buckets: Optional[list[float]] = None) -> Metric:  # noqa: N802 - Triton's name
+        # as the real backend: histograms need buckets, the others refuse them
+        assert (buckets is not None) == (self.kind == "HISTOGRAM"), f"{self.name}: buckets {buckets}"
+        if buckets is not None:
+            assert list(buckets) == sorted(buckets)
+        key = frozenset(labels.items())
+        return self.registry.setdefault(key, Metric(self.kind, buckets))
+
+
+def series(name: str) -> list[tuple[dict[str, str], Metric]]:
+    return [(dict(key), metric) for key, metric in METRICS.get(name, {}).items()]
 
 
 class TritonModelException(Exception):
@@ -183,11 +235,13 @@ def installed() -> Iterator[ModuleType]:
     modules, path = dict(sys.modules), list(sys.path)
     installation = tuple(str(Path(prefix).resolve()) + "/" for prefix in {sys.prefix, sys.base_prefix})
     CALLEES.clear()
+    METRICS.clear()
     sys.modules["triton_python_backend_utils"] = sys.modules[__name__]
     try:
         yield sys.modules[__name__]
     finally:
         CALLEES.clear()
+        METRICS.clear()
         for name, module in list(sys.modules.items()):
             if name in modules:
                 continue

@@ -135,7 +135,11 @@ def test_kubernetes_renders_a_redis_beside_triton_and_points_the_pods_at_it(tmp_
     repo = render_repository(plan_spec(CACHE_SPEC), tmp_path / "repo")
     files = render_manifests(repo, KubernetesOptions(name="cachedemo", base_image="b", redis_deployment=True))
     docs: list[dict[str, Any]] = [
-        d for name, text in files.items() if name != "kustomization.yaml" for d in yaml.safe_load_all(text) if d
+        d
+        for name, text in files.items()
+        if name != "kustomization.yaml" and name.endswith(".yaml")
+        for d in yaml.safe_load_all(text)
+        if d
     ]
     redis = [d for d in docs if d["metadata"]["name"] == "cachedemo-redis"]
     assert sorted(d["kind"] for d in redis) == ["Deployment", "Service"]

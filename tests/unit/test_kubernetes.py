@@ -19,8 +19,10 @@ import promql_parser
 import pytest
 import yaml
 
+from toolkit.dashboard import panel_queries
 from toolkit.deploy.docker import context_tag, image_flavor, ngc_tag, render_build_context
 from toolkit.deploy.kubernetes import (
+    DASHBOARD_FILE,
     KubernetesDeployment,
     KubernetesOptions,
     k8s_name,
@@ -48,7 +50,7 @@ def documents(files: dict[str, str]) -> list[dict[str, Any]]:
     return [
         doc
         for name, text in sorted(files.items())
-        if name != "kustomization.yaml"
+        if name != "kustomization.yaml" and name.endswith(".yaml")
         for doc in yaml.safe_load_all(text)
         if doc
     ]
@@ -262,7 +264,7 @@ def test_kustomize_builds_the_folder_offline(repos: dict[str, Path], tmp_path: P
     built = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(built.stdout) if d)
-    assert kinds == ["Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
 
 
 def test_no_reachable_cluster_is_a_clear_error(
@@ -380,3 +382,31 @@ def test_a_new_repository_rolls_the_pods_one_by_one(repos: dict[str, Path], tmp_
         after["spec"]["template"]["metadata"]["annotations"][key]
         != before["spec"]["template"]["metadata"]["annotations"][key]
     )
+
+
+def test_the_dashboard_is_rendered_beside_the_manifests_with_the_scaledobjects_selector(
+    repos: dict[str, Path], tmp_path: Path
+) -> None:
+    files = render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", namespace="serving", base_image=BASE))
+    dashboard = json.loads(files[DASHBOARD_FILE])
+    config_map = by_kind(files)["ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar loads
+    assert json.loads(config_map["data"]["textdemo.json"]) == dashboard
+    assert "grafana-dashboard.yaml" in yaml.safe_load(files["kustomization.yaml"])["resources"]
+    assert DASHBOARD_FILE not in yaml.safe_load(files["kustomization.yaml"])["resources"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["pipeline"]["allValue"] == "classify|sentiment_only"
+    assert variables["component"]["allValue"] == "sentiment|tok|topic|verdict"
+    queries = panel_queries(dashboard, "1m")
+    assert len(queries) == len(dashboard["panels"]) >= 8
+    for title, exprs in queries.items():
+        for expr in exprs:
+            promql_parser.parse(expr)  # raises on a syntax error
+            assert "$" not in expr, f"{title}: a variable left unexpanded in {expr}"
+            assert 'namespace="serving",pod=~"textdemo-[a-z0-9]+-[a-z0-9]+"' in expr  # the ScaledObject's pods
+    bare = render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, monitor=False))
+    assert DASHBOARD_FILE not in bare and "grafana-dashboard.yaml" not in bare
+    out = write_manifests(files, tmp_path / "manifests")
+    assert (out / DASHBOARD_FILE).is_file()
+    write_manifests(bare, out)
+    assert not (out / DASHBOARD_FILE).exists()  # an earlier render's dashboard is not left behind

@@ -233,7 +233,12 @@ def test_non_batching_callee_still_gets_a_batching_orchestrator(tmp_path: Path) 
 def test_rendered_files_parse_and_carry_the_runtime() -> None:
     plan = plan_spec(AGENTS)
     files = program_model_files(plan, plan.pipelines["guarded"], template_env())
-    assert set(files) == {"guarded/config.pbtxt", "guarded/1/model.py", "guarded/1/program.json"}
+    assert set(files) == {
+        "guarded/config.pbtxt",
+        "guarded/1/model.py",
+        "guarded/1/program.json",
+        "guarded/1/compound_metrics.py",
+    }
     config = text_format.Parse(files["guarded/config.pbtxt"], model_config_pb2.ModelConfig())
     assert config.name == "guarded" and config.backend == "python" and config.max_batch_size == 16
     assert [i.name for i in config.input] == ["passages"] and list(config.input[0].dims) == [-1]

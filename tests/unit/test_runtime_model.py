@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import textwrap
@@ -75,12 +76,15 @@ def make_model(
     parameters: Optional[dict[str, Any]] = None,
     handlers: str = HANDLERS,
     name: str = "double",
+    metrics: bool = False,
 ) -> Any:
     """A component model laid out as in a repository (<name>/1/model.py beside handlers.py) and
     initialized as the stub would."""
     version = folder / name / "1"
     version.mkdir(parents=True)
     shutil.copy(TEMPLATE, version / "model.py")
+    if metrics:  # as rendered repositories have it
+        shutil.copy(TEMPLATE.with_name("metrics.py"), version / "compound_metrics.py")
     (version / "handlers.py").write_text(textwrap.dedent(handlers))
     config = {
         "name": name,
@@ -95,7 +99,8 @@ def make_model(
     sys.path.append(str(version))  # as the stub does, behind what sys.path already holds
     module = fake.load_template(version / "model.py", f"model_{name}_{id(folder)}")
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(config), "model_name": name, "model_instance_kind": "CPU"})
+    args = {"model_config": json.dumps(config), "model_name": name, "model_instance_kind": "CPU"}
+    model.initialize({**args, "model_instance_name": f"{name}_0_0"})
     return model
 
 
@@ -351,3 +356,18 @@ def test_the_old_two_element_outputs_are_accepted_unchecked(pb: ModuleType, tmp_
     runner = component.HandlerRunner("double", "handlers:Double", {}, "cpu", [["y", "int32"]])  # default: its folder
     ((name, y),) = runner({"x": np.ones((2, 3), np.int32)}, 2)
     assert name == "y" and y.tolist() == [[2, 2, 2], [2, 2, 2]]
+
+
+def test_each_instance_counts_itself_on_the_metrics_endpoint_while_loaded(pb: ModuleType, tmp_path: Path) -> None:
+    model = make_model(tmp_path, metrics=True)
+    (labels, metric), *others = fake.series("compound_instances")
+    assert not others and metric.value == 1.0
+    assert labels == {"component": "double", "model": "double", "instance": "double_0_0", "pid": str(os.getpid())}
+    model.finalize()
+    assert metric.value == 0.0
+
+
+def test_a_repository_without_the_metrics_module_still_serves(pb: ModuleType, tmp_path: Path) -> None:
+    model = make_model(tmp_path)  # compound_metrics.py absent: a repository rendered before it existed
+    assert model.metrics is None and not fake.METRICS
+    model.finalize()

@@ -166,10 +166,17 @@ class Score:
 """
 
 
+LOADED: list[Any] = []  # models the current test loaded: unloaded after it (their metrics threads stop)
+
+
 @pytest.fixture()
 def pb() -> Iterator[ModuleType]:
     with fake.installed() as module:
         yield module
+        while LOADED:
+            model = LOADED.pop()
+            if model.metrics is not None:
+                model.metrics.unloaded()
 
 
 @pytest.fixture()
@@ -231,6 +238,7 @@ def load(repo: Path, pipeline: str) -> Any:
             "model_instance_kind": "CPU",
         }
     )
+    LOADED.append(model)
     return model
 
 
@@ -451,3 +459,70 @@ def test_the_spec_fixture_is_what_the_tests_expect(repo: Path) -> None:
     fused = json.loads((repo / "router_fused" / "1" / "program.json").read_text())
     assert set(fused["handlers"]) == {"route", "shout", "whisper"}
     assert (repo / "router_fused" / "1" / "compound_component.py").is_file()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def step_series(name: str) -> dict[tuple[str, str, str], Any]:
+    """(pipeline, step, component) -> a histogram's observations, a counter's value."""
+    return {
+        (labels["pipeline"], labels["step"], labels["component"]): (
+            metric.observations if metric.kind == "HISTOGRAM" else metric.value
+        )
+        for labels, metric in fake.series(name)
+    }
+
+
+def test_every_step_call_is_timed_and_sized_and_counted_pending_while_awaited(pb: ModuleType, repo: Path) -> None:
+    callees = register_callees()
+    model = load(repo, "router")
+    seen: list[int] = []
+    shout = callees["shout"].fn
+
+    def watched(arrays: fake.Arrays) -> fake.Arrays:
+        seen.append(model.metrics.pending("router", "shout"))  # while the orchestrator awaits it
+        return shout(arrays)
+
+    callees["shout"].fn = watched
+    execute(model, *(fake.request(query=strings(t)) for t in ("a!", "B", "c!")))
+    model.metrics.flush()
+    rows = step_series("compound_step_rows_total")
+    assert rows == {
+        ("router", "steps.0", "route"): 3.0,
+        ("router", "steps.1.cases.loud.0", "shout"): 2.0,
+        ("router", "steps.1.default.0", "whisper"): 1.0,
+    }
+    assert {key: len(values) for key, values in step_series("compound_step_duration_seconds").items()} == {
+        key: 1 for key in rows
+    }
+    assert seen == [2] and model.metrics.pending("router", "shout") == 0
+    pending = {labels["component"]: metric.value for labels, metric in fake.series("compound_pending_requests")}
+    assert pending == {"route": 0.0, "shout": 0.0, "whisper": 0.0}
+    assert not fake.series("compound_instances")  # an orchestrator runs no component itself
+    model.finalize()
+
+
+def test_a_fused_pipeline_times_its_inline_steps_and_counts_its_components_instances(
+    pb: ModuleType, repo: Path
+) -> None:
+    model = load(repo, "router_fused")
+    instances = {(labels["component"], labels["model"]): m.value for labels, m in fake.series("compound_instances")}
+    assert instances == {(component, "router_fused"): 1.0 for component in ("route", "shout", "whisper")}
+    execute(model, fake.request(query=strings("hi!", "Hello")), fake.request(query=strings("x")))
+    model.metrics.flush()
+    assert step_series("compound_step_rows_total") == {
+        ("router_fused", "steps.0", "route"): 3.0,  # the merged batch, in one call
+        ("router_fused", "steps.1.cases.loud.0", "shout"): 1.0,
+        ("router_fused", "steps.1.default.0", "whisper"): 2.0,
+    }
+    execute(model, fake.request(query=strings("again")))
+    model.metrics.flush()
+    model.metrics.flush()  # a second push adds nothing
+    assert step_series("compound_step_rows_total")[("router_fused", "steps.0", "route")] == 4.0
+    durations = step_series("compound_step_duration_seconds")
+    calls = {step: len(seconds) for (_, step, _), seconds in durations.items()}
+    assert calls == {"steps.0": 2, "steps.1.cases.loud.0": 1, "steps.1.default.0": 2}
+    assert all(0 <= s < 5 for seconds in durations.values() for s in seconds)
+    model.finalize()
+    assert {m.value for _, m in fake.series("compound_instances")} == {0.0}  # unloaded: no instance left
