@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import secrets
 import threading
 import time
+import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional
 from toolkit.errors import CompoundError
 
 TRACES_PATH = "/v1/traces"
+ROOT_SPAN = "InferRequest"  # Triton's span of a whole request, from arrival to response
 # Spans compound's runtime emits (templates/tracing.py): their names start with one of these.
 STEP_SPAN = "step "
 CACHE_SPAN = "cache "
@@ -58,9 +61,15 @@ def _any_value(value: Any) -> Any:
     return getattr(value, kind)
 
 
-def decode_export(body: bytes, json_body: bool = False) -> list[Span]:
+def decode_export(body: bytes, json_body: bool = False, through_proto: bool = False) -> list[Span]:
     """The spans of one OTLP ExportTraceServiceRequest, in either encoding OTLP/HTTP allows: binary
-    protobuf (compound's runtime) or its JSON mapping (Triton's exporter sends application/json)."""
+    protobuf (compound's runtime), decoded by opentelemetry-proto, or its JSON mapping (Triton's
+    exporter sends application/json). JSON is read field by field as OTLP's JSON encoding names them:
+    protobuf's generic JSON parser takes a third of a millisecond per span, longer than a busy server
+    takes to make one. `through_proto` parses JSON into the protobuf message instead (the tests hold
+    both ways to the same spans)."""
+    if json_body and not through_proto:
+        return _decode_json(json.loads(body))
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     request = ExportTraceServiceRequest()
@@ -91,6 +100,57 @@ def decode_export(body: bytes, json_body: bool = False) -> list[Span]:
     return spans
 
 
+def _field(message: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A field of OTLP JSON under its lowerCamelCase name, or the proto name receivers must also accept."""
+    if name in message:
+        return message[name]
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return message.get(snake, default)
+
+
+def _json_value(value: dict[str, Any]) -> Any:
+    for kind, item in value.items():
+        if kind in ("intValue", "int_value", "doubleValue", "double_value"):
+            try:
+                return int(item) if kind.startswith("int") else float(item)
+            except (TypeError, ValueError):
+                # Triton 2.51 now and then writes a garbage byte as triton.trace_parent_id ('\x00'),
+                # which fails a strict parser on the whole batch: keep the span, with the raw value.
+                return item
+        if kind in ("arrayValue", "array_value"):
+            return [_json_value(v) for v in item.get("values", [])]
+        if kind in ("kvlistValue", "kvlist_value"):
+            return _json_attributes(item.get("values", []))
+        return item  # stringValue, boolValue, bytesValue
+    return None
+
+
+def _json_attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {item["key"]: _json_value(item.get("value") or {}) for item in items}
+
+
+def _decode_json(document: dict[str, Any]) -> list[Span]:
+    spans: list[Span] = []
+    for resource_spans in _field(document, "resourceSpans", []):
+        resource = _json_attributes(_field(_field(resource_spans, "resource", {}), "attributes", []))
+        service = str(resource.get("service.name", ""))
+        for scope_spans in _field(resource_spans, "scopeSpans", []):
+            for span in _field(scope_spans, "spans", []):
+                spans.append(
+                    Span(
+                        trace_id=str(_field(span, "traceId", "")).lower(),
+                        span_id=str(_field(span, "spanId", "")).lower(),
+                        parent_id=str(_field(span, "parentSpanId", "")).lower(),
+                        name=str(_field(span, "name", "")),
+                        start_ns=int(_field(span, "startTimeUnixNano", 0)),
+                        end_ns=int(_field(span, "endTimeUnixNano", 0)),
+                        service=service,
+                        attributes=_json_attributes(_field(span, "attributes", [])),
+                    )
+                )
+    return spans
+
+
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
@@ -112,16 +172,25 @@ def _hex_ids_to_base64(document: Any) -> Any:
 class SpanCollector:
     """An OTLP/HTTP trace receiver on a loopback port, kept in this process (a context manager).
 
-    Exporters POST protobuf to ``endpoint``; every span is decoded and kept. A body that is not a
-    valid ExportTraceServiceRequest is answered 400 and counted in ``rejected``."""
+    Exporters POST to ``endpoint`` + /v1/traces. Receiving only keeps the body (a busy server exports
+    thousands of spans a second, and a slow answer makes its exporter drop them); bodies are decoded
+    when spans are read. A body that is not a valid ExportTraceServiceRequest is counted in
+    ``rejected`` and its error kept in ``errors``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._lock = threading.Lock()
         self._spans: list[Span] = []
+        self._bodies: list[tuple[bytes, bool]] = []
+        self.received_at = 0.0  # time.monotonic() of the last export received
         self.rejected = 0
+        self.errors: list[str] = []
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1: exporters send large batches with `Expect: 100-continue` and wait for the
+            # interim answer, which http.server only gives in 1.1 (else the body never comes).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self._body()
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
@@ -133,15 +202,13 @@ class SpanCollector:
                         body = gzip.decompress(body)
                     elif encoding == "deflate":
                         body = zlib.decompress(body)
-                    json_body = "json" in (self.headers.get("Content-Type") or "").lower()
-                    spans = decode_export(body, json_body)
                 except Exception as exc:  # noqa: BLE001 - a malformed export is the sender's problem
-                    with collector._lock:
-                        collector.rejected += 1
-                    self.send_error(400, f"not an OTLP ExportTraceServiceRequest: {exc}")
+                    self.send_error(400, f"cannot decompress the body: {exc}")
                     return
+                json_body = "json" in (self.headers.get("Content-Type") or "").lower()
                 with collector._lock:
-                    collector._spans.extend(spans)
+                    collector._bodies.append((body, json_body))
+                    collector.received_at = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -181,12 +248,32 @@ class SpanCollector:
         return f"http://{host}:{self.port}"
 
     def spans(self) -> list[Span]:
+        """Every span received so far (decoding the bodies that arrived since the last call)."""
         with self._lock:
+            bodies, self._bodies = self._bodies, []
+        decoded: list[Span] = []
+        failures: list[str] = []
+        for body, json_body in bodies:
+            try:
+                decoded.extend(decode_export(body, json_body))
+            except Exception as exc:  # noqa: BLE001 - a malformed export is the sender's problem
+                failures.append(f"not an OTLP ExportTraceServiceRequest: {exc}")
+        with self._lock:
+            self._spans.extend(decoded)
+            self.rejected += len(failures)
+            self.errors.extend(failures)
             return list(self._spans)
 
     def clear(self) -> None:
         with self._lock:
             self._spans.clear()
+            self._bodies.clear()
+
+    def settle(self, quiet_s: float = 1.5, timeout_s: float = 20.0) -> None:
+        """Wait until no export arrived for `quiet_s` (the exporters' last batches are in)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and time.monotonic() - max(self.received_at, 0.0) < quiet_s:
+            time.sleep(0.1)
 
     def traces(self) -> dict[str, list[Span]]:
         """Spans by trace id, each trace in start order."""
@@ -207,6 +294,41 @@ class SpanCollector:
                 return False
             time.sleep(0.05)
 
+    def new_traceparent(self) -> dict[str, str]:
+        """A W3C traceparent header naming a fresh, sampled trace (Triton keeps the client's trace id)."""
+        return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+
+    def wait_for_trace(self, trace_id: str, timeout_s: float = 10.0, quiet_s: float = 1.5) -> list[Span]:
+        """The spans of one trace, once its root has arrived and nothing new came for `quiet_s`
+        (Triton and the runtime export in batches, each on its own schedule)."""
+        deadline = time.monotonic() + timeout_s
+        count, changed = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            spans = [span for span in self.spans() if span.trace_id == trace_id]
+            if len(spans) != count:
+                count, changed = len(spans), time.monotonic()
+            rooted = any(span.name == "InferRequest" for span in spans)
+            if rooted and time.monotonic() - changed >= quiet_s:
+                break
+            time.sleep(0.1)
+        return sorted((span for span in self.spans() if span.trace_id == trace_id), key=lambda s: s.start_ns)
+
+    def describe_trace(self, traceparent: str, timeout_s: float = 10.0) -> str:
+        """`compound infer --trace`'s report: the span tree with durations, then the critical path."""
+        trace_id = traceparent.split("-")[1]
+        spans = self.wait_for_trace(trace_id, timeout_s)
+        if not spans:
+            return (
+                f"trace {trace_id}: no spans arrived in {timeout_s:g} s (with --trace-rate N above 1, only 1 "
+                "request in N is traced)"
+            )
+        lines = [f"trace {trace_id} ({len(spans)} spans)", span_tree(spans)]
+        path = critical_path(spans)
+        if len(path) > 1:
+            lines += ["", "critical path:"]
+            lines += [f"  {step.name:<28} {step.ms:>9.3f} ms {step.share:>7.1%}" for step in path]
+        return "\n".join(lines)
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -217,6 +339,34 @@ class SpanCollector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def deployment_collector(state: Any) -> SpanCollector:
+    """A collector on the recorded deployment's OTLP endpoint, for `infer --trace` and `loadtest`:
+    possible when the deployment sends its spans to a loopback port nothing else listens on."""
+    endpoint = state.extra.get("otlp_endpoint") if state is not None else None
+    if not endpoint:
+        raise CompoundError(
+            f"deployment '{state.name}' does not trace",
+            hint="deploy it with --otlp-endpoint http://127.0.0.1:PORT (a free port: compound receives the spans "
+            "there when asked to)",
+        )
+    url = urllib.parse.urlsplit(endpoint)
+    if url.hostname not in LOOPBACK_HOSTS or url.port is None:
+        raise CompoundError(
+            f"deployment '{state.name}' sends its spans to {endpoint}, not to a loopback port compound can listen on",
+            hint="read its traces in that collector, or deploy with --otlp-endpoint http://127.0.0.1:PORT",
+        )
+    try:
+        return SpanCollector(url.hostname, url.port)
+    except CompoundError:
+        raise CompoundError(
+            f"deployment '{state.name}' sends its spans to {endpoint}, where another collector already listens",
+            hint="read its traces there, or stop that collector",
+        ) from None
 
 
 # --- reading traces --------------------------------------------------------------------------
@@ -277,7 +427,9 @@ def pipeline_span(spans: list[Span]) -> Optional[Span]:
     """The span of the model the client called (Triton's, under its InferRequest span)."""
     children = children_of(spans)
     for root in children.get("", []):
-        for child in [root, *children.get(root.span_id, [])]:
+        if root.name != ROOT_SPAN:
+            continue  # a trace whose root span was lost: not a whole request
+        for child in children.get(root.span_id, []):
             if "triton.model_name" in child.attributes:
                 return child
     return None
@@ -300,9 +452,11 @@ def critical_path(spans: list[Span]) -> list[PathStep]:
 
     Steps are compound's ``step``/``call`` spans where the pipeline has them (fused pipelines and
     orchestrators), else Triton's model spans under the pipeline's (an ensemble's steps). Walking
-    back from the end of the root: the step that finished last before the current point is on the
-    path, and the walk goes on from its start. Time the chain does not cover (queueing before the
-    first step, hops and marshalling between steps, the response) is reported as "(between steps)"."""
+    back from the end of the root: among the steps that started before the current point, the one
+    that finished last is what the work after it waited for, so it is on the path (up to the current
+    point: Triton closes a step's span a moment after the next step has started), and the walk goes
+    on from its start. Time the chain does not cover (queueing before the first step, hops and
+    marshalling between steps, the response) is reported as "(between steps)"."""
     if not spans:
         return []
     children = children_of(spans)
@@ -313,16 +467,17 @@ def critical_path(spans: list[Span]) -> list[PathStep]:
     path: list[PathStep] = []
     point = root.end_ns
     covered = 0
+    candidates = [(name, span) for name, span in candidates if span.start_ns >= root.start_ns]
     while True:
-        before = [(name, span) for name, span in candidates if span.end_ns <= point and span.start_ns >= root.start_ns]
+        before = [(name, span) for name, span in candidates if span.start_ns < point]
         if not before:
             break
-        name, span = max(before, key=lambda item: (item[1].end_ns, item[1].end_ns - item[1].start_ns))
-        width = span.end_ns - span.start_ns
+        name, span = max(before, key=lambda item: (min(item[1].end_ns, point), -item[1].start_ns))
+        width = min(span.end_ns, point) - span.start_ns
         path.append(PathStep(name, width / 1e6, width / total))
         covered += width
         point = span.start_ns
-        candidates = [(n, s) for n, s in candidates if s.end_ns <= point]
+        candidates = [(n, s) for n, s in candidates if s.start_ns < point]
     path.reverse()
     rest = max(0, total - covered)
     path.append(PathStep(BETWEEN, rest / 1e6, rest / total))
