@@ -369,6 +369,23 @@ def deployment_collector(state: Any) -> SpanCollector:
         ) from None
 
 
+def runtime_tracing(endpoint: str, service: str) -> Any:
+    """templates/tracing.py for a process outside the server (the adaptive runtime), exporting to
+    `endpoint`: the runtime's load, scale and heal actions become spans of their own traces."""
+    import importlib.util
+
+    from toolkit.render import templates_dir
+
+    path = templates_dir() / "tracing.py"
+    spec = importlib.util.spec_from_file_location("compound_tracing", path)
+    if spec is None or spec.loader is None:
+        raise CompoundError(f"cannot load the tracing runtime from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.configure(endpoint, service)
+    return module
+
+
 # --- reading traces --------------------------------------------------------------------------
 
 

@@ -154,6 +154,7 @@ def pod_runtime_config(name: str, options: KubernetesOptions) -> dict[str, Any]:
         cores=pod_cores(options.cpu),
         gpus=options.gpus_per_pod,
         stubs="proc",
+        otlp_endpoint=options.otlp_endpoint,
     )
     return {key: value for key, value in vars(config).items() if key not in ("api_key", "state_file")}
 

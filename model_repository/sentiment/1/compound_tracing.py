@@ -243,6 +243,20 @@ def under(parents: Optional[Sequence[Optional[Parent]]]) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+def configure(endpoint: str, service: str) -> None:
+    """Export to `endpoint` whatever the environment says (the host-side runtime, not a stub)."""
+    global _EXPORTER
+    with _EXPORTER_LOCK:
+        _EXPORTER = _Exporter(endpoint, service)
+
+
+@contextlib.contextmanager
+def root_span(name: str, **attributes: Any) -> Iterator[_Open]:
+    """Time the body as the first span of a new trace (an action nobody's request caused)."""
+    with span(name, [(random.getrandbits(128).to_bytes(16, "big"), b"")], **attributes) as opened:
+        yield opened
+
+
 def flush() -> None:
     """Send what is pending now (a model's finalize, tests)."""
     if _EXPORTER is not None:
