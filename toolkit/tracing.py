@@ -212,7 +212,11 @@ class SpanCollector:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
+                # One export per connection: a kept-alive one would outlive close() and hand the
+                # next exports to a collector nobody reads (exporters send once a second at most).
+                self.send_header("Connection", "close")
                 self.end_headers()
+                self.close_connection = True
 
             def _body(self) -> bytes:
                 if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
