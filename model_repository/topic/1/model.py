@@ -278,7 +278,8 @@ class TritonPythonModel:
             self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs, cache=cache
         )
         limit_native_threads(threads)
-        self.tracing = tracing_module(here)  # spans of cache lookups under each request's trace
+        # spans of cache lookups under each request's trace: the only spans a component adds to Triton's
+        self.tracing = tracing_module(here) if cache is not None else None
         self.parents: Optional[list[Any]] = None
 
     def execute(self, requests: list[Any]) -> list[Any]:
