@@ -176,25 +176,6 @@ def _new_id() -> bytes:
     return (random.getrandbits(64) | 1).to_bytes(8, "big")  # never the all-zero id, which means "none"
 
 
-def record(
-    name: str, parents: Sequence[Optional[Parent]], start_ns: int, end_ns: int, attributes: dict[str, Any]
-) -> list[Parent]:
-    """One span per (distinct, sampled) parent; the new spans, for children of their own."""
-    exporter = _exporter()
-    made: list[Parent] = []
-    if exporter is None:
-        return made
-    seen: set[Parent] = set()
-    for parent in parents:
-        if parent is None or parent in seen:
-            continue
-        seen.add(parent)
-        span_id = _new_id()
-        exporter.add((parent[0], span_id, parent[1], name, start_ns, end_ns, attributes))
-        made.append((parent[0], span_id))
-    return made
-
-
 class _Open:
     """A span being timed: `set` adds attributes until it ends."""
 
