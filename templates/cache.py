@@ -302,6 +302,18 @@ def _stderr(message: str) -> None:
     print(f"compound cache: {message}", file=sys.stderr, flush=True)
 
 
+class _Untraced:
+    def set(self, key: str, value: Any) -> None:
+        pass
+
+
+def _span(name: str, **attributes: Any) -> Any:
+    """A span of the lookup under each request's trace (compound_tracing, loaded only when the
+    server traces), else nothing."""
+    tracing = sys.modules.get("compound_tracing")
+    return tracing.span(name, **attributes) if tracing is not None else contextlib.nullcontext(_Untraced())
+
+
 class TieredCache:
     """The cache of one component in one process. `settings` come from config.pbtxt's
     `compound.cache` (or a fused program's handler entry): identity, memory_bytes, redis, ttl_s."""
@@ -332,19 +344,24 @@ class TieredCache:
         row once, in one call) and stored."""
         if rows == 0:
             return compute(inputs, rows)
-        keys = row_keys(self.identity, inputs, rows)
-        now = time.monotonic()
-        found: list[Optional[Row]] = [None] * rows
-        if self.memory is not None:
-            for i, key in enumerate(keys):
-                found[i] = self.memory.get(key, now)
-            hits = sum(r is not None for r in found)
-            self.metrics.add("compound_cache_hits_total", "memory", hits)
-            self.metrics.add("compound_cache_misses_total", "memory", rows - hits)
-        wanted = self._distinct_missing(keys, found)
-        if wanted and self.redis is not None:
-            self._read_redis(keys, found, wanted, now)
+        with _span(f"cache {self.component}", model=self.component, rows=rows) as span:
+            keys = row_keys(self.identity, inputs, rows)
+            now = time.monotonic()
+            found: list[Optional[Row]] = [None] * rows
+            if self.memory is not None:
+                for i, key in enumerate(keys):
+                    found[i] = self.memory.get(key, now)
+                hits = sum(r is not None for r in found)
+                self.metrics.add("compound_cache_hits_total", "memory", hits)
+                self.metrics.add("compound_cache_misses_total", "memory", rows - hits)
+                span.set("memory_hits", hits)
             wanted = self._distinct_missing(keys, found)
+            if wanted and self.redis is not None:
+                before = len(wanted)
+                self._read_redis(keys, found, wanted, now)
+                wanted = self._distinct_missing(keys, found)
+                span.set("redis_hits", before - len(wanted))
+            span.set("missing", len(wanted))
         if wanted:
             computed = self._compute(inputs, rows, wanted, compute)
             self._store(keys, wanted, computed, now)

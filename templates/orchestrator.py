@@ -78,12 +78,22 @@ class Value:
 class Context:
     """State shared by all steps of one run (one request, or several merged into one batch)."""
 
-    __slots__ = ("trace", "deadline", "running")
+    __slots__ = ("trace", "deadline", "running", "parents")
 
-    def __init__(self, trace: Any, deadline: Optional[float]) -> None:
+    def __init__(self, trace: Any, deadline: Optional[float], parents: Optional[list[Any]] = None) -> None:
         self.trace = trace
         self.deadline = deadline
         self.running: dict[str, int] = {}  # "step (model)" -> calls in flight (map items share one)
+        self.parents = parents  # with tracing: per row, the span of the request that row belongs to
+
+    def narrow(self, rows: Any) -> Context:
+        """The same run for a subset of its rows (a switch branch, a loop's remaining rows): spans
+        made there go only under the requests those rows belong to."""
+        if self.parents is None:
+            return self
+        narrowed = Context(self.trace, self.deadline, [self.parents[int(row)] for row in rows])
+        narrowed.running = self.running
+        return narrowed
 
     def timeout_us(self) -> int:
         """What is left of the pipeline timeout, for the callee's queue (0: no timeout)."""
@@ -115,8 +125,10 @@ class TritonPythonModel:
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
         self.on_demand = OnDemand(self.program.get("on_demand", []))
-        metrics = _sibling_module(os.path.dirname(os.path.abspath(__file__)), "compound_metrics", required=False)
+        here = os.path.dirname(os.path.abspath(__file__))
+        metrics = _sibling_module(here, "compound_metrics", required=False)
         self.metrics = metrics.Metrics(self.name, args.get("model_instance_name", "")) if metrics else None
+        self.tracing = _tracing_module(here)
         if self.program.get("handlers"):
             self._load_handlers(args, int(params.get("compound.threads", "0")))
         if self.metrics is not None:
@@ -192,7 +204,7 @@ class TritonPythonModel:
                     name: Value(array=np.concatenate([values[name].array() for values in inputs]))
                     for name in self.input_names
                 }
-            context = Context(requests[0].trace(), deadline)
+            context = Context(requests[0].trace(), deadline, self._row_parents(requests, sizes))
             values = await self._with_deadline(self._run_body(env, context), context)
             return self._responses(values, sizes)
         except StepError as exc:
@@ -206,6 +218,19 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - report and keep serving
             message = f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}"
             return [_error(message) for _ in requests]
+
+    def _row_parents(self, requests: list[Any], sizes: list[int]) -> Optional[list[Any]]:
+        """With tracing: each row's request span (Triton traces the calls of a merged batch under
+        the first request only; compound's spans go under every request)."""
+        if self.tracing is None:
+            return None
+        parents = self.tracing.request_parents(requests)
+        return [parent for parent, size in zip(parents, sizes) for _ in range(size)] if any(parents) else None
+
+    def _span(self, name: str, context: Context, **attributes: Any) -> Any:
+        if context.parents is None:
+            return contextlib.nullcontext()
+        return self.tracing.span(name, context.parents, pipeline=self.name, **attributes)
 
     def _inputs(self, request: Any) -> dict[str, Value]:
         values: dict[str, Value] = {}
@@ -316,9 +341,13 @@ class TritonPythonModel:
         context.running[label] = context.running.get(label, 0) + len(requests)
         try:
             with self._timed(node, scope):
-                if model in self.on_demand.models:
-                    await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
-                responses = await asyncio.gather(*(request.async_exec() for request in requests))
+                if model in self.on_demand.models and not pb_utils.is_model_ready(model_name=model):
+                    with self._span(f"load {model}", context, model=model, step=where):  # the request waits for it
+                        await self.on_demand.ensure(
+                            model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}"
+                        )
+                with self._span(f"call {model}", context, model=model, step=where, rows=_rows(scope, node)):
+                    responses = await asyncio.gather(*(request.async_exec() for request in requests))
                 if model in self.on_demand.models and any(_not_loaded(r) for r in responses):
                     # unloaded for idleness between the check and the call: load it again, once
                     await self.on_demand.ensure(model, [], f"pipeline '{self.name}': step {where}")
@@ -371,7 +400,7 @@ class TritonPythonModel:
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
         try:
-            with self._timed(node, scope):
+            with self._timed(node, scope), self._span(f"step {model}", context, model=model, step=where, rows=rows):
                 outputs = dict(self.inline[model](arrays, rows))
         except Exception as exc:  # noqa: BLE001 - user code: the step's failure, the server keeps serving
             raise StepError(
@@ -412,7 +441,7 @@ class TritonPythonModel:
         picks = [np.array(members) for _, members in chosen]
         results = await _all(
             [
-                self._block(body, {n: v.take(pick) for n, v in scope.items()}, context)
+                self._block(body, {n: v.take(pick) for n, v in scope.items()}, context.narrow(pick))
                 for (body, _), pick in zip(chosen, picks)
             ]
         )
@@ -447,6 +476,7 @@ class TritonPythonModel:
                 break
             keep = np.flatnonzero(~done)
             active = active[keep]
+            context = context.narrow(keep)
             env = {n: v.take(keep) for n, v in env.items()}
             env.update({carried: result[carried].take(keep) for carried in node["carry"]})
         return {name: _scatter(name, node["where"], rows, parts) for name, parts in finished.items()}
@@ -538,6 +568,17 @@ class OnDemand:
             client.load_model(name, headers={"triton-grpc-protocol-compound-key": self.key}, client_timeout=600)
         finally:
             client.close()
+
+
+def _rows(scope: dict[str, Value], node: Node) -> int:
+    return scope[next(iter(node["inputs"].values()))].rows() if node["inputs"] else 0
+
+
+def _tracing_module(here: str) -> Any:
+    """compound_tracing.py beside this file when the server was deployed with --otlp-endpoint, else None."""
+    if not os.environ.get("COMPOUND_OTLP_ENDPOINT"):
+        return None
+    return sys.modules.get("compound_tracing") or _sibling_module(here, "compound_tracing", required=False)
 
 
 def _consume_error(future: asyncio.Future[None]) -> None:

@@ -212,6 +212,21 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     "from a bridge-networked container, 127.0.0.1 is the container itself.",
 )
 @click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="OpenTelemetry collector (OTLP/HTTP base URL, e.g. http://127.0.0.1:4318): Triton's spans and the "
+    "runtime's (fused steps, orchestrator calls, cache lookups) go to its /v1/traces. From a bridge-networked "
+    "container, 127.0.0.1 is the container itself.",
+)
+@click.option(
+    "--trace-rate",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="With --otlp-endpoint: trace 1 request in N.",
+)
+@click.option(
     "--redis-deployment",
     is_flag=True,
     help="[kubernetes] Also render a Redis Deployment and Service, and point the pods at it (unless --redis).",
@@ -311,7 +326,7 @@ def deploy(
 ) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
     from toolkit.deploy import targets
-    from toolkit.deploy.base import DeployRequest, check_redis_url, check_repository
+    from toolkit.deploy.base import DeployRequest, check_otlp_endpoint, check_redis_url, check_repository
 
     _reject_other_targets_options(click.get_current_context(), target)
     repo = Path(repository).resolve()
@@ -357,6 +372,8 @@ def deploy(
         cores=options["cores"],
         gpu_budget=options["gpu_budget"],
         redis_url=check_redis_url(options["redis_url"]) if options["redis_url"] else None,
+        otlp_endpoint=check_otlp_endpoint(options["otlp_endpoint"]) if options["otlp_endpoint"] else None,
+        trace_rate=options["trace_rate"],
     )
     _warn_about_redis(repo, request)
     if options["dry_run"]:
@@ -415,6 +432,8 @@ def _warn_about_redis(repository: Path, request: DeployRequest) -> None:
     help="Seconds to wait until every model is ready.",
 )
 @click.option("--redis", "redis_url", default=None, metavar="URL", help="Redis for the tiered caches (see deploy).")
+@click.option("--otlp-endpoint", default=None, metavar="URL", help="OpenTelemetry collector (see deploy).")
+@click.option("--trace-rate", type=click.IntRange(1), default=1, show_default=True, help="Trace 1 request in N.")
 def serve(
     repository: str,
     host: str,
@@ -423,8 +442,11 @@ def serve(
     metrics_port: int,
     timeout_s: float,
     redis_url: Optional[str],
+    otlp_endpoint: Optional[str],
+    trace_rate: int,
 ) -> None:
     """Run Triton on REPOSITORY in the foreground until Ctrl-C."""
+    from toolkit.deploy.base import Tracing
     from toolkit.deploy.local import LocalServer
 
     server = LocalServer(
@@ -435,6 +457,7 @@ def serve(
         metrics_port=metrics_port,
         ready_timeout_s=timeout_s,
         redis_url=redis_url,
+        tracing=Tracing(otlp_endpoint, trace_rate, _deployment_name(Path(repository))) if otlp_endpoint else None,
     )
     with server:
         click.echo(f"ready: {server.endpoints.describe()} (log: {server.log_path}); Ctrl-C stops")
@@ -561,20 +584,50 @@ def stop(name: Optional[str]) -> None:
     default=None,
     help="JSON file of {input: value}; a leading batch axis is optional.",
 )
-def infer(pipeline: str, url: Optional[str], protocol: str, pairs: tuple[str, ...], data_file: Optional[Path]) -> None:
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Also print the request's span tree with durations and its critical path. The deployment must send its "
+    "spans to a loopback --otlp-endpoint nothing else listens on: this command receives them there.",
+)
+@click.option("--name", default=None, help="With --trace: the deployment (default: the only one).")
+def infer(
+    pipeline: str,
+    url: Optional[str],
+    protocol: str,
+    pairs: tuple[str, ...],
+    data_file: Optional[Path],
+    trace: bool,
+    name: Optional[str],
+) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
     from toolkit.client import DEFAULT_URLS, fetch_signature, parse_cli_inputs, to_jsonable
     from toolkit.client import infer as run_inference
 
-    url = url or DEFAULT_URLS[protocol]
+    collector = None
+    if trace:
+        from toolkit.deploy.base import load_state
+        from toolkit.tracing import deployment_collector
 
-    signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
-    inputs = parse_cli_inputs(list(pairs), data_file, signature)
-    outputs = run_inference(pipeline, url, inputs, protocol)  # type: ignore[arg-type]
-    rows = [
-        f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}" for name, value in to_jsonable(outputs).items()
-    ]
-    click.echo("{\n" + ",\n".join(rows) + "\n}")
+        state = load_state(name)
+        collector = deployment_collector(state)
+        url = url or (state.endpoints.http_url if protocol == "http" else state.endpoints.grpc_url)
+    url = url or DEFAULT_URLS[protocol]
+    try:
+        signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+        inputs = parse_cli_inputs(list(pairs), data_file, signature)
+        headers = collector.new_traceparent() if collector is not None else None
+        outputs = run_inference(pipeline, url, inputs, protocol, headers=headers)  # type: ignore[arg-type]
+        rows = [
+            f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"
+            for key, value in to_jsonable(outputs).items()
+        ]
+        click.echo("{\n" + ",\n".join(rows) + "\n}")
+        if collector is not None and headers is not None:
+            click.echo(collector.describe_trace(headers["traceparent"]))
+    finally:
+        if collector is not None:
+            collector.close()
 
 
 @cli.command()

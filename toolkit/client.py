@@ -331,8 +331,10 @@ def infer(
     protocol: Protocol = "http",
     outputs: Optional[list[str]] = None,
     timeout_s: float = 60.0,
+    headers: Optional[dict[str, str]] = None,
 ) -> dict[str, np.ndarray]:
-    """One inference; server-side errors become CompoundError with Triton's message."""
+    """One inference; server-side errors become CompoundError with Triton's message. `headers` go
+    with the request (HTTP headers or gRPC metadata: a W3C `traceparent` names its trace)."""
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     if protocol == "http":
@@ -355,7 +357,7 @@ def infer(
             request.append(tensor)
         requested = [module.InferRequestedOutput(n) for n in outputs] if outputs else None
         kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
-        result = client.infer(model, request, outputs=requested, **kwargs)
+        result = client.infer(model, request, outputs=requested, headers=headers, **kwargs)
         response = result.get_response()
         names = (
             [o["name"] for o in response["outputs"]]

@@ -32,6 +32,7 @@ MARKER = "compound.json"  # at the repository root; Triton ignores plain files t
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
 METRICS_MODULE = "compound_metrics"  # templates/metrics.py, beside every Python model
+TRACING_MODULE = "compound_tracing"  # templates/tracing.py, beside every Python model (used with --otlp-endpoint)
 
 
 def templates_dir() -> Path:
@@ -85,12 +86,14 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
     source = f"{plan.loaded.folder.name}/{plan.loaded.path.name}" if plan.loaded.folder.name else plan.loaded.path.name
     generic_model = (templates_dir() / "model.py").read_bytes()
     metrics_module = (templates_dir() / "metrics.py").read_bytes()
+    tracing = (templates_dir() / "tracing.py").read_bytes()
     for name in plan.deployed_models:
         model = plan.models[name]
         config = _render_model_config(env, plan, model, source)
         files[f"{name}/config.pbtxt"] = config.encode()
         files[f"{name}/1/model.py"] = generic_model
         files[f"{name}/1/{METRICS_MODULE}.py"] = metrics_module
+        files[f"{name}/1/{TRACING_MODULE}.py"] = tracing
         files.update(handler_files(model.handler, f"{name}/1"))
         if model.spec.tiered_cache is not None:
             files[f"{name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
@@ -105,6 +108,7 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
         else:
             for path, content in program_model_files(plan, pipeline, env).items():
                 files[path] = content.encode() if isinstance(content, str) else content
+            files[f"{name}/1/{TRACING_MODULE}.py"] = tracing
     files[MARKER] = (json.dumps(manifest(plan), indent=2, sort_keys=True) + "\n").encode()
     for path, content in files.items():
         if path.endswith("config.pbtxt"):

@@ -410,3 +410,22 @@ def test_the_dashboard_is_rendered_beside_the_manifests_with_the_scaledobjects_s
     assert (out / DASHBOARD_FILE).is_file()
     write_manifests(bare, out)
     assert not (out / DASHBOARD_FILE).exists()  # an earlier render's dashboard is not left behind
+
+
+def test_tracing_in_the_manifests(repos: dict[str, Path]) -> None:
+    """--otlp-endpoint reaches Triton's arguments, the server's environment (the runtime's own spans)
+    and the runtime sidecar, in the plain manifests and KServe's alike."""
+    options = KubernetesOptions(name="textdemo", base_image=BASE, otlp_endpoint="http://otel.monitoring:4318")
+    pod = by_kind(render_manifests(repos["cpu"], options))["Deployment"]["spec"]["template"]["spec"]
+    server, runtime = pod["containers"][0], pod["containers"][1]
+    assert "mode=opentelemetry" in server["args"]
+    assert "opentelemetry,url=http://otel.monitoring:4318/v1/traces" in server["args"]
+    env = {item["name"]: item.get("value") for item in server["env"]}
+    assert env["COMPOUND_OTLP_ENDPOINT"] == "http://otel.monitoring:4318"
+    assert '"otlp_endpoint": "http://otel.monitoring:4318"' in runtime["args"][1]
+    kserve = render_manifests(
+        repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE, kserve=True, otlp_endpoint="http://otel:4318")
+    )
+    assert "COMPOUND_OTLP_ENDPOINT" in kserve["kserve.yaml"] and "mode=opentelemetry" in kserve["kserve.yaml"]
+    plain = by_kind(render_manifests(repos["cpu"], KubernetesOptions(name="textdemo", base_image=BASE)))
+    assert "mode=opentelemetry" not in plain["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -32,6 +32,8 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 RUNTIME_GRPC_ENV = "COMPOUND_TRITON_GRPC"
 RUNTIME_KEY_ENV = "COMPOUND_API_KEY"
 REDIS_URL_ENV = "COMPOUND_REDIS_URL"  # the shared cache tier (templates/cache.py reads the same name)
+OTLP_ENDPOINT_ENV = "COMPOUND_OTLP_ENDPOINT"  # where the runtime's own spans go (templates/tracing.py)
+TRACE_SERVICE_ENV = "COMPOUND_TRACE_SERVICE"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class DeployRequest:
     gpu_budget: Optional[int] = None
     # the shared tier of components' tiered caches (local, docker, kubernetes)
     redis_url: Optional[str] = None
+    # OpenTelemetry tracing (local, docker, kubernetes): Triton's spans and the runtime's, 1 in trace_rate
+    otlp_endpoint: Optional[str] = None
+    trace_rate: int = 1
 
     def server_options(self) -> dict[str, Any]:
         """The keyword arguments every TritonServer takes, as asked for."""
@@ -96,6 +101,7 @@ class DeployRequest:
             "metrics_port": self.metrics_port,
             "ready_timeout_s": self.ready_timeout_s,
             "redis_url": self.redis_url,
+            "tracing": Tracing(self.otlp_endpoint, self.trace_rate, self.name) if self.otlp_endpoint else None,
         }
 
 
@@ -200,6 +206,69 @@ def new_api_key() -> str:
     return secrets.token_urlsafe(24)
 
 
+@dataclass(frozen=True)
+class Tracing:
+    """OpenTelemetry tracing of a deployment: Triton's own spans (every request, its models, an
+    ensemble's steps, an orchestrator's calls) and compound's runtime spans, both as OTLP/HTTP to
+    `endpoint` (a collector's base URL; /v1/traces is appended). 1 request in `rate` is traced."""
+
+    endpoint: str
+    rate: int = 1
+    service: str = "compound"
+
+    def __post_init__(self) -> None:
+        check_otlp_endpoint(self.endpoint)
+        if self.rate < 1:
+            raise CompoundError(f"--trace-rate {self.rate}: must be 1 or more (1 traces every request)")
+
+    @property
+    def traces_url(self) -> str:
+        return self.endpoint.rstrip("/") + "/v1/traces"
+
+    def server_args(self) -> list[str]:
+        """Triton's OpenTelemetry mode. TIMESTAMPS level: a span per model with its compute span.
+        Spans leave in batches every second (Triton's default of 5 s makes `infer --trace` wait), from
+        a queue large enough for a second of a busy server (the default 2048 drops spans at ~200
+        requests/s of a 5-step ensemble)."""
+        return [
+            "--trace-config",
+            "mode=opentelemetry",
+            "--trace-config",
+            f"rate={self.rate}",
+            "--trace-config",
+            "level=TIMESTAMPS",
+            "--trace-config",
+            f"opentelemetry,url={self.traces_url}",
+            "--trace-config",
+            f"opentelemetry,resource=service.name={self.service}",
+            "--trace-config",
+            "opentelemetry,bsp_schedule_delay=1000",
+            "--trace-config",
+            "opentelemetry,bsp_max_queue_size=65536",
+            "--trace-config",
+            "opentelemetry,bsp_max_export_batch_size=4096",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """What compound's runtime inside the server reads (templates/tracing.py)."""
+        return {OTLP_ENDPOINT_ENV: self.endpoint.rstrip("/"), TRACE_SERVICE_ENV: self.service}
+
+
+def check_otlp_endpoint(url: str) -> str:
+    """The URL as given, if it is an http(s) base URL; else a CompoundError naming --otlp-endpoint."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise CompoundError(
+            f"--otlp-endpoint {url!r} is not an OTLP/HTTP URL",
+            hint="give the collector's base URL, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces)",
+        )
+    if rest.rstrip("/").endswith("/v1/traces"):
+        raise CompoundError(
+            f"--otlp-endpoint {url!r} names the traces path", hint="give the base URL: /v1/traces is appended"
+        )
+    return url
+
+
 def check_repository(repository: Path) -> None:
     if not repository.is_dir():
         raise CompoundError(
@@ -270,9 +339,11 @@ class TritonServer(abc.ABC):
         extra_args: Sequence[str] = (),
         api_key: Optional[str] = None,
         redis_url: Optional[str] = None,
+        tracing: Optional[Tracing] = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.redis_url = check_redis_url(redis_url) if redis_url else None
+        self.tracing = tracing
         self.endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
         self.log_path = Path(log_path) if log_path is not None else None
         self.ready_timeout_s = ready_timeout_s
@@ -308,6 +379,8 @@ class TritonServer(abc.ABC):
         args += model_control_args(self.repository)
         if uses_response_cache(self.repository):
             args += ["--cache-config", f"local,size={self.cache_bytes}"]
+        if self.tracing is not None:
+            args += self.tracing.server_args()
         return args + self.extra_args
 
     def runtime_environment(self, grpc_port: Optional[int] = None) -> dict[str, str]:
@@ -323,6 +396,8 @@ class TritonServer(abc.ABC):
         }
         if self.redis_url:
             environment[REDIS_URL_ENV] = self.redis_url  # templates/cache.py reads it
+        if self.tracing is not None:
+            environment.update(self.tracing.environment())
         return environment
 
     def start(self) -> TritonServer:
@@ -403,6 +478,8 @@ class TritonServer(abc.ABC):
             api_key=self.api_key,
             extra={"workdir": str(workdir)},
         )
+        if self.tracing is not None:
+            state.extra.update(otlp_endpoint=self.tracing.endpoint, trace_rate=str(self.tracing.rate))
         self.record(state)
         return state
 

@@ -27,6 +27,7 @@ from toolkit.dashboard import dashboard_json, render_dashboard
 from toolkit.deploy.base import (
     DeploymentState,
     DeployRequest,
+    Tracing,
     TritonServer,
     check_redis_url,
     check_repository,
@@ -85,6 +86,8 @@ class KubernetesOptions:
     redis_image: str = "redis:7.4-alpine"
     redis_memory: str = "1Gi"
     tmp_size: str = "1Gi"  # the emptyDir at /tmp, the only path besides /dev/shm Triton writes to
+    otlp_endpoint: str = ""  # OpenTelemetry collector (OTLP/HTTP base URL) for Triton's and the runtime's spans
+    trace_rate: int = 1
 
 
 def pod_selector(name: str, namespace: str) -> str:
@@ -123,7 +126,14 @@ def pod_triton_args(
     args = triton_args("/models", (http, grpc, metrics), api_key=key, exit_timeout_s=options.exit_timeout_s)
     if uses_response_cache(repository):
         args += ["--cache-config", "local,size=67108864"]
+    tracing = pod_tracing(options)
+    if tracing is not None:
+        args += tracing.server_args()
     return args
+
+
+def pod_tracing(options: KubernetesOptions) -> Optional[Tracing]:
+    return Tracing(options.otlp_endpoint, options.trace_rate, options.name) if options.otlp_endpoint else None
 
 
 def pod_cores(cpu: str) -> float:
@@ -152,6 +162,7 @@ def pod_runtime_config(name: str, options: KubernetesOptions) -> dict[str, Any]:
         cores=pod_cores(options.cpu),
         gpus=options.gpus_per_pod,
         stubs="proc",
+        otlp_endpoint=options.otlp_endpoint,
     )
     return {key: value for key, value in vars(config).items() if key not in ("api_key", "state_file")}
 
@@ -188,6 +199,7 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
     manifest = read_manifest(repo)
     gpu = gpu_models(repo)
     image = options.image or default_image(repo, options)
+    tracing = pod_tracing(options)
     selector = {"app.kubernetes.io/name": "tritonserver", "app.kubernetes.io/instance": name}
     labels = {**selector, "app.kubernetes.io/managed-by": "compound", "app.kubernetes.io/version": __version__}
     scaled_models = (
@@ -234,6 +246,7 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
         "runtime_args": ["--inline", json.dumps(pod_runtime_config(name, options))] if options.runtime else [],
         "redis_name": f"{name}-redis",
         "redis_url": pod_redis_url(name, options),
+        "trace_env": sorted(tracing.environment().items()) if tracing is not None else [],
         "redis_image": options.redis_image,
         "redis_memory": options.redis_memory,
         "redis_maxmemory": redis_maxmemory(options.redis_memory),
@@ -454,6 +467,8 @@ class KubernetesDeployment(TritonServer):
             base_image=request.base_image,
             startup_timeout_s=int(request.ready_timeout_s),
             redis_url=request.redis_url or "",
+            otlp_endpoint=request.otlp_endpoint or "",
+            trace_rate=request.trace_rate,
             **request.kubernetes,  # type: ignore[arg-type]
         )
         return cls(

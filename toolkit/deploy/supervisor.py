@@ -17,6 +17,7 @@ drive `Supervisor.tick()` directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,6 +66,7 @@ class RuntimeConfig:
     interval_s: float = INTERVAL_S
     state_file: str = ""  # the deployment's state (to find its stubs through its target)
     stubs: str = "state"  # "state": through the recorded target; "proc": every process here (a pod)
+    otlp_endpoint: str = ""  # with tracing: each load, scale and heal action becomes a span there
 
     def save(self) -> Path:
         path = Path(self.run_dir) / CONFIG_FILE
@@ -104,6 +106,11 @@ class Supervisor:
         self.decisions: list[dict[str, Any]] = []
         self.generation = 0
         self.suspects: set[str] = set()  # components short of stubs in the last window
+        self.tracing: Any = None
+        if self.config.otlp_endpoint:
+            from toolkit.tracing import runtime_tracing
+
+            self.tracing = runtime_tracing(self.config.otlp_endpoint, f"{self.config.name}-runtime")
 
     def _read_manifest(self) -> None:
         """The component models the runtime acts on; read again when `compound update` rewrote it."""
@@ -224,9 +231,10 @@ class Supervisor:
         self.suspects = set(seen) - set(dead)
         if not dead:
             return
-        errors = load_models(
-            self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key
-        )
+        with self._span("runtime heal", ",".join(sorted(dead)), reason="; ".join(dead.values())):
+            errors = load_models(
+                self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key
+            )
         for name, why in dead.items():
             self.accounts.setdefault(name, Account()).heals += 1
             outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
@@ -241,7 +249,19 @@ class Supervisor:
         config.setdefault("parameters", {})["compound.generation"] = {"string_value": str(self.generation)}
         return config
 
+    def _span(self, name: str, model: str, **attributes: Any) -> Any:
+        """A span of one runtime action, in a trace of its own (no request caused it)."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.root_span(name, model=model, **attributes)
+
     def _apply(self, decision: Decision, now: float) -> None:
+        with self._span(
+            f"runtime {decision.action}", decision.model, instances=decision.instances, reason=decision.reason
+        ):
+            self._apply_decision(decision, now)
+
+    def _apply_decision(self, decision: Decision, now: float) -> None:
         component = self.components[decision.model]
         if decision.action == "unload":
             error = unload_model(self.config.grpc_url, decision.model, self.config.api_key)

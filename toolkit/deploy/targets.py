@@ -77,6 +77,7 @@ def start_runtime(request: DeployRequest, state: DeploymentState, workdir: Path,
         cores=float(request.cores or len(os.sched_getaffinity(0))),
         gpus=request.gpu_budget or 0,
         state_file=str(state_path),
+        otlp_endpoint=request.otlp_endpoint or "",
     )
     with open(workdir / LOG_FILE, "ab") as log:
         process = subprocess.Popen(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
@@ -86,6 +86,14 @@ if TYPE_CHECKING:
     help="Triton's metrics endpoint, for the tiered cache's columns (skipped when unreachable)  "
     "[default: the recorded deployment's when --url targets it, else 127.0.0.1:8002 without --url]",
 )
+@click.option(
+    "--critical-path/--no-critical-path",
+    "critical_path",
+    default=True,
+    show_default=True,
+    help="When the recorded deployment traces to a loopback --otlp-endpoint: receive its spans during the run and "
+    "report per pipeline the chain of steps that set the latency, with each step's share.",
+)
 def loadtest(
     pipeline: str,
     url: Optional[str],
@@ -111,6 +119,7 @@ def loadtest(
     timeline: Optional[Path],
     server_pid: Optional[int],
     metrics_url: Optional[str],
+    critical_path: bool,
 ) -> None:
     """Load-test PIPELINE on a running server with locust, and report per-model Triton statistics.
 
@@ -155,7 +164,12 @@ def loadtest(
         metrics_url=metrics_url,
         cache_steps=cache_steps,
     )
-    run_loadtest(options, echo=click.echo)
+    options.traces = trace_collector(url, protocol) if critical_path else None
+    try:
+        run_loadtest(options, echo=click.echo)
+    finally:
+        if options.traces is not None:
+            options.traces.close()
     if timeline is not None and timeline.is_file():
         click.echo(soak_summary(timeline))
 
@@ -205,6 +219,25 @@ def cache_source(url: Optional[str], protocol: str, metrics_url: Optional[str]) 
         if _same_endpoint(target, endpoints.grpc_url if protocol == "grpc" else endpoints.http_url):
             return metrics_url or endpoints.metrics_url, fused_steps(read_manifest(state.repository))
     return metrics_url or (None if url else DEFAULT_METRICS_URL), {}
+
+
+def trace_collector(url: Optional[str], protocol: str) -> Any:
+    """A SpanCollector on the recorded deployment's OTLP endpoint when the run targets a deployment
+    that traces to a loopback port; else None (with a note when it traces elsewhere)."""
+    from toolkit.errors import CompoundError
+    from toolkit.tracing import deployment_collector
+
+    state = recorded_state()
+    if state is None or not state.extra.get("otlp_endpoint"):
+        return None
+    served = state.endpoints.grpc_url if protocol == "grpc" else state.endpoints.http_url
+    if not _same_endpoint(url or DEFAULT_URLS[protocol], served):
+        return None
+    try:
+        return deployment_collector(state)
+    except CompoundError as exc:
+        click.echo(f"note: no critical path: {exc}", err=True)
+        return None
 
 
 DEFAULT_METRICS_URL = "http://127.0.0.1:8002/metrics"  # what `compound deploy` binds by default

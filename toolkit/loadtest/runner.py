@@ -67,6 +67,7 @@ class LoadTestOptions:
     extra_env: dict[str, str] = field(default_factory=dict)  # more COMPOUND_* knobs (burst lengths, steps)
     metrics_url: Optional[str] = None  # Triton's Prometheus endpoint, for the tiered cache's columns
     cache_steps: dict[str, str] = field(default_factory=dict)  # fused step -> its pipeline (compound.json)
+    traces: Optional[Any] = None  # a toolkit.tracing.SpanCollector receiving the server's spans: critical paths
 
     def check(self) -> None:
         """Option errors a user can make, before anything starts."""
@@ -410,6 +411,7 @@ class Summary:
     models: Optional[Breakdown]
     violations: list[str]
     run_dir: str
+    critical_paths: dict[str, Any] = field(default_factory=dict)  # pipeline -> tracing.PathSummary (as a dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -443,9 +445,27 @@ def format_summary(summary: Summary) -> str:
         lines.append(f"  failure x{reason['occurrences']}: {reason['error']}")
     if summary.models is not None:
         lines += ["", format_table(summary.models)]
+    if summary.critical_paths:
+        from toolkit.tracing import PathStep, PathSummary, format_critical_paths
+
+        summaries = {
+            name: PathSummary(**{**data, "steps": [PathStep(**step) for step in data["steps"]]})
+            for name, data in summary.critical_paths.items()
+        }
+        lines += ["", format_critical_paths(summaries)]
     for violation in summary.violations:
         lines.append(f"FAILED: {violation}")
     return "\n".join(lines)
+
+
+def critical_paths(collector: Any) -> dict[str, Any]:
+    """Per pipeline, the critical path of the traced requests of the run (after the exporters' last
+    batches arrived: Triton sends every second, the runtime every half second)."""
+    from toolkit.tracing import summarize_critical_paths
+
+    time.sleep(1.2)  # at least one export period after the last request
+    collector.settle()
+    return {name: asdict(summary) for name, summary in summarize_critical_paths(collector.traces().values()).items()}
 
 
 def _append_html(report: Path, section: str) -> None:
@@ -493,6 +513,8 @@ def run_loadtest(
     before = fetch_stats(options.url, options.protocol)
     cache_before = cachestats.scrape(options.metrics_url)  # None: no cache columns
     runner = LocustRunner(options, run_dir)
+    if options.traces is not None:
+        options.traces.clear()
     with runner:
         if options.ui:
             echo(
@@ -519,6 +541,7 @@ def run_loadtest(
     except CompoundError as exc:  # the server died during the run: still report what locust saw
         echo(f"warning: no per-model breakdown: {exc}")
         models = None
+    paths = critical_paths(options.traces) if options.traces is not None else {}
     summary = Summary(
         pipeline=options.pipeline,
         protocol=options.protocol,
@@ -531,6 +554,7 @@ def run_loadtest(
         models=models,
         violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio),
         run_dir=str(run_dir),
+        critical_paths=paths,
     )
     _write_outputs(options, runner, summary)
     echo(format_summary(summary))

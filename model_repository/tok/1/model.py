@@ -210,30 +210,16 @@ def component_cache(component: str, settings: Optional[dict[str, Any]], args: di
     """The component's tiered cache (compound_cache.py beside this file), or None without one."""
     if not settings:
         return None
-    module = sibling_module("compound_cache", here)
-    return module.TieredCache(component, settings, instance=args.get("model_instance_name", ""), log=log_warning)
-
-
-def sibling_module(name: str, here: str) -> Any:
-    """A runtime module copied beside this file (compound_cache.py, compound_metrics.py), loaded
-    once per process from its path (the server's working directory comes first on sys.path)."""
-    module = sys.modules.get(name)
+    path = os.path.join(here, "compound_cache.py")
+    module = sys.modules.get("compound_cache")
     if module is None:
-        path = os.path.join(here, f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location("compound_cache", path)
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {name} from {path}")
+            raise ImportError(f"cannot load the cache runtime from {path}")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules["compound_cache"] = module
         spec.loader.exec_module(module)
-    return module
-
-
-def instance_metrics(model: str, args: dict[str, str], here: str) -> Any:
-    """The instance's compound_metrics.Metrics; None in a folder without compound_metrics.py."""
-    if not os.path.isfile(os.path.join(here, "compound_metrics.py")):
-        return None
-    return sibling_module("compound_metrics", here).Metrics(model, args.get("model_instance_name", ""))
+    return module.TieredCache(component, settings, instance=args.get("model_instance_name", ""), log=log_warning)
 
 
 def log_warning(message: str) -> None:
@@ -278,9 +264,6 @@ class TritonPythonModel:
             self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs, cache=cache
         )
         limit_native_threads(threads)
-        self.metrics = instance_metrics(self.model_name, args, here)
-        if self.metrics is not None:
-            self.metrics.loaded([self.model_name])
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [
@@ -339,8 +322,6 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        if self.metrics is not None:
-            self.metrics.unloaded()
         self.runner.close()
 
 
