@@ -210,16 +210,38 @@ def component_cache(component: str, settings: Optional[dict[str, Any]], args: di
     """The component's tiered cache (compound_cache.py beside this file), or None without one."""
     if not settings:
         return None
-    path = os.path.join(here, "compound_cache.py")
-    module = sys.modules.get("compound_cache")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("compound_cache", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the cache runtime from {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["compound_cache"] = module
-        spec.loader.exec_module(module)
+    module = sibling_module("compound_cache", here)
     return module.TieredCache(component, settings, instance=args.get("model_instance_name", ""), log=log_warning)
+
+
+def sibling_module(name: str, here: str) -> Any:
+    """A runtime module copied beside this file (compound_cache.py, compound_metrics.py,
+    compound_tracing.py), loaded once per process from its path (the server's working directory
+    comes first on sys.path)."""
+    module = sys.modules.get(name)
+    if module is None:
+        path = os.path.join(here, f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {name} from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def instance_metrics(model: str, args: dict[str, str], here: str) -> Any:
+    """The instance's compound_metrics.Metrics; None in a folder without compound_metrics.py."""
+    if not os.path.isfile(os.path.join(here, "compound_metrics.py")):
+        return None
+    return sibling_module("compound_metrics", here).Metrics(model, args.get("model_instance_name", ""))
+
+
+def tracing_module(here: str) -> Any:
+    """compound_tracing.py when the server was deployed with --otlp-endpoint, else None (not even imported)."""
+    if not os.environ.get("COMPOUND_OTLP_ENDPOINT") or not os.path.isfile(os.path.join(here, "compound_tracing.py")):
+        return None
+    return sibling_module("compound_tracing", here)
 
 
 def log_warning(message: str) -> None:
@@ -264,8 +286,16 @@ class TritonPythonModel:
             self.model_name, params["compound.handler"], handler_parameters, instance_device(args), outputs, cache=cache
         )
         limit_native_threads(threads)
+        self.metrics = instance_metrics(self.model_name, args, here)
+        if self.metrics is not None:
+            self.metrics.loaded([self.model_name])
+        # spans of cache lookups under each request's trace: the only spans a component adds to Triton's
+        self.tracing = tracing_module(here) if cache is not None else None
+        self.parents: Optional[list[Any]] = None
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.tracing is not None:
+            self.parents = self.tracing.request_parents(requests)
         inputs = [
             [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
             for request in requests
@@ -298,7 +328,8 @@ class TritonPythonModel:
                 columns = list(zip(*(inputs[m] for m in members)))
                 sizes = [a.shape[0] for a in columns[0]]
                 arrays = [np.concatenate(column) for column in columns]
-            outputs = self.runner(dict(zip(self.input_names, arrays)), sum(sizes))
+            with self._traced(members):
+                outputs = self.runner(dict(zip(self.input_names, arrays)), sum(sizes))
         except Exception as exc:  # noqa: BLE001 - the handler is user code; report, keep serving
             if len(members) > 1:
                 # Pin the error on the requests that cause it by bisection: k bad requests among n cost
@@ -321,7 +352,14 @@ class TritonPythonModel:
             start = end
         return responses
 
+    def _traced(self, members: list[int]) -> Any:
+        if self.tracing is None or self.parents is None:
+            return contextlib.nullcontext()
+        return self.tracing.under([self.parents[m] for m in members])
+
     def finalize(self) -> None:
+        if self.metrics is not None:
+            self.metrics.unloaded()
         self.runner.close()
 
 
