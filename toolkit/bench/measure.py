@@ -91,12 +91,19 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
             result["other_cpu_pct"] = max(
                 0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"]
             )
-            before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
-            shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
+            # matched by pid: a process may change its title meanwhile (Ray names a worker after its current task)
+            before = {_pid(k): v for k, v in per_process["MEASURE_START"].items()}
+            after = per_process["MEASURE_END"]
+            shares = {k: 100.0 * (after[k] - before.get(_pid(k), 0.0)) / span for k in after}
             result["server_cpu_by_process_pct"] = {
                 k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5
             }
     return result
+
+
+def _pid(key: str) -> str:
+    """The pid of a per_process key 'name[pid]'."""
+    return key.rsplit("[", 1)[-1]
 
 
 def machine_busy_s() -> float:
