@@ -51,6 +51,7 @@ def test_peaks_over_both_baselines_and_the_ceiling() -> None:
         "x_static": 6.0,  # 600 / static's peak 100 (at c=4), not / static at c=16
         "x_ensemble": 3.0,
         "of_ceiling": 0.6,
+        "server_cpu_ms_per_request": 2.5,  # 150% of a core over 600 req/s
     }
     assert summary["ensemble"]["x_ensemble"] == 1.0 and summary["static"]["x_static"] == 1.0
     assert "ceiling" not in summary  # no load points: it is the reference, not a row

@@ -305,6 +305,9 @@ def summarize(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             other = peaks.get(base)
             row[f"x_{base}"] = round(best["throughput_rps"] / other["throughput_rps"], 2) if other else None
         row["of_ceiling"] = round(best["throughput_rps"] / ceiling_rps, 3) if ceiling_rps else None
+        # server CPU per request at that point: what the serving path costs, even when the machine is shared
+        cpu = best.get("server_cpu_pct")
+        row["server_cpu_ms_per_request"] = round(10.0 * cpu / best["throughput_rps"], 3) if cpu else None
         if report["profiles"][name].get("cache_hits_included"):
             row["cache_hits_included"] = report["profiles"][name]["cache_hits_included"]
         summary[name] = row
@@ -434,10 +437,11 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("summary"):
         lines.append(
             "peaks (each profile at its best concurrency), over static, over ensemble (the spec as written),"
-            " and as a fraction of the ceiling:"
+            " as a fraction of the ceiling, and the server's CPU time per request there:"
         )
         header = (
             f"{'profile':<15} {'req/s':>9} {'conc':>5} {'p95 ms':>8} {'x static':>9} {'x ensemble':>11} {'ceiling':>8}"
+            f" {'CPU ms/req':>11}"
         )
         lines += [header, "-" * len(header)]
         for name, row in report["summary"].items():
@@ -445,7 +449,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{name:<15} {row['peak_rps']:9.1f} {row['concurrency']:>5} {row['p95_ms']:8.2f}"
                 f" {_ratio(row.get('x_static')):>9} {_ratio(row.get('x_ensemble')):>11}"
-                f" {_frac(row.get('of_ceiling')):>8}" + (f"  ({notes})" if notes else "")
+                f" {_frac(row.get('of_ceiling')):>8} {_ms(row.get('server_cpu_ms_per_request')):>11}"
+                + (f"  ({notes})" if notes else "")
             )
     if report.get("targets"):
         lines.append("targets:")
@@ -464,3 +469,7 @@ def _ratio(value: Optional[float]) -> str:
 
 def _frac(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
