@@ -78,3 +78,14 @@ def test_cached_figures_are_labelled() -> None:
     assert all(t.get("note") for t in report["targets"] if t["target"].startswith("fused vs"))
     table = format_table(report)
     assert table.count("include cache hits") >= 2  # under the profile's points and in the peaks table
+
+
+def test_no_verdict_against_a_peer_when_the_machine_was_shared() -> None:
+    report = _report()
+    for point in report["profiles"]["ray-serve-fused"]["points"]:
+        point["other_cpu_pct"] = 90.0
+    [peer] = [t for t in evaluate_targets(report) if "ray-serve-fused" in t["target"]]
+    assert peer["met"] is None and peer["value"] == 4.0 and "not established" in peer["note"]
+    report["summary"] = summarize(report)
+    report["targets"] = evaluate_targets(report)
+    assert "n/a  fused >= 1.5x ray-serve-fused" in format_table(report)

@@ -35,6 +35,7 @@ from toolkit.plan.allocate import Allocation, allocate
 from toolkit.system import free_ports
 
 REQUEST_POOL = 512  # distinct request rows the client cycles through
+SHARED_MACHINE_PCT = 25.0  # other processes' CPU (% of a core) above which a peer comparison is not established
 
 
 @dataclass
@@ -390,8 +391,19 @@ def _peer_target(
     if peer_best is None:
         return [{"target": label, "value": None, "met": None, "note": result.get("error", "not measured")}]
     eligible = [p for p in ours if p["latency_ms"]["p95"] <= peer_best["latency_ms"]["p95"]]
-    value = max((p["throughput_rps"] for p in eligible), default=0.0) / peer_best["throughput_rps"]
-    return [{"target": label, "value": round(value, 2), "met": value >= 1.5}]
+    ours_best = max(eligible, key=lambda p: p["throughput_rps"], default=None)
+    value = (ours_best["throughput_rps"] if ours_best else 0.0) / peer_best["throughput_rps"]
+    target: dict[str, Any] = {"target": label, "value": round(value, 2), "met": value >= 1.5}
+    # A peer runs many more processes than a Triton deployment; when something else shares the cores, the
+    # kernel's split between them, not the serving path, decides the ratio: no verdict then.
+    other = max((p.get("other_cpu_pct") or 0.0) for p in (peer_best, ours_best) if p is not None)
+    if other > SHARED_MACHINE_PCT:
+        target["met"] = None
+        target["note"] = (
+            f"not established: the machine was shared during the run (other CPU {other:.0f}% of a core at the"
+            " compared points); compare server CPU per request instead"
+        )
+    return [target]
 
 
 def format_table(report: dict[str, Any]) -> str:
