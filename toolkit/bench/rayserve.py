@@ -52,7 +52,7 @@ RAY_ENV = {
     # Ray Serve's documented throughput mode (user code and router on the replica's own event loop,
     # buffered request logs, gRPC between deployments) ...
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # ... without direct ingress, which binds fixed port ranges: requests go through the HTTP proxy.
+    # ... without direct ingress (a port per replica and a load balancer in front): requests go through the proxy.
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
 
