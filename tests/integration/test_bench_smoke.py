@@ -1,6 +1,7 @@
-"""A short real run of `compound bench` on the synthetic example: three profiles (static,
-optimized, fused), one concurrency, a few seconds each. Checks that the table, results.json and the
-PNG plots come out and are sane."""
+"""A short real run of `compound bench` on the synthetic example: four profiles (the static and
+ensemble baselines, optimized, fused), one concurrency, a few seconds each. Checks that the table,
+results.json (with every generated profile over both baselines) and the PNG plots come out and are
+sane."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "--pipeline",
             "fanout",
             "--profiles",
-            "static,optimized,fused",
+            "static,ensemble,optimized,fused",
             "--concurrency",
             "4",
             "--duration",
@@ -48,11 +49,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     report = json.loads((out / "results.json").read_text())
     assert report["pipeline"] == "fanout"
-    assert set(report["profiles"]) == {"static", "optimized", "fused"}
+    assert set(report["profiles"]) == {"static", "ensemble", "optimized", "fused"}
     assert set(report["allocation"]["counts"]) == {"encode", "branch_a", "branch_b", "branch_c", "join"}
     assert all(n >= 1 for n in report["allocation"]["counts"].values())
     assert report["compute"]["per_request_ms_batch1"] > 0
-    for name in ("static", "optimized", "fused"):
+    for name in ("static", "ensemble", "optimized", "fused"):
         profile = report["profiles"][name]
         assert "error" not in profile, profile
         assert profile["cold_start_s"] > 0 and profile["first_request_ms"] > 0
@@ -67,9 +68,21 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # static chains the models from the client: one round trip per step
     assert report["profiles"]["static"]["dynamic_batching"] is False
     assert report["profiles"]["optimized"]["dynamic_batching"] is True
+    # ensemble is the spec as written: its batching and its instance counts
+    assert report["profiles"]["ensemble"]["dynamic_batching"] is True
+    assert report["profiles"]["ensemble"]["instances"] == {m: 1 for m in report["allocation"]["counts"]}
     assert report["profiles"]["fused"]["dynamic_batching"] is True
     assert any(t["target"].startswith("optimized vs static") for t in report["targets"])
     assert any(t["target"].startswith("fused vs static") for t in report["targets"])
+    # every profile's peak over both baselines, from the measured points
+    summary = report["summary"]
+    for name in ("optimized", "fused"):
+        peak = max(p["throughput_rps"] for p in report["profiles"][name]["points"])
+        for base in ("static", "ensemble"):
+            base_peak = report["profiles"][base]["points"][0]["throughput_rps"]
+            assert summary[name][f"x_{base}"] == pytest.approx(peak / base_peak, abs=0.01)
+        assert any(t["target"].startswith(f"{name} vs ensemble (the spec as written)") for t in report["targets"])
+    assert "x ensemble" in result.output
 
     plots = [Path(p) for p in report["plots"]]
     assert {p.name for p in plots} == {"latency_vs_throughput.png", "component_breakdown.png"}
@@ -100,3 +113,24 @@ def test_bench_fails_when_a_profile_fails_and_runs_without_matplotlib(tmp_path: 
     assert report["plots"] == [] and report["profiles"]["ceiling"]["throughput_rps"] > 0
     if not with_ray:
         assert done.returncode == 1 and "1 of 2 profile(s) failed: ray-serve" in done.stderr
+
+
+def test_bench_http_driver_and_the_fused_ray_peer(tmp_path: Path) -> None:
+    """The same KServe v2 binary requests go to Triton's HTTP endpoint (--driver http) and, where
+    ray[serve] is installed, to the fused Ray Serve deployment; both answer every request."""
+    with_ray = importlib.util.find_spec("ray") is not None
+    profiles = "fused,ray-serve-fused" if with_ray else "fused"
+    out = tmp_path / "bench"
+    args = [str(SPEC), "-p", "fanout", "--profiles", profiles, "--driver", "http", "--cores", "2"]
+    args += ["--concurrency", "4", "--duration", "2s", "--warmup", "0.5s", "--out", str(out)]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "results.json").read_text())
+    for name in profiles.split(","):
+        [point] = report["profiles"][name]["points"]
+        assert point["errors"] == 0, point["error_samples"]
+        assert point["completed"] > 10
+    if with_ray:
+        ray = report["profiles"]["ray-serve-fused"]
+        assert ray["instances"] == {"fanout": 2} and ray["threads"] == {"fanout": 1}
+        assert ray["ray_env"]["RAY_worker_niceness"] == "0"

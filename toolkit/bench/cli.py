@@ -50,7 +50,18 @@ def _int_list(value: str) -> list[int]:
     help="Core budget for instance planning and the ceiling; with --workload, the runtime's (default: all).",
 )
 @click.option(
-    "--driver", type=click.Choice(["grpc", "locust"]), default="grpc", show_default=True, help="Load generator."
+    "--driver",
+    type=click.Choice(["grpc", "http", "locust"]),
+    default="grpc",
+    show_default=True,
+    help="Load generator: lean gRPC client, the same over HTTP (KServe v2 binary tensors, the encoding the Ray Serve "
+    "peer gets), or the project's locustfile.",
+)
+@click.option(
+    "--keep-cache",
+    is_flag=True,
+    help="Keep the models' declared caches (off by default: the load cycles a fixed pool of request rows, so a "
+    "cached profile would measure its hit rate). Figures are then labelled as including cache hits.",
 )
 @click.option(
     "--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
@@ -81,6 +92,7 @@ def bench(
     warmup: str,
     cores: int,
     driver: str,
+    keep_cache: bool,
     out: Path,
     workload: Optional[str],
     phase_seconds: float,
@@ -106,6 +118,7 @@ def bench(
         warmup_s=parse_duration(warmup, "--warmup", allow_zero=True),
         cores=cores,
         driver=driver,
+        keep_cache=keep_cache,
         command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         tuned=tuned,
     )

@@ -12,14 +12,13 @@ at job["result"]).
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -46,7 +45,9 @@ class Job:
     warmup_s: float
     result: str
     timeout_s: float = 30.0
-    protocol: str = "triton-grpc"  # or "http-npz": POST one .npz of the inputs to `url`, read one .npz back
+    # "triton-grpc", or "http-v2": each call a POST to url + /v2/models/<model>/infer in KServe v2's binary
+    # tensor encoding (what Triton's HTTP endpoint takes; the Ray Serve peer decodes the same bytes)
+    protocol: str = "triton-grpc"
 
     @staticmethod
     def load(path: str | Path) -> Job:
@@ -86,40 +87,127 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """Arrays as one .npz; strings travel as fixed-width bytes, so no pickle is ever needed."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: (v.astype(np.bytes_) if v.dtype == np.object_ else v) for k, v in arrays.items()})
-    return buffer.getvalue()
+V2_HEADER = "Inference-Header-Content-Length"  # KServe v2 binary extension: length of the JSON part
 
 
-def from_npz(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: (npz[k].astype(np.object_) if npz[k].dtype.kind == "S" else npz[k]) for k in npz.files}
+def v2_request(
+    inputs: dict[str, np.ndarray], datatypes: dict[str, str], outputs: list[str]
+) -> tuple[bytes, dict[str, str]]:
+    """One KServe v2 inference request with binary tensor data: (body, headers), built by tritonclient."""
+    import tritonclient.http as httpclient
+
+    items = []
+    for name, value in inputs.items():
+        item = httpclient.InferInput(name, list(value.shape), datatypes[name])
+        item.set_data_from_numpy(value, binary_data=True)
+        items.append(item)
+    requested = [httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(items, outputs=requested)
+    headers = {"Content-Type": "application/octet-stream"}
+    if json_size is not None:
+        headers[V2_HEADER] = str(json_size)
+    return body, headers
+
+
+def v2_response_arrays(body: bytes, header_length: Optional[str], names: list[str]) -> dict[str, np.ndarray]:
+    import tritonclient.http as httpclient
+
+    result = httpclient.InferenceServerClient.parse_response_body(
+        body, header_length=int(header_length) if header_length else None
+    )
+    return {n: result.as_numpy(n) for n in names}
+
+
+def decode_v2_request(body: bytes, header_length: Optional[str]) -> dict[str, np.ndarray]:
+    """Server side of v2_request (the Ray Serve peer): the request's tensors, binary or JSON data."""
+    from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
+
+    size = int(header_length) if header_length else len(body)
+    header = json.loads(body[:size])
+    offset, arrays = size, {}
+    for item in header["inputs"]:
+        shape, datatype = item["shape"], item["datatype"]
+        length = (item.get("parameters") or {}).get("binary_data_size")
+        if length is None:  # JSON data
+            value = np.asarray(item["data"], dtype=np.object_ if datatype == "BYTES" else triton_to_np_dtype(datatype))
+        elif datatype == "BYTES":
+            value = deserialize_bytes_tensor(body[offset : offset + length])
+        else:
+            value = np.frombuffer(body[offset : offset + length], dtype=triton_to_np_dtype(datatype))
+        offset += length or 0
+        arrays[item["name"]] = value.reshape(shape)
+    return arrays
+
+
+def encode_v2_response(outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 response with binary tensor data, as Triton's HTTP endpoint answers."""
+    from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+    described, blobs = [], []
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if value.dtype == np.object_ or value.dtype.kind in "SU":
+            serialized = serialize_byte_tensor(value.astype(np.object_))
+            raw = serialized.item() if serialized.size > 0 else b""
+            datatype = "BYTES"
+        else:
+            raw = np.ascontiguousarray(value).tobytes()
+            datatype = np_to_triton_dtype(value.dtype)
+        described.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(value.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        blobs.append(raw)
+    head = json.dumps({"outputs": described}).encode()
+    return head + b"".join(blobs), {"Content-Type": "application/octet-stream", V2_HEADER: str(len(head))}
 
 
 async def run_job(job: Job) -> DriverResult:
-    if job.protocol == "http-npz":
+    if job.protocol == "http-v2":
         return await _run_closed_loop(job, *await _http_sender(job))
     return await _run_closed_loop(job, *await _grpc_sender(job))
 
 
 async def _http_sender(job: Job) -> tuple[Any, Any, int]:
-    """POST pre-serialised rows to an HTTP endpoint (the Ray Serve peer)."""
+    """Each call a POST in KServe v2's binary encoding (Triton's HTTP endpoint, or the Ray Serve peer)."""
     import aiohttp
 
     rows = dict(np.load(job.rows_file, allow_pickle=True))
     pool = len(next(iter(rows.values())))
-    bodies = [npz_bytes({t: v[i : i + 1] for t, v in rows.items()}) for i in range(pool)]
+    first = job.stages[0]
+    urls = [[f"{job.url.rstrip('/')}/v2/models/{call.model}/infer" for call in stage] for stage in job.stages]
+
+    def request(call: Call, env: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+        dtypes = {n: job.datatypes[t] for n, t in call.inputs.items()}
+        return v2_request({n: env[t] for n, t in call.inputs.items()}, dtypes, list(call.outputs))
+
+    # the first stage's bodies are built once per row: the client spends its CPU on sending only
+    prebuilt = [[request(call, {t: v[i : i + 1] for t, v in rows.items()}) for call in first] for i in range(pool)]
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=job.timeout_s)
     )
 
-    async def one_request(i: int) -> None:
-        async with session.post(job.url, data=bodies[i]) as response:
-            body = await response.read()
+    async def post(url: str, body: bytes, headers: dict[str, str], call: Call, keep: bool) -> dict[str, np.ndarray]:
+        async with session.post(url, data=body, headers=headers) as response:
+            data = await response.read()
             if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+                raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+            return v2_response_arrays(data, response.headers.get(V2_HEADER), list(call.outputs)) if keep else {}
+
+    async def one_request(i: int) -> None:
+        env: dict[str, np.ndarray] = {t: v[i : i + 1] for t, v in rows.items()} if len(job.stages) > 1 else {}
+        for s, stage in enumerate(job.stages):
+            bodies = prebuilt[i] if s == 0 else [request(call, env) for call in stage]
+            keep = s + 1 < len(job.stages)
+            results = await asyncio.gather(*(post(urls[s][k], *bodies[k], call, keep) for k, call in enumerate(stage)))
+            for call, result in zip(stage, results):
+                for out_name, tensor in call.outputs.items():
+                    if out_name in result:
+                        env[tensor] = result[out_name]
 
     return one_request, session.close, pool
 
@@ -224,7 +312,7 @@ async def _run_closed_loop(job: Job, one_request: Any, close: Any, pool: int) ->
 
 def first_response(job: Job, timeout_s: float) -> tuple[float, float]:
     """Retry one request until it succeeds: (seconds spent until then, that request's latency)."""
-    if job.protocol == "http-npz":
+    if job.protocol == "http-v2":
         return _first_http_response(job, timeout_s)
     import tritonclient.grpc as grpcclient
 
@@ -261,16 +349,22 @@ def _first_http_response(job: Job, timeout_s: float) -> tuple[float, float]:
     import urllib.request
 
     rows = dict(np.load(job.rows_file, allow_pickle=True))
-    body = npz_bytes({t: v[:1] for t, v in rows.items()})
     began = time.perf_counter()
     last_error = ""
     while time.perf_counter() - began < timeout_s:
         start = time.perf_counter()
         try:
-            # job.url is the loopback Ray Serve ingress we started (http://127.0.0.1:<port>/)
-            request = urllib.request.Request(job.url, data=body, method="POST")  # noqa: S310 - loopback URL
-            with urllib.request.urlopen(request, timeout=job.timeout_s) as response:  # noqa: S310 - loopback, as above
-                response.read()
+            env = {t: v[:1] for t, v in rows.items()}
+            for stage in job.stages:
+                for call in stage:
+                    dtypes = {n: job.datatypes[t] for n, t in call.inputs.items()}
+                    body, headers = v2_request({n: env[t] for n, t in call.inputs.items()}, dtypes, list(call.outputs))
+                    url = f"{job.url.rstrip('/')}/v2/models/{call.model}/infer"  # a loopback server we started
+                    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+                    with urllib.request.urlopen(request, timeout=job.timeout_s) as response:  # noqa: S310 - as above
+                        data = response.read()
+                        found = v2_response_arrays(data, response.headers.get(V2_HEADER), list(call.outputs))
+                    env.update({t: found[n] for n, t in call.outputs.items()})
             end = time.perf_counter()
             return end - began, end - start
         except Exception as exc:  # noqa: BLE001 - not ready yet: retry until the deadline

@@ -91,12 +91,19 @@ def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Call
             result["other_cpu_pct"] = max(
                 0.0, 100.0 * (b1 - b0) / span - result["server_cpu_pct"] - result["client_cpu_pct"]
             )
-            before, after = per_process["MEASURE_START"], per_process["MEASURE_END"]
-            shares = {k: 100.0 * (after[k] - before.get(k, 0.0)) / span for k in after}
+            # matched by pid: a process may change its title meanwhile (Ray names a worker after its current task)
+            before = {_pid(k): v for k, v in per_process["MEASURE_START"].items()}
+            after = per_process["MEASURE_END"]
+            shares = {k: 100.0 * (after[k] - before.get(_pid(k), 0.0)) / span for k in after}
             result["server_cpu_by_process_pct"] = {
                 k: round(v, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:12] if v >= 0.5
             }
     return result
+
+
+def _pid(key: str) -> str:
+    """The pid of a per_process key 'name[pid]'."""
+    return key.rsplit("[", 1)[-1]
 
 
 def machine_busy_s() -> float:
@@ -146,20 +153,25 @@ def measure_server(
     load generator at each concurrency, stop the server (always). What `bench` measures each server
     profile with and `tune` each candidate with: one measurement, one code path."""
     from toolkit.bench.driver import first_response
+    from toolkit.bench.profiles import tensor_datatypes
     from toolkit.deploy.local import LocalServer
     from toolkit.render import render_repository
     from toolkit.system import free_ports
 
     repo = render_repository(plan, repo_dir)
     http, grpc, metrics = free_ports(3)
-    datatypes = {t: spec.v2_datatype for t, spec in plan.pipelines[pipeline].tensors.items()}
+    datatypes = tensor_datatypes(plan, pipeline)
     result: dict[str, Any] = {"repository": str(repo), "points": []}
     began = time.perf_counter()
     with LocalServer(
         repo, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / f"tritonserver-{name}.log"
     ) as server:
         ready_s = time.perf_counter() - began
-        probe = Job(server.grpc_url, stages, datatypes, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"))
+        # http: the same KServe v2 binary requests the Ray Serve peer takes, to Triton's HTTP endpoint
+        url, protocol = (
+            (f"http://{server.http_url}", "http-v2") if driver == "http" else (server.grpc_url, "triton-grpc")
+        )
+        probe = Job(url, stages, datatypes, str(rows_file), 1, 0.0, 0.0, str(work / "probe.json"), protocol=protocol)
         until_first, first_latency = first_response(probe, timeout_s=60.0)
         result["ready_s"] = ready_s
         result["cold_start_s"] = ready_s + until_first
@@ -171,7 +183,7 @@ def measure_server(
         cpu = ProcessCpu(server.pid) if server.pid else None
         for c in concurrency:
             job = Job(
-                server.grpc_url,
+                url,
                 stages,
                 datatypes,
                 str(rows_file),
@@ -179,6 +191,7 @@ def measure_server(
                 duration_s,
                 warmup_s,
                 str(work / f"result-{name}-{c}.json"),
+                protocol=protocol,
             )
             if driver == "locust":
                 from toolkit.bench.locust_driver import run_locust

@@ -1,0 +1,91 @@
+"""How bench reports its figures: every measured profile over both baselines (static, and ensemble:
+the spec as written), peers compared at equal or lower P95, cached figures labelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.bench.runner import evaluate_targets, format_table, summarize
+
+
+def _point(c: int, rps: float, p95: float) -> dict[str, Any]:
+    lat = {"p50": p95 / 2, "p90": p95 * 0.9, "p95": p95, "p99": p95 * 1.1, "mean": p95 / 2, "max": p95 * 1.2}
+    return {
+        "concurrency": c,
+        "throughput_rps": rps,
+        "completed": int(rps * 5),
+        "errors": 0,
+        "latency_ms": lat,
+        "client_cpu_pct": 10.0,
+        "server_cpu_pct": 150.0,
+        "other_cpu_pct": 0.0,
+    }
+
+
+def _report(**extra: Any) -> dict[str, Any]:
+    profiles: dict[str, Any] = {
+        "static": {"description": "s", "points": [_point(4, 100.0, 50.0), _point(16, 80.0, 300.0)]},
+        "ensemble": {"description": "e", "points": [_point(4, 150.0, 30.0), _point(16, 200.0, 90.0)]},
+        "fused": {"description": "f", "points": [_point(4, 300.0, 15.0), _point(16, 600.0, 30.0)]},
+        "ceiling": {"description": "c", "throughput_rps": 1000.0},
+        "ray-serve-fused": {"description": "r", "points": [_point(4, 100.0, 40.0), _point(16, 150.0, 120.0)]},
+    }
+    for name, fields in extra.items():
+        profiles[name.replace("_", "-")].update(fields)
+    return {
+        "pipeline": "p",
+        "spec": "spec.yaml",
+        "machine": {"cores": 2, "cpu": "cpu"},
+        "compute": {"per_request_ms_batch1": 1.0, "per_request_ms_best": 0.5, "best_batch": 32},
+        "allocation": {"counts": {"a": 1}},
+        "profiles": profiles,
+    }
+
+
+def test_peaks_over_both_baselines_and_the_ceiling() -> None:
+    summary = summarize(_report())
+    assert summary["fused"] == {
+        "peak_rps": 600.0,
+        "concurrency": 16,
+        "p95_ms": 30.0,
+        "x_static": 6.0,  # 600 / static's peak 100 (at c=4), not / static at c=16
+        "x_ensemble": 3.0,
+        "of_ceiling": 0.6,
+        "server_cpu_ms_per_request": 2.5,  # 150% of a core over 600 req/s
+    }
+    assert summary["ensemble"]["x_ensemble"] == 1.0 and summary["static"]["x_static"] == 1.0
+    assert "ceiling" not in summary  # no load points: it is the reference, not a row
+
+
+def test_targets_name_both_baselines_and_each_peer() -> None:
+    report = _report()
+    report["summary"] = summarize(report)
+    targets = {t["target"]: t for t in evaluate_targets(report)}
+    assert targets["fused vs static throughput >= 4x"]["value"] == 6.0
+    assert targets["fused vs ensemble (the spec as written) throughput >= 1.5x"]["value"] == 3.0
+    peer = targets["fused >= 1.5x ray-serve-fused throughput at equal or lower P95"]
+    assert peer["value"] == 4.0 and peer["met"]  # fused at c=16 (p95 30 <= 120) over the peer's 150
+    table = format_table(report)
+    assert "x ensemble" in table and "6.00x" in table and "3.00x" in table
+
+
+def test_cached_figures_are_labelled() -> None:
+    note = "cache on for a: requests cycle 512 rows, so figures include cache hits"
+    report = _report(fused={"cache_hits_included": note})
+    report["summary"] = summarize(report)
+    report["targets"] = evaluate_targets(report)
+    assert report["summary"]["fused"]["cache_hits_included"] == note
+    assert all(t.get("note") for t in report["targets"] if t["target"].startswith("fused vs"))
+    table = format_table(report)
+    assert table.count("include cache hits") >= 2  # under the profile's points and in the peaks table
+
+
+def test_no_verdict_against_a_peer_when_the_machine_was_shared() -> None:
+    report = _report()
+    for point in report["profiles"]["ray-serve-fused"]["points"]:
+        point["other_cpu_pct"] = 90.0
+    [peer] = [t for t in evaluate_targets(report) if "ray-serve-fused" in t["target"]]
+    assert peer["met"] is None and peer["value"] == 4.0 and "not established" in peer["note"]
+    report["summary"] = summarize(report)
+    report["targets"] = evaluate_targets(report)
+    assert "n/a  fused >= 1.5x ray-serve-fused" in format_table(report)
