@@ -27,11 +27,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES
+from tests.integration.load import Load
 from tests.integration.test_serving import TEXTS, reference, strings
+from tests.integration.test_update import PIPELINES, answer, write_spec, x_input
 from toolkit.client import infer
 from toolkit.deploy.docker import DockerServer, connect
 from toolkit.deploy.local import LocalServer
 from toolkit.deploy.redis import RedisServer
+from toolkit.deploy.update import Live, rollback, update
 from toolkit.errors import CompoundError, ServerError
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
@@ -177,6 +180,30 @@ def test_cached_components_in_a_container_share_the_hosts_redis(base_image: str,
     redis_hits = r'compound_cache_hits_total\{component="encode",instance="encode_0_0",tier="redis"\} (\d+)'
     hits = re.search(redis_hits, metrics)
     assert hits and int(hits.group(1)) >= 2, metrics  # both rows (and the warmup input, written by the container)
+
+
+def test_update_and_rollback_of_a_container_under_load(base_image: str, tmp_path: Path) -> None:
+    """`compound update` writes the new models into the bind-mounted repository on the host; the
+    server in the container loads them (it cannot write into the mount: no bytecode of its own)."""
+    import tritonclient.grpc as grpcclient
+
+    repo = render_repository(plan_spec(write_spec(tmp_path / "v0", 0)), tmp_path / "repo")
+    with _server(repo, base_image, tmp_path / "logs") as server:
+        live = Live.of(server)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
+        with Load(server.grpc_url, 4, lambda i: (PIPELINES[i % 3], x_input())) as load:
+            time.sleep(1.0)
+            change = update(live, plan_spec(write_spec(tmp_path / "v1", 1)), log=print)
+            assert [answer(client, p) for p in PIPELINES] == [4.0, 4.0, 4.0]
+            rollback(live, log=print)
+            assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
+            time.sleep(1.0)
+        client.close()
+        assert change.changed_components == ["shift"]
+        assert load.errors == [], load.errors[:5]
+        assert load.done > 20
+        assert "shift.v2" in server.log_tail(400)
 
 
 def test_failed_start_reports_the_model_and_removes_the_container(base_image: str, tmp_path: Path) -> None:

@@ -390,9 +390,6 @@ class TritonServer(abc.ABC):
         environment = {
             RUNTIME_GRPC_ENV: f"127.0.0.1:{grpc_port or self.endpoints.grpc_port}",
             RUNTIME_KEY_ENV: self.api_key,
-            # No __pycache__ written into model folders: Triton takes a folder whose files changed for a
-            # changed model, and reloads it when an ensemble using it loads (`compound update`).
-            "PYTHONDONTWRITEBYTECODE": "1",
         }
         if self.redis_url:
             environment[REDIS_URL_ENV] = self.redis_url  # templates/cache.py reads it
@@ -566,6 +563,18 @@ def model_control_args(repository: Path) -> list[str]:
         return ["--model-control-mode=explicit", "--load-model=*"]
     names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt") if p.parent.name not in on_demand)
     return ["--model-control-mode=explicit", *(f"--load-model={name}" for name in names)]
+
+
+def compile_python(folder: Path) -> None:
+    """Write the bytecode of every Python file under `folder` now, with this interpreter (the one the
+    local stub embeds). Why: a stub importing a model writes `__pycache__` into the model's folder
+    after Triton took its timestamps, so Triton 2.51 takes the folder for a changed model and restarts
+    it whenever an ensemble using it is loaded again (`compound update`). With valid bytecode present
+    the stub writes nothing (its embedded interpreter ignores PYTHONDONTWRITEBYTECODE). A read-only
+    or unwritable folder is left as it is: such a folder gets no bytecode from the stub either."""
+    import compileall
+
+    compileall.compile_dir(str(folder), quiet=2, workers=1)
 
 
 def redact_key(argv: Sequence[str]) -> list[str]:

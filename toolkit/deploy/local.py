@@ -23,6 +23,7 @@ from toolkit.deploy.base import (
     DeploymentState,
     DeployRequest,
     TritonServer,
+    compile_python,
     load_failures,
     read_tail,
     redact_key,
@@ -135,6 +136,7 @@ class LocalServer(TritonServer):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv(install)
+        compile_python(self.repository)
         with open(self.log_path, "ab") as log:
             log.write(("$ " + " ".join(redact_key(argv)) + "\n").encode())
             log.flush()

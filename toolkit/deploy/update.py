@@ -30,6 +30,7 @@ from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
 from toolkit.client import api_key_headers, http_json, load_models, repository_index, unload_model
+from toolkit.deploy.base import compile_python
 from toolkit.errors import CompoundError
 from toolkit.plan.versions import (
     VERSIONS_FILE,
@@ -147,6 +148,7 @@ def write_folder(repository: Path, name: str, files: dict[str, bytes]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         path.write_bytes(content)
         path.chmod(0o644)
+    compile_python(staging)  # so the stub writes nothing into the folder Triton watches
     for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
         folder.chmod(0o755)  # noqa: S103 - the server (maybe another user in a container) reads it
     target = repository / name
