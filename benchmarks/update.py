@@ -60,7 +60,7 @@ def switch_under_load(server, live: Live, spec: Optional[Path]) -> dict[str, obj
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     process = context.Process(target=_act, args=(live, str(spec) if spec else None, theirs))
-    with Load(server.grpc_url, 16, lambda i: (PIPELINES[i % 3], x_input())) as load:
+    with Load(server.grpc_url, 16, lambda i: (PIPELINES[i % len(PIPELINES)], x_input())) as load:
         process.start()
         assert ours.recv() == "ready"
         time.sleep(STEADY_S)

@@ -22,7 +22,7 @@ from toolkit.plan import plan_spec
 from toolkit.plan.versions import VERSIONS_FILE, Book
 from toolkit.render import render_repository
 
-PIPELINES = ("chain", "routed", "fused")
+PIPELINES = ("chain", "routed", "fused", "grouped")
 
 
 def write_spec(folder: Path, offset: float) -> Path:
@@ -63,25 +63,25 @@ def test_update_and_rollback_under_load_fail_nothing_and_touch_only_the_changed(
 ) -> None:
     live = Live.of(server)
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
+    assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
     # kind is called by the orchestrator only; double is also a step of the ensemble, which the update
     # loads again: Triton 2.51 restarts a composing model whose folder changed since it was loaded
     # (the stub's bytecode, once), so the folders hold their bytecode before Triton sees them
     untouched = {name: stubs(server, name) for name in ("kind", "double")}
     assert all(untouched.values())
     lines: list[str] = []
-    with Load(server.grpc_url, 16, lambda i: (PIPELINES[i % 3], x_input())) as load:
+    with Load(server.grpc_url, 16, lambda i: (PIPELINES[i % len(PIPELINES)], x_input())) as load:
         threading.Event().wait(2.0)
         change = update(live, plan_spec(write_spec(tmp_path / "v1", 1)), log=lines.append)
         threading.Event().wait(1.0)
-        assert [answer(client, p) for p in PIPELINES] == [4.0, 4.0, 4.0]
+        assert [answer(client, p) for p in PIPELINES] == [4.0] * len(PIPELINES)
         rollback(live, log=lines.append)
         threading.Event().wait(1.0)
     assert load.errors == [], load.errors[:5]
     assert load.done > 100
-    assert change.changed_components == ["shift"]
+    assert sorted(change.changed_components) == ["grouped_steps", "shift"]  # the fuse group runs shift too
     assert sorted(change.changed_pipelines) == sorted(PIPELINES)
-    assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
+    assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
     # unchanged components kept their processes through the update and the rollback
     assert {name: stubs(server, name) for name in untouched} == untouched
     book = Book.from_json((server.repository / VERSIONS_FILE).read_text())
@@ -109,9 +109,9 @@ def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalSer
         assert old and new, report
         assert int(old.group(1)) + int(new.group(1)) == 400 and abs(int(new.group(1)) - 80) <= 20, report
     promote(live, log=print)
-    assert [answer(client, p) for p in PIPELINES] == [4.0, 4.0, 4.0]
+    assert [answer(client, p) for p in PIPELINES] == [4.0] * len(PIPELINES)
     rollback(live, log=print)
-    assert [answer(client, p) for p in PIPELINES] == [2.0, 2.0, 2.0]
+    assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
     # shadow: every answer from the serving version, the new one compared on a copy
     update(live, plan_spec(write_spec(tmp_path / "v3", 3)), canary=50, shadow=True, log=print)
     assert [answer(client, "chain") for _ in range(20)] == [2.0] * 20

@@ -30,8 +30,10 @@ def test_a_changed_parameter_changes_its_component_and_every_pipeline_using_it(t
     assert next_version(book, same, set(files)).empty
     _, second = rendered(tmp_path, 1)
     change = next_version(book, second, {p.split("/")[0] for p in files})
-    assert change.changed_components == ["shift"]
-    assert sorted(change.changed_pipelines) == ["chain", "fused", "routed"]
+    # the fuse group runs shift's handler in its own model: versioned like a component
+    assert sorted(change.changed_components) == ["grouped_steps", "shift"]
+    assert sorted(change.changed_pipelines) == ["chain", "fused", "grouped", "routed"]
+    assert change.version.components["grouped_steps"]["model"] == "grouped_steps.v2"
     assert change.version.components["shift"]["model"] == "shift.v2"
     assert change.version.components["double"]["model"] == "double"  # unchanged: the same model
     assert change.version.pipelines["chain"]["folder"] == "chain.v2"

@@ -114,6 +114,8 @@ def rename_manifest(manifest: dict[str, Any], callees: dict[str, str]) -> dict[s
         if key in manifest:
             out[key] = {name(m): value for m, value in manifest[key].items()}
     out["edges"] = [[name(a), name(b)] for a, b in manifest.get("edges", [])]
+    if "fused_groups" in manifest:
+        out["fused_groups"] = {name(g): info for g, info in manifest["fused_groups"].items()}
     out["pipelines"] = {
         p: {**info, "models": [name(m) for m in info.get("models", [])]}
         for p, info in manifest.get("pipelines", {}).items()
@@ -198,13 +200,14 @@ def describe_version(files: dict[str, bytes], manifest: dict[str, Any]) -> Versi
     """A render's components and pipelines with their fingerprints (component names as rendered;
     `next_version` decides the Triton models). A component's folder holds everything its identity
     covers (handler code, parameters and outputs in the config) and the rest of its config."""
+    groups = manifest.get("fused_groups", {})  # fused models an ensemble calls as one step: versioned like components
     components = {
         name: {"model": name, "fingerprint": fingerprint(model_files(files, name))}
-        for name in manifest.get("models", [])
+        for name in [*manifest.get("models", []), *groups]
     }
     pipelines = {}
     for name, info in sorted(manifest.get("pipelines", {}).items()):
-        uses = info.get("models", [])
+        uses = [*info.get("models", []), *(g for g, group in groups.items() if group.get("pipeline") == name)]
         extra = ",".join(f"{m}={components[m]['fingerprint']}" for m in sorted(uses) if m in components)
         pipelines[name] = {
             "folder": name,
