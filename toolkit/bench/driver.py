@@ -46,7 +46,9 @@ class Job:
     warmup_s: float
     result: str
     timeout_s: float = 30.0
-    protocol: str = "triton-grpc"  # or "http-npz": POST one .npz of the inputs to `url`, read one .npz back
+    # "triton-grpc"; "triton-http": Triton's KServe HTTP endpoint (url host:port, one-call stages only);
+    # "http-npz": POST one .npz of the inputs to `url`, read one .npz back
+    protocol: str = "triton-grpc"
 
     @staticmethod
     def load(path: str | Path) -> Job:
@@ -101,6 +103,8 @@ def from_npz(data: bytes) -> dict[str, np.ndarray]:
 async def run_job(job: Job) -> DriverResult:
     if job.protocol == "http-npz":
         return await _run_closed_loop(job, *await _http_sender(job))
+    if job.protocol == "triton-http":
+        return await _run_closed_loop(job, *await _triton_http_sender(job))
     return await _run_closed_loop(job, *await _grpc_sender(job))
 
 
@@ -122,6 +126,36 @@ async def _http_sender(job: Job) -> tuple[Any, Any, int]:
                 raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
 
     return one_request, session.close, pool
+
+
+async def _triton_http_sender(job: Job) -> tuple[Any, Any, int]:
+    """One pipeline call per request over Triton's HTTP endpoint: Triton 2.51 survives traced load over
+    HTTP that crashes it over gRPC (docs/observability.md, "What it costs")."""
+    import tritonclient.http.aio as httpclient
+
+    if len(job.stages) != 1 or len(job.stages[0]) != 1:
+        raise ValueError("the triton-http protocol sends one call per request (one stage of one call)")
+    call = job.stages[0][0]
+    rows = dict(np.load(job.rows_file, allow_pickle=True))
+    pool = len(next(iter(rows.values())))
+
+    def inputs_of(i: int) -> list[Any]:
+        items = []
+        for name, tensor in call.inputs.items():
+            value = rows[tensor][i : i + 1]
+            item = httpclient.InferInput(name, list(value.shape), job.datatypes[tensor])
+            item.set_data_from_numpy(value, binary_data=True)
+            items.append(item)
+        return items
+
+    prebuilt = [inputs_of(i) for i in range(pool)]
+    requested = [httpclient.InferRequestedOutput(n, binary_data=True) for n in call.outputs]
+    client = httpclient.InferenceServerClient(job.url, conn_limit=job.concurrency, conn_timeout=job.timeout_s)
+
+    async def one_request(i: int) -> None:
+        await client.infer(call.model, prebuilt[i], outputs=requested)
+
+    return one_request, client.close, pool
 
 
 async def _grpc_sender(job: Job) -> tuple[Any, Any, int]:
