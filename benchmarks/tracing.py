@@ -113,7 +113,8 @@ def main() -> None:
                     point.update(side=side, pair=pair, started_ns=started, ended_ns=ended)
                     point.update(receiver_cpu_pct=round(receiver_pct, 1), server_alive=server.alive())
                     runs.append(point)
-                    print(f"pair {pair} tracing {side:>3}: {point_line(point)} receiver {receiver_pct:.1f}%", flush=True)
+                    line = f"pair {pair} tracing {side:>3}: {point_line(point)} receiver {receiver_pct:.1f}%"
+                    print(line, flush=True)
             time.sleep(2.0)
             collector.settle()
             alive = traced.alive()
