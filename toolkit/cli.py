@@ -376,7 +376,7 @@ def deploy(
         trace_rate=options["trace_rate"],
     )
     _warn_about_redis(repo, request)
-    _warn_about_trace_rate(repo, request.otlp_endpoint, request.trace_rate)
+    _warn_about_trace_rate(request.otlp_endpoint, request.trace_rate)
     if options["dry_run"]:
         if target != "kubernetes":
             raise CompoundError("--dry-run only applies to --target kubernetes")
@@ -406,12 +406,12 @@ def deploy(
     )
 
 
-def _warn_about_trace_rate(repository: Path, otlp_endpoint: Optional[str], rate: int) -> None:
-    """Tracing every request of an ensemble or orchestrator crashes Triton 2.51 under load: a line, not a
-    refusal (it is safe for light traffic, and the way to debug one request)."""
+def _warn_about_trace_rate(otlp_endpoint: Optional[str], rate: int) -> None:
+    """Tracing every request can crash Triton 2.51 under load: a line, not a refusal (it is fine for
+    light traffic, and the way to debug requests one by one)."""
     from toolkit.deploy.base import tracing_warning
 
-    warning = tracing_warning(repository, rate) if otlp_endpoint else None
+    warning = tracing_warning(rate) if otlp_endpoint else None
     if warning:
         click.echo(f"warning: {warning}", err=True)
 
@@ -460,7 +460,7 @@ def serve(
     from toolkit.deploy.base import Tracing
     from toolkit.deploy.local import LocalServer
 
-    _warn_about_trace_rate(Path(repository), otlp_endpoint, trace_rate)
+    _warn_about_trace_rate(otlp_endpoint, trace_rate)
     server = LocalServer(
         repository,
         host=host,
