@@ -212,7 +212,6 @@ def test_tracing_arguments_and_bad_endpoints() -> None:
         Tracing("http://c:4318", 0)
 
 
-
 def test_a_low_trace_rate_warns_of_triton_2_51s_crash() -> None:
     """Triton 2.51 crashes when it traces hundreds of requests a second (server#7795): deploy says so."""
     from toolkit.deploy.base import SAFE_TRACE_RATE, tracing_warning
