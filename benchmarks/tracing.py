@@ -1,14 +1,16 @@
 """What tracing costs: the bundled example (examples/textdemo, pipeline `classify`, an ensemble of
 four components) served twice on the embedded Triton, once plain and once with
 `--otlp-endpoint` at trace rate 1 (every request traced, Triton's spans and the runtime's), the
-spans received by compound's OTLP receiver in this process. Closed-loop gRPC load at concurrency 16
-from the project's load generator, the two servers measured in turns (off, on, on, off, ...) so
-that the machine's drift hits both alike; the throughput ratio is the mean of the per-pair ratios.
-It also checks that every request of the traced runs reached the receiver as a whole trace.
+spans received by compound's OTLP receiver in this process (its CPU is reported apart:
+`receiver_cpu_pct`). Closed-loop load at concurrency 16 from the project's load generator, over
+HTTP by default (Triton 2.51 crashes under gRPC load traced at a low rate: docs/observability.md),
+the two servers measured in turns (off, on, on, off, ...) so that the machine's drift hits both
+alike; the throughput ratio is the mean of the per-pair ratios. It also checks that every request
+of the traced runs reached the receiver as a whole trace.
 
 Run (about 4 minutes on 2 cores):
 
-    .venv/bin/python benchmarks/tracing.py --out benchmarks/results/tracing [--rate N]
+    .venv/bin/python benchmarks/tracing.py --out benchmarks/results/tracing [--rate N] [--protocol grpc]
 """
 
 from __future__ import annotations
@@ -57,13 +59,15 @@ def serve(repo: Path, work: Path, tracing: Tracing | None) -> LocalServer:
     return server.start()
 
 
-def load(server: LocalServer, work: Path, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+def load(
+    server: LocalServer, work: Path, protocol: str, concurrency: int, duration_s: float, warmup_s: float
+) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     rows = work / "rows.npz"
     texts = [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(20_000)]  # distinct: no response-cache shortcut
     np.savez(rows, text=np.array([[t.encode()] for t in texts], dtype=object))
     job = Job(
-        url=server.grpc_url,
+        url=f"http://{server.http_url}" if protocol == "http" else server.grpc_url,
         stages=[[Call("classify", {"text": "text"}, {n: n for n in ("label", "confidence", "score", "topics")})]],
         datatypes={"text": "BYTES"},
         rows_file=str(rows),
@@ -71,6 +75,7 @@ def load(server: LocalServer, work: Path, concurrency: int, duration_s: float, w
         duration_s=duration_s,
         warmup_s=warmup_s,
         result=str(work / "result.json"),
+        protocol="http-v2" if protocol == "http" else "triton-grpc",
     )
     assert server.pid is not None
     return run_driver(job, work, ProcessCpu(server.pid), lambda line: None)
@@ -84,6 +89,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--rate", type=int, default=1, help="--trace-rate of the traced server")
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http", help="the clients' protocol")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compound-bench-tracing-"))
@@ -97,12 +103,18 @@ def main() -> None:
             for pair, sides in enumerate(order):
                 for side in sides:
                     server = traced if side == "on" else plain
-                    started = time.time_ns()
-                    point = load(server, work / f"{side}-{pair}", args.concurrency, args.duration, args.warmup)
-                    ended = time.time_ns()
+                    started, receiver_cpu = time.time_ns(), time.process_time()
+                    point = load(
+                        server, work / f"{side}-{pair}", args.protocol, args.concurrency, args.duration, args.warmup
+                    )
+                    ended, receiver_cpu = time.time_ns(), time.process_time() - receiver_cpu
+                    # this process only receives spans meanwhile (the driver is a process of its own)
+                    receiver_pct = 100 * receiver_cpu / ((ended - started) / 1e9)
                     point.update(side=side, pair=pair, started_ns=started, ended_ns=ended)
+                    point.update(receiver_cpu_pct=round(receiver_pct, 1), server_alive=server.alive())
                     runs.append(point)
-                    print(f"pair {pair} tracing {side:>3}: {point_line(point)}", flush=True)
+                    line = f"pair {pair} tracing {side:>3}: {point_line(point)} receiver {receiver_pct:.1f}%"
+                    print(line, flush=True)
             time.sleep(2.0)
             collector.settle()
             alive = traced.alive()
@@ -121,7 +133,8 @@ def main() -> None:
         ratios.append(on["throughput_rps"] / off["throughput_rps"])
     summaries = summarize_critical_paths(whole)
     report = {
-        "example": "examples/textdemo, pipeline classify (ensemble), closed-loop gRPC",
+        "example": f"examples/textdemo, pipeline classify (ensemble), closed-loop {args.protocol}",
+        "protocol": args.protocol,
         "concurrency": args.concurrency,
         "trace_rate": args.rate,
         "traced_server_alive_at_end": alive,
@@ -138,7 +151,8 @@ def main() -> None:
         "critical_path": format_critical_paths(summaries),
         "note": "measured on a shared 2-core machine (other engineers' servers running); compare within one run",
     }
-    (args.out / f"results-rate{args.rate}.json").write_text(json.dumps(report, indent=1) + "\n")
+    suffix = "" if args.protocol == "http" else f"-{args.protocol}"
+    (args.out / f"results-rate{args.rate}{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(
         f"tracing at rate {args.rate} keeps {100 * report['mean_ratio']:.1f}% of the throughput "
         f"(cost {report['cost_pct']}%; per pair: {', '.join(f'{r:.3f}' for r in ratios)}); "

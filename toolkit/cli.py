@@ -376,6 +376,7 @@ def deploy(
         trace_rate=options["trace_rate"],
     )
     _warn_about_redis(repo, request)
+    _warn_about_trace_rate(request.otlp_endpoint, request.trace_rate)
     if options["dry_run"]:
         if target != "kubernetes":
             raise CompoundError("--dry-run only applies to --target kubernetes")
@@ -403,6 +404,16 @@ def deploy(
     click.echo(
         "next: compound infer PIPELINE --url " + state.endpoints.http_url + " --input NAME=VALUE;  compound stop"
     )
+
+
+def _warn_about_trace_rate(otlp_endpoint: Optional[str], rate: int) -> None:
+    """Tracing every request can crash Triton 2.51 under load: a line, not a refusal (it is fine for
+    light traffic, and the way to debug requests one by one)."""
+    from toolkit.deploy.base import tracing_warning
+
+    warning = tracing_warning(rate) if otlp_endpoint else None
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _warn_about_redis(repository: Path, request: DeployRequest) -> None:
@@ -449,6 +460,7 @@ def serve(
     from toolkit.deploy.base import Tracing
     from toolkit.deploy.local import LocalServer
 
+    _warn_about_trace_rate(otlp_endpoint, trace_rate)
     server = LocalServer(
         repository,
         host=host,

@@ -210,3 +210,12 @@ def test_tracing_arguments_and_bad_endpoints() -> None:
             Tracing(bad)
     with pytest.raises(CompoundError, match="--trace-rate"):
         Tracing("http://c:4318", 0)
+
+
+def test_a_low_trace_rate_warns_of_triton_2_51s_crash() -> None:
+    """Triton 2.51 crashes when it traces hundreds of requests a second (server#7795): deploy says so."""
+    from toolkit.deploy.base import SAFE_TRACE_RATE, tracing_warning
+
+    warning = tracing_warning(1)
+    assert warning is not None and "server#7795" in warning and f"--trace-rate {SAFE_TRACE_RATE}" in warning
+    assert tracing_warning(SAFE_TRACE_RATE) is None

@@ -254,6 +254,26 @@ class Tracing:
         return {OTLP_ENDPOINT_ENV: self.endpoint.rstrip("/"), TRACE_SERVICE_ENV: self.service}
 
 
+# Triton 2.51 (the embedded server) can free a trace while still holding its lock, when a traced
+# request's last trace release drops the last reference (server#7795, fixed in 2.57 by server#8144):
+# the heap corrupts and the server dies (SIGSEGV/SIGABRT). Measured here with every request traced
+# under gRPC load at 16 clients: an ensemble died within seconds, a fused pipeline within 30 s; over
+# HTTP, and at 1 request in 10 over gRPC, the server held for 60 s (docs/observability.md).
+SAFE_TRACE_RATE = 10
+
+
+def tracing_warning(rate: int) -> Optional[str]:
+    """Why tracing 1 request in `rate` may crash Triton 2.51 under load, or None when it is safe."""
+    if rate >= SAFE_TRACE_RATE:
+        return None
+    return (
+        f"--trace-rate {rate}: Triton 2.51 can crash (SIGSEGV in its trace release, server#7795) when it traces "
+        f"hundreds of requests a second, within seconds under gRPC load; under load use --trace-rate "
+        f"{SAFE_TRACE_RATE} or more (a request that sends a W3C traceparent is traced at any rate, so "
+        "`compound infer --trace` still works)"
+    )
+
+
 def check_otlp_endpoint(url: str) -> str:
     """The URL as given, if it is an http(s) base URL; else a CompoundError naming --otlp-endpoint."""
     scheme, _, rest = url.partition("://")
