@@ -149,7 +149,7 @@ def main() -> None:
         "traces_naming_tok_sentiment_topic": steps_named,
         "receiver_rejected": collector.rejected,
         "critical_path": format_critical_paths(summaries),
-        "note": "measured on a shared 2-core machine (other engineers' servers running); compare within one run",
+        "note": "2-core machine; tracing on and off alternate in pairs: compare within one run",
     }
     suffix = "" if args.protocol == "http" else f"-{args.protocol}"
     (args.out / f"results-rate{args.rate}{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tune the three reference pipelines, then bench each tuned spec against static, the spec as written
+# Tune the three reference pipelines, then bench each tuned spec against static, the spec as written (ensemble)
 # and the in-process ceiling in ONE bench run (ratios within one run). Usage: benchmarks/tune.sh OUT [BUDGET]
 set -euo pipefail
 OUT=${1:-benchmarks/results/tune}
@@ -12,7 +12,7 @@ run() {  # spec pipeline
   compound tune "$spec" -p "$pipeline" -o "$folder/$pipeline.tuned.yaml" --budget "$BUDGET" --concurrency 64 \
     --report "$OUT/$pipeline" 2>&1 | tee "$OUT/$pipeline/tune.log"
   cp "$folder/$pipeline.tuned.yaml" "$OUT/$pipeline/"
-  compound bench "$spec" -p "$pipeline" --profiles static,written,tuned,ceiling --tuned "$folder/$pipeline.tuned.yaml" \
+  compound bench "$spec" -p "$pipeline" --profiles static,ensemble,tuned,ceiling --tuned "$folder/$pipeline.tuned.yaml" \
     --concurrency 16,64 --duration 8s --warmup 2s --out "$OUT/$pipeline" 2>"$OUT/$pipeline/bench.log" \
     | tee "$OUT/$pipeline/bench.txt"
   rm -rf "$OUT/$pipeline/repos" "$OUT/$pipeline/work"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import tempfile
@@ -93,7 +94,7 @@ def main() -> None:
     server = start_server(repo, work)
     live = Live.of(server)
     quiet = lambda line: None  # noqa: E731
-    results: dict[str, object] = {"machine": f"{platform.node()} (2 cores shared by other jobs)", "concurrency": 16}
+    results: dict[str, object] = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "concurrency": 16}
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         runs: dict[str, list[dict[str, object]]] = {"update": [], "rollback": []}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import signal
 import socket
+import subprocess
+from typing import Any, Optional
 
 _PR_SET_PDEATHSIG = 1
 
@@ -43,3 +45,36 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):  # not Linux: the owner's context manager still stops the child
         pass
+
+
+class OwnedProcess:
+    """The stopping half of a helper process an object owns (redis-server, prometheus): the owner
+    starts `self.process` in `start()`; this stops it (SIGTERM, then SIGKILL after `stop_timeout_s`),
+    also when a `with` block ends in an error."""
+
+    process: Optional[subprocess.Popen[bytes]] = None
+    stop_timeout_s: float = 10.0
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

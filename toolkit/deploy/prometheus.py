@@ -23,7 +23,7 @@ import yaml
 
 from toolkit.deploy.base import read_tail
 from toolkit.errors import CompoundError
-from toolkit.system import die_with_parent, free_port
+from toolkit.system import OwnedProcess, die_with_parent, free_port
 
 READY_TIMEOUT_S = 30.0
 Sample = tuple[dict[str, str], float]  # a series' labels and its value
@@ -35,9 +35,11 @@ def pod_labels(name: str, namespace: str = "default") -> dict[str, str]:
     return {"namespace": namespace, "pod": f"{name}-local-0"}
 
 
-class PrometheusServer:
+class PrometheusServer(OwnedProcess):
     """One prometheus process: started on a free port with a generated config, health-checked
     (/-/ready), logged to a file, always stopped. Its TSDB lives in the work folder."""
+
+    stop_timeout_s = 15.0
 
     def __init__(
         self,
@@ -148,24 +150,3 @@ class PrometheusServer:
             f"prometheus did not scrape {', '.join(self.targets)} within {timeout_s:.0f} s",
             hint=f"its log:\n{read_tail(self.log_path, 20)}",
         )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

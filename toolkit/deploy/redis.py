@@ -17,12 +17,12 @@ from typing import Optional
 
 from toolkit.deploy.base import read_tail
 from toolkit.errors import CompoundError
-from toolkit.system import die_with_parent, free_port
+from toolkit.system import OwnedProcess, die_with_parent, free_port
 
 READY_TIMEOUT_S = 20.0
 
 
-class RedisServer:
+class RedisServer(OwnedProcess):
     """One redis-server process: started, health-checked (PING), logged to a file, always stopped."""
 
     def __init__(
@@ -90,29 +90,8 @@ class RedisServer:
         except OSError:
             return False
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def kill(self) -> None:
         """SIGKILL, as an outage would: what the caches must survive."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
