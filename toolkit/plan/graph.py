@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 from toolkit.errors import Problem, SpecError
 from toolkit.spec import (
@@ -615,8 +615,8 @@ class _PipelineChecker:
             for producer in producers:
                 if node[producer] != node[consumer]:
                     call_deps[node[consumer]].add(node[producer])
-        order = _topological_names(call_deps, first)
-        if order is None:
+        order = _topological_order(call_deps, first.__getitem__)
+        if len(order) < len(call_deps):
             waiting = sorted(n for n in call_deps if not n.startswith("#"))
             self.problem(
                 ("fuse",),
@@ -693,19 +693,11 @@ class _PipelineChecker:
         )
 
     def _topological(self, steps: list[ModelStep], deps: dict[int, set[int]]) -> Optional[list[int]]:
-        remaining = {i: set(d) for i, d in deps.items()}
-        order: list[int] = []
-        while remaining:
-            ready = sorted(i for i, d in remaining.items() if not d)
-            if not ready:
-                cycle = " -> ".join(f"step {i} ({steps[i].model})" for i in sorted(remaining))
-                self.problem(("steps",), f"the steps form a cycle: {cycle}")
-                return None
-            for i in ready:
-                order.append(i)
-                del remaining[i]
-            for d in remaining.values():
-                d.difference_update(ready)
+        order = _topological_order(deps, lambda i: i)
+        if len(order) < len(deps):
+            cycle = " -> ".join(f"step {i} ({steps[i].model})" for i in sorted(set(deps) - set(order)))
+            self.problem(("steps",), f"the steps form a cycle: {cycle}")
+            return None
         return order
 
     def _ensemble_batch_size(self) -> Optional[int]:
@@ -942,14 +934,18 @@ def _ancestors(plan: PipelinePlan) -> dict[int, set[int]]:
     return found
 
 
-def _topological_names(deps: dict[str, set[str]], rank: dict[str, int]) -> Optional[list[str]]:
-    """Names in dependency order (ties by rank), or None on a cycle."""
+StepKey = TypeVar("StepKey", int, str)
+
+
+def _topological_order(deps: dict[StepKey, set[StepKey]], rank: Callable[[StepKey], int]) -> list[StepKey]:
+    """Names in dependency order (ties by rank), as far as they go: the members of a cycle, and what
+    waits on them, are left out (callers compare lengths)."""
     remaining = {n: set(d) for n, d in deps.items()}
-    order: list[str] = []
+    order: list[StepKey] = []
     while remaining:
-        ready = sorted((n for n, d in remaining.items() if not d), key=rank.__getitem__)
+        ready = sorted((n for n, d in remaining.items() if not d), key=rank)
         if not ready:
-            return None
+            break
         for n in ready:
             order.append(n)
             del remaining[n]
