@@ -29,13 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import start_server  # noqa: E402
 from toolkit.bench.driver import Call, Job  # noqa: E402
 from toolkit.bench.measure import ProcessCpu, point_line, run_driver  # noqa: E402
 from toolkit.deploy.base import Tracing  # noqa: E402
 from toolkit.deploy.local import LocalServer  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
 from toolkit.render import render_repository  # noqa: E402
-from toolkit.system import free_port  # noqa: E402
 from toolkit.tracing import SpanCollector, format_critical_paths, pipeline_span, summarize_critical_paths  # noqa: E402
 
 TEXTS = [
@@ -45,18 +45,6 @@ TEXTS = [
     "new phone release next week",
     "the gallery opens a new exhibition",
 ]
-
-
-def serve(repo: Path, work: Path, tracing: Tracing | None) -> LocalServer:
-    server = LocalServer(
-        repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=work / "tritonserver.log",
-        tracing=tracing,
-    )
-    return server.start()
 
 
 def load(
@@ -96,8 +84,8 @@ def main() -> None:
     repo = render_repository(plan_spec(ROOT / "examples" / "textdemo" / "pipeline.yaml"), work / "repo")
     runs: list[dict[str, Any]] = []
     with SpanCollector() as collector:
-        plain = serve(repo, work / "off", None)
-        traced = serve(repo, work / "on", Tracing(collector.endpoint, args.rate, "textdemo"))
+        plain = start_server(repo, work / "off")
+        traced = start_server(repo, work / "on", tracing=Tracing(collector.endpoint, args.rate, "textdemo"))
         try:
             order = [("off", "on") if pair % 2 == 0 else ("on", "off") for pair in range(args.pairs)]
             for pair, sides in enumerate(order):

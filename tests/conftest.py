@@ -8,6 +8,7 @@ from typing import Iterator, Optional
 
 import pytest
 
+from toolkit.deploy.base import Tracing
 from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
 from toolkit.render import render_repository
@@ -31,7 +32,9 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["COMPOUND_STATE_DIR"] = previous
 
 
-def start_server(repository: Path, log_dir: Path, redis_url: Optional[str] = None) -> LocalServer:
+def start_server(
+    repository: Path, log_dir: Path, redis_url: Optional[str] = None, tracing: Optional[Tracing] = None
+) -> LocalServer:
     """A started server on free loopback ports (callers stop it)."""
     server = LocalServer(
         repository,
@@ -40,6 +43,7 @@ def start_server(repository: Path, log_dir: Path, redis_url: Optional[str] = Non
         metrics_port=free_port(),
         log_path=log_dir / "tritonserver.log",
         redis_url=redis_url,
+        tracing=tracing,
     )
     return server.start()
 
