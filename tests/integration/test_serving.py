@@ -169,3 +169,33 @@ def test_port_in_use_is_named(textdemo_server: LocalServer, tmp_path: Path) -> N
 def test_missing_repository(tmp_path: Path) -> None:
     with pytest.raises(CompoundError, match="does not exist"):
         LocalServer(tmp_path / "nope").start()
+
+
+def test_stopping_a_crashed_server_removes_its_orphaned_stubs(tmp_path: Path) -> None:
+    """A server that dies by a signal (Triton 2.51 crashes under traced load) can leave Python-backend
+    stubs behind in its process group, orphaned; stop() must not leave them running."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import start_server
+    from toolkit.deploy.base import is_stub
+    from toolkit.deploy.local import command_line, group_members
+
+    server = start_server(Path(__file__).resolve().parents[2] / "model_repository", tmp_path)
+    assert server.pid is not None
+    pgid = server.pid
+    stubs = [pid for pid in group_members(pgid) if is_stub(command_line(pid))]
+    assert stubs
+    # a stub that cannot notice its server died (seen after Triton 2.51's crashes: stubs hung on the
+    # shared memory the dying server held, for hours); a stopped process stands in for one
+    os.kill(stubs[0], signal.SIGSTOP)
+    os.kill(pgid, signal.SIGKILL)  # as a crash would
+    time.sleep(0.5)
+    assert not server.alive()  # a health check saw it dead (and reaped it)
+    assert stubs[0] in group_members(pgid)  # the hung stub outlived its server
+    server.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(pid in group_members(pgid) for pid in stubs):
+        time.sleep(0.1)
+    assert [pid for pid in stubs if pid in group_members(pgid)] == []

@@ -530,12 +530,17 @@ class TritonServer(abc.ABC):
         self.stop()
 
 
+def is_stub(argv: list[str]) -> bool:
+    """A Python-backend stub's command line: the stub binary, then <repository>/<model>/<version>/model.py."""
+    return len(argv) > 1 and Path(argv[0]).name == "triton_python_backend_stub"
+
+
 def stub_counts(command_lines: list[list[str]]) -> dict[str, int]:
     """Live Python-backend stubs per model, from process command lines: a stub's first argument is
     <repository>/<model>/<version>/model.py."""
     counts: dict[str, int] = {}
     for argv in command_lines:
-        if argv and Path(argv[0]).name == "triton_python_backend_stub" and len(argv) > 1:
+        if is_stub(argv):
             model = Path(argv[1]).parent.parent.name
             counts[model] = counts.get(model, 0) + 1
     return counts

@@ -24,6 +24,7 @@ from toolkit.deploy.base import (
     DeployRequest,
     TritonServer,
     compile_python,
+    is_stub,
     load_failures,
     read_tail,
     redact_key,
@@ -196,8 +197,12 @@ class LocalServer(TritonServer):
 
 
 def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) -> bool:
-    """SIGINT (Triton drains in-flight requests), then SIGKILL after a grace period."""
+    """SIGINT (Triton drains in-flight requests), then SIGKILL after a grace period. A server that
+    already died (a crash) leaves its Python-backend stubs orphaned in its process group: those go."""
     if not _is_tritonserver(pid):
+        _kill_orphaned_stubs(pid)
+        if process is not None:
+            process.poll()  # reap the dead server
         return False
     try:
         os.kill(pid, signal.SIGINT)
@@ -216,6 +221,17 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
     if process is not None:
         process.wait(timeout=10)
     return True
+
+
+def _kill_orphaned_stubs(pgid: int) -> None:
+    """SIGKILL the Python-backend stubs left in a dead server's process group (they outlive it and
+    keep their native thread pools). Only stubs: the group id of a long-gone server may be reused."""
+    for member in group_members(pgid):
+        if is_stub(command_line(member)):
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def group_members(pgid: int) -> list[int]:
