@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 from tritonclient.grpc import aio as grpcclient  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
-from toolkit.deploy.local import LocalServer  # noqa: E402
+from toolkit.core.system import free_port  # noqa: E402
 from toolkit.plan import DeploymentPlan, InstanceGroup, plan_spec, program  # noqa: E402
-from toolkit.render import program_model_files, render_files, template_env, write_repository  # noqa: E402
-from toolkit.system import free_port  # noqa: E402
+from toolkit.repository.render import program_model_files, render_files, template_env, write_repository  # noqa: E402
+from toolkit.targets.local import LocalServer  # noqa: E402
 
 SENTENCES = [
     "the match was a great win for the home team",

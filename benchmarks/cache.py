@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from toolkit.bench.driver import Call, Job  # noqa: E402
 from toolkit.bench.measure import run_driver  # noqa: E402
 from toolkit.client import infer  # noqa: E402
-from toolkit.deploy.local import LocalServer  # noqa: E402
-from toolkit.deploy.redis import RedisServer  # noqa: E402
+from toolkit.core.system import free_port  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
-from toolkit.render import render_repository  # noqa: E402
-from toolkit.system import free_port  # noqa: E402
+from toolkit.repository.render import render_repository  # noqa: E402
+from toolkit.targets.local import LocalServer  # noqa: E402
+from toolkit.targets.redis import RedisServer  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "cache"
 KEYS = 10_000

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toolkit.client import infer, load_models, unload_model  # noqa: E402
-from toolkit.deploy.local import LocalServer  # noqa: E402
+from toolkit.core.system import free_port  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
-from toolkit.render import render_repository  # noqa: E402
-from toolkit.system import free_port  # noqa: E402
+from toolkit.repository.render import render_repository  # noqa: E402
+from toolkit.targets.local import LocalServer  # noqa: E402
 
 SPEC = ROOT / "tests" / "fixtures" / "ondemand" / "pipeline.yaml"
 AGENTS = ("planner", "researcher", "writer")

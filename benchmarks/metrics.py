@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from toolkit.bench.driver import Call, Job  # noqa: E402
 from toolkit.bench.measure import run_driver  # noqa: E402
-from toolkit.deploy.local import LocalServer  # noqa: E402
+from toolkit.core.system import free_port  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
-from toolkit.render import METRICS_MODULE, render_repository  # noqa: E402
-from toolkit.system import free_port  # noqa: E402
+from toolkit.repository.render import METRICS_MODULE, render_repository  # noqa: E402
+from toolkit.targets.local import LocalServer  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "textdemo"
 TWINS = {"classify_metrics": True, "classify_plain": False}

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import start_server  # noqa: E402
 from toolkit.bench.driver import Call, Job  # noqa: E402
 from toolkit.bench.measure import ProcessCpu, point_line, run_driver  # noqa: E402
-from toolkit.deploy.base import Tracing  # noqa: E402
-from toolkit.deploy.local import LocalServer  # noqa: E402
+from toolkit.observe.tracing import SpanCollector, format_critical_paths, pipeline_span, summarize_critical_paths  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
-from toolkit.render import render_repository  # noqa: E402
-from toolkit.tracing import SpanCollector, format_critical_paths, pipeline_span, summarize_critical_paths  # noqa: E402
+from toolkit.repository.render import render_repository  # noqa: E402
+from toolkit.targets.local import LocalServer  # noqa: E402
+from toolkit.targets.server import Tracing  # noqa: E402
 
 TEXTS = [
     "I love this product",

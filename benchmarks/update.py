@@ -30,9 +30,9 @@ import tritonclient.grpc as grpcclient
 from tests.conftest import start_server
 from tests.integration.load import Load
 from tests.integration.test_update import PIPELINES, answer, write_spec, x_input
-from toolkit.deploy.update import Live, promote, rollback, update
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.update.apply import LiveDeployment, promote, rollback, update
 
 STEADY_S = 6.0
 AFTER_S = 1.0  # the old instances finish and stop after the switch returns
@@ -43,7 +43,7 @@ def p99(latencies: list[tuple[float, float]], start: float, end: float) -> float
     return float(np.percentile(window, 99) * 1000) if window else float("nan")
 
 
-def _act(live: Live, spec: Optional[str], pipe: Connection) -> None:
+def _act(live: LiveDeployment, spec: Optional[str], pipe: Connection) -> None:
     """In its own process: plan (as the CLI does before acting), say ready, switch when told."""
     plan = plan_spec(spec) if spec else None
     lines: list[str] = []
@@ -56,7 +56,7 @@ def _act(live: Live, spec: Optional[str], pipe: Connection) -> None:
     pipe.send(lines)
 
 
-def switch_under_load(server, live: Live, spec: Optional[Path]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def switch_under_load(server, live: LiveDeployment, spec: Optional[Path]) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Update to `spec` (or roll back when None) under the load; the p99 before and during."""
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
@@ -92,7 +92,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="compound-update-bench-"))
     repo = render_repository(plan_spec(write_spec(work / "v0", 0)), work / "repo")
     server = start_server(repo, work)
-    live = Live.of(server)
+    live = LiveDeployment.of(server)
     quiet = lambda line: None  # noqa: E731
     results: dict[str, object] = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "concurrency": 16}
     try:

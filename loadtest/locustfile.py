@@ -49,10 +49,10 @@ if (_CHECKOUT / "toolkit" / "__init__.py").is_file() and str(_CHECKOUT) not in s
     sys.path.insert(0, str(_CHECKOUT))  # a source checkout: use the toolkit next to this file
 
 from toolkit.client import Signature, grpc_client  # noqa: E402
-from toolkit.errors import CompoundError  # noqa: E402
+from toolkit.core.errors import CompoundError  # noqa: E402
+from toolkit.core.units import parse_duration  # noqa: E402
 from toolkit.loadtest.inputs import Request, prepare_requests  # noqa: E402
-from toolkit.stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows  # noqa: E402
-from toolkit.units import parse_duration  # noqa: E402
+from toolkit.observe.stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows  # noqa: E402
 
 
 def _load_shapes() -> ModuleType:

@@ -8,11 +8,11 @@ from typing import Iterator, Optional
 
 import pytest
 
-from toolkit.deploy.base import Tracing
-from toolkit.deploy.local import LocalServer
+from toolkit.core.system import free_port
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
-from toolkit.system import free_port
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
+from toolkit.targets.settings import Tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SPEC = ROOT / "examples" / "textdemo" / "pipeline.yaml"

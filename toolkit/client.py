@@ -11,8 +11,8 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from toolkit.dtypes import BY_CONFIG, BY_V2
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.spec.dtypes import BY_CONFIG, BY_V2
 
 Protocol = Literal["http", "grpc"]
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # what `compound deploy` binds by default

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import start_server
-from toolkit.deploy.local import LocalServer
+from toolkit.targets.local import LocalServer
 
 # What a server's own failure looks like over gRPC; everything else names the client's mistake.
 SERVER_FAULTS = {"StatusCode.INTERNAL", "StatusCode.UNKNOWN", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}

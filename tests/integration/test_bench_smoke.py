@@ -17,7 +17,7 @@ from click.testing import CliRunner
 pytest.importorskip("matplotlib")
 pytest.importorskip("psutil")
 
-from toolkit.bench.cli import bench  # noqa: E402
+from toolkit.cli.bench import bench  # noqa: E402
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "synthetic" / "pipeline.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -97,7 +97,7 @@ def test_bench_fails_when_a_profile_fails_and_runs_without_matplotlib(tmp_path: 
     measurements still come out, without plots."""
     script = (
         "import sys; sys.modules['matplotlib'] = None\n"  # as if matplotlib were not installed
-        "from toolkit.cli import main; sys.argv = ['compound'] + sys.argv[1:]; main()\n"
+        "from toolkit.cli.main import main; sys.argv = ['compound'] + sys.argv[1:]; main()\n"
     )
     out = tmp_path / "bench"
     args = ["bench", str(SPEC), "-p", "fanout", "--profiles", "ceiling,ray-serve", "--duration", "1s", "--warmup", "0s"]

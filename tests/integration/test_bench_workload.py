@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("psutil")
 
-from toolkit.cli import cli  # noqa: E402
+from toolkit.cli.main import cli  # noqa: E402
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "bursty" / "pipeline.yaml"
 PHASE_S = 3.0

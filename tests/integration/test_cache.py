@@ -22,10 +22,10 @@ import yaml
 from tests.conftest import start_server
 from tests.integration.load import Load
 from toolkit.client import infer
-from toolkit.deploy.local import LocalServer
-from toolkit.deploy.redis import RedisServer
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
+from toolkit.targets.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cache"
@@ -140,7 +140,7 @@ def test_the_load_test_table_shows_each_tier_per_component(
     """Real locust on the fused server: the fused `encode` step gets a row of its own."""
     from click.testing import CliRunner
 
-    from toolkit.cli import cli
+    from toolkit.cli.main import cli
 
     _, second = servers
     data = tmp_path / "requests.jsonl"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from toolkit.cli import cli
-from toolkit.deploy.base import load_state
-from toolkit.deploy.local import group_members
-from toolkit.system import free_port
+from toolkit.cli.main import cli
+from toolkit.core.system import free_port
+from toolkit.targets.local import group_members
+from toolkit.targets.state import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 

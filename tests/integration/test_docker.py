@@ -31,14 +31,14 @@ from tests.integration.load import Load
 from tests.integration.test_serving import TEXTS, reference, strings
 from tests.integration.test_update import PIPELINES, answer, write_spec, x_input
 from toolkit.client import infer
-from toolkit.deploy.docker import DockerServer, connect
-from toolkit.deploy.local import LocalServer
-from toolkit.deploy.redis import RedisServer
-from toolkit.deploy.update import Live, rollback, update
-from toolkit.errors import CompoundError, ServerError
+from toolkit.core.errors import CompoundError, ServerError
+from toolkit.core.system import free_port, port_in_use
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
-from toolkit.system import free_port, port_in_use
+from toolkit.repository.render import render_repository
+from toolkit.targets.docker import DockerServer, connect
+from toolkit.targets.local import LocalServer
+from toolkit.targets.redis import RedisServer
+from toolkit.update.apply import LiveDeployment, rollback, update
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DOCKERD_ARGS = "--iptables=false --ip6tables=false --bridge=none --storage-driver=vfs"
@@ -138,7 +138,7 @@ def test_textdemo_in_a_container_over_http_and_grpc(textdemo_repo: Path, base_im
         assert all(uid != "0" for uid, _ in users), f"processes running as root in the container: {users}"
         # the adaptive runtime's entry point (a pod's sidecar) imports compound's modules in the image
         code, output = server.container.exec_run(["/usr/local/bin/compound-runtime"])
-        assert code == 1 and b"usage: python -m toolkit.deploy.supervisor" in output, output
+        assert code == 1 and b"usage: python -m toolkit.runtime.supervisor" in output, output
     assert _containers_named(server.name) == []
     assert not port_in_use("127.0.0.1", server.endpoints.http_port)
 
@@ -189,7 +189,7 @@ def test_update_and_rollback_of_a_container_under_load(base_image: str, tmp_path
 
     repo = render_repository(plan_spec(write_spec(tmp_path / "v0", 0)), tmp_path / "repo")
     with _server(repo, base_image, tmp_path / "logs") as server:
-        live = Live.of(server)
+        live = LiveDeployment.of(server)
         client = grpcclient.InferenceServerClient(server.grpc_url)
         assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
         with Load(server.grpc_url, 4, lambda i: (PIPELINES[i % len(PIPELINES)], x_input())) as load:
@@ -249,7 +249,7 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
     """What a user types: the container outlives `compound deploy`, and `compound stop` removes it."""
     from click.testing import CliRunner
 
-    from toolkit.cli import cli
+    from toolkit.cli.main import cli
 
     runner = CliRunner()
     ports = [str(free_port()) for _ in range(3)]

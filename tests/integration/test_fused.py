@@ -23,9 +23,9 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import start_server
 from tests.integration.test_orchestrator import infer, strings, text
-from toolkit.deploy.local import LocalServer
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FUSED = {

@@ -11,7 +11,7 @@ import numpy as np
 from tests.conftest import FIXTURES, start_server
 from toolkit.client import infer
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
 
 
 def test_handlers_can_import_ssl(tmp_path: Path) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from toolkit.cli import cli
-from toolkit.deploy.local import LocalServer
+from toolkit.cli.main import cli
+from toolkit.core.system import free_port
 from toolkit.loadtest.runner import LoadTestOptions, LocustRunner
-from toolkit.stats import fetch_stats
-from toolkit.system import free_port
+from toolkit.observe.stats import fetch_stats
+from toolkit.targets.local import LocalServer
 
 COMPOSING = ["tok", "sentiment", "topic", "verdict"]
 CHROMIUM_FLAGS = [

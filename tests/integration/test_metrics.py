@@ -28,12 +28,12 @@ import yaml
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
 from toolkit.client import load_models, model_config
-from toolkit.dashboard import panel_queries
-from toolkit.deploy.kubernetes import KubernetesOptions, render_manifests
-from toolkit.deploy.local import LocalServer
-from toolkit.deploy.prometheus import PrometheusServer, Sample, pod_labels
+from toolkit.observe.dashboard import panel_queries
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.targets.kubernetes import KubernetesOptions, render_manifests
+from toolkit.targets.local import LocalServer
+from toolkit.targets.prometheus import PrometheusServer, Sample, pod_labels
 
 NAME = "metricsdemo"
 WINDOW = "10s"  # the ScaledObject's rate window (--window), short for a test: 10 scrapes

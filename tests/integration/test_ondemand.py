@@ -14,7 +14,7 @@ from tests.conftest import FIXTURES, start_server
 from tests.integration.test_runtime import supervisor_for
 from toolkit.client import infer, model_states
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
 
 SPEC = FIXTURES / "ondemand" / "pipeline.yaml"
 AGENTS = ("planner", "researcher", "writer")

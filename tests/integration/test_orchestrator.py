@@ -18,10 +18,10 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from toolkit.deploy.local import LocalServer
+from toolkit.core.system import free_port
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
-from toolkit.system import free_port
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "examples" / "agents" / "pipeline.yaml"

@@ -13,7 +13,7 @@ import numpy as np
 from tests.conftest import FIXTURES, start_server
 from toolkit.client import http_json, infer
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
 
 
 def executions(url: str, model: str) -> tuple[int, int]:

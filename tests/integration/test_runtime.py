@@ -16,14 +16,15 @@ from click.testing import CliRunner
 
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
-from toolkit.cli import cli
+from toolkit.cli.main import cli
 from toolkit.client import model_config
-from toolkit.deploy.base import stub_counts
-from toolkit.deploy.local import LocalServer, command_line, group_members
-from toolkit.deploy.supervisor import RuntimeConfig, Supervisor
+from toolkit.core.system import free_port
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
-from toolkit.system import free_port
+from toolkit.repository.render import render_repository
+from toolkit.runtime.supervisor import Supervisor
+from toolkit.targets.local import LocalServer, command_line, group_members
+from toolkit.targets.server import stub_counts
+from toolkit.targets.state import RuntimeConfig
 
 SPEC = FIXTURES / "adaptive" / "pipeline.yaml"
 

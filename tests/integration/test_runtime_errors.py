@@ -22,10 +22,10 @@ import yaml
 
 from tests.conftest import start_server
 from toolkit.client import infer
-from toolkit.deploy.local import LocalServer
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "runtime"
 BURST = 16  # counted's max_batch_size and preferred batch: the burst arrives as one execute()

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from toolkit.client import http_json, infer, model_states
-from toolkit.deploy.local import LocalServer
+from toolkit.targets.local import LocalServer
 
 
 def test_unkeyed_clients_cannot_touch_shared_memory_or_models(textdemo_server: LocalServer) -> None:

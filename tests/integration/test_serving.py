@@ -12,8 +12,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from toolkit.client import infer
-from toolkit.deploy.local import LocalServer
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.targets.local import LocalServer
 
 TEXTS = ["I love this product", "héllo wörld — ünïcode ✓", "", "the same words", "the same words"]
 
@@ -141,9 +141,9 @@ def test_unknown_pipeline_named(textdemo_server: LocalServer) -> None:
 
 def test_server_failing_at_start_shows_log_tail(tmp_path: Path) -> None:
     from tests.conftest import FIXTURES, start_server
-    from toolkit.errors import ServerError
+    from toolkit.core.errors import ServerError
     from toolkit.plan import plan_spec
-    from toolkit.render import render_repository
+    from toolkit.repository.render import render_repository
 
     repo = render_repository(plan_spec(FIXTURES / "broken_init" / "pipeline.yaml"), tmp_path / "repo")
     with pytest.raises(ServerError) as caught:
@@ -179,8 +179,8 @@ def test_stopping_a_crashed_server_removes_its_orphaned_stubs(tmp_path: Path) ->
     import time
 
     from tests.conftest import start_server
-    from toolkit.deploy.base import is_stub
-    from toolkit.deploy.local import command_line, group_members
+    from toolkit.targets.local import command_line, group_members
+    from toolkit.targets.server import is_stub
 
     server = start_server(Path(__file__).resolve().parents[2] / "model_repository", tmp_path)
     assert server.pid is not None

@@ -16,14 +16,15 @@ import tritonclient.http as httpclient
 from click.testing import CliRunner
 
 from tests.conftest import FIXTURES
-from toolkit.cli import cli
-from toolkit.deploy.base import DeploymentState, Tracing, save_state
-from toolkit.deploy.local import LocalServer
+from toolkit.cli.main import cli
+from toolkit.core.system import free_port
 from toolkit.loadtest.runner import LoadTestOptions, run_loadtest
+from toolkit.observe.tracing import Span, SpanCollector, pipeline_span, span_tree
 from toolkit.plan import plan_spec
-from toolkit.render import render_repository
-from toolkit.system import free_port
-from toolkit.tracing import Span, SpanCollector, pipeline_span, span_tree
+from toolkit.repository.render import render_repository
+from toolkit.targets.local import LocalServer
+from toolkit.targets.settings import Tracing
+from toolkit.targets.state import DeploymentState, save_state
 
 SHORT, LONG = "hi there", "a much longer text than four words"
 CONCURRENCY = 16

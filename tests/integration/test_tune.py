@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from tests.conftest import start_server
 from tests.integration.test_orchestrator import infer
 from toolkit.bench.chain import InProcessPipeline
-from toolkit.cli import cli
+from toolkit.cli.main import cli
 from toolkit.plan import plan_spec
-from toolkit.render import read_manifest, render_repository
+from toolkit.repository.render import read_manifest, render_repository
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 

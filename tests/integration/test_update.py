@@ -16,11 +16,11 @@ import tritonclient.grpc as grpcclient
 
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
-from toolkit.deploy.local import LocalServer, command_line, group_members
-from toolkit.deploy.update import Live, canary_report, promote, rollback, update
 from toolkit.plan import plan_spec
-from toolkit.plan.versions import VERSIONS_FILE, Book
-from toolkit.render import render_repository
+from toolkit.repository.render import render_repository
+from toolkit.repository.versions import VERSIONS_FILE, VersionRecord
+from toolkit.targets.local import LocalServer, command_line, group_members
+from toolkit.update.apply import LiveDeployment, canary_report, promote, rollback, update
 
 PIPELINES = ("chain", "routed", "fused", "grouped")
 
@@ -61,7 +61,7 @@ def stubs(server: LocalServer, model: str) -> set[int]:
 def test_update_and_rollback_under_load_fail_nothing_and_touch_only_the_changed(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    live = Live.of(server)
+    live = LiveDeployment.of(server)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
     # kind is called by the orchestrator only; double is also a step of the ensemble, which the update
@@ -84,16 +84,16 @@ def test_update_and_rollback_under_load_fail_nothing_and_touch_only_the_changed(
     assert [answer(client, p) for p in PIPELINES] == [2.0] * len(PIPELINES)
     # unchanged components kept their processes through the update and the rollback
     assert {name: stubs(server, name) for name in untouched} == untouched
-    book = Book.from_json((server.repository / VERSIONS_FILE).read_text())
-    assert book.current == 1 and book.history == [1]
-    assert book.versions[2].components["shift"]["model"] == "shift.v2"
+    record = VersionRecord.from_json((server.repository / VERSIONS_FILE).read_text())
+    assert record.current == 1 and record.history == [1]
+    assert record.versions[2].components["shift"]["model"] == "shift.v2"
     # an update that changes nothing does nothing
     assert update(live, plan_spec(write_spec(tmp_path / "v0b", 0)), log=lines.append).empty
     client.close()
 
 
 def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalServer, tmp_path: Path) -> None:
-    live = Live.of(server)
+    live = LiveDeployment.of(server)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     update(live, plan_spec(write_spec(tmp_path / "v1", 1)), canary=20, log=print)
     for pipeline in PIPELINES:

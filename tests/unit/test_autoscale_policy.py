@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.plan.autoscale import COOLDOWN_S, DOWN_AFTER, UP_AFTER, Bounds, Component, Policy, Window
+from toolkit.runtime.policy import COOLDOWN_S, DOWN_AFTER, UP_AFTER, Bounds, Component, Policy, Window
 
 
 def saturated(seconds: float = 1.0, instances: int = 1) -> Window:

@@ -106,7 +106,7 @@ def test_fused_keeps_the_components_kind_and_threads(tmp_path: Path) -> None:
 
 def test_fused_keeps_the_pipelines_declared_instances(tmp_path: Path) -> None:
     plan = _plan(tmp_path, kind="auto")
-    from toolkit.spec import Instances
+    from toolkit.spec.schema import Instances
 
     plan.spec.pipelines["p"] = plan.spec.pipelines["p"].model_copy(update={"instances": Instances(count=1, threads=3)})
     group = build_profile("fused", plan, "p", cores=2).plan.pipelines["p"].instances

@@ -14,13 +14,14 @@ import yaml
 from click.testing import CliRunner
 
 from tests.unit.test_validation import problems_of, write_spec
-from toolkit.cli import cli
-from toolkit.deploy.base import check_redis_url, redis_cached_models
-from toolkit.deploy.kubernetes import KubernetesOptions, render_manifests
-from toolkit.errors import CompoundError
+from toolkit.cli.main import cli
+from toolkit.core.errors import CompoundError
 from toolkit.plan import plan_spec
 from toolkit.plan.cache import component_identity
-from toolkit.render import read_manifest, render_repository
+from toolkit.repository.render import read_manifest, render_repository
+from toolkit.targets.kubernetes import KubernetesOptions, render_manifests
+from toolkit.targets.server import redis_cached_models
+from toolkit.targets.settings import check_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_SPEC = ROOT / "examples" / "cache" / "pipeline.yaml"

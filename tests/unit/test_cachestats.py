@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from toolkit import cachestats
-from toolkit.cachestats import Series, figures, fused_steps, parse_metrics
-from toolkit.stats import breakdown, format_table, parse_stats, rows, to_html
+from toolkit.observe import cachestats
+from toolkit.observe.cachestats import Series, figures, fused_steps, parse_metrics
+from toolkit.observe.stats import breakdown, format_table, parse_stats, rows, to_html
 
 
 def stats_entry(name: str, requests: int, success_ns: int) -> dict[str, Any]:
@@ -253,15 +253,15 @@ def test_without_cache_metrics_the_table_is_unchanged() -> None:
 
 
 def test_scrape_of_an_unreachable_endpoint_is_none() -> None:
-    from toolkit.system import free_port
+    from toolkit.core.system import free_port
 
     assert cachestats.scrape(None) is None
     assert cachestats.scrape(f"127.0.0.1:{free_port()}", timeout=0.5) is None
 
 
 def test_metrics_url_from_the_recorded_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from toolkit.deploy.base import DeploymentState, save_state
-    from toolkit.loadtest.cli import DEFAULT_METRICS_URL, cache_source
+    from toolkit.cli.loadtest import DEFAULT_METRICS_URL, cache_source
+    from toolkit.targets.state import DeploymentState, save_state
 
     monkeypatch.setenv("COMPOUND_STATE_DIR", str(tmp_path / "state"))
     assert cache_source(None, "http", None) == (DEFAULT_METRICS_URL, {})

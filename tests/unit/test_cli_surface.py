@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from toolkit.cli import cli
+from toolkit.cli.main import cli
 from toolkit.client import Signature, TensorSignature, parse_cli_inputs
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -41,7 +41,7 @@ def test_every_command_the_readme_names_has_help(command: str) -> None:
 
 def test_version_does_not_import_the_bench_or_locust() -> None:
     """`compound --version` stays light: the commands that pull heavy stacks load only when used."""
-    code = "import sys; from toolkit.cli import cli\ntry:\n    cli(['--version'])\nexcept SystemExit:\n    pass\n"
+    code = "import sys; from toolkit.cli.main import cli\ntry:\n    cli(['--version'])\nexcept SystemExit:\n    pass\n"
     code += (
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('toolkit.bench', 'locust', 'matplotlib')))))"
     )

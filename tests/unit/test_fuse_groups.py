@@ -11,10 +11,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from toolkit.cli import cli
-from toolkit.errors import SpecError
+from toolkit.cli.main import cli
+from toolkit.core.errors import SpecError
 from toolkit.plan import plan_spec
-from toolkit.render import render_files
+from toolkit.repository.render import render_files
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 

@@ -19,9 +19,12 @@ import promql_parser
 import pytest
 import yaml
 
-from toolkit.dashboard import panel_queries
-from toolkit.deploy.docker import context_tag, image_flavor, ngc_tag, render_build_context
-from toolkit.deploy.kubernetes import (
+from toolkit.core.errors import CompoundError
+from toolkit.observe.dashboard import panel_queries
+from toolkit.plan import plan_spec
+from toolkit.repository.render import render_repository
+from toolkit.targets.docker import context_tag, image_flavor, ngc_tag, render_build_context
+from toolkit.targets.kubernetes import (
     DASHBOARD_FILE,
     KubernetesDeployment,
     KubernetesOptions,
@@ -29,9 +32,6 @@ from toolkit.deploy.kubernetes import (
     render_manifests,
     write_manifests,
 )
-from toolkit.errors import CompoundError
-from toolkit.plan import plan_spec
-from toolkit.render import render_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SPEC = ROOT / "examples" / "textdemo" / "pipeline.yaml"
@@ -321,10 +321,10 @@ def test_the_key_comes_from_a_secret_and_the_runtime_runs_beside_triton(repos: d
     assert stat.S_IMODE((written / "secret.yaml").stat().st_mode) == 0o600
     context = render_build_context(BASE, repository=repos["cpu"])
     assert (
-        "compound/toolkit/deploy/supervisor.py" in context
+        "compound/toolkit/runtime/supervisor.py" in context
         and b"COPY compound/ /opt/compound/app/" in context["Dockerfile"]
     )
-    assert b"toolkit.deploy.supervisor" in context["runtime.sh"]
+    assert b"toolkit.runtime.supervisor" in context["runtime.sh"]
     plain = render_manifests(
         repos["cpu"], KubernetesOptions(name="t", base_image=BASE, image="x:1", runtime=False, restrict_apis=False)
     )
@@ -337,7 +337,7 @@ def test_dry_run_says_when_the_image_it_names_was_never_built(repos: dict[str, P
     """`--dry-run` without --image must not promise that `kubectl apply -k` will work as is."""
     from click.testing import CliRunner
 
-    from toolkit.cli import cli
+    from toolkit.cli.main import cli
 
     out = tmp_path / "k8s"
     runner = CliRunner()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.loadtest.runner import LatencyStats, LoadTestOptions, LocustRunner, gate, locustfile_path
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from toolkit.client import signature_from_config
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.core.units import parse_duration
 from toolkit.loadtest.inputs import (
     VARIABLE_DIM_SIZE,
     load_jsonl,
     synthesise,
 )
-from toolkit.units import parse_duration
 
 CONFIG = {
     "name": "mixed",

@@ -6,8 +6,8 @@ import sysconfig
 
 import pytest
 
-from toolkit.deploy.local import TritonInstall, python_libdir
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.targets.local import TritonInstall, python_libdir
 
 
 def test_the_interpreters_libdir_comes_first_on_the_stubs_library_path() -> None:

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from toolkit.errors import SpecError
+from toolkit.core.errors import SpecError
 from toolkit.plan import DeploymentPlan, plan_spec
 from toolkit.plan.graph import UNBATCHED_ORCHESTRATOR_BATCH
 from toolkit.plan.program import (
@@ -25,7 +25,7 @@ from toolkit.plan.program import (
     describe_program,
     plan_instances,
 )
-from toolkit.render import program_model_files, render_files, template_env, templates_dir
+from toolkit.repository.render import program_model_files, render_files, template_env, templates_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "examples" / "agents" / "pipeline.yaml"
@@ -275,7 +275,7 @@ def test_deadlock_rule_plans_two_orchestrator_instances_and_no_extra_callees() -
 @pytest.mark.parametrize("field", ["steps", "outputs"])
 def test_orchestrated_spec_errors_come_from_the_planner(tmp_path: Path, field: str) -> None:
     """Validation lives in plan.py; the compiler is only ever given checked pipelines."""
-    from toolkit.errors import SpecError
+    from toolkit.core.errors import SpecError
 
     bad = {
         "steps": """

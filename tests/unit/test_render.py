@@ -10,10 +10,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
-from toolkit.cli import cli
-from toolkit.errors import CompoundError
+from toolkit.cli.main import cli
+from toolkit.core.errors import CompoundError
 from toolkit.plan import plan_spec
-from toolkit.render import MARKER, pbtxt_quote, render_files, write_repository
+from toolkit.repository.render import MARKER, pbtxt_quote, render_files, write_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "textdemo" / "pipeline.yaml"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.unit import fake_pb_utils as fake
 from toolkit.plan import plan_spec
-from toolkit.render import render_files
+from toolkit.repository.render import render_files
 
 SPEC = """
 name: programs

@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit.errors import SpecError
-from toolkit.spec import load_spec
+from toolkit.core.errors import SpecError
+from toolkit.spec.schema import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(ROOT.glob("examples/*/pipeline.yaml"))
 DOCS = {path.parent.name: yaml.safe_load(path.read_text()) for path in EXAMPLES}
 TEXTS = {path.parent.name: path.read_text() for path in EXAMPLES}
-# ~10 s in CI; COMPOUND_FUZZ_EXAMPLES=3000 for a longer hunt after touching toolkit/spec.py.
+# ~10 s in CI; COMPOUND_FUZZ_EXAMPLES=3000 for a longer hunt after touching toolkit/spec/schema.py.
 FUZZ = settings(
     max_examples=int(os.environ.get("COMPOUND_FUZZ_EXAMPLES", "150")),
     deadline=None,
@@ -234,7 +234,7 @@ CLI_CASES = _cli_cases()
 
 @pytest.mark.parametrize("text", list(CLI_CASES.values()), ids=list(CLI_CASES))
 def test_cli_validate_exits_0_or_2_without_a_traceback(tmp_path: Path, text: str) -> None:
-    from toolkit.cli import cli
+    from toolkit.cli.main import cli
 
     path = tmp_path / "pipeline.yaml"  # beside the handlers, as the example's own file is
     for handler in (ROOT / "examples" / "textdemo").glob("*.py"):

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from toolkit.deploy.redis import RedisServer
+from toolkit.targets.redis import RedisServer
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "cache.py"
 

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from toolkit.deploy.base import Tracing
-from toolkit.errors import CompoundError
-from toolkit.tracing import (
+from toolkit.core.errors import CompoundError
+from toolkit.observe.tracing import (
     BETWEEN,
     Span,
     SpanCollector,
@@ -24,6 +23,7 @@ from toolkit.tracing import (
     format_critical_paths,
     summarize_critical_paths,
 )
+from toolkit.targets.settings import Tracing
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -214,7 +214,7 @@ def test_tracing_arguments_and_bad_endpoints() -> None:
 
 def test_a_low_trace_rate_warns_of_triton_2_51s_crash() -> None:
     """Triton 2.51 crashes when it traces hundreds of requests a second (server#7795): deploy says so."""
-    from toolkit.deploy.base import SAFE_TRACE_RATE, tracing_warning
+    from toolkit.targets.settings import SAFE_TRACE_RATE, tracing_warning
 
     warning = tracing_warning(1)
     assert warning is not None and "server#7795" in warning and f"--trace-rate {SAFE_TRACE_RATE}" in warning

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.client import signature_from_config
-from toolkit.stats import (
+from toolkit.observe.stats import (
     breakdown,
     diff,
     format_table,

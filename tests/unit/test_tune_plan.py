@@ -1,4 +1,4 @@
-"""The tuner's pure decisions (toolkit/plan/tune.py): batch from cost curves and the SLO, candidate
+"""The tuner's pure decisions (toolkit/tune/candidates.py): batch from cost curves and the SLO, candidate
 structures whose specs validate and plan, threads, the measurement budget, and the choice."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.bench.tune import choose
 from toolkit.plan import build_plan, plan_spec
-from toolkit.plan.tune import (
+from toolkit.spec.schema import LoadedSpec, load_spec
+from toolkit.tune.candidates import (
     HOP_OVERHEAD_S,
     Candidate,
     Unit,
@@ -22,7 +22,7 @@ from toolkit.plan.tune import (
     spec_yaml,
     threads_for,
 )
-from toolkit.spec import LoadedSpec, load_spec
+from toolkit.tune.search import choose
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 SIZES = (1, 2, 4, 8, 16)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolkit.cli import cli
-from toolkit.errors import SpecError
+from toolkit.cli.main import cli
+from toolkit.core.errors import SpecError
 from toolkit.plan import plan_spec
 
 HANDLERS = """

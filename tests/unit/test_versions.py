@@ -1,4 +1,4 @@
-"""The pure version bookkeeping of `compound update` (toolkit/plan/versions.py)."""
+"""The pure version bookkeeping of `compound update` (toolkit/repository/versions.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 
 from toolkit.plan import plan_spec
-from toolkit.plan.versions import Book, bootstrap, describe_version, next_version, rename_model, serving_models
-from toolkit.render import manifest, render_files
+from toolkit.repository.render import manifest, render_files
+from toolkit.repository.versions import (
+    VersionRecord,
+    bootstrap,
+    describe_version,
+    next_version,
+    rename_model,
+    serving_models,
+)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "update"
 
@@ -25,11 +32,11 @@ def rendered(tmp_path: Path, offset: float):  # type: ignore[no-untyped-def]
 
 def test_a_changed_parameter_changes_its_component_and_every_pipeline_using_it(tmp_path: Path) -> None:
     files, first = rendered(tmp_path, 0)
-    book = bootstrap(first)
+    record = bootstrap(first)
     _, same = rendered(tmp_path / "again", 0)
-    assert next_version(book, same, set(files)).empty
+    assert next_version(record, same, set(files)).empty
     _, second = rendered(tmp_path, 1)
-    change = next_version(book, second, {p.split("/")[0] for p in files})
+    change = next_version(record, second, {p.split("/")[0] for p in files})
     # the fuse group runs shift's handler in its own model: versioned like a component
     assert sorted(change.changed_components) == ["grouped_steps", "shift"]
     assert sorted(change.changed_pipelines) == ["chain", "fused", "grouped", "routed"]
@@ -52,11 +59,11 @@ def test_renamed_folders_call_the_version_s_models(tmp_path: Path) -> None:
 
 def test_the_record_round_trips_and_names_what_a_restart_loads(tmp_path: Path) -> None:
     files, first = rendered(tmp_path, 0)
-    book = bootstrap(first)
+    record = bootstrap(first)
     _, second = rendered(tmp_path, 1)
-    change = next_version(book, second, {p.split("/")[0] for p in files})
-    book.versions[2] = change.version
-    book.canary = {"from": 1, "to": 2, "percent": 20, "shadow": False, "pipelines": ["chain"]}
-    again = Book.from_json(book.to_json())
-    assert again.to_json() == book.to_json()
-    assert {"shift", "shift.v2", "chain", "chain.v1", "chain.v2"} <= set(serving_models(book.to_json()))
+    change = next_version(record, second, {p.split("/")[0] for p in files})
+    record.versions[2] = change.version
+    record.canary = {"from": 1, "to": 2, "percent": 20, "shadow": False, "pipelines": ["chain"]}
+    again = VersionRecord.from_json(record.to_json())
+    assert again.to_json() == record.to_json()
+    assert {"shift", "shift.v2", "chain", "chain.v1", "chain.v2"} <= set(serving_models(record.to_json()))

@@ -14,8 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from toolkit.bench.measure import child_env
-from toolkit.errors import CompoundError
+from toolkit.bench.machine import child_env
+from toolkit.core.errors import CompoundError
 
 
 @dataclass(frozen=True)

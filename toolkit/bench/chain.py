@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan, EnsembleStep, import_handler_module
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan
-from toolkit.spec import TensorSpec
+from toolkit.spec.schema import TensorSpec
 
 SAMPLES_FILE = "bench_inputs.json"
 _WORDS = "alpha beta gamma delta model server batch tensor latency queue cache graph".split()

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.bench.driver import Job
-from toolkit.bench.measure import child_env, machine_busy_s
-from toolkit.errors import CompoundError
+from toolkit.bench.machine import child_env, machine_busy_s
+from toolkit.core.errors import CompoundError
 
 
 def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ time, one load point run by the driver in its own process, and how a point is pr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.bench.driver import Job
-from toolkit.errors import CompoundError
+from toolkit.bench.machine import child_env, machine_busy_s
+from toolkit.core.errors import CompoundError
 
 
 class ProcessCpu:
@@ -106,21 +106,6 @@ def _pid(key: str) -> str:
     return key.rsplit("[", 1)[-1]
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
@@ -154,9 +139,9 @@ def measure_server(
     profile with and `tune` each candidate with: one measurement, one code path."""
     from toolkit.bench.driver import first_response
     from toolkit.bench.profiles import tensor_datatypes
-    from toolkit.deploy.local import LocalServer
-    from toolkit.render import render_repository
-    from toolkit.system import free_ports
+    from toolkit.core.system import free_ports
+    from toolkit.repository.render import render_repository
+    from toolkit.targets.local import LocalServer
 
     repo = render_repository(plan, repo_dir)
     http, grpc, metrics = free_ports(3)

@@ -26,7 +26,7 @@ from toolkit.bench.chain import stages
 from toolkit.bench.driver import Call
 from toolkit.plan import DeploymentPlan, build_plan
 from toolkit.plan.allocate import Allocation
-from toolkit.spec import Instances, LoadedSpec, ModelSpec, PipelineSpec
+from toolkit.spec.schema import Instances, LoadedSpec, ModelSpec, PipelineSpec
 
 SERVER_PROFILES = ("static", "ensemble", "optimized", "fused")
 RAY_PROFILES = ("ray-serve", "ray-serve-fused")

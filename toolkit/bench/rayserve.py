@@ -34,11 +34,12 @@ import numpy as np
 
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import V2_HEADER, Call, Job, decode_v2_request, encode_v2_response, first_response
-from toolkit.bench.measure import ProcessCpu, child_env, point_line, run_driver
+from toolkit.bench.machine import child_env
+from toolkit.bench.measure import ProcessCpu, point_line, run_driver
 from toolkit.bench.profiles import fused_instances, tensor_datatypes
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.core.system import free_ports
 from toolkit.plan import DeploymentPlan, plan_spec
-from toolkit.system import free_ports
 
 MAX_ONGOING = 256  # Ray's default (5) would cap every batch at 5 requests: users raise it
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,9 +14,10 @@ import numpy as np
 
 from toolkit.bench.ceiling import measure_ceiling
 from toolkit.bench.chain import InProcessPipeline
+from toolkit.bench.costs import CostCurve, profile_pipeline
 from toolkit.bench.inputs import sample_rows
+from toolkit.bench.machine import REQUEST_POOL, machine_info
 from toolkit.bench.measure import measure_server, pct
-from toolkit.bench.profile import CostCurve, profile_pipeline
 from toolkit.bench.profiles import (
     ALL_PROFILES,
     BASELINES,
@@ -28,11 +28,10 @@ from toolkit.bench.profiles import (
     build_profile,
     spec_profile,
 )
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
 from toolkit.plan.allocate import Allocation, allocate
 
-REQUEST_POOL = 512  # distinct request rows the client cycles through
 SHARED_MACHINE_PCT = 25.0  # other processes' CPU (% of a core) above which a peer comparison is not established
 
 
@@ -55,18 +54,6 @@ class Settings:
     @property
     def core_budget(self) -> int:
         return self.cores or os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(), "platform": platform.platform()}
 
 
 class BenchRunner:
@@ -160,8 +147,6 @@ class BenchRunner:
         report["summary"] = summarize(report)
         report["targets"] = evaluate_targets(report)
         if "tuned" in report["profiles"]:
-            from toolkit.bench.tune import tuned_ratios
-
             report["tuned_ratios"] = tuned_ratios(report)
         (self.out / "results.json").write_text(json.dumps(report, indent=1, default=_jsonable))
         try:
@@ -459,3 +444,37 @@ def _frac(value: Optional[float]) -> str:
 
 def _ms(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def tuned_ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """The tuned profile against every other profile of the same bench run: peak over peak, and at
+    each concurrency both measured; against the ceiling, as a fraction. Figures of one run only."""
+    profiles = report["profiles"]
+
+    def points(name: str) -> dict[int, float]:
+        res = profiles.get(name)
+        if not isinstance(res, dict) or "points" not in res:
+            return {}
+        return {p["concurrency"]: p["throughput_rps"] for p in res["points"] if p["completed"] > 0}
+
+    tuned = points("tuned")
+    if not tuned:
+        return {}
+    peak = max(tuned.values())
+    ratios: dict[str, Any] = {"tuned_peak_rps": round(peak, 1)}
+    for name in profiles:
+        if name == "tuned":
+            continue
+        other = points(name)
+        if other:
+            ratios[f"vs_{name}"] = {
+                "peak": round(peak / max(other.values()), 2),
+                **{f"c={c}": round(tuned[c] / other[c], 2) for c in sorted(other) if c in tuned and other[c] > 0},
+            }
+        elif isinstance(profiles[name], dict) and profiles[name].get("throughput_rps"):
+            ceiling = profiles[name]["throughput_rps"]
+            ratios[f"of_{name}"] = {
+                "peak": round(peak / ceiling, 3),
+                **{f"c={c}": round(v / ceiling, 3) for c, v in sorted(tuned.items())},
+            }
+    return ratios

@@ -29,17 +29,16 @@ import numpy as np
 
 from toolkit.bench.driver import Call, Job, first_response
 from toolkit.bench.inputs import sample_rows
-from toolkit.bench.measure import ProcessCpu, child_env, machine_busy_s, pct
-from toolkit.bench.runner import machine_info
+from toolkit.bench.machine import REQUEST_POOL, child_env, machine_busy_s, machine_info
+from toolkit.bench.measure import ProcessCpu, pct
 from toolkit.bench.workload_driver import Target, WorkloadJob
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan, plan_spec
 
 WORKLOADS = ("bursty", "steady")
 DEPLOYMENTS = ("static", "adaptive")
 DEFAULT_BURST = 32
 SAMPLE_S = 1.0
-REQUEST_POOL = 512
 P95_TARGET = 0.5  # adaptive P95 / static P95 at equal or fewer instance-seconds
 SAVING_TARGET = 0.7  # adaptive instance-seconds / static's at equal or lower P95
 THROUGHPUT_TARGET = 1.7  # steady: adaptive throughput / static's
@@ -167,9 +166,9 @@ class WorkloadRunner:
     # --- one deployment -----------------------------------------------------------------------
 
     def _deployment(self, mode: str, targets: list[Target]) -> dict[str, Any]:
-        from toolkit.deploy.local import LocalServer
-        from toolkit.render import render_repository
-        from toolkit.system import free_ports
+        from toolkit.core.system import free_ports
+        from toolkit.repository.render import render_repository
+        from toolkit.targets.local import LocalServer
 
         folder = self.work / mode
         folder.mkdir(parents=True, exist_ok=True)
@@ -286,8 +285,9 @@ class _Runtime:
         self.started: Optional[float] = None  # time.monotonic() when the runtime started
 
     def start(self) -> None:
-        from toolkit.deploy.base import DeployRequest
-        from toolkit.deploy.targets import start_runtime
+        from toolkit.deployment.deployment import runtime_config
+        from toolkit.runtime.process import RuntimeProcess
+        from toolkit.targets.settings import DeployRequest
 
         self.status_path.unlink(missing_ok=True)
         state_path = self.folder / "deployment.json"  # where the runtime finds the server's stubs to heal them
@@ -295,8 +295,8 @@ class _Runtime:
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(self.state), handle)
         request = DeployRequest(repository=self.server.repository, name=self.state.name, cores=self.cores)
-        pid = start_runtime(request, self.state, self.folder, state_path)
-        self.state.extra["runtime_pid"] = str(pid)
+        pid = RuntimeProcess.launch(runtime_config(self.state, request, state_path))
+        self.state.runtime_pid = pid
         import psutil
 
         self.process = psutil.Process(pid)
@@ -329,9 +329,9 @@ class _Runtime:
 
     def stop(self, start_at: float) -> list[dict[str, Any]]:
         """End it; what it decided (from its last status), timed from the workload's start."""
-        from toolkit.deploy.targets import stop_runtime
+        from toolkit.runtime.process import RuntimeProcess
 
-        stop_runtime(self.state)
+        RuntimeProcess.stop(self.state.runtime_pid)
         try:
             decisions = list(json.loads(self.status_path.read_text()).get("decisions", []))
         except (OSError, ValueError):

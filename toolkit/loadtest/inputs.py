@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.client import Signature, TensorSignature, fetch_signature
-from toolkit.dtypes import BY_V2
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.spec.dtypes import BY_V2
 
 VARIABLE_DIM_SIZE = 8  # what a synthesised -1 dimension gets
 SYNTHETIC_REQUESTS = 64

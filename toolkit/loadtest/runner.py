@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from toolkit import cachestats
 from toolkit.client import Signature, strip_scheme
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
+from toolkit.core.system import die_with_parent, free_port
 from toolkit.loadtest.inputs import prepare_requests
-from toolkit.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
-from toolkit.system import die_with_parent, free_port
+from toolkit.observe import cachestats
+from toolkit.observe.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
 
 PROTOCOLS = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst", "soak")
@@ -67,7 +67,7 @@ class LoadTestOptions:
     extra_env: dict[str, str] = field(default_factory=dict)  # more COMPOUND_* knobs (burst lengths, steps)
     metrics_url: Optional[str] = None  # Triton's Prometheus endpoint, for the tiered cache's columns
     cache_steps: dict[str, str] = field(default_factory=dict)  # fused step -> its pipeline (compound.json)
-    traces: Optional[Any] = None  # a toolkit.tracing.SpanCollector receiving the server's spans: critical paths
+    traces: Optional[Any] = None  # a toolkit.observe.tracing.SpanCollector receiving the server's spans: critical paths
 
     def check(self) -> None:
         """Option errors a user can make, before anything starts."""
@@ -446,7 +446,7 @@ def format_summary(summary: Summary) -> str:
     if summary.models is not None:
         lines += ["", format_table(summary.models)]
     if summary.critical_paths:
-        from toolkit.tracing import PathStep, PathSummary, format_critical_paths
+        from toolkit.observe.tracing import PathStep, PathSummary, format_critical_paths
 
         summaries = {
             name: PathSummary(**{**data, "steps": [PathStep(**step) for step in data["steps"]]})
@@ -461,7 +461,7 @@ def format_summary(summary: Summary) -> str:
 def critical_paths(collector: Any) -> dict[str, Any]:
     """Per pipeline, the critical path of the traced requests of the run (after the exporters' last
     batches arrived: Triton sends every second, the runtime every half second)."""
-    from toolkit.tracing import summarize_critical_paths
+    from toolkit.observe.tracing import summarize_critical_paths
 
     time.sleep(1.2)  # at least one export period after the last request
     collector.settle()

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
-from toolkit.errors import Problem, SpecError
-from toolkit.spec import (
+from toolkit.core.errors import Problem, SpecError
+from toolkit.spec.schema import (
     Autoscale,
     LoadedSpec,
     LoopStep,

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from toolkit import __version__
-from toolkit.errors import CompoundError
+from toolkit.core.errors import CompoundError
 from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import DeploymentPlan, PipelinePlan
-from toolkit.spec import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
+from toolkit.spec.schema import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
 
 PROGRAM_VERSION = 1
 PROGRAM_FILE = "program.json"

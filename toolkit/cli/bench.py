@@ -1,0 +1,161 @@
+"""`compound bench`: the click command; the work is in :mod:`toolkit.bench.runner`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+from click.core import ParameterSource
+
+from toolkit.bench.profiles import ALL_PROFILES
+from toolkit.core.errors import CompoundError
+from toolkit.core.units import parse_duration
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers") from None
+    if not items or any(i < 1 for i in items):
+        raise click.BadParameter("concurrency levels must be positive integers")
+    return items
+
+
+@click.command("bench")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--pipeline",
+    "-p",
+    default=None,
+    help="Pipeline to benchmark (a static DAG: ensemble). Required, except with --workload, which takes A,B "
+    "(default: the spec's first two).",
+)
+@click.option(
+    "--profiles",
+    default=",".join(ALL_PROFILES),
+    show_default=True,
+    help="Comma-separated: " + ", ".join(ALL_PROFILES) + "; also written (the spec as written) and tuned (--tuned).",
+)
+@click.option("--concurrency", default="1,4,16,64", show_default=True, help="Closed-loop client concurrency levels.")
+@click.option("--duration", default="20s", show_default=True, help="Measured time per load point.")
+@click.option("--warmup", default="3s", show_default=True, help="Unmeasured load before each point.")
+@click.option(
+    "--cores",
+    type=int,
+    default=0,
+    help="Core budget for instance planning and the ceiling; with --workload, the runtime's (default: all).",
+)
+@click.option(
+    "--driver",
+    type=click.Choice(["grpc", "http", "locust"]),
+    default="grpc",
+    show_default=True,
+    help="Load generator: lean gRPC client, the same over HTTP (KServe v2 binary tensors, the encoding the Ray Serve "
+    "peer gets), or the project's locustfile.",
+)
+@click.option(
+    "--keep-cache",
+    is_flag=True,
+    help="Keep the models' declared caches (off by default: the load cycles a fixed pool of request rows, so a "
+    "cached profile would measure its hit rate). Figures are then labelled as including cache hits.",
+)
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True
+)
+@click.option(
+    "--workload",
+    type=click.Choice(["bursty", "steady"]),
+    default=None,
+    help="Instead of the profiles: the spec deployed static, then with the adaptive runtime (--cores), under "
+    "a schedule of phases (bursty: quiet A, burst A, burst moves to B, quiet; steady: one burst on A). "
+    "Burst concurrency: the largest --concurrency given, else 32.",
+)
+@click.option(
+    "--tuned",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The spec `compound tune` wrote: the `tuned` profile deploys it as written (add tuned to --profiles).",
+)
+@click.option(
+    "--phase-seconds", type=click.FloatRange(min=1.0), default=20.0, show_default=True, help="[--workload] Each phase."
+)
+def bench(
+    spec: Path,
+    pipeline: Optional[str],
+    profiles: str,
+    concurrency: str,
+    duration: str,
+    warmup: str,
+    cores: int,
+    driver: str,
+    keep_cache: bool,
+    out: Path,
+    workload: Optional[str],
+    phase_seconds: float,
+    tuned: Optional[Path],
+) -> None:
+    """Deploy each profile in turn and measure it with the same load generator; write a table,
+    results.json and PNG plots to OUT. With --workload: static against adaptive under a schedule."""
+    from toolkit.bench.runner import BenchRunner, Settings, format_table
+
+    if workload:
+        explicit = click.get_current_context().get_parameter_source("concurrency") != ParameterSource.DEFAULT
+        _workload(spec, workload, pipeline, max(_int_list(concurrency)) if explicit else 0, phase_seconds, cores, out)
+        return
+    if not pipeline:
+        raise click.UsageError("Missing option '--pipeline' / '-p'.")
+    settings = Settings(
+        spec=spec,
+        pipeline=pipeline,
+        out=out,
+        profiles=[p.strip() for p in profiles.split(",") if p.strip()],
+        concurrency=_int_list(concurrency),
+        duration_s=parse_duration(duration, "--duration"),
+        warmup_s=parse_duration(warmup, "--warmup", allow_zero=True),
+        cores=cores,
+        driver=driver,
+        keep_cache=keep_cache,
+        command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        tuned=tuned,
+    )
+    report = BenchRunner(
+        settings, log=lambda m: click.echo(m, err=True)
+    ).run()  # CompoundError: the CLI's main reports it
+    click.echo(format_table(report))
+    click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
+    failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
+    if failed:
+        raise CompoundError(
+            f"{len(failed)} of {len(report['profiles'])} profile(s) failed: {', '.join(failed)}",
+            hint=f"each failure is in the table above and in {out / 'results.json'}",
+        )
+
+
+def _workload(
+    spec: Path, workload: str, pipeline: Optional[str], burst: int, phase_seconds: float, cores: int, out: Path
+) -> None:
+    from toolkit.bench.workload import DEFAULT_BURST, WorkloadRunner, WorkloadSettings, format_table
+
+    settings = WorkloadSettings(
+        spec=spec,
+        out=out,
+        workload=workload,
+        pipelines=[p.strip() for p in (pipeline or "").split(",") if p.strip()],
+        phase_s=phase_seconds,
+        burst=burst or DEFAULT_BURST,
+        cores=cores,
+        command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    report = WorkloadRunner(settings, log=lambda m: click.echo(m, err=True)).run()
+    click.echo(format_table(report))
+    click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
+    failed = sorted(name for name, result in report["deployments"].items() if "error" in result)
+    if failed:
+        raise CompoundError(
+            f"{len(failed)} of {len(report['deployments'])} deployment(s) failed: {', '.join(failed)}",
+            hint=f"each failure is in the table above and in {out / 'results.json'}",
+        )

@@ -1,0 +1,152 @@
+"""Supervision: a server whose process or container died is started again, by the runtime beside it.
+
+The keeper looks at every server of the deployment a few times a second (a /proc or container look,
+no request). A dead one is started again on the same ports with the same repository and key, as
+`compound deploy` started it (its saved request), and is ready only once every model is loaded and
+warm; the adaptive runtime then gives it back the deployment's live state (the instance counts it
+chose, the on-demand components that were loaded). Each restart keeps the dead server's log tail
+beside the run (crash-N.log) and a line in restarts.jsonl, which `compound status` and `compound logs`
+read. A server that dies again soon after its restart waits longer each time (crash-loop backoff).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from toolkit.core.errors import CompoundError
+from toolkit.runtime.process import read_restarts, record_restart
+from toolkit.targets.server import TritonServer, target_class
+from toolkit.targets.settings import DeployRequest, load_request
+from toolkit.targets.state import DeploymentState, ServerRecord, read_state, write_state
+
+STABLE_AFTER_S = 60.0  # a server that ran this long since its restart starts the backoff afresh
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+CRASH_LOG_LINES = 200
+
+
+@dataclass
+class ServerWatch:
+    """What the keeper remembers of one server between looks."""
+
+    restarted_at: float = 0.0
+    quick_crashes: int = 0  # crashes in a row, each within STABLE_AFTER_S of the restart before
+    retry_at: float = 0.0  # under backoff: not before this (monotonic)
+    down_since: Optional[float] = None
+    reason: str = ""  # why it died, in words
+
+
+@dataclass
+class Keeper:
+    state_file: Path
+    run_dir: Path
+    log: Callable[[str], None] = print
+    watches: dict[int, ServerWatch] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state: DeploymentState = read_state(self.state_file)
+        self.owner: type[TritonServer] = target_class(self.state.target)
+        self.request: DeployRequest = load_request(self.run_dir)
+        self.restarts = len(read_restarts(self.run_dir))
+        self.restarting = False  # a start is under way (the runtime's SIGTERM then aborts it)
+
+    def check(self, now: Optional[float] = None) -> list[int]:
+        """Look at every server; start the dead ones again (not sooner than their backoff allows).
+        Returns the servers that serve again after a restart."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for index in range(len(self.state.server_records())):
+            view = self.state.of_server(index)
+            watch = self.watches.setdefault(index, ServerWatch())
+            if self.owner.recorded_running(view):
+                watch.down_since = None
+                continue
+            if watch.down_since is None:
+                watch.down_since = now
+                watch.reason = self.owner.exit_reason(view)
+                self._keep_crash_log(index, view)
+                if watch.restarted_at and now - watch.restarted_at < STABLE_AFTER_S:
+                    watch.quick_crashes += 1
+                else:
+                    watch.quick_crashes = 0
+                delay = (
+                    min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (watch.quick_crashes - 1)) if watch.quick_crashes else 0
+                )
+                watch.retry_at = now + delay
+                self.log(
+                    f"{time.strftime('%H:%M:%S')} server {index} ({view.endpoints.http_url}) is gone: "
+                    f"{watch.reason}; restarting" + (f" in {delay:.0f} s (crash loop)" if delay else "")
+                )
+            if now < watch.retry_at:
+                continue
+            if self._restart(index, view, watch, now):
+                restarted.append(index)
+        return restarted
+
+    def _restart(self, index: int, view: DeploymentState, watch: ServerWatch, now: float) -> bool:
+        request = dataclasses.replace(
+            self.request,
+            http_port=view.http_port,
+            grpc_port=view.grpc_port,
+            metrics_port=view.metrics_port,
+            api_key=self.state.api_key,
+        )
+        began = time.monotonic()
+        self.restarting = True
+        try:
+            record = self.owner.restart_recorded(view, request)
+        except CompoundError as exc:
+            watch.quick_crashes += 1
+            watch.retry_at = time.monotonic() + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**watch.quick_crashes)
+            self.log(f"{time.strftime('%H:%M:%S')} server {index}: restart failed ({exc}); trying again later")
+            return False
+        finally:
+            self.restarting = False
+        self._record_server(index, record)
+        ready = time.monotonic()
+        down_s = ready - (watch.down_since if watch.down_since is not None else now)
+        self.restarts += 1
+        record_restart(
+            self.run_dir,
+            {
+                "n": self.restarts,
+                "server": index,
+                "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "reason": watch.reason or "the server exited",
+                "crash_log": str(self._crash_log_path(self.restarts)),
+                "start_s": round(ready - began, 2),
+                "down_s": round(down_s, 2),
+            },
+        )
+        self.log(
+            f"{time.strftime('%H:%M:%S')} server {index}: serving again ({ready - began:.1f} s to start and warm, "
+            f"{down_s:.1f} s down); restart {self.restarts}"
+        )
+        watch.restarted_at, watch.down_since = ready, None
+        return True
+
+    def _record_server(self, index: int, record: ServerRecord) -> None:
+        """The new pid (or container) goes into the deployment's state at once, so that `compound
+        stop` finds the restarted server."""
+        state = read_state(self.state_file) if self.state_file.is_file() else self.state
+        servers = state.server_records()
+        servers[index] = record
+        state.servers = servers
+        if index == 0:
+            state.pid, state.container = servers[0].pid, servers[0].container
+        write_state(state, self.state_file)
+        self.state = state
+
+    def _crash_log_path(self, number: int) -> Path:
+        return self.run_dir / f"crash-{number}.log"
+
+    def _keep_crash_log(self, index: int, view: DeploymentState) -> None:
+        """The dead server's log tail, kept before its restart appends to the same log."""
+        path = self._crash_log_path(self.restarts + 1)
+        tail = self.owner.recorded_log_tail(view, CRASH_LOG_LINES)
+        path.write_text(f"# server {index} ({view.endpoints.http_url}), log tail at its death\n{tail}\n")

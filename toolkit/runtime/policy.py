@@ -1,0 +1,244 @@
+"""The adaptive runtime's policy: from one window of Triton's statistics per component, which
+component gets an instance, which gives one back, which on-demand component is unloaded. Pure:
+the supervisor (toolkit/runtime/supervisor.py) measures and acts; this only decides, with a reason a
+person can check against the numbers.
+
+Why these signals. A Python component's instances are processes; one instance runs one batch at a
+time. `busy` (time its instances spent executing batches, each batch once) over the window and the
+instance count give its utilisation. Utilisation alone cannot tell a component that is busy from
+one that is the bottleneck, so scaling up also needs requests waiting: queue time per request at
+least half the busy time per request (Triton's pending-request gauge, read once a window, proved too
+noisy to trigger on by itself: one closed-loop client showed pending requests with 0.1 ms queued).
+Measured on this project's 2-core machines (docs/runtime.md): a CPU-bound, non-batching component
+at concurrency 32 sits at utilisation 0.92-1.04 with 100+ ms queued per request against 7 ms of
+work, its light neighbours below 0.2; a second instance served 1.83-1.91x.
+
+Scaling down asks whether the load would still fit: a component goes from n to n-1 instances when
+its measured load (utilisation x n) spread over n-1 stays below DOWN_TO with nothing waiting, for
+DOWN_AFTER windows in a row; the same test, in the last window, picks the component that gives an
+instance to a bottleneck when no core is spare (a bottleneck should not wait for the slower
+scale-down; measured on the bursty workload, each window a burst waits costs P95). "Nothing
+waiting" is what makes 0.9 safe: a component that one client keeps at 0.8 of a core on 2 instances
+gives one away (measured: the other was idle, and queueing stayed at zero); one whose requests queue
+keeps it. Hysteresis: up after UP_AFTER saturated windows in a row (one, when requests queue
+SEVERE_QUEUE_RATIO times as long as they compute), and no change to a component within COOLDOWN_S
+of the last (a reload must settle before its numbers mean
+anything). Capacity: a new instance needs half a core of measured spare capacity, where busy cores
+are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
+its callees' time, and would count them again). Downstream components grow with their upstream in
+proportion to their own measured load before their queues grow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
+DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
+QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
+SEVERE_QUEUE_RATIO = 4.0  # ... and that makes one saturated window enough
+MIN_REQUESTS = 5  # fewer requests in a window say nothing about waiting
+UP_AFTER = 2  # saturated windows in a row before adding an instance
+DOWN_AFTER = 5  # spare windows in a row before removing one
+COOLDOWN_S = 3.0  # no second change to a component within this time
+SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-threaded instance needs
+
+Action = Literal["scale", "unload"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    min: int
+    max: int
+    idle_s: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """One component over one interval, from the difference of two statistics snapshots."""
+
+    seconds: float
+    requests: int = 0
+    busy_s: float = 0.0  # instances executing batches
+    queue_s: float = 0.0  # summed over requests
+
+    def busy_cores(self) -> float:
+        return self.busy_s / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Component:
+    """What the runtime tracks of one model between windows."""
+
+    name: str
+    instances: int
+    threads: int = 1
+    bounds: Optional[Bounds] = None  # None: fixed (measured and accounted, never scaled)
+    loaded: bool = True
+    gpu: bool = False  # its instances run on GPUs: bounded by the GPU budget, not by cores
+    last_change: float = -math.inf
+    last_request: float = 0.0
+    hot: int = 0  # saturated windows in a row
+    cold: int = 0  # idle windows in a row
+    utilisation: float = 0.0
+    last_decision: str = ""
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.bounds is not None
+
+    @property
+    def floor(self) -> int:
+        return max(self.bounds.min, 1) if self.bounds else self.instances
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    action: Action
+    instances: int  # after the change (0 for unload)
+    reason: str
+
+
+@dataclass
+class Policy:
+    cores: float
+    downstream: dict[str, list[str]] = field(default_factory=dict)  # component -> components it feeds
+    gpus: int = 0  # GPU instances all components together may run; 0: only each one's autoscale.max
+
+    def observe(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> None:
+        """Update each component's utilisation and streaks from this window."""
+        for name, component in components.items():
+            window = windows.get(name)
+            if window is None or not component.loaded:
+                component.hot = component.cold = 0
+                continue
+            if window.requests:
+                component.last_request = now
+            component.utilisation = window.busy_cores() / max(component.instances, 1)
+            saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
+            # a queue several times the work is no fluctuation: one window is evidence enough
+            severe = saturated and window.queue_s >= SEVERE_QUEUE_RATIO * window.busy_s
+            component.hot = UP_AFTER if severe else component.hot + 1 if saturated else 0
+            spare = component.autoscaled and not self._waiting(window) and self._spare_instance(component)
+            component.cold = component.cold + 1 if spare else 0
+
+    @staticmethod
+    def _waiting(window: Window) -> bool:
+        if window.requests < MIN_REQUESTS:
+            return False
+        return window.queue_s / window.requests >= QUEUE_RATIO * window.busy_s / window.requests
+
+    @staticmethod
+    def _spare_instance(component: Component) -> bool:
+        """The load would fit in one instance fewer (and the floor allows it)."""
+        n = component.instances
+        return n > component.floor and component.utilisation * n / (n - 1) < DOWN_TO
+
+    def decide(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> list[Decision]:
+        self.observe(now, components, windows)
+        spare = self.cores - sum(w.busy_cores() for w in windows.values())
+        decisions: dict[str, Decision] = {}
+
+        def settled(c: Component) -> bool:
+            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+
+        def queue_ms(c: Component) -> float:
+            w = windows.get(c.name)
+            return 1e3 * w.queue_s / w.requests if w and w.requests else 0.0
+
+        bottlenecks = sorted(
+            (c for c in components.values() if settled(c) and c.hot >= UP_AFTER and c.instances < c.bounds.max),  # type: ignore[union-attr]
+            key=queue_ms,
+            reverse=True,
+        )
+        for component in bottlenecks:
+            n = component.instances
+            why = (
+                f"utilisation {component.utilisation:.2f} per instance and "
+                f"{queue_ms(component):.1f} ms queued per request"
+            )
+            if component.gpu:
+                on_gpus = sum(c.instances for c in components.values() if c.gpu and c.loaded)
+                if self.gpus and on_gpus >= self.gpus:
+                    continue
+                budget = f"; {on_gpus + 1} of {self.gpus} GPU instances" if self.gpus else ""
+                decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}{budget}")
+            elif spare >= SPARE_FOR_NEW_INSTANCE * component.threads:
+                spare -= component.threads * component.utilisation
+                decisions[component.name] = Decision(
+                    component.name,
+                    "scale",
+                    n + 1,
+                    f"{why}; {spare + component.threads * component.utilisation:.2f} cores spare",
+                )
+            else:
+                donor = self._donor(components, settled, exclude=component.name)
+                if donor is None:
+                    continue
+                decisions[donor.name] = Decision(
+                    donor.name,
+                    "scale",
+                    donor.instances - 1,
+                    f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f})",
+                )
+                decisions[component.name] = Decision(
+                    component.name, "scale", n + 1, f"{why}; no spare core, takes {donor.name}'s instance"
+                )
+            self._grow_downstream(component, n, components, settled, decisions)
+
+        for component in components.values():
+            if not settled(component):
+                continue
+            bounds = component.bounds
+            assert bounds is not None  # settled() implies autoscaled
+            if bounds.min == 0 and now - component.last_request >= bounds.idle_s:
+                decisions[component.name] = Decision(
+                    component.name,
+                    "unload",
+                    0,
+                    f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})",
+                )
+            elif component.cold >= DOWN_AFTER and component.instances > component.floor:
+                n = component.instances
+                decisions[component.name] = Decision(
+                    component.name,
+                    "scale",
+                    n - 1,
+                    f"utilisation {component.utilisation:.2f} on {n} instances for {component.cold} windows: "
+                    f"{n - 1} would carry it at {component.utilisation * n / (n - 1):.2f}",
+                )
+        return list(decisions.values())
+
+    def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]  # type: ignore[operator]
+        return min(idle, key=lambda c: c.utilisation) if idle else None
+
+    def _grow_downstream(
+        self,
+        upstream: Component,
+        before: int,
+        components: dict[str, Component],
+        settled: object,
+        decisions: dict[str, Decision],
+    ) -> None:
+        """An upstream component going from n to n+1 instances sends (n+1)/n times the load on: grow
+        each downstream component now to what that load needs at HIGH_UTILISATION."""
+        growth = (before + 1) / max(before, 1)
+        for name in self.downstream.get(upstream.name, []):
+            down = components.get(name)
+            if down is None or not settled(down):  # type: ignore[operator]
+                continue
+            assert down.bounds is not None
+            needed = math.ceil(down.utilisation * down.instances * growth / HIGH_UTILISATION - 1e-9)
+            target = min(needed, down.bounds.max)
+            if target > down.instances:
+                decisions[name] = Decision(
+                    name,
+                    "scale",
+                    target,
+                    f"downstream of {upstream.name}, which grows {before}->{before + 1}: "
+                    f"its load of {down.utilisation * down.instances:.2f} cores will grow {growth:.2f}x",
+                )

@@ -1,0 +1,428 @@
+"""The adaptive runtime: one process beside each deployment that keeps its servers up and adapts them.
+
+A few times a second the keeper (toolkit/runtime/keeper.py) checks that every server still runs and
+starts a dead one again, after which the runtime gives it back its live state. Every interval it
+reads Triton's statistics, the repository index and the live Python stubs, then (unless the
+deployment is static, whose models nothing changes):
+- heals: a component with fewer live stubs than instances (a stub killed, OOM) is reloaded;
+- scales: the policy (toolkit/runtime/policy.py) moves instances between components; a rescale is
+  a load with a config override, which Triton applies without failing a request;
+- unloads on-demand components idle for `idle_s` (the generated orchestrator loads them again, in
+  parallel with every other cold component the request can reach, when a request needs them);
+- accounts instance-, core- and GPU-seconds per component.
+It talks to Triton only through toolkit.client, with the deployment's key. `compound status` reads
+its status file, `compound logs` its decisions, `compound stop` ends it.
+
+Run by `compound deploy` as `python -m toolkit.runtime.supervisor RUN_DIR/runtime-config.json`; tests
+drive `Supervisor.tick()` directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolkit.client import (
+    api_key_headers,
+    http_json,
+    instance_count,
+    load_models,
+    model_config,
+    repository_index,
+    unload_model,
+)
+from toolkit.core.errors import CompoundError
+from toolkit.observe.stats import ModelCounters, fetch_stats
+from toolkit.repository.render import read_manifest
+from toolkit.runtime.keeper import Keeper
+from toolkit.runtime.lock import runtime_may_act
+from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
+from toolkit.targets.server import missing_stubs, stub_counts
+from toolkit.targets.state import LOG_FILE, STATUS_FILE, RuntimeConfig
+
+GONE_AFTER_S = 10.0  # unsupervised (a pod's sidecar): the server not answering this long ends the runtime
+WATCH_INTERVAL_S = 0.25  # how often the keeper looks at the servers
+
+
+@dataclass
+class Account:
+    instance_s: float = 0.0
+    core_s: float = 0.0
+    gpu_s: float = 0.0
+    requests: int = 0
+    heals: int = 0
+
+
+@dataclass
+class Supervisor:
+    config: RuntimeConfig
+    stubs: Callable[[], Optional[dict[str, int]]] = lambda: None
+    log: Callable[[str], None] = print
+    components: dict[str, Component] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    gpu_models: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._read_manifest()
+        self.previous: Optional[dict[str, ModelCounters]] = None
+        self.previous_at = time.monotonic()
+        self.decisions: list[dict[str, Any]] = []
+        self.generation = 0
+        self.suspects: set[str] = set()  # components short of stubs in the last window
+        self.tracing: Any = None
+        if self.config.otlp_endpoint:
+            from toolkit.observe.tracing import runtime_tracing
+
+            self.tracing = runtime_tracing(self.config.otlp_endpoint, f"{self.config.name}-runtime")
+
+    def _read_manifest(self) -> None:
+        """The component models the runtime acts on; read again when `compound update` rewrote it."""
+        path = Path(self.config.repository) / "compound.json"
+        self.manifest_mtime = path.stat().st_mtime_ns if path.is_file() else 0
+        manifest = read_manifest(self.config.repository)
+        self.bounds = {
+            name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()
+        }
+        self.threads: dict[str, int] = manifest.get("threads", {})
+        self.scaled_models: list[str] = list(manifest.get("models", []))
+        # what computes: components and fused pipelines. An ensemble's or orchestrator's own "compute"
+        # time is its callees' (every request's whole path), so counting it would double every core.
+        fused = [name for name, p in manifest.get("pipelines", {}).items() if p.get("kind") == "fused"]
+        fused += list(manifest.get("fused_groups", {}))  # fused models an ensemble calls as one step
+        self.compute_models = set(self.scaled_models) | set(fused)
+        downstream: dict[str, list[str]] = {}
+        for producer, consumer in manifest.get("edges", []):
+            downstream.setdefault(producer, []).append(consumer)
+        self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus)
+        for name in set(self.components) - set(self.scaled_models):  # replaced by an update
+            del self.components[name]
+
+    # --- one interval -------------------------------------------------------------------------
+
+    def tick(self, now: Optional[float] = None) -> list[Decision]:
+        """Measure, heal, decide, act, account; returns what it decided."""
+        now = time.monotonic() if now is None else now
+        path = Path(self.config.repository) / "compound.json"
+        if path.is_file() and path.stat().st_mtime_ns != self.manifest_mtime:
+            self._read_manifest()
+        loaded = self._refresh_components(now)
+        counters = fetch_stats(self.config.http_url)
+        seconds = max(now - self.previous_at, 1e-3)
+        windows = {name: w for name, w in self._windows(counters, seconds).items() if name in self.compute_models}
+        self._account(windows, seconds)
+        self.previous, self.previous_at = counters, now
+        with runtime_may_act(self.config.repository) as may_act:
+            # static: nothing changes the models; `compound update` acting: measure only
+            if not may_act or not self.config.scale:
+                self.write_status(now)
+                return []
+            self._heal(loaded, now)
+            decisions = self.policy.decide(now, self.components, windows)
+            for decision in decisions:
+                self._apply(decision, now)
+        self.write_status(now)
+        return decisions
+
+    def _refresh_components(self, now: float) -> set[str]:
+        """Track every component model; pick up ones loaded since (an orchestrator loading an
+        on-demand component) with the instance count of their live config."""
+        # the index alone (one request), not model_states(), which asks each model for readiness too
+        index = repository_index(self.config.http_url, api_key_headers(self.config.api_key))
+        loaded = {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
+        for name in self.scaled_models:
+            component = self.components.get(name)
+            if name in loaded and (component is None or not component.loaded):
+                instances, gpu = instance_count(model_config(self.config.http_url, name))
+                if gpu:
+                    self.gpu_models.add(name)
+                if component is None:
+                    component = Component(
+                        name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now, gpu=gpu
+                    )
+                    self.components[name] = component
+                else:
+                    component.gpu = gpu
+                    component.instances, component.loaded, component.last_request = instances, True, now
+                    self._record(now, name, "loaded", instances, "loaded on demand by a request that needed it")
+            elif name not in loaded and component is not None and component.loaded:
+                component.loaded = False
+            elif component is None:
+                self.components[name] = Component(
+                    name, 0, self.threads.get(name, 1), self.bounds.get(name), loaded=False
+                )
+        return loaded
+
+    def _windows(self, counters: dict[str, ModelCounters], seconds: float) -> dict[str, Window]:
+        windows = {}
+        for name, now in counters.items():
+            before = (self.previous or {}).get(name)
+            delta = now - before if before is not None else None
+            if delta is None or delta.success.count < 0 or delta.busy_ns < 0:
+                delta = now if self.previous is not None else None  # a reload restarted its counters
+            if delta is None:
+                continue
+            windows[name] = Window(
+                seconds=seconds,
+                requests=delta.success.count + delta.fail.count,
+                busy_s=delta.busy_ns / 1e9,
+                queue_s=delta.queue.ns / 1e9,
+            )
+        return windows
+
+    def _account(self, windows: dict[str, Window], seconds: float) -> None:
+        for name, component in self.components.items():
+            account = self.accounts.setdefault(name, Account())
+            if component.loaded:
+                account.instance_s += component.instances * seconds
+                account.core_s += component.instances * component.threads * seconds
+                if name in self.gpu_models:
+                    account.gpu_s += component.instances * seconds
+            if name in windows:
+                account.requests += windows[name].requests
+
+    def _heal(self, loaded: set[str], now: float) -> None:
+        live = self.stubs()
+        if live is None:
+            return
+        expected = {
+            name: c.instances
+            for name, c in self.components.items()
+            if c.loaded and name in loaded and name not in self.gpu_models
+        }
+        seen = missing_stubs(expected, live)
+        # dead in two windows in a row: a stub caught starting (a reload, a rescale) is not dead
+        dead = {name: why for name, why in seen.items() if name in self.suspects}
+        self.suspects = set(seen) - set(dead)
+        if not dead:
+            return
+        with self._span("runtime heal", ",".join(sorted(dead)), reason="; ".join(dead.values())):
+            errors = load_models(
+                self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key
+            )
+        for name, why in dead.items():
+            self.accounts.setdefault(name, Account()).heals += 1
+            outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
+            self._record(now, name, "heal", self.components[name].instances, f"{why}; {outcome}")
+            self.components[name].last_change = now
+
+    def _fresh_config(self, name: str) -> dict[str, Any]:
+        """The live config with a new generation number: Triton may treat a reload of an unchanged
+        model as a no-op that leaves its dead stub dead; a changed config always restarts it."""
+        config = model_config(self.config.http_url, name)
+        self.generation += 1
+        config.setdefault("parameters", {})["compound.generation"] = {"string_value": str(self.generation)}
+        return config
+
+    def _span(self, name: str, model: str, **attributes: Any) -> Any:
+        """A span of one runtime action, in a trace of its own (no request caused it)."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.root_span(name, model=model, **attributes)
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        with self._span(
+            f"runtime {decision.action}", decision.model, instances=decision.instances, reason=decision.reason
+        ):
+            self._apply_decision(decision, now)
+
+    def _apply_decision(self, decision: Decision, now: float) -> None:
+        component = self.components[decision.model]
+        if decision.action == "unload":
+            error = unload_model(self.config.grpc_url, decision.model, self.config.api_key)
+            if error is None:
+                component.loaded = False
+        else:
+            config = model_config(self.config.http_url, decision.model)
+            for group in config.get("instance_group") or []:
+                group["count"] = decision.instances
+            error = load_models(self.config.grpc_url, {decision.model: config}, self.config.api_key)[decision.model]
+            if error is None:
+                component.instances = decision.instances
+        component.last_change = now
+        component.hot = component.cold = 0
+        outcome = decision.reason if error is None else f"{decision.reason}; FAILED: {error}"
+        component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
+        self._record(now, decision.model, decision.action, decision.instances, outcome)
+
+    def _record(self, now: float, model: str, action: str, instances: int, reason: str) -> None:
+        entry = {
+            "t": round(now - self.started, 2),
+            "model": model,
+            "action": action,
+            "instances": instances,
+            "reason": reason,
+        }
+        self.decisions.append(entry)
+        if model in self.components and action in ("heal", "loaded"):
+            self.components[model].last_decision = f"{action}: {reason}"
+        self.log(f"{time.strftime('%H:%M:%S')} {model}: {action} -> {instances} instance(s): {reason}")
+
+    # --- what `compound status` shows ------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        models = {}
+        for name, c in sorted(self.components.items()):
+            account = self.accounts.get(name, Account())
+            models[name] = {
+                "instances": c.instances if c.loaded else 0,
+                "state": "loaded"
+                if c.loaded
+                else "unloaded (on demand)"
+                if c.bounds and c.bounds.min == 0
+                else "unloaded",
+                "autoscale": asdict(c.bounds) if c.bounds else None,
+                "utilisation": round(c.utilisation, 3),
+                "last_decision": c.last_decision,
+                **{
+                    key: round(value, 2) if isinstance(value, float) else value
+                    for key, value in asdict(account).items()
+                },
+            }
+        total = {
+            key: round(sum(m[key] for m in models.values()), 2) for key in ("instance_s", "core_s", "gpu_s", "requests")
+        }
+        return {
+            "deployment": self.config.name,
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started, 1),
+            "cores": self.config.cores,
+            "models": models,
+            "total": total,
+            "scaling": self.config.scale,
+            "decisions": self.decisions[-50:],
+        }
+
+    def write_status(self, now: float) -> None:
+        path = Path(self.config.run_dir) / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(now), indent=1))
+        tmp.replace(path)
+
+    # --- the process -----------------------------------------------------------------------------
+
+    def restore(self, now: float) -> None:
+        """After a server restart: the live state it had before its crash. The version in service
+        and a running canary come back with the repository's files; the instance counts the runtime
+        chose and the on-demand components that were loaded come back here."""
+        self.previous = None  # a new server counts from zero
+        index = repository_index(self.config.http_url, api_key_headers(self.config.api_key))
+        loaded = {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
+        missing = {name: None for name, c in self.components.items() if c.loaded and name not in loaded}
+        if missing:
+            errors = load_models(self.config.grpc_url, missing, self.config.api_key)  # type: ignore[arg-type]
+            for name, error in errors.items():
+                self._record(now, name, "restore", 0, "loaded again" if error is None else f"load FAILED: {error}")
+        rescaled: dict[str, Optional[dict[str, Any]]] = {}
+        for name, component in self.components.items():
+            if not component.loaded:
+                continue
+            config = model_config(self.config.http_url, name)
+            if instance_count(config)[0] != component.instances:
+                for group in config.get("instance_group") or []:
+                    group["count"] = component.instances
+                rescaled[name] = config
+        if rescaled:
+            errors = load_models(self.config.grpc_url, rescaled, self.config.api_key)
+            for name, error in errors.items():
+                outcome = "instance count restored" if error is None else f"FAILED: {error}"
+                self._record(now, name, "restore", self.components[name].instances, outcome)
+
+    # --- the process -----------------------------------------------------------------------------
+
+    def run(self, keeper: Optional[Keeper] = None) -> None:
+        """Until a signal says stop: the keeper looks at the servers every WATCH_INTERVAL_S, the
+        runtime ticks every interval. Without a keeper (a pod, whose server Kubernetes restarts) the
+        runtime ends once the server has been gone for GONE_AFTER_S."""
+        stopping = []
+
+        def on_signal(*_: object) -> None:
+            stopping.append(True)
+            if keeper is not None and keeper.restarting:
+                raise SystemExit(0)  # abort a start under way: the server being started is stopped with it
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        last_seen = next_tick = time.monotonic()
+        cores, interval = self.config.cores, self.config.interval_s
+        mode = "" if self.config.scale else ", static (instance counts fixed)"
+        self.log(f"runtime for '{self.config.name}' started: {cores:g} cores, interval {interval:g} s{mode}")
+        while not stopping:
+            began = time.monotonic()
+            if keeper is not None and keeper.check(began):
+                try:
+                    self.restore(time.monotonic())
+                except (CompoundError, OSError) as exc:
+                    self.log(f"restoring the live state after a restart failed: {exc}")
+                next_tick = time.monotonic()
+            if began >= next_tick:
+                next_tick = began + interval
+                try:
+                    self.tick(began)
+                    last_seen = began
+                except (CompoundError, OSError) as exc:
+                    if keeper is None and began - last_seen > GONE_AFTER_S:
+                        self.log(f"server gone for {GONE_AFTER_S:.0f} s ({exc}); runtime ends")
+                        break
+            pause = min(next_tick, time.monotonic() + WATCH_INTERVAL_S) - time.monotonic()
+            time.sleep(max(0.0, pause))
+        self.write_status(time.monotonic())
+        self.log("runtime stopped")
+
+
+def server_live(http_url: str) -> bool:
+    status, _ = http_json(f"http://{http_url}/v2/health/live", timeout=2.0)
+    return status == 200
+
+
+def main(argv: list[str]) -> None:
+    """`python -m toolkit.runtime.supervisor CONFIG.json`, or `--inline JSON` (a pod's sidecar, whose
+    key comes from the environment: a Secret)."""
+    from toolkit.targets.local import all_command_lines
+    from toolkit.targets.server import target_class
+    from toolkit.targets.settings import RUNTIME_KEY_ENV
+    from toolkit.targets.state import DeploymentState
+
+    if argv[:1] == ["--inline"] and len(argv) == 2:
+        config = RuntimeConfig(**json.loads(argv[1]))
+    elif len(argv) == 1:
+        config = RuntimeConfig.load(argv[0])
+    else:
+        raise SystemExit("usage: python -m toolkit.runtime.supervisor CONFIG.json | --inline JSON")
+    config.api_key = config.api_key or os.environ.get(RUNTIME_KEY_ENV, "")
+    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+    log_file = open(Path(config.run_dir) / LOG_FILE, "a", buffering=1)  # noqa: SIM115 - the process's own log
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        if config.stubs == "proc":
+            print(line, flush=True)  # a sidecar's log is its output: `kubectl logs ... -c runtime`
+
+    state = None
+    if config.stubs == "state" and config.state_file and Path(config.state_file).is_file():
+        state = DeploymentState(**json.loads(Path(config.state_file).read_text()))
+
+    def stubs() -> Optional[dict[str, int]]:
+        if config.stubs == "proc":
+            return stub_counts(all_command_lines())
+        return target_class(state.target).recorded_stubs(state) if state is not None else None
+
+    keeper = None
+    if config.supervise and config.stubs == "state" and state is not None and state.target != "kubernetes":
+        keeper = Keeper(Path(config.state_file), Path(config.run_dir), log=log)
+
+        def stubs() -> Optional[dict[str, int]]:  # the keeper's state: it has the restarted server's pid
+            return target_class(keeper.state.target).recorded_stubs(keeper.state)
+
+    Supervisor(config, stubs=stubs, log=log).run(keeper)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
