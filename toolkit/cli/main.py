@@ -327,6 +327,7 @@ def deploy(
     **options: Any,
 ) -> None:
     """Start Triton on REPOSITORY in the background and wait until every model is warm and ready."""
+    from toolkit.deployment import deployment as deployments
     from toolkit.targets.server import check_repository
     from toolkit.targets.settings import DeployRequest, check_otlp_endpoint, check_redis_url
 
@@ -399,7 +400,7 @@ def deploy(
         return
     click.echo(f"starting '{name}' on target {target} ...")
     started = time.monotonic()
-    state = Deployment.start(request).state
+    state = deployments.Deployment.start(request).state
     click.echo(
         f"'{name}' ready in {time.monotonic() - started:.1f} s: {state.endpoints.describe()} (log: {state.log_path})"
     )
@@ -488,15 +489,15 @@ def serve(
 def _chosen(name: Optional[str]) -> Optional[Deployment]:
     """The named deployment, or the only one recorded; None (after listing them, as `docker ps`
     does) when several are recorded and none was named."""
-    from toolkit.deployment.deployment import Deployment
+    from toolkit.deployment import deployment as deployments
 
     if name is not None:
-        return Deployment.find(name)
-    recorded = Deployment.recorded()
+        return deployments.Deployment.find(name)
+    recorded = deployments.Deployment.recorded()
     if len(recorded) == 1:
         return recorded[0]
     if not recorded:
-        return Deployment.find(None)  # the usual error: nothing is recorded
+        return deployments.Deployment.find(None)  # the usual error: nothing is recorded
     _list_deployments(recorded)
     return None
 
@@ -583,11 +584,11 @@ def logs(name: Optional[str], lines: int) -> None:
 def stop(name: Optional[str], stop_all: bool) -> None:
     """Stop the recorded deployment (its runtime, servers and proxy; remove its container, delete its
     Kubernetes objects) and forget it. With nothing recorded: says so, exit 0."""
-    from toolkit.deployment.deployment import Deployment
+    from toolkit.deployment import deployment as deployments
 
     if stop_all and name:
         raise CompoundError("--all and --name exclude each other", hint="give one of them")
-    recorded = Deployment.recorded()
+    recorded = deployments.Deployment.recorded()
     if not recorded and name is None:
         click.echo("no deployment is running")
         return

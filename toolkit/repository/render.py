@@ -43,7 +43,7 @@ def templates_dir() -> Path:
             return packaged
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(__file__).resolve().parents[2] / "templates"  # toolkit/repository/ -> checkout
 
 
 def pbtxt_quote(value: Any) -> str:

@@ -30,6 +30,14 @@ BACKOFF_MAX_S = 30.0
 CRASH_LOG_LINES = 200
 
 
+def backoff_s(quick_crashes: int) -> float:
+    """How long a server that crashed `quick_crashes` times in a row, each soon after its restart,
+    waits before the next start: none for the first crash, then doubling up to BACKOFF_MAX_S."""
+    if quick_crashes <= 0:
+        return 0.0
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (quick_crashes - 1))
+
+
 @dataclass
 class ServerWatch:
     """What the keeper remembers of one server between looks."""
@@ -102,7 +110,7 @@ class Keeper:
             record = self.owner.restart_recorded(view, request)
         except CompoundError as exc:
             watch.quick_crashes += 1
-            watch.retry_at = time.monotonic() + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**watch.quick_crashes)
+            watch.retry_at = time.monotonic() + backoff_s(watch.quick_crashes)
             self.log(f"{time.strftime('%H:%M:%S')} server {index}: restart failed ({exc}); trying again later")
             return False
         finally:
