@@ -215,9 +215,10 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     "--otlp-endpoint",
     default=None,
     metavar="URL",
-    help="OpenTelemetry collector (OTLP/HTTP base URL, e.g. http://127.0.0.1:4318): Triton's spans and the "
-    "runtime's (fused steps, orchestrator calls, cache lookups) go to its /v1/traces. From a bridge-networked "
-    "container, 127.0.0.1 is the container itself.",
+    help="OpenTelemetry collector, its OTLP/HTTP base URL or its traces URL (http://127.0.0.1:4318 or "
+    "http://127.0.0.1:4318/v1/traces: the same collector): Triton's spans and the runtime's (fused steps, "
+    "orchestrator calls, cache lookups) go to its /v1/traces. From a bridge-networked container, 127.0.0.1 is "
+    "the container itself.",
 )
 @click.option(
     "--trace-rate",
