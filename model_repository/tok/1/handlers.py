@@ -120,7 +120,8 @@ class Tokenizer:
 
 
 class Sentiment:
-    """A sentiment score in (-1, 1): tanh of the naive Bayes log odds, positive over negative."""
+    """A sentiment score in (-1, 1): P(positive) - P(negative) under naive Bayes, i.e. tanh of half
+    the log odds (0 for a text of unseen words)."""
 
     def __init__(self, parameters: dict, device: str) -> None:
         vocab = int(parameters.get("vocab", 4096))
