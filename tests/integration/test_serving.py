@@ -32,10 +32,8 @@ def reference(texts: list[str]) -> dict[str, np.ndarray]:
     handlers = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(handlers)
     ids = handlers.Tokenizer({"width": 16, "vocab": 4096}, "cpu")(text=strings(texts))["ids"]
-    score = handlers.Sentiment({"vocab": 4096, "hidden": 256, "seed": 1}, "cpu")(ids=ids)["score"]
-    topics = handlers.Topic(
-        {"vocab": 4096, "hidden": 256, "topics": ["news", "sport", "tech", "arts"], "seed": 2}, "cpu"
-    )(ids=ids)["topics"]
+    score = handlers.Sentiment({"vocab": 4096}, "cpu")(ids=ids)["score"]
+    topics = handlers.Topic({"vocab": 4096, "topics": ["news", "sport", "tech", "arts"]}, "cpu")(ids=ids)["topics"]
     joined = handlers.Verdict({"topics": ["news", "sport", "tech", "arts"]}, "cpu")(score=score, topics=topics)
     return {"score": score, "topics": topics, **joined}
 

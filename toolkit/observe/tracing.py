@@ -247,7 +247,7 @@ class SpanCollector:
 
     @property
     def endpoint(self) -> str:
-        """What to give `compound deploy --otlp-endpoint` (the base URL; /v1/traces is appended)."""
+        """What to give `compound deploy --otlp-endpoint` (the base URL; base + /v1/traces works too)."""
         host = self._server.server_address[0]
         return f"http://{host}:{self.port}"
 

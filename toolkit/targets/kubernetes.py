@@ -78,7 +78,7 @@ class KubernetesOptions:
     redis_image: str = "redis:7.4-alpine"
     redis_memory: str = "1Gi"
     tmp_size: str = "1Gi"  # the emptyDir at /tmp, the only path besides /dev/shm Triton writes to
-    otlp_endpoint: str = ""  # OpenTelemetry collector (OTLP/HTTP base URL) for Triton's and the runtime's spans
+    otlp_endpoint: str = ""  # OTLP/HTTP collector (base or /v1/traces URL) for Triton's and the runtime's spans
     trace_rate: int = 1
 
 
@@ -154,7 +154,7 @@ def pod_runtime_config(name: str, options: KubernetesOptions) -> dict[str, Any]:
         cores=pod_cores(options.cpu),
         gpus=options.gpus_per_pod,
         stubs="proc",
-        otlp_endpoint=options.otlp_endpoint,
+        otlp_endpoint=tracing.endpoint if (tracing := pod_tracing(options)) else "",
     )
     return {key: value for key, value in vars(config).items() if key not in ("api_key", "state_file")}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from toolkit.core.errors import CompoundError
+from toolkit.observe.tracing import TRACES_PATH
 
 Target = Literal["local", "docker", "kubernetes"]
 RUNTIME_GRPC_ENV = "COMPOUND_TRITON_GRPC"
@@ -77,6 +78,12 @@ class DeployRequest:
     # the deployment's key: None makes a new one (a server restarted by the runtime keeps the old one)
     api_key: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        """The endpoint as its base URL, so that the server and the adaptive runtime, each handed it
+        on its own, agree whichever form was given."""
+        if self.otlp_endpoint:
+            self.otlp_endpoint = check_otlp_endpoint(self.otlp_endpoint)
+
     def server_options(self) -> dict[str, Any]:
         """The keyword arguments every TritonServer takes, as asked for."""
         return {
@@ -95,20 +102,21 @@ class DeployRequest:
 class Tracing:
     """OpenTelemetry tracing of a deployment: Triton's own spans (every request, its models, an
     ensemble's steps, an orchestrator's calls) and compound's runtime spans, both as OTLP/HTTP to
-    `endpoint` (a collector's base URL; /v1/traces is appended). 1 request in `rate` is traced."""
+    the collector at `endpoint` (its base URL or its /v1/traces URL: kept as the base, see
+    check_otlp_endpoint). 1 request in `rate` is traced."""
 
     endpoint: str
     rate: int = 1
     service: str = "compound"
 
     def __post_init__(self) -> None:
-        check_otlp_endpoint(self.endpoint)
+        object.__setattr__(self, "endpoint", check_otlp_endpoint(self.endpoint))
         if self.rate < 1:
             raise CompoundError(f"--trace-rate {self.rate}: must be 1 or more (1 traces every request)")
 
     @property
     def traces_url(self) -> str:
-        return self.endpoint.rstrip("/") + "/v1/traces"
+        return self.endpoint + TRACES_PATH
 
     def server_args(self) -> list[str]:
         """Triton's OpenTelemetry mode. TIMESTAMPS level: a span per model with its compute span.
@@ -136,7 +144,7 @@ class Tracing:
 
     def environment(self) -> dict[str, str]:
         """What compound's runtime inside the server reads (templates/tracing.py)."""
-        return {OTLP_ENDPOINT_ENV: self.endpoint.rstrip("/"), TRACE_SERVICE_ENV: self.service}
+        return {OTLP_ENDPOINT_ENV: self.endpoint, TRACE_SERVICE_ENV: self.service}
 
 
 # Triton 2.51 (the embedded server) can free a trace while still holding its lock, when a traced
@@ -160,18 +168,22 @@ def tracing_warning(rate: int) -> Optional[str]:
 
 
 def check_otlp_endpoint(url: str) -> str:
-    """The URL as given, if it is an http(s) base URL; else a CompoundError naming --otlp-endpoint."""
-    scheme, _, rest = url.partition("://")
+    """The collector's OTLP/HTTP base URL, from either form people give: the base URL, or the
+    traces URL ending in /v1/traces (how Triton's trace config and most collectors' docs write it).
+    The one place the form is settled: Triton is given base + /v1/traces (Tracing.traces_url),
+    compound's runtime the base (COMPOUND_OTLP_ENDPOINT; templates/tracing.py appends the path).
+    Anything but an http(s) URL with a host is a CompoundError naming --otlp-endpoint."""
+    text = url.strip()
+    scheme, _, rest = text.partition("://")
     if scheme not in ("http", "https") or not rest.split("/", 1)[0]:
         raise CompoundError(
             f"--otlp-endpoint {url!r} is not an OTLP/HTTP URL",
-            hint="give the collector's base URL, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces)",
+            hint="give the collector's URL, e.g. http://127.0.0.1:4318 or http://127.0.0.1:4318/v1/traces",
         )
-    if rest.rstrip("/").endswith("/v1/traces"):
-        raise CompoundError(
-            f"--otlp-endpoint {url!r} names the traces path", hint="give the base URL: /v1/traces is appended"
-        )
-    return url
+    base = text.rstrip("/")
+    if base.endswith(TRACES_PATH):
+        base = base[: -len(TRACES_PATH)].rstrip("/")
+    return base
 
 
 def check_redis_url(url: str) -> str:
