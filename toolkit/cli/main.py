@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from toolkit import __version__
-from toolkit.cli.main.options import name_option
+from toolkit.cli.options import name_option
 from toolkit.core.errors import CompoundError
 
 if TYPE_CHECKING:
@@ -33,12 +33,12 @@ class _Group(click.Group):
     `compound --version` and the light commands stay quick."""
 
     lazy_commands = {
-        "loadtest": "toolkit.cli.main.loadtest:loadtest",
-        "bench": "toolkit.cli.main.bench:bench",
-        "update": "toolkit.cli.main.update:update",
-        "promote": "toolkit.cli.main.update:promote",
-        "rollback": "toolkit.cli.main.update:rollback",
-        "tune": "toolkit.cli.main.tune:tune",
+        "loadtest": "toolkit.cli.loadtest:loadtest",
+        "bench": "toolkit.cli.bench:bench",
+        "update": "toolkit.cli.update:update",
+        "promote": "toolkit.cli.update:promote",
+        "rollback": "toolkit.cli.update:rollback",
+        "tune": "toolkit.cli.tune:tune",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -121,7 +121,7 @@ def generate(spec: str, out_dir: str, device: str, tune_budget: Optional[str]) -
     from toolkit.repository.render import render_files, write_repository
 
     if tune_budget is not None:
-        from toolkit.cli.main.tune import run_tune
+        from toolkit.cli.tune import run_tune
         from toolkit.tune.search import tuned_spec_path
 
         tuned = tuned_spec_path(Path(spec))

@@ -203,7 +203,7 @@ class Deployment:
                 parts.append(read_tail(crash_log, lines))
         runtime_log = self.state.workdir / LOG_FILE
         if runtime_log.is_file():
-            parts.append(f"--- runtime: {runtime_log} ---")
+            parts.append(f"--- adaptive runtime: {runtime_log} ---")
             parts.append(read_tail(runtime_log, lines))
         return "\n".join(parts)
 

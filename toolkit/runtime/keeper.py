@@ -107,7 +107,7 @@ class Keeper:
         began = time.monotonic()
         self.restarting = True
         try:
-            record = self.owner.restart_recorded(view, request)
+            record = self.owner.restart_recorded(view, request, lambda new: self._record_server(index, new))
         except CompoundError as exc:
             watch.quick_crashes += 1
             watch.retry_at = time.monotonic() + backoff_s(watch.quick_crashes)

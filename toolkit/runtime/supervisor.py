@@ -30,22 +30,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.client import (
-    api_key_headers,
     http_json,
     instance_count,
-    load_models,
-    model_config,
-    repository_index,
-    unload_model,
 )
 from toolkit.core.errors import CompoundError
-from toolkit.observe.stats import ModelCounters, fetch_stats
+from toolkit.observe.stats import ModelCounters
 from toolkit.repository.render import read_manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
 from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
-from toolkit.targets.server import missing_stubs, stub_counts
-from toolkit.targets.state import LOG_FILE, STATUS_FILE, RuntimeConfig
+from toolkit.targets.fleet import ServerSet
+from toolkit.targets.server import missing_stubs, stub_counts, target_class
+from toolkit.targets.state import LOG_FILE, STATUS_FILE, DeploymentState, RuntimeConfig, read_state
 
 GONE_AFTER_S = 10.0  # unsupervised (a pod's sidecar): the server not answering this long ends the runtime
 WATCH_INTERVAL_S = 0.25  # how often the keeper looks at the servers
@@ -71,6 +67,8 @@ class Supervisor:
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
+        addresses = [tuple(pair) for pair in self.config.servers] or [(self.config.http_url, self.config.grpc_url)]
+        self.servers = ServerSet.of(addresses, self.config.api_key)  # type: ignore[arg-type]
         self._read_manifest()
         self.previous: Optional[dict[str, ModelCounters]] = None
         self.previous_at = time.monotonic()
@@ -114,7 +112,7 @@ class Supervisor:
         if path.is_file() and path.stat().st_mtime_ns != self.manifest_mtime:
             self._read_manifest()
         loaded = self._refresh_components(now)
-        counters = fetch_stats(self.config.http_url)
+        counters = self.servers.stats()
         seconds = max(now - self.previous_at, 1e-3)
         windows = {name: w for name, w in self._windows(counters, seconds).items() if name in self.compute_models}
         self._account(windows, seconds)
@@ -134,13 +132,12 @@ class Supervisor:
     def _refresh_components(self, now: float) -> set[str]:
         """Track every component model; pick up ones loaded since (an orchestrator loading an
         on-demand component) with the instance count of their live config."""
-        # the index alone (one request), not model_states(), which asks each model for readiness too
-        index = repository_index(self.config.http_url, api_key_headers(self.config.api_key))
-        loaded = {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
+        # the index alone (one request a server), not model_states(), which asks each model for readiness too
+        loaded = self.servers.ready_models()
         for name in self.scaled_models:
             component = self.components.get(name)
             if name in loaded and (component is None or not component.loaded):
-                instances, gpu = instance_count(model_config(self.config.http_url, name))
+                instances, gpu = instance_count(self.servers.config(name))
                 if gpu:
                     self.gpu_models.add(name)
                 if component is None:
@@ -192,8 +189,9 @@ class Supervisor:
         live = self.stubs()
         if live is None:
             return
+        replicas = len(self.servers.servers)  # stubs are counted over every server
         expected = {
-            name: c.instances
+            name: c.instances * replicas
             for name, c in self.components.items()
             if c.loaded and name in loaded and name not in self.gpu_models
         }
@@ -204,9 +202,7 @@ class Supervisor:
         if not dead:
             return
         with self._span("runtime heal", ",".join(sorted(dead)), reason="; ".join(dead.values())):
-            errors = load_models(
-                self.config.grpc_url, {name: self._fresh_config(name) for name in dead}, self.config.api_key
-            )
+            errors = self.servers.load({name: self._fresh_config(name) for name in dead})
         for name, why in dead.items():
             self.accounts.setdefault(name, Account()).heals += 1
             outcome = "reloaded" if errors[name] is None else f"reload failed: {errors[name]}"
@@ -216,7 +212,7 @@ class Supervisor:
     def _fresh_config(self, name: str) -> dict[str, Any]:
         """The live config with a new generation number: Triton may treat a reload of an unchanged
         model as a no-op that leaves its dead stub dead; a changed config always restarts it."""
-        config = model_config(self.config.http_url, name)
+        config = self.servers.config(name)
         self.generation += 1
         config.setdefault("parameters", {})["compound.generation"] = {"string_value": str(self.generation)}
         return config
@@ -236,14 +232,14 @@ class Supervisor:
     def _apply_decision(self, decision: Decision, now: float) -> None:
         component = self.components[decision.model]
         if decision.action == "unload":
-            error = unload_model(self.config.grpc_url, decision.model, self.config.api_key)
+            error = self.servers.unload(decision.model)
             if error is None:
                 component.loaded = False
         else:
-            config = model_config(self.config.http_url, decision.model)
+            config = self.servers.config(decision.model)
             for group in config.get("instance_group") or []:
                 group["count"] = decision.instances
-            error = load_models(self.config.grpc_url, {decision.model: config}, self.config.api_key)[decision.model]
+            error = self.servers.load({decision.model: config})[decision.model]
             if error is None:
                 component.instances = decision.instances
         component.last_change = now
@@ -308,34 +304,33 @@ class Supervisor:
 
     # --- the process -----------------------------------------------------------------------------
 
-    def restore(self, now: float) -> None:
-        """After a server restart: the live state it had before its crash. The version in service
-        and a running canary come back with the repository's files; the instance counts the runtime
-        chose and the on-demand components that were loaded come back here."""
+    def restore(self, now: float, server: Optional[int] = None) -> None:
+        """After a server restart: the live state it had before its crash (on that server alone, or
+        on every server). The version in service and a running canary come back with the
+        repository's files; the instance counts the runtime chose and the on-demand components that
+        were loaded come back here."""
         self.previous = None  # a new server counts from zero
-        index = repository_index(self.config.http_url, api_key_headers(self.config.api_key))
-        loaded = {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
-        missing = {name: None for name, c in self.components.items() if c.loaded and name not in loaded}
+        servers = self.servers if server is None else self.servers.only(server)
+        loaded = servers.ready_models()
+        missing: dict[str, Optional[dict[str, Any]]] = {
+            name: None for name, c in self.components.items() if c.loaded and name not in loaded
+        }
         if missing:
-            errors = load_models(self.config.grpc_url, missing, self.config.api_key)  # type: ignore[arg-type]
-            for name, error in errors.items():
+            for name, error in servers.load(missing).items():
                 self._record(now, name, "restore", 0, "loaded again" if error is None else f"load FAILED: {error}")
         rescaled: dict[str, Optional[dict[str, Any]]] = {}
         for name, component in self.components.items():
             if not component.loaded:
                 continue
-            config = model_config(self.config.http_url, name)
+            config = servers.config(name)
             if instance_count(config)[0] != component.instances:
                 for group in config.get("instance_group") or []:
                     group["count"] = component.instances
                 rescaled[name] = config
         if rescaled:
-            errors = load_models(self.config.grpc_url, rescaled, self.config.api_key)
-            for name, error in errors.items():
+            for name, error in servers.load(rescaled).items():
                 outcome = "instance count restored" if error is None else f"FAILED: {error}"
                 self._record(now, name, "restore", self.components[name].instances, outcome)
-
-    # --- the process -----------------------------------------------------------------------------
 
     def run(self, keeper: Optional[Keeper] = None) -> None:
         """Until a signal says stop: the keeper looks at the servers every WATCH_INTERVAL_S, the
@@ -356,11 +351,11 @@ class Supervisor:
         self.log(f"runtime for '{self.config.name}' started: {cores:g} cores, interval {interval:g} s{mode}")
         while not stopping:
             began = time.monotonic()
-            if keeper is not None and keeper.check(began):
+            for index in keeper.check(began) if keeper is not None else []:
                 try:
-                    self.restore(time.monotonic())
+                    self.restore(time.monotonic(), index)
                 except (CompoundError, OSError) as exc:
-                    self.log(f"restoring the live state after a restart failed: {exc}")
+                    self.log(f"restoring the live state of server {index} after its restart failed: {exc}")
                 next_tick = time.monotonic()
             if began >= next_tick:
                 next_tick = began + interval
@@ -377,6 +372,20 @@ class Supervisor:
         self.log("runtime stopped")
 
 
+def all_stubs(state: DeploymentState) -> Optional[dict[str, int]]:
+    """Live Python stubs per model, summed over every server of a recorded deployment (None where a
+    server's cannot be seen)."""
+    owner = target_class(state.target)
+    total: dict[str, int] = {}
+    for index in range(len(state.server_records())):
+        live = owner.recorded_stubs(state.of_server(index))
+        if live is None:
+            return None
+        for model, count in live.items():
+            total[model] = total.get(model, 0) + count
+    return total
+
+
 def server_live(http_url: str) -> bool:
     status, _ = http_json(f"http://{http_url}/v2/health/live", timeout=2.0)
     return status == 200
@@ -386,9 +395,7 @@ def main(argv: list[str]) -> None:
     """`python -m toolkit.runtime.supervisor CONFIG.json`, or `--inline JSON` (a pod's sidecar, whose
     key comes from the environment: a Secret)."""
     from toolkit.targets.local import all_command_lines
-    from toolkit.targets.server import target_class
     from toolkit.targets.settings import RUNTIME_KEY_ENV
-    from toolkit.targets.state import DeploymentState
 
     if argv[:1] == ["--inline"] and len(argv) == 2:
         config = RuntimeConfig(**json.loads(argv[1]))
@@ -407,19 +414,19 @@ def main(argv: list[str]) -> None:
 
     state = None
     if config.stubs == "state" and config.state_file and Path(config.state_file).is_file():
-        state = DeploymentState(**json.loads(Path(config.state_file).read_text()))
+        state = read_state(Path(config.state_file))
 
     def stubs() -> Optional[dict[str, int]]:
         if config.stubs == "proc":
             return stub_counts(all_command_lines())
-        return target_class(state.target).recorded_stubs(state) if state is not None else None
+        return all_stubs(state) if state is not None else None
 
     keeper = None
     if config.supervise and config.stubs == "state" and state is not None and state.target != "kubernetes":
         keeper = Keeper(Path(config.state_file), Path(config.run_dir), log=log)
 
-        def stubs() -> Optional[dict[str, int]]:  # the keeper's state: it has the restarted server's pid
-            return target_class(keeper.state.target).recorded_stubs(keeper.state)
+        def stubs() -> Optional[dict[str, int]]:  # the keeper's state: it has the restarted servers' pids
+            return all_stubs(keeper.state) if keeper is not None else None
 
     Supervisor(config, stubs=stubs, log=log).run(keeper)
 

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -484,7 +484,9 @@ class DockerServer(TritonServer):
         return f"killed by {signal_name(code - 128)}" if code > 128 else f"exited with code {code}"
 
     @classmethod
-    def restart_recorded(cls, state: DeploymentState, request: DeployRequest) -> ServerRecord:
+    def restart_recorded(
+        cls, state: DeploymentState, request: DeployRequest, on_launch: Optional[Callable[[ServerRecord], None]] = None
+    ) -> ServerRecord:
         """The same container started again: its image, ports, repository mount and environment are
         the ones `compound deploy` gave it."""
         import docker

@@ -17,7 +17,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from toolkit.core.errors import CompoundError, ServerError
 from toolkit.core.system import die_with_parent
@@ -204,7 +204,9 @@ class LocalServer(TritonServer):
         return logged or "the server exited (no signal in its log)"
 
     @classmethod
-    def restart_recorded(cls, state: DeploymentState, request: DeployRequest) -> ServerRecord:
+    def restart_recorded(
+        cls, state: DeploymentState, request: DeployRequest, on_launch: Optional[Callable[[ServerRecord], None]] = None
+    ) -> ServerRecord:
         if state.pid is not None:
             stop_process(state.pid)  # the dead server's orphaned stubs go first: they hold its shared memory
         server = cls(
@@ -214,8 +216,17 @@ class LocalServer(TritonServer):
             detach=True,
             **request.server_options(),
         )
-        server.start()
-        return ServerRecord(state.http_port, state.grpc_port, state.metrics_port, state.log_path, pid=server.pid)
+        server.preflight()
+        server.launch()
+        record = ServerRecord(state.http_port, state.grpc_port, state.metrics_port, state.log_path, pid=server.pid)
+        if on_launch is not None:
+            on_launch(record)  # recorded before the wait: `compound stop` meanwhile finds the new process
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return record
 
     @classmethod
     def recorded_stubs(cls, state: DeploymentState) -> Optional[dict[str, int]]:

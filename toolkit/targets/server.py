@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from toolkit.client import API_KEY_HEADER, api_key_headers
 from toolkit.core.errors import CompoundError, ServerError
@@ -316,10 +316,13 @@ class TritonServer(abc.ABC):
         return crash_signal(read_tail(Path(state.log_path), 200)) or "the server exited"
 
     @classmethod
-    def restart_recorded(cls, state: DeploymentState, request: DeployRequest) -> ServerRecord:
+    def restart_recorded(
+        cls, state: DeploymentState, request: DeployRequest, on_launch: Optional[Callable[[ServerRecord], None]] = None
+    ) -> ServerRecord:
         """Start the recorded (dead) server again, on the same ports with the same repository and key,
         and return once it is ready and warm. `request` is what `compound deploy` was asked for, with
-        this server's ports and the deployment's key."""
+        this server's ports and the deployment's key; `on_launch` hears of the new process as soon as
+        it exists."""
         raise CompoundError(f"the {cls.target} target does not restart servers itself")
 
     def __enter__(self) -> Any:

@@ -180,6 +180,7 @@ class RuntimeConfig:
     otlp_endpoint: str = ""  # with tracing: each load, scale and heal action becomes a span there
     scale: bool = True  # False (a static deployment): instance counts stay; crashed servers still restart
     supervise: bool = True  # restart a server whose process or container died (local and Docker)
+    servers: list[list[str]] = field(default_factory=list)  # [http_url, grpc_url] of each replica; [] = the one above
 
     def save(self) -> Path:
         path = Path(self.run_dir) / CONFIG_FILE
