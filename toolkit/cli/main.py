@@ -189,8 +189,9 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     "runtime",
     default=True,
     show_default=True,
-    help="[local, docker] Run the adaptive runtime beside the server (autoscaling, on-demand models, "
-    "self-healing, cost accounting); --static keeps the counts the spec names.",
+    help="[local, docker] Let the adaptive runtime beside the server change the models (autoscaling, on-demand "
+    "models, self-healing); --static keeps the counts the spec names. Either way the runtime restarts a "
+    "crashed server and accounts the cost.",
 )
 @click.option(
     "--cores",
@@ -270,9 +271,10 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
 @click.option(
     "--replicas",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="[kubernetes] Replicas without autoscaling.",
+    default=None,
+    help="[local, docker, kubernetes] local/docker: N servers on their own ports behind an Envoy proxy on the "
+    "public HTTP and gRPC ports (per-request balancing, health checks, retry on another replica); kubernetes: "
+    "pods without autoscaling (default 1).",
 )
 @click.option(
     "--min-replicas", type=click.IntRange(0), default=1, show_default=True, help="[kubernetes] KEDA lower bound."
@@ -355,9 +357,12 @@ def deploy(
             "redis_deployment",
         )
     }
+    if target == "kubernetes" and kubernetes["replicas"] is None:
+        kubernetes["replicas"] = 1
     request = DeployRequest(
         repository=repo,
         name=name,
+        replicas=options["replicas"] if target != "kubernetes" else None,
         target=target,
         host=host,
         http_port=http_port,
@@ -539,6 +544,8 @@ def status(name: Optional[str], as_json: bool) -> None:
                 f"  replica {index}: HTTP {server['http']} gRPC {server['grpc']}"
                 f" {'running' if server['running'] else 'NOT RUNNING'}"
             )
+    if report.proxy is not None:
+        _echo_proxy(report.proxy)
     for model in report.models:
         line = model.state + (f" ({model.reason})" if model.reason else "")
         click.echo(f"  model {model.name}: {line}")
@@ -569,6 +576,17 @@ def status(name: Optional[str], as_json: bool) -> None:
     sys.exit(report.exit_code)
 
 
+def _echo_proxy(proxy: dict[str, Any]) -> None:
+    state = "running" if proxy["running"] else "NOT RUNNING"
+    click.echo(f"  proxy:      envoy pid {proxy['pid']}, {state}, admin {proxy['admin']}")
+    for protocol, c in proxy.get("protocols", {}).items():
+        click.echo(
+            f"    {protocol}: {c['healthy_replicas']}/{c['replicas']} replicas healthy, {c['requests']} requests,"
+            f" {c['retries']} retried ({c['retry_overflow']} refused), {c['responses_5xx']} failed upstream,"
+            f" {c['ejections']} ejections, {c['health_check_failures']} failed health checks"
+        )
+
+
 @cli.command()
 @name_option()
 @click.option("-n", "--lines", type=click.IntRange(1), default=50, show_default=True)
@@ -577,6 +595,18 @@ def logs(name: Optional[str], lines: int) -> None:
     deployment = _chosen(name)
     if deployment is not None:
         click.echo(deployment.logs(lines))
+
+
+@cli.command()
+@name_option()
+def restart(name: Optional[str]) -> None:
+    """Restart the deployment's servers one at a time (a rolling restart): each is warm and back in the
+    proxy's rotation before the next goes, so a deployment with --replicas fails no request."""
+    deployment = _chosen(name)
+    if deployment is None:
+        sys.exit(1)
+    deployment.restart(log=click.echo)
+    click.echo(f"{deployment.name}: every server restarted")
 
 
 @cli.command()

@@ -12,14 +12,25 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from toolkit.client import api_key_headers, instance_count, model_config, model_states
 from toolkit.core.errors import CompoundError
+from toolkit.core.system import free_ports
+from toolkit.runtime.keeper import planned_restart_path
 from toolkit.runtime.process import RuntimeProcess, read_restarts
-from toolkit.targets.server import TritonServer, http_ready, missing_stubs, read_tail, target_class
+from toolkit.targets.proxy import EnvoyProxy, Replica, recorded_counters, recorded_proxy_running, stop_recorded_proxy
+from toolkit.targets.server import (
+    TritonServer,
+    grpc_ready,
+    http_ready,
+    missing_stubs,
+    new_api_key,
+    read_tail,
+    target_class,
+)
 from toolkit.targets.settings import DeployRequest, Endpoints, save_request
 from toolkit.targets.state import (
     LOG_FILE,
@@ -35,6 +46,7 @@ from toolkit.targets.state import (
 )
 
 DEAD_STUB_LOOKS = 3
+ROTATION_SETTLE_S = 1.0  # one health-check interval of the proxy
 
 
 def run_dir(name: str) -> Path:
@@ -130,16 +142,21 @@ class Deployment:
     @classmethod
     def start(cls, request: DeployRequest) -> Deployment:
         """Start the servers detached from this process, wait until every one is ready and warm,
-        start the runtime beside them, record it all. Anything started is stopped on failure."""
+        start the proxy in front of them when replicas were asked for, then the runtime beside them,
+        and record it all. Anything started is stopped on failure."""
         ensure_not_running(request.name)
         workdir = run_dir(request.name)
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
-        server = target_class(request.target).from_request(request, workdir)
-        server.start()
-        deployment = cls(server.deployment_state(request.name, workdir))
-        deployment.state.servers = deployment.state.server_records()
+        if request.replicas is None:
+            server = target_class(request.target).from_request(request, workdir)
+            server.start()
+            state = server.deployment_state(request.name, workdir)
+            state.servers = state.server_records()
+        else:
+            state = start_replicas(request, workdir)
+        deployment = cls(state)
         save_state(deployment.state)
         try:
             save_request(request, workdir)
@@ -164,7 +181,7 @@ class Deployment:
 
     def running(self) -> bool:
         """Any of its servers still runs (or the runtime, about to bring one back)."""
-        return any(self.servers_running()) or self.runtime_pid() is not None
+        return any(self.servers_running()) or recorded_proxy_running(self.state.proxy) or self.runtime_pid() is not None
 
     def runtime_pid(self) -> Optional[int]:
         return RuntimeProcess.alive(self.state.runtime_pid)
@@ -297,8 +314,58 @@ class Deployment:
             models=models,
             restarts={"count": len(restarts), "last": restarts[-1] if restarts else None},
             runtime=runtime_summary(runtime) if runtime is not None else None,
+            proxy=proxy_summary(self.state) if state.proxy is not None else None,
             canary=canary,
         )
+
+    # --- restarting -----------------------------------------------------------------------------
+
+    def restart(self, log: Callable[[str], None] = print, timeout_s: float = 300.0) -> None:
+        """A rolling restart: one server at a time is stopped (Triton drains what it serves; the proxy
+        retries on another replica what it could not take) and started again by the runtime's keeper;
+        the next one goes only once this one is warm and back in the proxy's rotation. With a single
+        server and no proxy, clients see it down while it restarts."""
+        if self.runtime_pid() is None:
+            raise CompoundError(
+                f"the runtime of '{self.name}' does not run, so nothing would start its servers again",
+                hint="see `compound logs`; `compound stop` and `compound deploy` it again",
+            )
+        if self.state.proxy is None:
+            log("warning: one server and no proxy: it does not serve while it restarts (deploy with --replicas N)")
+        for index in range(len(self.state.server_records())):
+            view = self.state.of_server(index)
+            old = self.state.server_records()[index]
+            began = time.monotonic()
+            planned_restart_path(self.state.workdir, index).write_text("")
+            self.owner.halt_recorded(view)
+            deadline = began + timeout_s
+            while time.monotonic() < deadline:
+                self.state = load_state(self.name)
+                new = self.state.server_records()[index]
+                fresh = (new.pid, new.container) != (old.pid, old.container) or self.owner.target == "docker"
+                if fresh and self.owner.recorded_running(self.state.of_server(index)) and self._in_rotation(index):
+                    break
+                time.sleep(0.2)
+            else:
+                raise CompoundError(
+                    f"replica {index} of '{self.name}' did not serve again within {timeout_s:.0f} s",
+                    hint="see `compound logs`",
+                )
+            time.sleep(ROTATION_SETTLE_S)  # the proxy's connections to it are up before the next replica goes
+            log(f"replica {index} restarted: serving again after {time.monotonic() - began:.1f} s")
+
+    def _in_rotation(self, index: int) -> bool:
+        """The server answers ready, and the proxy (if any) counts it healthy on both protocols."""
+        view = self.state.of_server(index)
+        if not http_ready(view.endpoints) or not grpc_ready(view.endpoints):
+            return False
+        if self.state.proxy is None:
+            return True
+        counters = recorded_counters(self.state.proxy)
+        if counters is None:
+            return False
+        ports = {"http": view.http_port, "grpc": view.grpc_port}
+        return all(counters.host(protocol, f"{self.state.host}:{port}").healthy for protocol, port in ports.items())
 
     # --- stopping -------------------------------------------------------------------------------
 
@@ -306,11 +373,65 @@ class Deployment:
         """Stop the runtime first (so it brings nothing back), then every server, and forget the
         deployment; False if nothing was running."""
         RuntimeProcess.stop(self.state.runtime_pid)
+        if state_path(self.name).is_file():  # the runtime may have restarted a server meanwhile
+            self.state = load_state(self.name)
         records = self.state.server_records()
         stopped = [self.owner.stop_recorded(self.state.of_server(i)) for i in range(len(records))]
+        stopped.append(stop_recorded_proxy(self.state.proxy))
         forget_state(self.name)
         shutil.rmtree(self.state.workdir / "backends", ignore_errors=True)
         return any(stopped)
+
+
+def start_replicas(request: DeployRequest, workdir: Path) -> DeploymentState:
+    """N servers on ports of their own (replica 0 keeps the deployment's metrics port), one key for
+    all, started together and each waited for until warm; then the proxy on the public HTTP and gRPC
+    ports. Returns the state recording them all; stops everything it started if any part fails."""
+    count = request.replicas or 1
+    if request.target == "kubernetes":
+        raise CompoundError("--replicas with --target kubernetes is the pod count", hint="see docs/deploy.md")
+    owner = target_class(request.target)
+    key = request.api_key or new_api_key()
+    proxy_ports = EnvoyProxy([Replica(request.host, 1, 1)], http_port=request.http_port, grpc_port=request.grpc_port)
+    proxy_ports.preflight()  # the public ports are the proxy's: checked before any server starts
+    ports = free_ports(3 * count, request.host)
+    servers: list[TritonServer] = []
+    for index in range(count):
+        http, grpc, metrics = ports[3 * index : 3 * index + 3]
+        replica = replace(
+            request,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=request.metrics_port if index == 0 else metrics,
+            api_key=key,
+        )
+        servers.append(owner.from_request(replica, workdir, replica=index))
+    proxy: Optional[EnvoyProxy] = None
+    try:
+        for server in servers:
+            server.preflight()
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+        proxy = EnvoyProxy(
+            [Replica(request.host, s.endpoints.http_port, s.endpoints.grpc_port) for s in servers],
+            http_port=request.http_port,
+            grpc_port=request.grpc_port,
+            listen_host=request.host,
+            deployment=request.name,
+            workdir=workdir / "proxy",
+            detach=True,
+        ).start()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    views = [server.deployment_state(request.name, workdir) for server in servers]
+    state = views[0]
+    state.servers = [view.server_records()[0] for view in views]
+    state.http_port, state.grpc_port = request.http_port, request.grpc_port
+    state.proxy = proxy.record()
+    return state
 
 
 def ensure_not_running(name: str) -> None:
@@ -342,7 +463,27 @@ def runtime_config(state: DeploymentState, request: DeployRequest, state_file: P
         state_file=str(state_file),
         otlp_endpoint=request.otlp_endpoint or "",
         scale=request.runtime,
+        servers=[[f"{state.host}:{s.http_port}", f"{state.host}:{s.grpc_port}"] for s in state.server_records()],
     )
+
+
+def proxy_summary(state: DeploymentState) -> dict[str, Any]:
+    """The proxy's own counters for `compound status`: per protocol, and per replica."""
+    record = state.proxy
+    assert record is not None
+    counters = recorded_counters(record)
+    summary: dict[str, Any] = {
+        "pid": record.pid,
+        "admin": f"http://127.0.0.1:{record.admin_port}",
+        "running": recorded_proxy_running(record),
+        "log": record.log_path,
+    }
+    if counters is not None:
+        summary["protocols"] = {name: vars(cluster) for name, cluster in sorted(counters.clusters.items())}
+        summary["replicas"] = [vars(host) for host in counters.hosts]
+        summary["client_requests"] = counters.client_requests
+        summary["client_5xx"] = counters.client_5xx
+    return summary
 
 
 def runtime_summary(runtime: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 from toolkit.core.errors import CompoundError
 from toolkit.runtime.process import read_restarts, record_restart
+from toolkit.targets.proxy import EnvoyProxy, recorded_proxy_running
 from toolkit.targets.server import TritonServer, target_class
 from toolkit.targets.settings import DeployRequest, load_request
 from toolkit.targets.state import DeploymentState, ServerRecord, read_state, write_state
@@ -28,6 +29,13 @@ STABLE_AFTER_S = 60.0  # a server that ran this long since its restart starts th
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 CRASH_LOG_LINES = 200
+PROXY = -1  # the proxy's watch, beside the servers' (0, 1, ...)
+
+
+def planned_restart_path(run_dir: Path, index: int) -> Path:
+    """Written by `compound restart` before it stops server `index`: the keeper then starts it again
+    as a planned restart (no crash log, no backoff)."""
+    return run_dir / f"planned-restart-{index}"
 
 
 def backoff_s(quick_crashes: int) -> float:
@@ -76,6 +84,14 @@ class Keeper:
                 continue
             if watch.down_since is None:
                 watch.down_since = now
+                planned = planned_restart_path(self.run_dir, index)
+                if planned.is_file():  # `compound restart` stopped it: no crash, no backoff
+                    planned.unlink()
+                    watch.reason, watch.retry_at = "rolling restart (`compound restart`)", now
+                    self.log(f"{time.strftime('%H:%M:%S')} server {index}: stopped for a rolling restart")
+                    if self._restart(index, view, watch, now):
+                        restarted.append(index)
+                    continue
                 watch.reason = self.owner.exit_reason(view)
                 self._keep_crash_log(index, view)
                 if watch.restarted_at and now - watch.restarted_at < STABLE_AFTER_S:
@@ -94,7 +110,46 @@ class Keeper:
                 continue
             if self._restart(index, view, watch, now):
                 restarted.append(index)
+        self._keep_proxy(now)
         return restarted
+
+    def _keep_proxy(self, now: float) -> None:
+        """The proxy in front of the replicas, started again with its configuration if it died."""
+        record = self.state.proxy
+        if record is None or recorded_proxy_running(record):
+            return
+        watch = self.watches.setdefault(PROXY, ServerWatch())
+        if watch.down_since is None:
+            watch.down_since, watch.retry_at = now, now + backoff_s(watch.quick_crashes)
+            self.log(f"{time.strftime('%H:%M:%S')} the proxy (pid {record.pid}) is gone; restarting")
+        if now < watch.retry_at:
+            return
+        try:
+            proxy = EnvoyProxy.of_state(self.state).start()
+        except CompoundError as exc:
+            watch.quick_crashes += 1
+            watch.retry_at = time.monotonic() + backoff_s(watch.quick_crashes)
+            self.log(f"{time.strftime('%H:%M:%S')} the proxy did not start again ({exc}); trying again later")
+            return
+        state = read_state(self.state_file) if self.state_file.is_file() else self.state
+        state.proxy = proxy.record()
+        write_state(state, self.state_file)
+        self.state = state
+        self.restarts += 1
+        record_restart(
+            self.run_dir,
+            {
+                "n": self.restarts,
+                "server": "proxy",
+                "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "reason": "the proxy exited",
+                "crash_log": record.log_path,
+                "start_s": round(time.monotonic() - now, 2),
+                "down_s": round(time.monotonic() - watch.down_since, 2),
+            },
+        )
+        self.log(f"{time.strftime('%H:%M:%S')} the proxy serves again (pid {proxy.pid})")
+        watch.down_since = None
 
     def _restart(self, index: int, view: DeploymentState, watch: ServerWatch, now: float) -> bool:
         request = dataclasses.replace(

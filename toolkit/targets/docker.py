@@ -434,16 +434,17 @@ class DockerServer(TritonServer):
         return state is not None and state.get("Status") == "running"
 
     @classmethod
-    def from_request(cls, request: DeployRequest, workdir: Path) -> DockerServer:
+    def from_request(cls, request: DeployRequest, workdir: Path, replica: Optional[int] = None) -> DockerServer:
+        suffix = "" if replica is None else f"-{replica}"
         return cls(
             request.repository,
-            name=f"compound-{request.name}",
+            name=f"compound-{request.name}{suffix}",
             image=request.image,
             base_image=request.base_image,
             network=request.network,
             gpus=request.gpus,
             pip=request.pip,
-            log_path=workdir / "tritonserver.log",
+            log_path=workdir / f"tritonserver{suffix}.log",
             detach=True,
             **request.server_options(),
         )
@@ -465,6 +466,17 @@ class DockerServer(TritonServer):
     @classmethod
     def stop_recorded(cls, state: DeploymentState) -> bool:
         return bool(state.container) and remove_container(state.container)  # type: ignore[arg-type]
+
+    @classmethod
+    def halt_recorded(cls, state: DeploymentState) -> None:
+        """Killed (see LocalServer.halt_recorded), not removed: `restart_recorded` starts the same
+        container again."""
+        import docker
+
+        try:
+            connect().containers.get(state.container).kill()
+        except docker.errors.NotFound:
+            pass
 
     @classmethod
     def exit_reason(cls, state: DeploymentState) -> str:

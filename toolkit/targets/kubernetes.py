@@ -451,7 +451,9 @@ class KubernetesDeployment(TritonServer):
         return f"`kubectl logs deployment/{self.name} -n {self.options.namespace}`"
 
     @classmethod
-    def from_request(cls, request: DeployRequest, workdir: Optional[Path] = None) -> KubernetesDeployment:
+    def from_request(
+        cls, request: DeployRequest, workdir: Optional[Path] = None, replica: Optional[int] = None
+    ) -> KubernetesDeployment:
         """Also what --dry-run renders from (no workdir: the manifests go where the request says)."""
         options = KubernetesOptions(
             name=request.name,

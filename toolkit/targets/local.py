@@ -177,8 +177,9 @@ class LocalServer(TritonServer):
         return self.process is not None and self.process.poll() is None
 
     @classmethod
-    def from_request(cls, request: DeployRequest, workdir: Path) -> LocalServer:
-        return cls(request.repository, workdir=workdir, detach=True, **request.server_options())
+    def from_request(cls, request: DeployRequest, workdir: Path, replica: Optional[int] = None) -> LocalServer:
+        log = workdir / ("tritonserver.log" if replica is None else f"tritonserver-{replica}.log")
+        return cls(request.repository, workdir=workdir, log_path=log, detach=True, **request.server_options())
 
     def record(self, state: DeploymentState) -> None:
         state.pid, state.log_path = self.pid, str(self.log_path)
@@ -190,6 +191,17 @@ class LocalServer(TritonServer):
     @classmethod
     def stop_recorded(cls, state: DeploymentState) -> bool:
         return state.pid is not None and stop_process(state.pid)
+
+    @classmethod
+    def halt_recorded(cls, state: DeploymentState) -> None:
+        """SIGKILL, not SIGINT: a Triton 2.51 shutting down gracefully unloads its models while it still
+        takes requests, which then fail NOT_FOUND (no retry helps); a killed server resets them, and the
+        proxy retries those on another replica (inference is idempotent: docs/always-on.md)."""
+        if state.pid is not None and pid_running_tritonserver(state.pid):
+            try:
+                os.killpg(state.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     @classmethod
     def exit_reason(cls, state: DeploymentState) -> str:

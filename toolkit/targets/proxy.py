@@ -31,6 +31,7 @@ from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
 from toolkit.core.system import die_with_parent, free_port
 from toolkit.targets.server import read_tail
+from toolkit.targets.state import DeploymentState, ProxyRecord
 
 Discovery = Literal["static", "strict_dns"]
 Protocol = Literal["http", "grpc"]
@@ -535,8 +536,76 @@ class EnvoyProxy:
         stats = self.admin_json(f"/stats?format=json&filter={wanted}")
         return parse_counters(stats, self.admin_json("/clusters?format=json"))
 
+    def record(self) -> ProxyRecord:
+        """What a deployment keeps of its (started) proxy."""
+        assert self.pid is not None
+        return ProxyRecord(self.pid, self.admin_port, str(self.log_path), str(self.config_path))
+
+    @classmethod
+    def of_state(cls, state: DeploymentState, workers: Optional[int] = None) -> EnvoyProxy:
+        """The proxy a recorded deployment has (or had): its replicas, public ports and admin port."""
+        assert state.proxy is not None
+        return cls(
+            [Replica(state.host, s.http_port, s.grpc_port) for s in state.server_records()],
+            http_port=state.http_port,
+            grpc_port=state.grpc_port,
+            listen_host=state.host,
+            admin_port=state.proxy.admin_port,
+            deployment=state.name,
+            workdir=Path(state.proxy.config_path).parent,
+            workers=workers,
+            detach=True,
+        )
+
     def __enter__(self) -> EnvoyProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def recorded_proxy_running(record: Optional[ProxyRecord]) -> bool:
+    """The recorded proxy's process is still an envoy (not a process that reused its pid)."""
+    if record is None:
+        return False
+    try:
+        with open(f"/proc/{record.pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+        with open(f"/proc/{record.pid}/stat") as stat:
+            zombie = stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+    return not zombie and bool(argv) and b"envoy" in Path(argv[0].decode(errors="replace")).name.encode()
+
+
+def stop_recorded_proxy(record: Optional[ProxyRecord]) -> bool:
+    """SIGTERM the recorded proxy, SIGKILL its process group after the grace period; False if it
+    was not running."""
+    if not recorded_proxy_running(record):
+        return False
+    assert record is not None
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while recorded_proxy_running(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        os.killpg(record.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
+
+
+def recorded_counters(record: Optional[ProxyRecord]) -> Optional[ProxyCounters]:
+    """The recorded proxy's counters, or None when it does not answer."""
+    if record is None:
+        return None
+    admin = f"http://127.0.0.1:{record.admin_port}"
+    try:
+        wanted = urllib.parse.quote(r"^(cluster\.replicas_|http\.(http|grpc)\.downstream_rq)")
+        with urllib.request.urlopen(f"{admin}/stats?format=json&filter={wanted}", timeout=5) as response:  # noqa: S310
+            stats = json.loads(response.read())
+        with urllib.request.urlopen(f"{admin}/clusters?format=json", timeout=5) as response:  # noqa: S310
+            clusters = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return parse_counters(stats, clusters)

@@ -49,6 +49,20 @@ def http_ready(endpoints: Endpoints, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def grpc_ready(endpoints: Endpoints, timeout_s: float = 2.0) -> bool:
+    """Triton's gRPC ServerReady: its gRPC endpoint serves too (it may start after the HTTP one)."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        client = grpcclient.InferenceServerClient(endpoints.grpc_url)
+        try:
+            return bool(client.is_server_ready(client_timeout=timeout_s))
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return False
+
+
 def read_tail(path: Path, lines: int = 40) -> str:
     try:
         with open(path, "rb") as handle:
@@ -265,8 +279,9 @@ class TritonServer(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_request(cls, request: DeployRequest, workdir: Path) -> TritonServer:
-        """A server for `compound deploy`: detached from the CLI's process, files under `workdir`."""
+    def from_request(cls, request: DeployRequest, workdir: Path, replica: Optional[int] = None) -> TritonServer:
+        """A server for `compound deploy`: detached from the CLI's process, files under `workdir`;
+        `replica` numbers it among several (its own log and container name)."""
 
     def deployment_state(self, name: str, workdir: Path) -> DeploymentState:
         """What `compound deploy` records of this (started) server for later commands."""
@@ -309,6 +324,11 @@ class TritonServer(abc.ABC):
     @abc.abstractmethod
     def stop_recorded(cls, state: DeploymentState) -> bool:
         """Stop what a record names; False if nothing was running."""
+
+    @classmethod
+    def halt_recorded(cls, state: DeploymentState) -> None:
+        """Stop the recorded server so that `restart_recorded` can start it again (a rolling restart)."""
+        cls.stop_recorded(state)
 
     @classmethod
     def exit_reason(cls, state: DeploymentState) -> str:

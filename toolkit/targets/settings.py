@@ -75,6 +75,8 @@ class DeployRequest:
     # OpenTelemetry tracing (local, docker, kubernetes): Triton's spans and the runtime's, 1 in trace_rate
     otlp_endpoint: Optional[str] = None
     trace_rate: int = 1
+    # local and docker: N servers behind an L7 proxy on the public HTTP and gRPC ports (None: one server, no proxy)
+    replicas: Optional[int] = None
     # the deployment's key: None makes a new one (a server restarted by the runtime keeps the old one)
     api_key: Optional[str] = None
 

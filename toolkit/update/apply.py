@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
-from toolkit.client import api_key_headers, http_json, load_models, repository_index, unload_model
+from toolkit.client import http_json
 from toolkit.core.errors import CompoundError
 from toolkit.repository.render import MARKER, read_manifest, template_env, templates_dir
 from toolkit.repository.versions import (
@@ -41,6 +41,7 @@ from toolkit.repository.versions import (
     rename_model,
 )
 from toolkit.runtime.lock import update_lock
+from toolkit.targets.fleet import ServerSet
 from toolkit.targets.server import compile_python
 
 ROUTER_INSTANCES = 2
@@ -51,24 +52,29 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class LiveDeployment:
-    """The running deployment an update acts on: its repository on this machine and its server."""
+    """The running deployment an update acts on: its repository on this machine and its servers
+    (every replica gets each load and unload, one after another)."""
 
     repository: Path
     http_url: str
     grpc_url: str
     metrics_url: str
     api_key: str
+    servers: ServerSet
 
     @classmethod
     def of(cls, deployment: Any) -> LiveDeployment:
         """From a DeploymentState or a started TritonServer."""
         endpoints = deployment.endpoints
+        records = deployment.server_records() if hasattr(deployment, "server_records") else []
+        addresses = [(f"{endpoints.host}:{s.http_port}", f"{endpoints.host}:{s.grpc_port}") for s in records]
         return cls(
             Path(deployment.repository),
             endpoints.http_url,
             endpoints.grpc_url,
             endpoints.metrics_url,
             deployment.api_key,
+            ServerSet.of(addresses or [(endpoints.http_url, endpoints.grpc_url)], deployment.api_key),
         )
 
 
@@ -145,8 +151,7 @@ def save_version_record(repository: Path, record: VersionRecord) -> None:
 
 
 def _loaded(live: LiveDeployment) -> set[str]:
-    index = repository_index(live.http_url, api_key_headers(live.api_key))
-    return {str(entry.get("name")) for entry in index if entry.get("state") == "READY"}
+    return live.servers.ready_models()
 
 
 def _load(live: LiveDeployment, names: list[str], what: str, one_by_one: bool = False) -> None:
@@ -157,7 +162,7 @@ def _load(live: LiveDeployment, names: list[str], what: str, one_by_one: bool = 
         return
     errors: dict[str, Optional[str]] = {}
     for batch in [[n] for n in names] if one_by_one else [names]:
-        errors.update(load_models(live.grpc_url, {name: None for name in batch}, live.api_key))
+        errors.update(live.servers.load({name: None for name in batch}))
     failed = {name: error for name, error in errors.items() if error is not None}
     if failed:
         lines = "\n  ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
@@ -166,7 +171,7 @@ def _load(live: LiveDeployment, names: list[str], what: str, one_by_one: bool = 
 
 def _unload(live: LiveDeployment, names: list[str], log: Log) -> None:
     for name in names:
-        error = unload_model(live.grpc_url, name, live.api_key)
+        error = live.servers.unload(name)
         if error is not None:
             log(f"  warning: could not unload {name}: {error}")
 
@@ -179,10 +184,9 @@ def _drain(
     orchestrator's steps, an ensemble's later steps): unloading those at once fails such requests."""
     if not names:
         return
-    from toolkit.observe.stats import fetch_stats
 
     def calls() -> dict[str, int]:
-        counters = fetch_stats(live.http_url)
+        counters = live.servers.stats()
         return {n: counters[n].success.count + counters[n].fail.count for n in names if n in counters}
 
     deadline = time.monotonic() + timeout_s
