@@ -253,28 +253,12 @@ class Deployment:
         running = any(up)
         ready = running and http_ready(state.endpoints)
         models: list[ModelStatus] = []
-        dead: dict[str, str] = {}
         runtime = self.runtime_status() if running else None
         if running:
             try:
-                seen = model_states(state.endpoints.http_url, api_key_headers(state.api_key))
-            except CompoundError:  # between a crash and the restart: the server does not answer yet
-                seen, running = [], False
-            dead = self.dead_stubs([m.name for m in seen if m.state == "READY"])
-            counts = {name: info["instances"] for name, info in (runtime or {}).get("models", {}).items()}
-            for model in seen:
-                if model.name in dead and model.state == "READY":
-                    shown, reason = "UNHEALTHY", f"{dead[model.name]}: requests to it fail until it is loaded again"
-                elif model.healthy:
-                    shown, reason = "READY", ""
-                elif model.state == "READY":
-                    shown, reason = "UNHEALTHY", "loaded, but not ready to serve; see `compound logs`"
-                else:
-                    shown, reason = model.state, model.reason
-                instances = counts.get(model.name)
-                if instances is None and model.state == "READY":
-                    instances = instance_count(model_config(state.endpoints.http_url, model.name))[0]
-                models.append(ModelStatus(model.name, shown, instances, reason))
+                models = self._models(runtime)
+            except (CompoundError, OSError):  # between a crash and the restart: the server does not answer
+                models, running = [], False
         unhealthy = any(m.state != "READY" for m in models)
         if ready and not unhealthy:
             condition = "ready"
@@ -366,6 +350,28 @@ class Deployment:
             return False
         ports = {"http": view.http_port, "grpc": view.grpc_port}
         return all(counters.host(protocol, f"{self.state.host}:{port}").healthy for protocol, port in ports.items())
+
+    def _models(self, runtime: Optional[dict[str, Any]]) -> list[ModelStatus]:
+        """Every model as the server serves it, with its instance count (the runtime's, else its config's)."""
+        state = self.state
+        seen = model_states(state.endpoints.http_url, api_key_headers(state.api_key))
+        dead = self.dead_stubs([m.name for m in seen if m.state == "READY"])
+        counts = {name: info["instances"] for name, info in (runtime or {}).get("models", {}).items()}
+        models: list[ModelStatus] = []
+        for model in seen:
+            if model.name in dead and model.state == "READY":
+                shown, reason = "UNHEALTHY", f"{dead[model.name]}: requests to it fail until it is loaded again"
+            elif model.healthy:
+                shown, reason = "READY", ""
+            elif model.state == "READY":
+                shown, reason = "UNHEALTHY", "loaded, but not ready to serve; see `compound logs`"
+            else:
+                shown, reason = model.state, model.reason
+            instances = counts.get(model.name)
+            if instances is None and model.state == "READY":
+                instances = instance_count(model_config(state.endpoints.http_url, model.name))[0]
+            models.append(ModelStatus(model.name, shown, instances, reason))
+        return models
 
     # --- stopping -------------------------------------------------------------------------------
 
