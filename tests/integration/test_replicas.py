@@ -75,9 +75,7 @@ class ClosedLoop:
 
 def served_per_replica(deployment: Deployment) -> list[int]:
     host = deployment.state.host
-    return [
-        fetch_stats(f"{host}:{s.http_port}")["classify"].success.count for s in deployment.state.server_records()
-    ]
+    return [fetch_stats(f"{host}:{s.http_port}")["classify"].success.count for s in deployment.state.server_records()]
 
 
 @pytest.fixture(scope="module")
