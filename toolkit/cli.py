@@ -603,6 +603,12 @@ def stop(name: Optional[str]) -> None:
     "spans to a loopback --otlp-endpoint nothing else listens on: this command receives them there.",
 )
 @click.option("--name", default=None, help="With --trace: the deployment (default: the only one).")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="PIPELINE streams (its last step has stream: true): print each response as a JSON line as it arrives,"
+    " then the time to the first response, responses per second and the total.",
+)
 def infer(
     pipeline: str,
     url: Optional[str],
@@ -611,11 +617,21 @@ def infer(
     data_file: Optional[Path],
     trace: bool,
     name: Optional[str],
+    stream: bool,
 ) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
     from toolkit.client import DEFAULT_URLS, fetch_signature, parse_cli_inputs, to_jsonable
     from toolkit.client import infer as run_inference
 
+    if stream:
+        if trace:
+            raise click.UsageError("--stream and --trace do not go together yet: trace one response with plain infer")
+        from toolkit.stream_client import print_stream
+
+        url = url or DEFAULT_URLS[protocol]
+        signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+        print_stream(pipeline, url, parse_cli_inputs(list(pairs), data_file, signature), protocol, signature)  # type: ignore[arg-type]
+        return
     collector = None
     if trace:
         from toolkit.deploy.base import load_state

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 
@@ -371,6 +371,20 @@ def infer(
         raise CompoundError(f"cannot reach Triton at {url}: {exc}") from None
     finally:
         client.close()
+
+
+def stream_infer(
+    model: str,
+    url: str,
+    inputs: dict[str, np.ndarray],
+    protocol: Protocol = "grpc",
+    **options: Any,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Streaming inference (a pipeline whose last step streams): each response's outputs as they
+    arrive; see toolkit.stream_client.stream_infer for the options and each protocol's encoding."""
+    from toolkit.stream_client import stream_infer as stream
+
+    return stream(model, url, inputs, protocol, **options)
 
 
 def to_jsonable(outputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ MARKER = "compound.json"  # at the repository root; Triton ignores plain files t
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
 METRICS_MODULE = "compound_metrics"  # templates/metrics.py, beside every Python model
+STREAM_MODULE = "compound_stream"  # templates/stream.py, beside every streaming model (stream: true)
 TRACING_MODULE = "compound_tracing"  # templates/tracing.py, beside every Python model (used with --otlp-endpoint)
 
 
@@ -97,6 +98,8 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
         files.update(handler_files(model.handler, f"{name}/1"))
         if model.spec.tiered_cache is not None:
             files[f"{name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
+        if model.stream is not None:
+            files[f"{name}/1/{STREAM_MODULE}.py"] = (templates_dir() / "stream.py").read_bytes()
     for name in sorted(plan.pipelines):
         pipeline = plan.pipelines[name]
         if pipeline.kind == "ensemble":
@@ -184,7 +187,8 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     warm_inputs = [_Tensor(n, spec.inputs[n].triton_type, warm_dims[n]) for n in spec.inputs]
     warmups: list[dict[str, Any]] = []
     if spec.warmup:
-        sizes = [1] if spec.max_batch_size <= 1 else [1, spec.max_batch_size]
+        # a streaming model takes one stream per request: a warmup request of one row is one stream
+        sizes = [1] if spec.max_batch_size <= 1 or model.stream else [1, spec.max_batch_size]
         warmups = [{"name": f"{model.name}_warmup_batch_{b}", "batch_size": b, "inputs": warm_inputs} for b in sizes]
     parameters = [
         ("compound.handler", f"{model.handler.module}:{model.handler.cls}"),
@@ -194,6 +198,9 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     cache = cache_settings(model)
     if cache is not None:
         parameters.append(("compound.cache", json.dumps(cache, sort_keys=True)))
+    if model.stream is not None:
+        parameters.append(("compound.stream", model.stream))
+        parameters.append(("compound.max_streams", str(max_streams(spec.max_batch_size))))
     return env.get_template("config.pbtxt.j2").render(
         version=__version__,
         source=source,
@@ -211,7 +218,18 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         cache=spec.response_cache,
         warmups=warmups,
         parameters=parameters,
+        stream=model.stream,
     )
+
+
+# Streams one instance of a plain-generator model without a batch axis steps at once (each advanced in turn).
+UNBATCHED_MAX_STREAMS = 64
+
+
+def max_streams(max_batch_size: int) -> int:
+    """Streams in flight per instance: a continuous-batching step takes at most max_batch_size states;
+    a request beyond waits in the instance's queue (Triton 2.51 caps nothing for a decoupled model)."""
+    return max_batch_size if max_batch_size > 0 else UNBATCHED_MAX_STREAMS
 
 
 def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: PipelinePlan, source: str) -> str:
@@ -251,6 +269,7 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
         outputs=_tensors(outputs),
         steps=steps,
         cache=cache,
+        streaming=pipeline.streaming,
     )
 
 
@@ -286,6 +305,7 @@ def program_model_files(
         threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
         program_file=PROGRAM_FILE,
+        streaming=pipeline.streaming,
     )
     runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None
     if runtime is None:

@@ -100,6 +100,8 @@ class _Compiler:
                 "inputs": dict(step.inputs),
                 "outputs": dict(step.outputs),
             }
+            if model.stream:
+                node["stream"] = True  # its responses go to the caller as they come (the runtime's streaming mode)
             produced = {tensor: model.outputs[out] for out, tensor in step.outputs.items()}
             return node, set(step.inputs.values()), produced
         if isinstance(step, SwitchStep):
@@ -192,6 +194,8 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
         "outputs": {name: pipeline.tensors[name].numpy_dtype for name in spec.outputs},
         "body": root.json(),
     }
+    if pipeline.streaming:
+        program["streaming"] = True
     if pipeline.kind == "fused":
         program["handlers"] = inline_handlers(plan, pipeline)
     else:
