@@ -643,6 +643,11 @@ def infer(
     url = url or DEFAULT_URLS[protocol]
     try:
         signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+        if signature.decoupled:
+            raise CompoundError(
+                f"'{pipeline}' streams (its last step has stream: true): it answers with many responses",
+                hint=f"compound infer {pipeline} --stream ...",
+            )
         inputs = parse_cli_inputs(list(pairs), data_file, signature)
         headers = collector.new_traceparent() if collector is not None else None
         outputs = run_inference(pipeline, url, inputs, protocol, headers=headers)  # type: ignore[arg-type]
