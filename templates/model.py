@@ -66,10 +66,11 @@ class HandlerRunner:
         return self._compute(inputs, rows)
 
     def _compute(self, inputs: dict[str, np.ndarray], rows: int) -> list[tuple[str, np.ndarray]]:
-        return self.coerce(self.handler(**inputs), rows)
+        result = self.handler(**inputs)
+        return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
 
     def coerce(self, result: Any, rows: int) -> list[tuple[str, np.ndarray]]:
-        """What the handler returned (one response) as the declared outputs, in order, checked."""
+        """One response of a streaming handler as the declared outputs, in order, checked."""
         return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
 
     def _coerce(self, name: str, dtype: np.dtype, dims: Optional[list[int]], result: Any, rows: int) -> np.ndarray:
