@@ -26,7 +26,9 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
+import uuid
 from typing import Any, Optional
 
 import numpy as np
@@ -34,6 +36,17 @@ import triton_python_backend_utils as pb_utils
 
 PROGRAM_VERSION = 1
 STREAM_WAITERS = 512  # streams one streaming orchestrator instance forwards at once
+# A streaming callee's request carries an id of this form; a marker file of that name in cancel_folder()
+# ends it (Triton 2.51 cannot cancel a BLS request). The same rule is in compound_stream.py.
+STREAM_ID_PREFIX = "compound-stream-"
+
+
+def cancel_folder() -> str:
+    """Where cancelled streams are marked: a folder every stub of the server sees (memory-backed if it can)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()  # noqa: S108 - markers, not secrets
+    return os.path.join(base, "compound-cancelled")
+
+
 OUTER = -1  # a read from the enclosing scope (see toolkit/orchestrator.py)
 Node = dict[str, Any]
 
@@ -446,10 +459,12 @@ class TritonPythonModel:
             else pb_utils.Tensor(name, np.ascontiguousarray(scope[tensor].array()[0]))
             for name, tensor in node["inputs"].items()
         ]
+        stream_id = f"{STREAM_ID_PREFIX}{uuid.uuid4().hex}"
         request = pb_utils.InferenceRequest(
             model_name=model,
             inputs=inputs,
             requested_output_names=list(node["outputs"]),
+            request_id=stream_id,
             trace=context.trace,
             timeout=context.timeout_us(),
         )
@@ -475,6 +490,7 @@ class TritonPythonModel:
                 if any(output is None for _, output in outputs):
                     continue  # the callee's empty final response
                 if sink.sender.is_cancelled():
+                    self._cancel_callee(stream_id, responses)
                     break
                 tensors = [
                     self._outgoing(tensor, output, batching) for tensor, output in outputs if tensor in self.outputs
@@ -483,6 +499,28 @@ class TritonPythonModel:
                 sink.streamed = True
         sink.streamed = True
         return {tensor: STREAMED for tensor in node["outputs"].values()}
+
+    def _cancel_callee(self, stream_id: str, responses: Any) -> None:
+        """The client went away: mark the callee's stream cancelled (its streaming runtime ends it within a
+        step), drain what it still sends, then remove the mark."""
+        folder = cancel_folder()
+        marker = os.path.join(folder, stream_id)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(marker, "w", encoding="utf-8"):
+                pass
+        except OSError:
+            marker = ""  # no shared folder: the callee runs to its own end
+
+        def drain() -> None:
+            for _ in responses:
+                pass
+            if marker:
+                with contextlib.suppress(OSError):
+                    os.unlink(marker)
+
+        assert self.waiters is not None
+        self.waiters.submit(drain)
 
     def _outgoing(self, name: str, output: Any, callee_batching: bool) -> Any:
         """A callee's response tensor as the pipeline's output `name` (the same object when nothing changes)."""

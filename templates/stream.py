@@ -19,7 +19,10 @@ instance; later requests wait in order (Triton 2.51 caps nothing for a decoupled
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import tempfile
 import threading
 from typing import Any, Callable
 
@@ -28,16 +31,28 @@ import triton_python_backend_utils as pb_utils
 
 IDLE_WAIT_S = 0.5  # how often an idle loop looks whether it should stop
 STOP_WAIT_S = 10.0
+# A streaming orchestrator calls this model with request ids of this form and, when its own client goes
+# away, writes a marker of that name into cancel_folder() (Triton 2.51 cannot cancel a BLS request, and
+# an ensemble passes no cancellation on). The same rule is in the orchestrator runtime.
+STREAM_ID = re.compile(r"^compound-stream-[0-9a-f]{32}$")
+
+
+def cancel_folder() -> str:
+    """Where cancelled streams are marked: a folder every stub of the server sees (memory-backed if it can)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()  # noqa: S108 - markers, not secrets
+    return os.path.join(base, "compound-cancelled")
 
 
 class Stream:
     """One request in flight: where its responses go, its inputs, and its generator or state."""
 
-    __slots__ = ("request", "sender", "inputs", "rows", "generator", "state", "sent")
+    __slots__ = ("request", "sender", "inputs", "rows", "generator", "state", "sent", "marker")
 
     def __init__(self, request: Any, inputs: dict[str, np.ndarray], rows: int) -> None:
         self.request = request  # kept until the final response: the sender belongs to it
         self.sender = request.get_response_sender()
+        request_id = request.request_id()
+        self.marker = os.path.join(cancel_folder(), request_id) if STREAM_ID.match(request_id) else ""
         self.inputs = inputs
         self.rows = rows
         self.generator: Any = None
@@ -142,7 +157,7 @@ class Streamer:
     def _drop_cancelled(self) -> None:
         kept = []
         for stream in self.active:
-            if stream.sender.is_cancelled():
+            if stream.sender.is_cancelled() or (stream.marker and os.path.exists(stream.marker)):
                 self._end_cancelled(stream)
             else:
                 kept.append(stream)
