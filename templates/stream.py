@@ -13,7 +13,8 @@ stream in flight by one response per round:
 
 Before each round, streams whose client went away (`response_sender.is_cancelled()`) end: their
 generator is closed (its `finally` runs), a stepping handler's optional `cancel(state)` is called, and
-they leave the batch, so no step is spent for nobody. At most `compound.max_streams` streams run per
+they leave the batch, so no step is spent for nobody (asked before every step, at most every
+CANCEL_CHECK_S). At most `compound.max_streams` streams run per
 instance; later requests wait in order (Triton 2.51 caps nothing for a decoupled model).
 """
 
@@ -24,6 +25,7 @@ import queue
 import re
 import tempfile
 import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +33,9 @@ import triton_python_backend_utils as pb_utils
 
 IDLE_WAIT_S = 0.5  # how often an idle loop looks whether it should stop
 STOP_WAIT_S = 10.0
+# Whether a client went away is one round trip to the server per stream: asked before every step, but not
+# more often than this (steps of microseconds would otherwise spend most of their time asking).
+CANCEL_CHECK_S = 0.01
 # A streaming orchestrator calls this model with request ids of this form and, when its own client goes
 # away, writes a marker of that name into cancel_folder() (Triton 2.51 cannot cancel a BLS request, and
 # an ensemble passes no cancellation on). The same rule is in the orchestrator runtime.
@@ -89,6 +94,7 @@ class Streamer:
         self.incoming: queue.Queue[Stream] = queue.Queue()
         self.active: list[Stream] = []
         self.stopping = threading.Event()
+        self.checked = 0.0  # when the streams in flight were last asked whether their client went away
         self.thread = threading.Thread(target=self._run, name=f"compound-stream-{model_name}", daemon=True)
         self.thread.start()
 
@@ -155,6 +161,10 @@ class Streamer:
             self.active.append(stream)
 
     def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        if now - self.checked < CANCEL_CHECK_S:
+            return
+        self.checked = now
         kept = []
         for stream in self.active:
             if stream.sender.is_cancelled() or (stream.marker and os.path.exists(stream.marker)):
