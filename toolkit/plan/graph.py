@@ -433,6 +433,12 @@ class _PipelineChecker:
         if plan is None or len(self.problems) > before:
             return None
         plan.streaming = streaming
+        if streaming and plan.kind == "ensemble":
+            self.warnings.append(
+                f"{self.where('steps')}: pipeline '{self.name}': its last step streams; Triton 2.51's ensemble does not"
+                " pass a client's cancellation on to it, so an abandoned stream runs to its own end (an orchestrated"
+                " pipeline, or the model called directly, stops it within a step: docs/streaming.md#cancellation)"
+            )
         if self.pipeline.fuse_groups:
             self._plan_groups(plan)
             if len(self.problems) > before:
