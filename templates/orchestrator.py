@@ -93,11 +93,13 @@ class Value:
 class Sink:
     """Where a streaming pipeline's responses go: the one request's sender (streaming runs never merge)."""
 
-    __slots__ = ("sender", "streamed")
+    __slots__ = ("request", "sender", "streamed", "handed_off")
 
-    def __init__(self, sender: Any) -> None:
-        self.sender = sender
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.sender = request.get_response_sender()
         self.streamed = False  # a streaming step sent the responses: only the final flag is left
+        self.handed_off = False  # a fused streaming step's loop owns the sender now, final flag included
 
 
 class Context:
@@ -155,6 +157,7 @@ class TritonPythonModel:
         self.input_names: list[str] = list(self.program["inputs"])
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
+        self.streamers: dict[str, Any] = {}  # fused streaming steps: their streaming loops
         self.on_demand = OnDemand(self.program.get("on_demand", []))
         here = os.path.dirname(os.path.abspath(__file__))
         metrics = _sibling_module(here, "compound_metrics", required=False)
@@ -189,11 +192,26 @@ class TritonPythonModel:
             )
         compound_component.limit_native_threads(threads)  # before warmup: it runs as requests will
         for model, entry in self.program["handlers"].items():
+            if entry.get("stream"):
+                streaming = _sibling_module(here, "compound_stream")
+                self.streamers[model] = streaming.Streamer(
+                    model,
+                    entry["handler"],
+                    self.inline[model],
+                    list(entry["inputs"]),
+                    self.batching,
+                    entry["stream"],
+                    entry["max_streams"],
+                    self._describe,
+                )
+        for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:
                 zeros = {name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}
                 self.inline[model](zeros, rows, cached=False)
 
     def finalize(self) -> None:
+        for streamer in self.streamers.values():
+            streamer.stop()
         if self.metrics is not None:
             self.metrics.unloaded()
         for runner in self.inline.values():
@@ -224,7 +242,7 @@ class TritonPythonModel:
         return None
 
     async def _stream_one(self, request: Any) -> None:
-        sink = Sink(request.get_response_sender())
+        sink = Sink(request)
         deadline = time.monotonic() + self.timeout_s if self.timeout_s is not None else None
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
@@ -232,16 +250,20 @@ class TritonPythonModel:
             rows = next(iter(inputs.values())).rows()
             context = Context(request.trace(), deadline, self._row_parents([request], [rows]), sink)
             values = await self._with_deadline(self._run_body(inputs, context), context)
+            if sink.handed_off:
+                return
             if sink.streamed:
                 sink.sender.send(flags=final)
             else:
                 sink.sender.send(self._responses(values, [rows])[0], flags=final)
         except StepError as exc:
-            sink.sender.send(_error(str(exc)), flags=final)
+            if not sink.handed_off:
+                sink.sender.send(_error(str(exc)), flags=final)
         except Exception as exc:  # noqa: BLE001 - report and keep serving
-            sink.sender.send(
-                _error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}"), flags=final
-            )
+            if not sink.handed_off:
+                sink.sender.send(
+                    _error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}"), flags=final
+                )
 
     def _shape_key(self, request: Any, index: int) -> Any:
         if not self.batching:
@@ -556,6 +578,12 @@ class TritonPythonModel:
             )
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
+        if node.get("stream") and context.sink is not None:
+            # the pipeline's streaming step: the streaming loop runs the handler and answers the caller
+            names = {out: tensor for out, tensor in node["outputs"].items() if tensor in self.outputs}
+            self.streamers[model].submit(context.sink.request, context.sink.sender, arrays, rows, names)
+            context.sink.handed_off = True
+            return {tensor: STREAMED for tensor in node["outputs"].values()}
         try:
             with self._timed(node, scope), self._span(f"step {model}", context, model=model, step=where, rows=rows):
                 outputs = dict(self.inline[model](arrays, rows))

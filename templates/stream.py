@@ -26,7 +26,7 @@ import re
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -51,13 +51,21 @@ def cancel_folder() -> str:
 class Stream:
     """One request in flight: where its responses go, its inputs, and its generator or state."""
 
-    __slots__ = ("request", "sender", "inputs", "rows", "generator", "state", "sent", "marker")
+    __slots__ = ("request", "sender", "inputs", "rows", "generator", "state", "sent", "marker", "names")
 
-    def __init__(self, request: Any, inputs: dict[str, np.ndarray], rows: int) -> None:
+    def __init__(
+        self,
+        request: Any,
+        sender: Any,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        names: Optional[dict[str, str]] = None,
+    ) -> None:
         self.request = request  # kept until the final response: the sender belongs to it
-        self.sender = request.get_response_sender()
+        self.sender = sender
         request_id = request.request_id()
         self.marker = os.path.join(cancel_folder(), request_id) if STREAM_ID.match(request_id) else ""
+        self.names = names  # output -> the tensor name it is sent as (and only those); None: as declared
         self.inputs = inputs
         self.rows = rows
         self.generator: Any = None
@@ -107,8 +115,15 @@ class Streamer:
             if not self.batched:
                 arrays = [array[np.newaxis] for array in arrays]
             rows = int(arrays[0].shape[0]) if arrays else 1
-            self.incoming.put(Stream(request, dict(zip(self.input_names, arrays)), rows))
+            self.incoming.put(Stream(request, request.get_response_sender(), dict(zip(self.input_names, arrays)), rows))
         return None
+
+    def submit(
+        self, request: Any, sender: Any, inputs: dict[str, np.ndarray], rows: int, names: dict[str, str]
+    ) -> None:
+        """A stream whose inputs another runtime computed (a fused pipeline's last step runs here): `inputs`
+        carry the batch axis; each response sends the outputs in `names` under their pipeline names."""
+        self.incoming.put(Stream(request, sender, inputs, rows, names))
 
     def stop(self) -> None:
         """At unload: the loop ends, and streams still in flight get an error response."""
@@ -221,6 +236,8 @@ class Streamer:
         except Exception as exc:  # noqa: BLE001 - OutputError names the output; anything else is the handler's
             self._fail(stream, f"model '{self.model_name}': response {stream.sent + 1}: {self.describe(exc)}")
             return False
+        if stream.names is not None:
+            outputs = [(stream.names[name], array) for name, array in outputs if name in stream.names]
         if self.batched:
             tensors = [pb_utils.Tensor(name, array) for name, array in outputs]
         else:

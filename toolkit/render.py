@@ -26,6 +26,7 @@ from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import fan_out_of
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
+from toolkit.plan.streaming import max_streams
 from toolkit.spec import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
@@ -222,16 +223,6 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     )
 
 
-# Streams one instance of a plain-generator model without a batch axis steps at once (each advanced in turn).
-UNBATCHED_MAX_STREAMS = 64
-
-
-def max_streams(max_batch_size: int) -> int:
-    """Streams in flight per instance: a continuous-batching step takes at most max_batch_size states;
-    a request beyond waits in the instance's queue (Triton 2.51 caps nothing for a decoupled model)."""
-    return max_batch_size if max_batch_size > 0 else UNBATCHED_MAX_STREAMS
-
-
 def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: PipelinePlan, source: str) -> str:
     spec = pipeline.spec
     outputs = {name: pipeline.tensors[name] for name in spec.outputs}
@@ -322,6 +313,8 @@ def program_model_files(
             files.update(handler_files(plan.models[model].handler, f"{pipeline.name}/1/{model}"))
         if any(plan.spec.models[m].tiered_cache is not None for m in pipeline.models):
             files[f"{pipeline.name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
+        if pipeline.streaming:  # its last handler streams in-process, through the streaming loop
+            files[f"{pipeline.name}/1/{STREAM_MODULE}.py"] = (templates_dir() / "stream.py").read_bytes()
     return files
 
 

@@ -113,12 +113,15 @@ def test_a_plain_branch_answers_once(server: LocalServer, protocol: str) -> None
     assert tokens_of(responses) == [(-1, "none")]
 
 
-def test_continuous_batching_steps_concurrent_streams_together(server: LocalServer, handlers: Any) -> None:
+@pytest.mark.parametrize("pipeline", ["step_stream", "fused_step"])
+def test_continuous_batching_steps_concurrent_streams_together(
+    server: LocalServer, handlers: Any, pipeline: str
+) -> None:
     text = "count " * 12  # 12 responses each, 20 ms a step
     results: dict[int, list[dict[str, np.ndarray]]] = {}
 
     def run(i: int) -> None:
-        results[i] = list(stream_infer("step_stream", server.grpc_url, prompt(text)))
+        results[i] = list(stream_infer(pipeline, server.grpc_url, prompt(text)))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -156,14 +159,18 @@ def test_cancelling_a_stream_closes_its_generator_within_a_step(server: LocalSer
     assert live_generators(server) == 1  # nothing leaked
 
 
-def test_cancelled_streams_leave_the_continuous_batch(server: LocalServer) -> None:
-    streams = [stream_infer("stepper", server.grpc_url, {"n": np.array([[500]], np.int32)}) for _ in range(4)]
+@pytest.mark.parametrize(("model", "inputs"), [("stepper", {"n": 500}), ("fused_step", {"prompt": 500})])
+def test_cancelled_streams_leave_the_continuous_batch(server: LocalServer, model: str, inputs: dict[str, int]) -> None:
+    def request(n: int) -> dict[str, np.ndarray]:
+        return {"n": np.array([[n]], np.int32)} if "n" in inputs else prompt("count " * n)
+
+    streams = [stream_infer(model, server.grpc_url, request(500)) for _ in range(4)]
     for stream in streams:
         next(stream)
     for stream in streams:
         stream.close()
     time.sleep(0.3)
-    (alone,) = list(stream_infer("stepper", server.grpc_url, {"n": np.array([[1]], np.int32)}))
+    (alone,) = list(stream_infer(model, server.grpc_url, request(1)))
     assert int(alone["batch"][0, 0]) == 1  # the cancelled states left the batch
 
 
@@ -224,7 +231,7 @@ def test_cancelling_through_an_ensemble_ends_with_the_stream(server: LocalServer
 
 def test_repository_marks_streaming_models_decoupled(server: LocalServer) -> None:
     repo = Path(server.repository)
-    for name in ("counter", "stepper", "count_stream", "step_stream", "routed"):
+    for name in ("counter", "stepper", "count_stream", "step_stream", "routed", "fused_step"):
         assert "decoupled: true" in (repo / name / "config.pbtxt").read_text(), name
     assert "decoupled" not in (repo / "prep" / "config.pbtxt").read_text()
     assert (repo / "counter" / "1" / "compound_stream.py").is_file()

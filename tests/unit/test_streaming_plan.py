@@ -244,14 +244,19 @@ def test_a_switch_ending_in_streaming_steps_streams(tmp_path: Path) -> None:
     assert plan.pipelines["p"].kind == "orchestrator" and plan.pipelines["p"].streaming
 
 
-def test_fused_streaming_is_not_supported_yet(tmp_path: Path) -> None:
+def test_a_fused_pipeline_streams_but_a_fuse_group_cannot(tmp_path: Path) -> None:
     steps = """
         - {model: prep, inputs: {text: text}, outputs: {n: n}}
-        - {model: gen, inputs: {n: n}, outputs: {tok: tok}}
+        - {model: steps, inputs: {n: n}, outputs: {tok: tok}}
         """
-    found = problems_of(write_spec(tmp_path, pipeline(steps, extra="    fuse: true\n")))
-    assert any("fused pipelines cannot stream yet" in p and "pipelines.p.fuse" in p for p in found), found
-    group = "    fuse: [{name: both, steps: [prep, gen]}]\n"
+    plan = plan_spec(write_spec(tmp_path, pipeline(steps, extra="    fuse: true\n")))
+    assert plan.pipelines["p"].kind == "fused" and plan.pipelines["p"].streaming
+    files = render_files(plan)
+    assert "p/1/compound_stream.py" in files
+    handlers = json.loads(files["p/1/program.json"])["handlers"]
+    assert handlers["steps"]["stream"] == "batch" and handlers["steps"]["warmup"] == []
+    assert "stream" not in handlers["prep"] and handlers["prep"]["warmup"]
+    group = "    fuse: [{name: both, steps: [prep, steps]}]\n"
     found = problems_of(write_spec(tmp_path, pipeline(steps, extra=group)))
     assert any("fuse group 'both' holds the streaming step" in p for p in found), found
 

@@ -436,8 +436,9 @@ class _PipelineChecker:
         if streaming and plan.kind == "ensemble":
             self.warnings.append(
                 f"{self.where('steps')}: pipeline '{self.name}': its last step streams; Triton 2.51's ensemble does not"
-                " pass a client's cancellation on to it, so an abandoned stream runs to its own end (an orchestrated"
-                " pipeline, or the model called directly, stops it within a step: docs/streaming.md#cancellation)"
+                " pass a client's cancellation on to it, so an abandoned stream runs to its own end (fuse: true, an"
+                " orchestrated pipeline, or the model called directly stops it within a step:"
+                " docs/streaming.md#cancellation-triton-251)"
             )
         if self.pipeline.fuse_groups:
             self._plan_groups(plan)

@@ -17,8 +17,16 @@ from typing import Any, Callable, Literal, Optional, Union
 from toolkit.spec import LoopStep, MapStep, ModelSpec, ModelStep, PipelineSpec, Spec, SwitchStep
 
 StreamMode = Literal["generator", "batch"]  # batch: continuous batching through start/step
+# Streams one instance of a plain-generator model without a batch axis steps at once (each advanced in turn).
+UNBATCHED_MAX_STREAMS = 64
 AnyStep = Union[ModelStep, SwitchStep, LoopStep, MapStep]
 Report = Callable[[tuple[object, ...], str], None]  # (location under the pipeline, message)
+
+
+def max_streams(max_batch_size: int) -> int:
+    """Streams in flight per instance: a continuous-batching step takes at most max_batch_size states;
+    a request beyond waits in the instance's queue (Triton 2.51 caps nothing for a decoupled model)."""
+    return max_batch_size if max_batch_size > 0 else UNBATCHED_MAX_STREAMS
 
 
 def _has_method(cls: type, name: str) -> bool:
@@ -182,12 +190,7 @@ class StreamChecker:
             )
 
     def _fused_refusal(self, loc: tuple[object, ...], step: Optional[ModelStep]) -> None:
-        if self.pipeline.fused:
-            self.report(
-                ("fuse",),
-                f"fuse: true, but step {_dotted(loc)} streams: fused pipelines cannot stream yet; drop fuse"
-                " (an ensemble or orchestrator streams the last step's responses to the caller)",
-            )
+        """A fused pipeline streams (its last handler runs in its process); a fuse group cannot yet."""
         for g, group in enumerate(self.pipeline.fuse_groups):
             if step is not None and step.model in group.steps:
                 self.report(
