@@ -99,7 +99,7 @@ class Streamer:
         self.max_streams = max(1, max_streams)
         self.describe = describe
         self.cancel_hook = getattr(self.handler, "cancel", None) if self.stepping else None
-        self.incoming: queue.Queue[Stream] = queue.Queue()
+        self.incoming: queue.Queue[Optional[Stream]] = queue.Queue()  # None: wake up (to stop)
         self.active: list[Stream] = []
         self.stopping = threading.Event()
         self.checked = 0.0  # when the streams in flight were last asked whether their client went away
@@ -128,13 +128,16 @@ class Streamer:
     def stop(self) -> None:
         """At unload: the loop ends, and streams still in flight get an error response."""
         self.stopping.set()
+        self.incoming.put(None)  # wakes an idle loop at once
         self.thread.join(STOP_WAIT_S)
         leftover = list(self.active)
         while True:
             try:
-                leftover.append(self.incoming.get_nowait())
+                stream = self.incoming.get_nowait()
             except queue.Empty:
                 break
+            if stream is not None:
+                leftover.append(stream)
         for stream in leftover:
             self._fail(stream, f"model '{self.model_name}' is unloading: the stream ended early")
         self.active.clear()
@@ -160,6 +163,8 @@ class Streamer:
             try:
                 stream = self.incoming.get(timeout=IDLE_WAIT_S) if not self.active else self.incoming.get_nowait()
             except queue.Empty:
+                return
+            if stream is None:
                 return
             try:
                 if self.stepping:
