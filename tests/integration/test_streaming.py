@@ -94,6 +94,7 @@ def wait_for(condition: Any, timeout_s: float, step_s: float = 0.05) -> Optional
         ("step_stream", "stepper", ""),
         ("routed", "counter", ""),
         ("routed", "stepper", "step"),
+        ("routed", "counter", "solo"),  # a callee without a batch axis
     ],
 )
 def test_every_response_in_order(
@@ -174,10 +175,11 @@ def test_cancelled_streams_leave_the_continuous_batch(server: LocalServer, model
     assert int(alone["batch"][0, 0]) == 1  # the cancelled states left the batch
 
 
-def test_a_failing_generator_ends_its_stream_with_the_handler_named(server: LocalServer) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_failing_generator_ends_its_stream_with_the_handler_named(server: LocalServer, protocol: str) -> None:
     received: list[dict[str, np.ndarray]] = []
     with pytest.raises(CompoundError) as failure:
-        for response in stream_infer("failing", server.grpc_url, {"n": np.array([[5]], np.int32)}):
+        for response in stream_infer("failing", url(server, protocol), {"n": np.array([[5]], np.int32)}, protocol):  # type: ignore[arg-type]
             received.append(response)
     assert [int(r["token"][0, 0]) for r in received] == [0, 1]
     message = str(failure.value)
@@ -227,6 +229,13 @@ def test_cancelling_through_an_ensemble_ends_with_the_stream(server: LocalServer
     next(stream)
     stream.close()
     assert wait_for(lambda: live_generators(server) == 1, timeout_s=10.0) is not None
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_model_without_a_batch_axis_streams(server: LocalServer, protocol: str) -> None:
+    responses = list(stream_infer("solo", url(server, protocol), {"n": np.array([3], np.int32)}, protocol))  # type: ignore[arg-type]
+    assert [int(r["token"][0]) for r in responses] == [0, 1, 2]
+    assert responses[0]["token"].shape == (1,)
 
 
 def test_repository_marks_streaming_models_decoupled(server: LocalServer) -> None:
