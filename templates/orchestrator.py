@@ -172,6 +172,7 @@ class TritonPythonModel:
             # a thread per stream in flight waits for its callee's next response (the iterator blocks)
             self.waiters = concurrent.futures.ThreadPoolExecutor(STREAM_WAITERS, thread_name_prefix="compound-stream")
             self.execute = self.execute_streaming  # type: ignore[method-assign] - plain pipelines keep theirs
+            self._call = self._call_or_stream  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
@@ -396,8 +397,6 @@ class TritonPythonModel:
     async def _call(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         if node.get("inline"):
             return self._call_inline(node, scope, context)
-        if node.get("stream") and context.sink is not None:
-            return await self._call_streaming(node, scope, context)
         where, model, batching = node["where"], node["model"], node["batching"]
         try:
             if batching:
@@ -463,6 +462,20 @@ class TritonPythonModel:
             else:
                 values[tensor] = Value(array=self._stack_rows(where, model, out_name, outputs))
         return values
+
+    async def _call_or_stream(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
+        """A streaming pipeline's model steps (plain pipelines call `_call` directly: nothing added to theirs)."""
+        if not (node.get("stream") and context.sink is not None):
+            return await TritonPythonModel._call(self, node, scope, context)
+        if node.get("inline"):
+            # fused: the streaming loop in this process runs the handler and answers the caller
+            model, sink = node["model"], context.sink
+            arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
+            names = {out: tensor for out, tensor in node["outputs"].items() if tensor in self.outputs}
+            self.streamers[model].submit(sink.request, sink.sender, arrays, next(iter(arrays.values())).shape[0], names)
+            sink.handed_off = True
+            return {tensor: STREAMED for tensor in node["outputs"].values()}
+        return await self._call_streaming(node, scope, context)
 
     async def _call_streaming(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
         """The pipeline's streaming step: each response of the (decoupled) callee goes to the caller as it
@@ -578,12 +591,6 @@ class TritonPythonModel:
             )
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
-        if node.get("stream") and context.sink is not None:
-            # the pipeline's streaming step: the streaming loop runs the handler and answers the caller
-            names = {out: tensor for out, tensor in node["outputs"].items() if tensor in self.outputs}
-            self.streamers[model].submit(context.sink.request, context.sink.sender, arrays, rows, names)
-            context.sink.handed_off = True
-            return {tensor: STREAMED for tensor in node["outputs"].values()}
         try:
             with self._timed(node, scope), self._span(f"step {model}", context, model=model, step=where, rows=rows):
                 outputs = dict(self.inline[model](arrays, rows))
