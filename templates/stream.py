@@ -146,16 +146,25 @@ class Streamer:
 
     def _run(self) -> None:
         while not self.stopping.is_set():
-            self._admit()
-            if not self.active:
-                continue
-            self._drop_cancelled()
-            if not self.active:
-                continue
-            if self.stepping:
-                self._step()
-            else:
-                self._advance()
+            try:
+                self._round()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive anything: it serves every stream
+                message = f"model '{self.model_name}': streaming loop failure: {type(exc).__name__}: {exc}"
+                for stream in self.active:
+                    self._fail(stream, message)
+                self.active = []
+
+    def _round(self) -> None:
+        self._admit()
+        if not self.active:
+            return
+        self._drop_cancelled()
+        if not self.active:
+            return
+        if self.stepping:
+            self._step()
+        else:
+            self._advance()
 
     def _admit(self) -> None:
         """New requests join (waiting for one while nothing is in flight), up to max_streams."""
@@ -187,7 +196,7 @@ class Streamer:
         self.checked = now
         kept = []
         for stream in self.active:
-            if stream.sender.is_cancelled() or (stream.marker and os.path.exists(stream.marker)):
+            if _cancelled(stream):
                 self._end_cancelled(stream)
             else:
                 kept.append(stream)
@@ -247,20 +256,21 @@ class Streamer:
             tensors = [pb_utils.Tensor(name, array) for name, array in outputs]
         else:
             tensors = [pb_utils.Tensor(name, array[0]) for name, array in outputs]
-        stream.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+        try:
+            stream.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+        except Exception:  # noqa: BLE001 - the server no longer takes this stream's responses: it is over
+            self._end_cancelled(stream)
+            return False
         stream.sent += 1
         return True
 
     def _finish(self, stream: Stream) -> None:
-        stream.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        stream.request = None
+        _final(stream)
 
     def _fail(self, stream: Stream, message: str) -> None:
-        error = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
-        stream.sender.send(error, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        _final(stream, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
         if stream.generator is not None:
             _close(stream.generator)
-        stream.request = None
 
     def _end_cancelled(self, stream: Stream) -> None:
         """The client went away: no more work for it (the final flag is still owed to the server)."""
@@ -268,8 +278,7 @@ class Streamer:
             _close(stream.generator)
         elif self.cancel_hook is not None:
             self._call_cancel(stream)
-        stream.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        stream.request = None
+        _final(stream)
 
     def _call_cancel(self, stream: Stream) -> None:
         try:
@@ -280,6 +289,28 @@ class Streamer:
 
     def _failure(self, method: str, exc: BaseException) -> str:
         return f"model '{self.model_name}': handler '{self.handler_name}' {method} failed: {self.describe(exc)}"
+
+
+def _cancelled(stream: Stream) -> bool:
+    """Whether the stream's client went away, or its orchestrator marked it cancelled."""
+    try:
+        return bool(stream.sender.is_cancelled()) or bool(stream.marker and os.path.exists(stream.marker))
+    except Exception:  # noqa: BLE001 - a sender the server no longer knows: nobody waits for it
+        return True
+
+
+def _final(stream: Stream, response: Any = None) -> None:
+    """The stream's last send (the final flag, with an error response or none); it may already be gone."""
+    if stream.request is None:
+        return  # ended before
+    try:
+        if response is None:
+            stream.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            stream.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    except Exception:  # noqa: BLE001, S110 - the server dropped the stream already: nothing left to tell
+        pass
+    stream.request = None
 
 
 def _close(generator: Any) -> None:

@@ -240,3 +240,24 @@ def test_unloading_ends_the_streams_in_flight(pb: ModuleType, tmp_path: Path) ->
     model.finalize()
     assert sender.done.is_set()
     assert "is unloading" in fake.error(sender.responses[-1])
+
+
+def test_a_stream_the_server_dropped_ends_and_the_others_go_on(pb: ModuleType, tmp_path: Path) -> None:
+    model = make_model(tmp_path, "Count", "generator")
+    try:
+        requests = [fake.request(n=np.array([[50]], dtype=np.int32)), fake.request(n=np.array([[3]], dtype=np.int32))]
+        dropped, kept = (r.get_response_sender() for r in requests)
+
+        def refuse(response: Any = None, flags: int = 0) -> None:
+            raise fake.TritonModelException("Unable to send response: the response factory is gone")
+
+        dropped.send = refuse  # type: ignore[method-assign]
+        model.execute(requests)
+        (responses,) = finished([kept])
+        assert tokens(responses) == [0, 1, 2]
+        deadline = time.monotonic() + 2
+        while events(model).count("closed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events(model).count("closed") == 2  # the dropped stream's generator was closed too
+    finally:
+        model.finalize()
