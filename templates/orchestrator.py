@@ -507,11 +507,15 @@ class TritonPythonModel:
             await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
         sink = context.sink
         assert sink is not None and self.waiters is not None, "streaming nodes run in streaming pipelines"
-        loop = asyncio.get_running_loop()
         with self._span(f"stream {model}", context, model=model, step=where, rows=rows):
             responses = iter(await request.async_exec(decoupled=True))
             while True:
-                response = await loop.run_in_executor(self.waiters, next, responses, None)
+                waiting = self.waiters.submit(next, responses, None)
+                try:
+                    response = await asyncio.wrap_future(waiting)
+                except asyncio.CancelledError:  # timeout_ms: once the pending read returns, end the callee's stream
+                    waiting.add_done_callback(lambda _: self._cancel_callee(stream_id, responses))
+                    raise
                 if response is None:
                     break
                 if response.has_error():

@@ -260,3 +260,12 @@ def test_tensors_of_several_elements_and_rows_keep_their_shape(server: LocalServ
         assert response["v"].dtype == np.float32
         np.testing.assert_array_equal(response["v"], inputs["v"] * (k + 1))
         assert response["words"].shape == (2, 2) and response["words"].tolist() == inputs["words"].tolist()
+
+
+def test_an_orchestrator_timeout_ends_the_stream_and_its_generator(server: LocalServer) -> None:
+    received: list[dict[str, np.ndarray]] = []
+    with pytest.raises(CompoundError, match=r"timed out after 300 ms"):
+        for response in stream_infer("timed", server.grpc_url, prompt("count " * 200)):  # 4 s left alone
+            received.append(response)
+    assert 3 <= len(received) < 20
+    assert wait_for(lambda: live_generators(server) == 1, timeout_s=1.5) is not None
