@@ -262,6 +262,14 @@ def test_tensors_of_several_elements_and_rows_keep_their_shape(server: LocalServ
         assert response["words"].shape == (2, 2) and response["words"].tolist() == inputs["words"].tolist()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_loop_then_a_streaming_step(server: LocalServer, protocol: str) -> None:
+    """The loop grows the word count by one at least once, up to 4, then the stepper streams that many tokens."""
+    for text, count in (("count", 4), ("count a b c d e", 7)):
+        responses = list(stream_infer("looped", url(server, protocol), prompt(text), protocol))  # type: ignore[arg-type]
+        assert tokens_of(responses) == [(i, f"tok{i}") for i in range(count)], text
+
+
 def test_an_orchestrator_timeout_ends_the_stream_and_its_generator(server: LocalServer) -> None:
     received: list[dict[str, np.ndarray]] = []
     with pytest.raises(CompoundError, match=r"timed out after 300 ms"):
