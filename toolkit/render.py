@@ -134,7 +134,14 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         "spec": plan.loaded.path.name,
         "models": plan.deployed_models,
         "pipelines": {
-            name: {"kind": p.kind, "reason": p.reason, "models": p.models} for name, p in sorted(plan.pipelines.items())
+            # streaming: its last step streams (a load test or client reads many responses per request)
+            name: {
+                "kind": p.kind,
+                "reason": p.reason,
+                "models": p.models,
+                **({"streaming": True} if p.streaming else {}),
+            }
+            for name, p in sorted(plan.pipelines.items())
         },
         # read by the adaptive runtime: bounds per model; min 0 models start unloaded (on demand)
         "autoscale": {

@@ -298,6 +298,8 @@ def test_repository_of_a_streaming_pipeline(tmp_path: Path) -> None:
     assert {k: v.string_value for k, v in config("gen").parameters.items()}["compound.stream"] == "generator"
     assert [w.batch_size for w in config("steps").model_warmup] == [1]  # one stream per request
     assert "gen/1/compound_stream.py" in files and "prep/1/compound_stream.py" not in files
+    pipelines = json.loads(files["compound.json"])["pipelines"]
+    assert pipelines["p"]["streaming"] is True and pipelines["q"]["streaming"] is True
     program = json.loads(files["p/1/program.json"])
     assert program["streaming"] is True
     streamed = [n for n in program["body"]["steps"][1]["cases"][0][1]["steps"] if n.get("stream")]
