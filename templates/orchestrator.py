@@ -20,18 +20,33 @@ initialize(), then called in this process on the merged batch: no request, no co
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
+import uuid
 from typing import Any, Optional
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 PROGRAM_VERSION = 1
+STREAM_WAITERS = 512  # streams one streaming orchestrator instance forwards at once
+# A streaming callee's request carries an id of this form; a marker file of that name in cancel_folder()
+# ends it (Triton 2.51 cannot cancel a BLS request). The same rule is in compound_stream.py.
+STREAM_ID_PREFIX = "compound-stream-"
+
+
+def cancel_folder() -> str:
+    """Where cancelled streams are marked: a folder every stub of the server sees (memory-backed if it can)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()  # noqa: S108 - markers, not secrets
+    return os.path.join(base, "compound-cancelled")
+
+
 OUTER = -1  # a read from the enclosing scope (see toolkit/orchestrator.py)
 Node = dict[str, Any]
 
@@ -75,23 +90,38 @@ class Value:
         return pb_utils.Tensor(name, np.ascontiguousarray(self.array()))
 
 
+class Sink:
+    """Where a streaming pipeline's responses go: the one request's sender (streaming runs never merge)."""
+
+    __slots__ = ("request", "sender", "streamed", "handed_off")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.sender = request.get_response_sender()
+        self.streamed = False  # a streaming step sent the responses: only the final flag is left
+        self.handed_off = False  # a fused streaming step's loop owns the sender now, final flag included
+
+
 class Context:
     """State shared by all steps of one run (one request, or several merged into one batch)."""
 
-    __slots__ = ("trace", "deadline", "running", "parents")
+    __slots__ = ("trace", "deadline", "running", "parents", "sink")
 
-    def __init__(self, trace: Any, deadline: Optional[float], parents: Optional[list[Any]] = None) -> None:
+    def __init__(
+        self, trace: Any, deadline: Optional[float], parents: Optional[list[Any]] = None, sink: Optional[Sink] = None
+    ) -> None:
         self.trace = trace
         self.deadline = deadline
         self.running: dict[str, int] = {}  # "step (model)" -> calls in flight (map items share one)
         self.parents = parents  # with tracing: per row, the span of the request that row belongs to
+        self.sink = sink  # streaming pipelines: the request's sender
 
     def narrow(self, rows: Any) -> Context:
         """The same run for a subset of its rows (a switch branch, a loop's remaining rows): spans
         made there go only under the requests those rows belong to."""
         if self.parents is None:
             return self
-        narrowed = Context(self.trace, self.deadline, [self.parents[int(row)] for row in rows])
+        narrowed = Context(self.trace, self.deadline, [self.parents[int(row)] for row in rows], self.sink)
         narrowed.running = self.running
         return narrowed
 
@@ -100,6 +130,9 @@ class Context:
         if self.deadline is None:
             return 0
         return max(1, int((self.deadline - time.monotonic()) * 1e6))
+
+
+STREAMED = Value(array=np.zeros((0,), dtype=np.int8))  # a streaming step's outputs: already sent to the caller
 
 
 class TritonPythonModel:
@@ -124,6 +157,7 @@ class TritonPythonModel:
         self.input_names: list[str] = list(self.program["inputs"])
         self.outputs: dict[str, str] = self.program["outputs"]
         self.inline: dict[str, Any] = {}
+        self.streamers: dict[str, Any] = {}  # fused streaming steps: their streaming loops
         self.on_demand = OnDemand(self.program.get("on_demand", []))
         here = os.path.dirname(os.path.abspath(__file__))
         metrics = _sibling_module(here, "compound_metrics", required=False)
@@ -133,6 +167,12 @@ class TritonPythonModel:
             self._load_handlers(args, int(params.get("compound.threads", "0")))
         if self.metrics is not None:
             self.metrics.loaded(list(self.program.get("handlers", {})))
+        self.waiters: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        if self.program.get("streaming"):  # decoupled: every request streams on its own
+            # a thread per stream in flight waits for its callee's next response (the iterator blocks)
+            self.waiters = concurrent.futures.ThreadPoolExecutor(STREAM_WAITERS, thread_name_prefix="compound-stream")
+            self.execute = self.execute_streaming  # type: ignore[method-assign] - plain pipelines keep theirs
+            self._call = self._call_or_stream  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
@@ -153,15 +193,32 @@ class TritonPythonModel:
             )
         compound_component.limit_native_threads(threads)  # before warmup: it runs as requests will
         for model, entry in self.program["handlers"].items():
+            if entry.get("stream"):
+                streaming = _sibling_module(here, "compound_stream")
+                self.streamers[model] = streaming.Streamer(
+                    model,
+                    entry["handler"],
+                    self.inline[model],
+                    list(entry["inputs"]),
+                    self.batching,
+                    entry["stream"],
+                    entry["max_streams"],
+                    self._describe,
+                )
+        for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:
                 zeros = {name: _zeros(rows, dims, dtype) for name, (dims, dtype) in entry["inputs"].items()}
                 self.inline[model](zeros, rows, cached=False)
 
     def finalize(self) -> None:
+        for streamer in self.streamers.values():
+            streamer.stop()
         if self.metrics is not None:
             self.metrics.unloaded()
         for runner in self.inline.values():
             runner.close()
+        if self.waiters is not None:
+            self.waiters.shutdown(wait=False, cancel_futures=True)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         """Requests whose inputs have the same shapes run merged, as one batch (one call per step);
@@ -178,6 +235,36 @@ class TritonPythonModel:
 
         await asyncio.gather(*(run(members) for members in groups.values()))
         return responses
+
+    async def execute_streaming(self, requests: list[Any]) -> None:
+        """Streaming pipelines (decoupled): each request runs alone, its streaming step's responses go
+        to its sender as they come; a path that ends in a plain step answers once."""
+        await asyncio.gather(*(self._stream_one(request) for request in requests))
+        return None
+
+    async def _stream_one(self, request: Any) -> None:
+        sink = Sink(request)
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s is not None else None
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            inputs = self._inputs(request)
+            rows = next(iter(inputs.values())).rows()
+            context = Context(request.trace(), deadline, self._row_parents([request], [rows]), sink)
+            values = await self._with_deadline(self._run_body(inputs, context), context)
+            if sink.handed_off:
+                return
+            if sink.streamed:
+                sink.sender.send(flags=final)
+            else:
+                sink.sender.send(self._responses(values, [rows])[0], flags=final)
+        except StepError as exc:
+            if not sink.handed_off:
+                sink.sender.send(_error(str(exc)), flags=final)
+        except Exception as exc:  # noqa: BLE001 - report and keep serving
+            if not sink.handed_off:
+                sink.sender.send(
+                    _error(f"pipeline '{self.name}': orchestrator failure: {type(exc).__name__}: {exc}"), flags=final
+                )
 
     def _shape_key(self, request: Any, index: int) -> Any:
         if not self.batching:
@@ -376,6 +463,115 @@ class TritonPythonModel:
                 values[tensor] = Value(array=self._stack_rows(where, model, out_name, outputs))
         return values
 
+    async def _call_or_stream(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
+        """A streaming pipeline's model steps (plain pipelines call `_call` directly: nothing added to theirs)."""
+        if not (node.get("stream") and context.sink is not None):
+            return await TritonPythonModel._call(self, node, scope, context)
+        if node.get("inline"):
+            # fused: the streaming loop in this process runs the handler and answers the caller
+            model, sink = node["model"], context.sink
+            arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
+            names = {out: tensor for out, tensor in node["outputs"].items() if tensor in self.outputs}
+            self.streamers[model].submit(sink.request, sink.sender, arrays, next(iter(arrays.values())).shape[0], names)
+            sink.handed_off = True
+            return {tensor: STREAMED for tensor in node["outputs"].values()}
+        return await self._call_streaming(node, scope, context)
+
+    async def _call_streaming(self, node: Node, scope: dict[str, Value], context: Context) -> dict[str, Value]:
+        """The pipeline's streaming step: each response of the (decoupled) callee goes to the caller as it
+        comes, its outputs renamed to the pipeline's tensors. A client that went away stops the forwarding
+        (Triton 2.51 has no way to cancel the callee's request from BLS: it runs to its own end)."""
+        where, model, batching = node["where"], node["model"], node["batching"]
+        rows = _rows(scope, node)
+        if not batching and rows != 1:
+            raise StepError(
+                f"pipeline '{self.name}': step {where} (model '{model}') streams one request at a time, and this"
+                f" request has {rows} rows: send one row per request"
+            )
+        inputs = [
+            scope[tensor].tensor(name)
+            if batching
+            else pb_utils.Tensor(name, np.ascontiguousarray(scope[tensor].array()[0]))
+            for name, tensor in node["inputs"].items()
+        ]
+        stream_id = f"{STREAM_ID_PREFIX}{uuid.uuid4().hex}"
+        request = pb_utils.InferenceRequest(
+            model_name=model,
+            inputs=inputs,
+            requested_output_names=list(node["outputs"]),
+            request_id=stream_id,
+            trace=context.trace,
+            timeout=context.timeout_us(),
+        )
+        if model in self.on_demand.models and not pb_utils.is_model_ready(model_name=model):
+            await self.on_demand.ensure(model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}")
+        sink = context.sink
+        assert sink is not None and self.waiters is not None, "streaming nodes run in streaming pipelines"
+        with self._span(f"stream {model}", context, model=model, step=where, rows=rows):
+            responses = iter(await request.async_exec(decoupled=True))
+            while True:
+                waiting = self.waiters.submit(next, responses, None)
+                try:
+                    response = await asyncio.wrap_future(waiting)
+                except asyncio.CancelledError:  # timeout_ms: once the pending read returns, end the callee's stream
+                    waiting.add_done_callback(lambda _: self._cancel_callee(stream_id, responses))
+                    raise
+                if response is None:
+                    break
+                if response.has_error():
+                    raise StepError(
+                        f"pipeline '{self.name}': step {where} (model '{model}') failed: {response.error().message()}"
+                    )
+                outputs = [
+                    (tensor, pb_utils.get_output_tensor_by_name(response, out))
+                    for out, tensor in node["outputs"].items()
+                ]
+                if any(output is None for _, output in outputs):
+                    continue  # the callee's empty final response
+                if sink.sender.is_cancelled():
+                    self._cancel_callee(stream_id, responses)
+                    break
+                tensors = [
+                    self._outgoing(tensor, output, batching) for tensor, output in outputs if tensor in self.outputs
+                ]
+                sink.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+                sink.streamed = True
+        sink.streamed = True
+        return {tensor: STREAMED for tensor in node["outputs"].values()}
+
+    def _cancel_callee(self, stream_id: str, responses: Any) -> None:
+        """The client went away: mark the callee's stream cancelled (its streaming runtime ends it within a
+        step), drain what it still sends, then remove the mark."""
+        folder = cancel_folder()
+        marker = os.path.join(folder, stream_id)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(marker, "w", encoding="utf-8"):
+                pass
+        except OSError:
+            marker = ""  # no shared folder: the callee runs to its own end
+
+        def drain() -> None:
+            for _ in responses:
+                pass
+            if marker:
+                with contextlib.suppress(OSError):
+                    os.unlink(marker)
+
+        assert self.waiters is not None
+        self.waiters.submit(drain)
+
+    def _outgoing(self, name: str, output: Any, callee_batching: bool) -> Any:
+        """A callee's response tensor as the pipeline's output `name` (the same object when nothing changes)."""
+        if callee_batching == self.batching and output.name() == name:
+            return output
+        array = output.as_numpy()
+        if callee_batching and not self.batching:
+            array = array[0]
+        elif self.batching and not callee_batching:
+            array = array[np.newaxis]
+        return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
     def _stack_rows(self, where: str, model: str, name: str, outputs: list[Any]) -> np.ndarray:
         """One output of a model without a batch axis, row by row, back into one batch."""
         parts = [output.as_numpy() for output in outputs]
@@ -438,6 +634,11 @@ class TritonPythonModel:
             chosen.append((body, members))
         if len(chosen) == 1:
             return await self._block(chosen[0][0], scope, context)  # every row agrees: no regrouping
+        if context.sink is not None:
+            raise StepError(
+                f"pipeline '{self.name}': step {node['where']}: the rows of one streaming request take different"
+                f" branches ({', '.join(sorted(branches))}); one stream answers one request: send rows that agree"
+            )
         picks = [np.array(members) for _, members in chosen]
         results = await _all(
             [

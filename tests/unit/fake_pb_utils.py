@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib.util
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -150,6 +151,30 @@ class InferenceResponse:
         return self._error
 
 
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class ResponseSender:
+    """A decoupled request's sender: records what is sent; a test sets `cancelled` for a client gone."""
+
+    def __init__(self) -> None:
+        self.responses: list[InferenceResponse] = []
+        self.cancelled = False
+        self.done = threading.Event()  # set by the final flag
+        self.finals = 0
+
+    def send(self, response: Optional[InferenceResponse] = None, flags: int = 0) -> None:
+        assert not self.done.is_set(), "sent after the final flag"
+        if response is not None:
+            self.responses.append(response)
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.finals += 1
+            self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+
 class InferenceRequest:
     """A request into the runtime under test (`request(...)`), or one it sends (BLS)."""
 
@@ -160,9 +185,12 @@ class InferenceRequest:
         requested_output_names: Optional[list[str]] = None,
         trace: Any = None,
         timeout: int = 0,
+        request_id: str = "",
         **_: Any,
     ) -> None:
         self.model_name = model_name
+        self._request_id = request_id
+        self._sender: Optional[ResponseSender] = None
         self._inputs = list(inputs or [])
         self.requested_output_names = list(requested_output_names or [])
         self._trace = trace
@@ -170,6 +198,14 @@ class InferenceRequest:
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def get_response_sender(self) -> ResponseSender:
+        if self._sender is None:
+            self._sender = ResponseSender()
+        return self._sender
 
     def trace(self) -> Any:
         return self._trace

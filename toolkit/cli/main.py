@@ -664,6 +664,12 @@ def stop(name: Optional[str], stop_all: bool) -> None:
     "spans to a loopback --otlp-endpoint nothing else listens on: this command receives them there.",
 )
 @name_option("With --trace: the deployment (default: the only one).")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="PIPELINE streams (its last step has stream: true): print each response as a JSON line as it arrives,"
+    " then the time to the first response, responses per second and the total.",
+)
 def infer(
     pipeline: str,
     url: Optional[str],
@@ -672,11 +678,21 @@ def infer(
     data_file: Optional[Path],
     trace: bool,
     name: Optional[str],
+    stream: bool,
 ) -> None:
     """Run PIPELINE once and print its outputs as JSON."""
     from toolkit.client import DEFAULT_URLS, fetch_signature, parse_cli_inputs, to_jsonable
     from toolkit.client import infer as run_inference
 
+    if stream:
+        if trace:
+            raise click.UsageError("--stream and --trace do not go together yet: trace one response with plain infer")
+        from toolkit.stream_client import print_stream
+
+        url = url or DEFAULT_URLS[protocol]
+        signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+        print_stream(pipeline, url, parse_cli_inputs(list(pairs), data_file, signature), protocol, signature)  # type: ignore[arg-type]
+        return
     collector = None
     if trace:
         from toolkit.observe.tracing import deployment_collector
@@ -688,6 +704,11 @@ def infer(
     url = url or DEFAULT_URLS[protocol]
     try:
         signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+        if signature.decoupled:
+            raise CompoundError(
+                f"'{pipeline}' streams (its last step has stream: true): it answers with many responses",
+                hint=f"compound infer {pipeline} --stream ...",
+            )
         inputs = parse_cli_inputs(list(pairs), data_file, signature)
         headers = collector.new_traceparent() if collector is not None else None
         outputs = run_inference(pipeline, url, inputs, protocol, headers=headers)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 from toolkit.core.errors import Problem, SpecError
+from toolkit.plan.streaming import StreamChecker, StreamMode, model_problems, stream_mode
 from toolkit.spec.schema import (
     Autoscale,
     LoadedSpec,
@@ -41,6 +42,7 @@ class HandlerRef:
     cls: str
     source: Path  # a module file, or a package folder
     is_package: bool
+    stream: Optional[StreamMode] = None  # streaming models: the handler protocol (see plan/streaming.py)
 
     def code_files(self) -> dict[str, Path]:
         """The handler's code, as it is copied beside its model: relative path -> file."""
@@ -67,6 +69,11 @@ class ModelPlan:
     gpus: Optional[tuple[int, ...]]
     threads: int  # native threads per instance (see Instances.threads)
     autoscale: Optional[Autoscale] = None  # the adaptive runtime's bounds; None: fixed instance_count
+
+    @property
+    def stream(self) -> Optional[StreamMode]:
+        """How a streaming model's handler streams (None: one response per request)."""
+        return self.handler.stream
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class PipelinePlan:
     groups: dict[str, PipelinePlan] = field(default_factory=dict)
     calls: list[EnsembleStep] = field(default_factory=list)
     call_joins: dict[int, list[int]] = field(default_factory=dict)
+    streaming: bool = False  # its last step streams: the pipeline's model is decoupled (many responses)
 
     @property
     def fan_out(self) -> dict[int, list[int]]:
@@ -189,6 +197,8 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
 
     models: dict[str, ModelPlan] = {}
     for name, model in spec.models.items():
+        for loc, message in model_problems(name, model):
+            problems.append(Problem(loaded.where("models", name, *loc), message))
         handler = _check_handler(loaded, name, model, problems)
         if handler is not None:
             models[name] = _plan_model(name, model, handler, device)
@@ -335,6 +345,12 @@ def _check_handler(loaded: LoadedSpec, name: str, model: ModelSpec, problems: li
     if cls is None:
         problems.append(Problem(where, f"model '{name}': module '{module_name}' has no attribute '{cls_name}'"))
         return None
+    if model.stream and isinstance(cls, type):
+        mode, problem = stream_mode(name, model, cls)
+        if problem is not None:
+            problems.append(Problem(where, problem))
+            return None
+        return HandlerRef(ref.module, ref.cls, ref.source, ref.is_package, mode)
     if not isinstance(cls, type) or not any("__call__" in vars(k) for k in cls.__mro__ if k is not object):
         problems.append(
             Problem(
@@ -412,8 +428,18 @@ class _PipelineChecker:
             plan = self._check_orchestrated(control)
         else:
             plan = self._check_ensemble()
+        streams = StreamChecker(self.spec, self.pipeline, lambda loc, message: self.problem(loc, message))
+        streaming = streams.check_orchestrated() if control else streams.check_ensemble()
         if plan is None or len(self.problems) > before:
             return None
+        plan.streaming = streaming
+        if streaming and plan.kind == "ensemble":
+            self.warnings.append(
+                f"{self.where('steps')}: pipeline '{self.name}': its last step streams; Triton 2.51's ensemble does not"
+                " pass a client's cancellation on to it, so an abandoned stream runs to its own end (fuse: true, an"
+                " orchestrated pipeline, or the model called directly stops it within a step:"
+                " docs/streaming.md#cancellation-triton-251)"
+            )
         if self.pipeline.fuse_groups:
             self._plan_groups(plan)
             if len(self.problems) > before:

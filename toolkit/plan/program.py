@@ -27,6 +27,7 @@ from toolkit import __version__
 from toolkit.core.errors import CompoundError
 from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import DeploymentPlan, PipelinePlan
+from toolkit.plan.streaming import max_streams
 from toolkit.spec.schema import LoopStep, MapStep, ModelStep, Spec, SwitchStep, TensorSpec
 
 PROGRAM_VERSION = 1
@@ -100,6 +101,8 @@ class _Compiler:
                 "inputs": dict(step.inputs),
                 "outputs": dict(step.outputs),
             }
+            if model.stream:
+                node["stream"] = True  # its responses go to the caller as they come (the runtime's streaming mode)
             produced = {tensor: model.outputs[out] for out, tensor in step.outputs.items()}
             return node, set(step.inputs.values()), produced
         if isinstance(step, SwitchStep):
@@ -192,6 +195,8 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
         "outputs": {name: pipeline.tensors[name].numpy_dtype for name in spec.outputs},
         "body": root.json(),
     }
+    if pipeline.streaming:
+        program["streaming"] = True
     if pipeline.kind == "fused":
         program["handlers"] = inline_handlers(plan, pipeline)
     else:
@@ -234,8 +239,12 @@ def inline_handlers(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
             "inputs": {n: [[1 if d == -1 else d for d in t.dims], t.numpy_dtype] for n, t in spec.inputs.items()},
             "outputs": [[n, t.numpy_dtype, list(t.dims)] for n, t in spec.outputs.items()],
             "code": name,  # the folder beside the runtime that holds this handler's code
-            "warmup": sizes if spec.warmup else [],
+            # a streaming handler is not warmed: a call starts a stream, which the runtime's loop owns
+            "warmup": sizes if spec.warmup and model.stream is None else [],
         }
+        if model.stream is not None:
+            handlers[name]["stream"] = model.stream
+            handlers[name]["max_streams"] = max_streams(spec.max_batch_size)
         cache = cache_settings(model)
         if cache is not None:
             handlers[name]["cache"] = cache

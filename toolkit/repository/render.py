@@ -26,12 +26,14 @@ from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import fan_out_of
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
+from toolkit.plan.streaming import max_streams
 from toolkit.spec.schema import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
 METRICS_MODULE = "compound_metrics"  # templates/metrics.py, beside every Python model
+STREAM_MODULE = "compound_stream"  # templates/stream.py, beside every streaming model (stream: true)
 TRACING_MODULE = "compound_tracing"  # templates/tracing.py, beside every Python model (used with --otlp-endpoint)
 
 
@@ -97,6 +99,8 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
         files.update(handler_files(model.handler, f"{name}/1"))
         if model.spec.tiered_cache is not None:
             files[f"{name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
+        if model.stream is not None:
+            files[f"{name}/1/{STREAM_MODULE}.py"] = (templates_dir() / "stream.py").read_bytes()
     for name in sorted(plan.pipelines):
         pipeline = plan.pipelines[name]
         if pipeline.kind == "ensemble":
@@ -130,7 +134,14 @@ def manifest(plan: DeploymentPlan) -> dict[str, Any]:
         "spec": plan.loaded.path.name,
         "models": plan.deployed_models,
         "pipelines": {
-            name: {"kind": p.kind, "reason": p.reason, "models": p.models} for name, p in sorted(plan.pipelines.items())
+            # streaming: its last step streams (a load test or client reads many responses per request)
+            name: {
+                "kind": p.kind,
+                "reason": p.reason,
+                "models": p.models,
+                **({"streaming": True} if p.streaming else {}),
+            }
+            for name, p in sorted(plan.pipelines.items())
         },
         # read by the adaptive runtime: bounds per model; min 0 models start unloaded (on demand)
         "autoscale": {
@@ -184,7 +195,8 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     warm_inputs = [_Tensor(n, spec.inputs[n].triton_type, warm_dims[n]) for n in spec.inputs]
     warmups: list[dict[str, Any]] = []
     if spec.warmup:
-        sizes = [1] if spec.max_batch_size <= 1 else [1, spec.max_batch_size]
+        # a streaming model takes one stream per request: a warmup request of one row is one stream
+        sizes = [1] if spec.max_batch_size <= 1 or model.stream else [1, spec.max_batch_size]
         warmups = [{"name": f"{model.name}_warmup_batch_{b}", "batch_size": b, "inputs": warm_inputs} for b in sizes]
     parameters = [
         ("compound.handler", f"{model.handler.module}:{model.handler.cls}"),
@@ -194,6 +206,9 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
     cache = cache_settings(model)
     if cache is not None:
         parameters.append(("compound.cache", json.dumps(cache, sort_keys=True)))
+    if model.stream is not None:
+        parameters.append(("compound.stream", model.stream))
+        parameters.append(("compound.max_streams", str(max_streams(spec.max_batch_size))))
     return env.get_template("config.pbtxt.j2").render(
         version=__version__,
         source=source,
@@ -211,6 +226,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         cache=spec.response_cache,
         warmups=warmups,
         parameters=parameters,
+        stream=model.stream,
     )
 
 
@@ -251,6 +267,7 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
         outputs=_tensors(outputs),
         steps=steps,
         cache=cache,
+        streaming=pipeline.streaming,
     )
 
 
@@ -286,6 +303,7 @@ def program_model_files(
         threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
         program_file=PROGRAM_FILE,
+        streaming=pipeline.streaming,
     )
     runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None
     if runtime is None:
@@ -302,6 +320,8 @@ def program_model_files(
             files.update(handler_files(plan.models[model].handler, f"{pipeline.name}/1/{model}"))
         if any(plan.spec.models[m].tiered_cache is not None for m in pipeline.models):
             files[f"{pipeline.name}/1/{CACHE_MODULE}.py"] = (templates_dir() / "cache.py").read_bytes()
+        if pipeline.streaming:  # its last handler streams in-process, through the streaming loop
+            files[f"{pipeline.name}/1/{STREAM_MODULE}.py"] = (templates_dir() / "stream.py").read_bytes()
     return files
 
 

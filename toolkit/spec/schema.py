@@ -141,6 +141,11 @@ class ModelSpec(_Strict):
     )
     warmup: bool = True
     autoscale: Optional[Autoscale] = Field(default=None, description="absent: the fixed instances.count")
+    stream: bool = Field(
+        default=False,
+        description="true: the handler streams (a generator, or start/step continuous batching); each request gets"
+        " many responses, so the model is decoupled and may only be a pipeline's last step (docs/streaming.md)",
+    )
 
     @property
     def response_cache(self) -> bool:

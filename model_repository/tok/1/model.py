@@ -69,6 +69,10 @@ class HandlerRunner:
         result = self.handler(**inputs)
         return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
 
+    def coerce(self, result: Any, rows: int) -> list[tuple[str, np.ndarray]]:
+        """One response of a streaming handler as the declared outputs, in order, checked."""
+        return [(name, self._coerce(name, dtype, dims, result, rows)) for name, dtype, dims in self.outputs]
+
     def _coerce(self, name: str, dtype: np.dtype, dims: Optional[list[int]], result: Any, rows: int) -> np.ndarray:
         if not isinstance(result, dict) or name not in result:
             got = sorted(result) if isinstance(result, dict) else type(result).__name__
@@ -292,6 +296,19 @@ class TritonPythonModel:
         # spans of cache lookups under each request's trace: the only spans a component adds to Triton's
         self.tracing = tracing_module(here) if cache is not None else None
         self.parents: Optional[list[Any]] = None
+        self.streamer: Any = None
+        if params.get("compound.stream"):  # stream: true - a decoupled model, see compound_stream.py
+            self.streamer = sibling_module("compound_stream", here).Streamer(
+                self.model_name,
+                params["compound.handler"],
+                self.runner,
+                self.input_names,
+                self.batched,
+                params["compound.stream"],
+                int(params.get("compound.max_streams", "1")),
+                describe_error,
+            )
+            self.execute = self.streamer.execute  # type: ignore[method-assign] - the other models keep theirs
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if self.tracing is not None:
@@ -358,6 +375,8 @@ class TritonPythonModel:
         return self.tracing.under([self.parents[m] for m in members])
 
     def finalize(self) -> None:
+        if self.streamer is not None:
+            self.streamer.stop()
         if self.metrics is not None:
             self.metrics.unloaded()
         self.runner.close()
