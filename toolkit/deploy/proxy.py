@@ -9,11 +9,13 @@ addresses are the replicas: a Kubernetes headless Service); `EnvoyProxy` owns on
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,7 +29,7 @@ from typing import Any, Literal, Optional, Sequence
 from toolkit import __version__
 from toolkit.deploy.base import read_tail
 from toolkit.errors import CompoundError, ServerError
-from toolkit.system import die_with_parent, free_port, port_in_use
+from toolkit.system import die_with_parent, free_port
 
 Discovery = Literal["static", "strict_dns"]
 Protocol = Literal["http", "grpc"]
@@ -209,6 +211,17 @@ def default_workers() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(4, cores // 2))
+
+
+def bind_problem(host: str, port: int) -> Optional[int]:
+    """The errno binding host:port fails with (EADDRINUSE: taken; EADDRNOTAVAIL: not this machine's), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+    return None
 
 
 # --- counters -------------------------------------------------------------------------------------
@@ -416,14 +429,23 @@ class EnvoyProxy:
         ]
 
     def preflight(self) -> None:
-        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port)):
-            if port_in_use(self.listen_host, port):
+        """The proxy's ports free and its listen address this machine's, before anything starts."""
+        for flag, host, port in (
+            ("--http-port", self.listen_host, self.http_port),
+            ("--grpc-port", self.listen_host, self.grpc_port),
+            ("admin port", "127.0.0.1", self.admin_port),
+        ):
+            problem = bind_problem(host, port)
+            if problem == errno.EADDRINUSE:
                 raise CompoundError(
-                    f"port {port} on {self.listen_host} is already in use (the proxy's public {flag[2:6]} port)",
+                    f"port {port} on {host} is already in use (the proxy's {flag.lstrip('-')})",
                     hint=f"pick another with {flag}, or stop what holds it (`compound stop`)",
                 )
-        if port_in_use("127.0.0.1", self.admin_port):
-            raise CompoundError(f"the proxy's admin port {self.admin_port} on 127.0.0.1 is already in use")
+            if problem is not None:
+                raise CompoundError(
+                    f"the proxy cannot listen on {host}:{port}: {os.strerror(problem)}",
+                    hint="give an address of this machine (127.0.0.1, 0.0.0.0 for every interface)",
+                )
 
     def start(self) -> EnvoyProxy:
         validate_config(self.write_config())
@@ -460,7 +482,9 @@ class EnvoyProxy:
                 return
             time.sleep(0.1)
         raise ServerError(
-            f"envoy was not ready after {self.ready_timeout_s:.0f} s", self.log_tail(), hint=f"full log: {self.log_path}"
+            f"envoy was not ready after {self.ready_timeout_s:.0f} s",
+            self.log_tail(),
+            hint=f"full log: {self.log_path}",
         )
 
     def _admin_ready(self) -> bool:
