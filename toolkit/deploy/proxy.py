@@ -14,6 +14,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,9 +197,12 @@ def validate_config(path: Path) -> None:
     )
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        # Envoy echoes the offending message as protobuf text; its verdict is the last line
+        # Envoy echoes the offending message as protobuf text; its verdict is the last line, after the
+        # log prefix ([time][thread][level][logger] [source]) and the configuration's path
+        verdict = re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1]) if lines else "no message"
+        verdict = re.sub(r"^error initializing configuration '[^']*':\s*", "", verdict)
         raise CompoundError(
-            f"Envoy rejects the proxy configuration {path}: {lines[-1] if lines else 'no message'}",
+            f"Envoy rejects the proxy configuration {path}: {verdict}",
             hint="a setting of the proxy is out of range, or a listen address is not an address",
         )
 
