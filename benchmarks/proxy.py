@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import start_server  # noqa: E402
 from toolkit.bench.driver import Call, Job  # noqa: E402
 from toolkit.bench.measure import ProcessCpu, point_line, run_driver  # noqa: E402
-from toolkit.deploy.local import LocalServer  # noqa: E402
 from toolkit.deploy.proxy import EnvoyProxy, Replica, default_workers  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
 from toolkit.render import render_repository  # noqa: E402
@@ -79,32 +78,34 @@ backend replicas_http
     balance leastconn
     option httpchk GET /v2/health/ready
     http-reuse always
-    server r0 {replica}:{replica_http} check inter 1s fall 2 rise 1
+{http_servers}
 backend replicas_grpc
     balance leastconn
     option httpchk GET /v2/health/ready
-    server r0 {replica}:{replica_grpc} proto h2 check port {replica_http} check-proto h1 inter 1s fall 2 rise 1
+{grpc_servers}
 """
+HTTP_SERVER = "    server r{i} {host}:{http} check inter 1s fall 2 rise 1"
+GRPC_SERVER = "    server r{i} {host}:{grpc} proto h2 check port {http} check-proto h1 inter 1s fall 2 rise 1"
 
 
 class Haproxy(OwnedProcess):
-    """HAProxy in front of one server, for comparison (the `haproxy` of the operating system)."""
+    """HAProxy in front of replicas, for comparison (the `haproxy` of the operating system)."""
 
-    def __init__(self, binary: str, server: LocalServer, work: Path, threads: int) -> None:
+    def __init__(self, binary: str, replicas: list[Replica], work: Path, threads: int) -> None:
         self.binary = binary
         self.http_port, self.grpc_port = free_ports(2)
         self.config = work / "haproxy.cfg"
         self.log = work / "haproxy.log"
-        host, ep = "127.0.0.1", server.endpoints
+        host = "127.0.0.1"
+        servers = [{"i": i, "host": r.host, "http": r.http_port, "grpc": r.grpc_port} for i, r in enumerate(replicas)]
         self.config.write_text(
             HAPROXY_CFG.format(
                 threads=threads,
                 host=host,
                 http_port=self.http_port,
                 grpc_port=self.grpc_port,
-                replica=ep.host,
-                replica_http=ep.http_port,
-                replica_grpc=ep.grpc_port,
+                http_servers="\n".join(HTTP_SERVER.format(**s) for s in servers),
+                grpc_servers="\n".join(GRPC_SERVER.format(**s) for s in servers),
             )
         )
         self.http_url, self.grpc_url = f"{host}:{self.http_port}", f"{host}:{self.grpc_port}"
@@ -203,8 +204,9 @@ def main() -> None:
     try:
         ep = server.endpoints
         http_port, grpc_port = free_ports(2)
+        replicas = [Replica(ep.host, ep.http_port, ep.grpc_port)]
         envoy = EnvoyProxy(
-            [Replica(ep.host, ep.http_port, ep.grpc_port)],
+            replicas,
             http_port=http_port,
             grpc_port=grpc_port,
             workdir=work / "envoy",
@@ -214,7 +216,7 @@ def main() -> None:
         setups = {"direct": (server.http_url, server.grpc_url), "envoy": (envoy.http_url, envoy.grpc_url)}
         pids = {"envoy": envoy.pid}
         if haproxy_binary:
-            haproxy = Haproxy(haproxy_binary, server, work, workers).start()
+            haproxy = Haproxy(haproxy_binary, replicas, work, workers).start()
             setups["haproxy"] = (haproxy.http_url, haproxy.grpc_url)
             pids["haproxy"] = haproxy.pid
         assert server.pid is not None
