@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 
 from tests.conftest import start_server
 from toolkit.deploy.local import LocalServer
-from toolkit.deploy.proxy import EnvoyProxy, ProxyCounters, Replica
+from toolkit.deploy.proxy import EnvoyProxy, ProxyCounters, Replica, is_envoy, stop_recorded_proxy
 from toolkit.errors import CompoundError, ServerError
 from toolkit.stats import fetch_stats
 from toolkit.system import free_port, free_ports
@@ -254,4 +254,19 @@ def test_a_listen_address_not_of_this_machine_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(CompoundError, match="cannot listen on 192.0.2.1"):
         proxy.start()
+    assert proxy.process is None
+
+
+def test_a_detached_proxy_is_stopped_by_its_recorded_pid(tmp_path: Path, cluster: Cluster) -> None:
+    http_port, grpc_port = free_ports(2)
+    proxy = EnvoyProxy(cluster.proxy.replicas, http_port=http_port, grpc_port=grpc_port, workdir=tmp_path, detach=True)
+    proxy.start()
+    try:
+        pid = proxy.pid
+        assert pid is not None and is_envoy(pid) and not is_envoy(os.getpid())
+        assert stop_recorded_proxy(pid)
+        assert proxy.process is not None and proxy.process.wait(timeout=5) is not None
+        assert not is_envoy(pid) and not stop_recorded_proxy(pid)
+    finally:
+        proxy.stop()
     assert proxy.process is None

@@ -346,7 +346,41 @@ def parse_counters(stats: dict[str, Any], clusters: dict[str, Any]) -> ProxyCoun
     )
 
 
-# --- the process ----------------------------------------------------------------------------------
+# --- the process ---
+
+
+def is_envoy(pid: Optional[int]) -> bool:
+    """Whether a recorded pid is still an envoy (and not an unrelated process that reused the pid)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv0 = cmdline.read().split(b"\0")[0]
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return Path(argv0.decode(errors="replace")).name == "envoy" and state != "Z"
+
+
+def stop_recorded_proxy(pid: int, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop a detached proxy by its recorded pid (`compound stop`): SIGTERM, SIGKILL after `grace_s`.
+    False if no envoy runs under that pid."""
+    if not is_envoy(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and is_envoy(pid):
+        time.sleep(0.05)
+    if is_envoy(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return True
 
 
 class EnvoyProxy:
@@ -511,13 +545,18 @@ class EnvoyProxy:
             try:
                 self.process.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+                try:  # envoy leads its own process group (start_new_session)
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         self.process.wait(timeout=10)
         self.process = None
+
+    def describe(self) -> str:
+        return (
+            f"proxy HTTP {self.http_url}  gRPC {self.grpc_url}  admin {self.admin_url}"
+            f"  (log {self.log_path}, configuration {self.config_path})"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         return read_tail(self.log_path, lines)
