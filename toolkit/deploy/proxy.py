@@ -65,6 +65,7 @@ class ProxySettings:
     retries: int = 2  # attempts on other replicas after the first
     max_requests: int = 100_000  # circuit breaker: requests (and connections, pending) per cluster
     max_retries: int = 10_000  # circuit breaker: retries in flight per cluster
+    max_connections: int = 10_000  # client connections at once, over both listeners
     connect_timeout_s: float = 1.0
     request_timeout_s: float = 300.0  # HTTP; gRPC follows the client's deadline
     idle_timeout_s: float = 300.0
@@ -153,12 +154,12 @@ def render_envoy_config(
         listen_host=listen_host,
         admin_host=admin_host,
         admin_port=admin_port,
-        admin_log=None,
         listeners=listeners,
         clusters=clusters,
         access_log=settings.access_log,
         retries=settings.retries,
         max_requests=settings.max_requests,
+        max_connections=settings.max_connections,
         max_retries=settings.max_retries,
         connect_timeout_s=_seconds(settings.connect_timeout_s),
         request_timeout_s=_seconds(settings.request_timeout_s),
