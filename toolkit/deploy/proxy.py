@@ -123,9 +123,10 @@ def render_envoy_config(
     if settings.retries < 0 or settings.max_requests < 1 or settings.max_retries < 0:
         raise CompoundError(f"proxy settings out of range: {settings}")
     env = template_env()
-    # the packaged templates first, then this source tree's (an older install may lack proxy/)
+    # the template beside this module's source tree first (a source checkout: code and template agree even
+    # when an editable install maps toolkit.templates to another checkout), else the packaged one
     source_tree = Path(__file__).resolve().parents[2] / "templates"
-    env.loader = jinja2.ChoiceLoader([env.loader, jinja2.FileSystemLoader(str(source_tree))])  # type: ignore[list-item]
+    env.loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(source_tree)), env.loader])  # type: ignore[list-item]
     env.filters["yq"] = _yaml_scalar
     summary = (
         f"{len(replicas)} replica(s) ({', '.join(f'{r.host}:{r.http_port}/{r.grpc_port}' for r in replicas)})"
