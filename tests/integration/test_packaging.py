@@ -32,6 +32,7 @@ def test_non_editable_install_generates_the_example(tmp_path: Path) -> None:
     )
     assert (target / "toolkit" / "templates" / "model.py").is_file()
     assert (target / "toolkit" / "templates" / "config.pbtxt.j2").is_file()
+    assert (target / "toolkit" / "templates" / "proxy" / "envoy.yaml.j2").is_file()
     assert (target / "toolkit" / "locust" / "__init__.py").is_file()
     assert (target / "bin" / "compound").is_file()
     packages = {p.parent.relative_to(ROOT) for p in (ROOT / "toolkit").rglob("__init__.py")}

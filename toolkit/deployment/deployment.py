@@ -383,7 +383,7 @@ class Deployment:
             self.state = load_state(self.name)
         records = self.state.server_records()
         stopped = [self.owner.stop_recorded(self.state.of_server(i)) for i in range(len(records))]
-        stopped.append(stop_recorded_proxy(self.state.proxy))
+        stopped.append(stop_recorded_proxy(self.state.proxy.pid) if self.state.proxy else False)
         forget_state(self.name)
         shutil.rmtree(self.state.workdir / "backends", ignore_errors=True)
         return any(stopped)

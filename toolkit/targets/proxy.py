@@ -66,6 +66,7 @@ class ProxySettings:
     retries: int = 2  # attempts on other replicas after the first
     max_requests: int = 100_000  # circuit breaker: requests (and connections, pending) per cluster
     max_retries: int = 10_000  # circuit breaker: retries in flight per cluster
+    max_connections: int = 10_000  # client connections at once, over both listeners
     connect_timeout_s: float = 1.0
     request_timeout_s: float = 300.0  # HTTP; gRPC follows the client's deadline
     idle_timeout_s: float = 300.0
@@ -101,7 +102,6 @@ def render_envoy_config(
     """The Envoy configuration (YAML) of a proxy listening on `listen_host`'s public HTTP and gRPC
     ports. `discovery="static"`: one entry per replica; `"strict_dns"`: exactly one entry whose host is
     a DNS name resolving to every replica (re-resolved every `dns_refresh_s`)."""
-    import jinja2
 
     from toolkit.repository.render import template_env
 
@@ -123,9 +123,6 @@ def render_envoy_config(
     if settings.retries < 0 or settings.max_requests < 1 or settings.max_retries < 0:
         raise CompoundError(f"proxy settings out of range: {settings}")
     env = template_env()
-    # the packaged templates first, then this source tree's (an older install may lack proxy/)
-    source_tree = Path(__file__).resolve().parents[2] / "templates"
-    env.loader = jinja2.ChoiceLoader([env.loader, jinja2.FileSystemLoader(str(source_tree))])  # type: ignore[list-item]
     env.filters["yq"] = _yaml_scalar
     summary = (
         f"{len(replicas)} replica(s) ({', '.join(f'{r.host}:{r.http_port}/{r.grpc_port}' for r in replicas)})"
@@ -154,12 +151,12 @@ def render_envoy_config(
         listen_host=listen_host,
         admin_host=admin_host,
         admin_port=admin_port,
-        admin_log=None,
         listeners=listeners,
         clusters=clusters,
         access_log=settings.access_log,
         retries=settings.retries,
         max_requests=settings.max_requests,
+        max_connections=settings.max_connections,
         max_retries=settings.max_retries,
         connect_timeout_s=_seconds(settings.connect_timeout_s),
         request_timeout_s=_seconds(settings.request_timeout_s),
@@ -347,7 +344,41 @@ def parse_counters(stats: dict[str, Any], clusters: dict[str, Any]) -> ProxyCoun
     )
 
 
-# --- the process ----------------------------------------------------------------------------------
+# --- the process ---
+
+
+def is_envoy(pid: Optional[int]) -> bool:
+    """Whether a recorded pid is still an envoy (and not an unrelated process that reused the pid)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv0 = cmdline.read().split(b"\0")[0]
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return Path(argv0.decode(errors="replace")).name == "envoy" and state != "Z"
+
+
+def stop_recorded_proxy(pid: int, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop a detached proxy by its recorded pid (`compound stop`): SIGTERM, SIGKILL after `grace_s`.
+    False if no envoy runs under that pid."""
+    if not is_envoy(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and is_envoy(pid):
+        time.sleep(0.05)
+    if is_envoy(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return True
 
 
 class EnvoyProxy:
@@ -512,29 +543,28 @@ class EnvoyProxy:
             try:
                 self.process.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+                try:  # envoy leads its own process group (start_new_session)
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         self.process.wait(timeout=10)
         self.process = None
+
+    def describe(self) -> str:
+        return (
+            f"proxy HTTP {self.http_url}  gRPC {self.grpc_url}  admin {self.admin_url}"
+            f"  (log {self.log_path}, configuration {self.config_path})"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         return read_tail(self.log_path, lines)
 
     def admin_json(self, path: str, timeout_s: float = 5.0) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(f"{self.admin_url}{path}", timeout=timeout_s) as response:  # noqa: S310
-                return json.loads(response.read())  # type: ignore[no-any-return]
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise CompoundError(f"cannot read {path} from the proxy's admin API at {self.admin_url}: {exc}") from None
+        return admin_json(self.admin_port, path, timeout_s)
 
     def counters(self) -> ProxyCounters:
         """The proxy's counters now (cumulative since it started)."""
-        wanted = urllib.parse.quote(r"^(cluster\.replicas_|http\.(http|grpc)\.downstream_rq)")
-        stats = self.admin_json(f"/stats?format=json&filter={wanted}")
-        return parse_counters(stats, self.admin_json("/clusters?format=json"))
+        return admin_counters(self.admin_port)
 
     def record(self) -> ProxyRecord:
         """What a deployment keeps of its (started) proxy."""
@@ -564,48 +594,33 @@ class EnvoyProxy:
         self.stop()
 
 
+def admin_json(admin_port: int, path: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """One JSON answer of a proxy's admin API (on loopback)."""
+    url = f"http://127.0.0.1:{admin_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CompoundError(f"cannot read {path} from the proxy's admin API on port {admin_port}: {exc}") from None
+
+
+def admin_counters(admin_port: int) -> ProxyCounters:
+    """A proxy's counters now (cumulative since it started)."""
+    wanted = urllib.parse.quote(r"^(cluster\.replicas_|http\.(http|grpc)\.downstream_rq)")
+    stats = admin_json(admin_port, f"/stats?format=json&filter={wanted}")
+    return parse_counters(stats, admin_json(admin_port, "/clusters?format=json"))
+
+
 def recorded_proxy_running(record: Optional[ProxyRecord]) -> bool:
-    """The recorded proxy's process is still an envoy (not a process that reused its pid)."""
-    if record is None:
-        return False
-    try:
-        with open(f"/proc/{record.pid}/cmdline", "rb") as cmdline:
-            argv = cmdline.read().split(b"\0")
-        with open(f"/proc/{record.pid}/stat") as stat:
-            zombie = stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-    return not zombie and bool(argv) and b"envoy" in Path(argv[0].decode(errors="replace")).name.encode()
-
-
-def stop_recorded_proxy(record: Optional[ProxyRecord]) -> bool:
-    """SIGTERM the recorded proxy, SIGKILL its process group after the grace period; False if it
-    was not running."""
-    if not recorded_proxy_running(record):
-        return False
-    assert record is not None
-    os.kill(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while recorded_proxy_running(record) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        os.killpg(record.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return True
+    return record is not None and is_envoy(record.pid)
 
 
 def recorded_counters(record: Optional[ProxyRecord]) -> Optional[ProxyCounters]:
     """The recorded proxy's counters, or None when it does not answer."""
     if record is None:
         return None
-    admin = f"http://127.0.0.1:{record.admin_port}"
     try:
-        wanted = urllib.parse.quote(r"^(cluster\.replicas_|http\.(http|grpc)\.downstream_rq)")
-        with urllib.request.urlopen(f"{admin}/stats?format=json&filter={wanted}", timeout=5) as response:  # noqa: S310
-            stats = json.loads(response.read())
-        with urllib.request.urlopen(f"{admin}/clusters?format=json", timeout=5) as response:  # noqa: S310
-            clusters = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError):
+        return admin_counters(record.admin_port)
+    except CompoundError:
         return None
-    return parse_counters(stats, clusters)
