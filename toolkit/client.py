@@ -42,6 +42,7 @@ class Signature:
     inputs: tuple[TensorSignature, ...]
     outputs: tuple[TensorSignature, ...] = ()
     composing: tuple[str, ...] = ()  # an ensemble's models in step order
+    decoupled: bool = False  # model_transaction_policy.decoupled: answers with a stream of responses
 
     @property
     def batched(self) -> bool:
@@ -240,6 +241,7 @@ def signature_from_config(config: dict[str, Any]) -> Signature:
         tensors(config.get("input", [])),
         tensors(config.get("output", [])),
         tuple(composing),
+        bool((config.get("model_transaction_policy") or {}).get("decoupled", False)),
     )
 
 
