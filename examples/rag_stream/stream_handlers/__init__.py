@@ -114,8 +114,9 @@ class Generate:
     """Streams an answer to a question, conditioned on its retrieved passage, one word per response.
 
     Parameters: ``max_tokens`` (hard stop), ``min_tokens`` (the answer ends at the first full stop
-    after these), ``hidden`` (width of the recurrent layer: the per-token cost), ``top_k`` (n-gram
-    candidates per context), ``seed``, and the score weights ``rnn_weight``, ``passage_weight``,
+    after these), ``hidden`` (width of the recurrent layer: the per-token cost), ``prefill_tokens``
+    (the last tokens of passage and question the state is built from), ``top_k`` (n-gram candidates
+    per context), ``seed``, and the score weights ``rnn_weight``, ``passage_weight``,
     ``repeat_penalty``."""
 
     def __init__(self, parameters: dict, device: str) -> None:
@@ -126,10 +127,11 @@ class Generate:
         self.rnn_weight = float(parameters.get("rnn_weight", 2.0))
         self.passage_weight = float(parameters.get("passage_weight", 1.5))
         self.repeat_penalty = float(parameters.get("repeat_penalty", 6.0))
+        self.prefill_tokens = int(parameters.get("prefill_tokens", 24))
         self.vocab = np.array(self.corpus.vocab, dtype=object)
         self.size = len(self.corpus.vocab)
         self._build_ngrams()
-        self._build_rnn(int(parameters.get("hidden", 512)), int(parameters.get("seed", 0)))
+        self._build_rnn(int(parameters.get("hidden", 128)), int(parameters.get("seed", 0)))
 
     # --- training --------------------------------------------------------------------------------
 
@@ -199,11 +201,12 @@ class Generate:
         if query.shape[0] != 1 or passage.shape[0] != 1:
             raise ValueError(f"one question per request (a stream), got {query.shape[0]}")
         question, text = _text(query[0, 0]), _text(passage[0, 0])
+        words = self._ids(tokenize(text) + tokenize(question))
         h = np.zeros(self.recurrent.shape[0], dtype=np.float32)
-        for token in self._ids(tokenize(text) + tokenize(question)):
+        # the state forgets at the spectral radius (0.9 a token): the last tokens make it all but whole
+        for token in words[-self.prefill_tokens :]:
             h = np.tanh(h @ self.recurrent + self.embed[token])
         mask = np.zeros(self.size, dtype=np.float32)
-        words = self._ids(tokenize(text) + tokenize(question))
         mask[[w for w in words if w > self.corpus.index[COMMA]]] = 1.0
         return Stream(h, mask, prev2=self.corpus.index[DOT], prev1=self.corpus.index[BOS])
 
