@@ -16,6 +16,10 @@ to the last windows, and with ``--server-pid`` (COMPOUND_SERVER_PID, a tritonser
 the resident memory of it and of every process under it (Python-backend stubs) at the start, every
 window and the end.
 The web UI gets a "Pipeline models" tab: Triton's per-model statistics for the running test.
+
+A pipeline the server serves as a decoupled model streams: its users open one gRPC stream (or one
+HTTP server-sent event stream, POST .../generate_stream) per request and time every token; the
+result file then has the streams' time to first token, inter-token latency and tokens/s.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ from toolkit.client import Signature, grpc_client  # noqa: E402
 from toolkit.core.errors import CompoundError  # noqa: E402
 from toolkit.core.units import parse_duration  # noqa: E402
 from toolkit.loadtest.inputs import Request, prepare_requests  # noqa: E402
+from toolkit.loadtest.streaming import (  # noqa: E402
+    StreamRecorder,
+    StreamTiming,
+    grpc_request,
+    grpc_stream,
+    read_sse,
+    sse_body,
+    streams,
+)
 from toolkit.observe.stats import COLUMNS, Breakdown, breakdown, fetch_stats, rows  # noqa: E402
 
 
@@ -198,11 +211,19 @@ class _Workload:
         self.requests: list[Request] = []
         self._bodies: Iterator[bytes] = iter(())
         self._grpc_inputs: Iterator[list[Any]] = iter(())
+        self.streaming = False  # the server answers the pipeline with a stream of responses
+        self._stream_requests: Iterator[Any] = iter(())
 
     def prepare(self, host: str, pipeline: str, protocol: str, data: str, timeout: float) -> None:
         self.host, self.pipeline, self.protocol, self.timeout = host, pipeline, protocol, timeout
         self.signature, self.requests = prepare_requests(host, protocol, pipeline, data or None)
-        if protocol == "grpc":
+        self.streaming = streams(host, protocol, self.signature)
+        if self.streaming:
+            if protocol == "grpc":
+                self._stream_requests = itertools.cycle([grpc_request(pipeline, r) for r in self.requests])
+            else:
+                self._bodies = itertools.cycle([sse_body(r) for r in self.requests])
+        elif protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
             prepared = []
@@ -222,6 +243,9 @@ class _Workload:
 
     def next_grpc_inputs(self) -> list[Any]:
         return next(self._grpc_inputs)
+
+    def next_stream_request(self) -> Any:
+        return next(self._stream_requests)
 
 
 WORKLOAD = _Workload()
@@ -341,6 +365,98 @@ class TritonGrpcUser(User):
         )
 
 
+STREAMS = StreamRecorder()  # this process's streams (a worker's go to the master with each report)
+
+
+def _report_stream(user: Any, request_type: str, timing: StreamTiming) -> None:
+    """File a finished stream: with locust (the whole stream and its first token, for the UI and the
+    CSV) and with STREAMS (exact TTFT and inter-token gaps)."""
+    STREAMS.add(timing)
+    exception = None if timing.error is None else StreamError(timing.error)
+    start_time = time.time() - (time.perf_counter() - timing.sent)
+    fire = user.environment.events.request.fire
+    fire(
+        request_type=request_type,
+        name=WORKLOAD.pipeline,
+        response_time=timing.total_ms,
+        response_length=timing.tokens,
+        response=None,
+        context={},
+        exception=exception,
+        start_time=start_time,
+        url=user.host,
+    )
+    if timing.ttft_ms is not None:
+        fire(
+            request_type="TTFT",
+            name=WORKLOAD.pipeline,
+            response_time=timing.ttft_ms,
+            response_length=0,
+            response=None,
+            context={},
+            exception=None,
+            start_time=start_time,
+            url=user.host,
+        )
+
+
+class StreamError(Exception):
+    """A stream that failed, with Triton's message."""
+
+
+class TritonGrpcStreamUser(User):
+    """Closed-loop (or paced) user of a streaming pipeline: one ``ModelStreamInfer`` stream per request."""
+
+    wait_time = _paced
+
+    def on_start(self) -> None:
+        self.client = grpc_client(self.host or WORKLOAD.host)
+        _OPEN_CLIENTS.add(self.client)
+
+    def on_stop(self) -> None:
+        _close(self.client)
+
+    @task
+    def stream(self) -> None:
+        _report_stream(self, "gRPC stream", grpc_stream(self.client, WORKLOAD.next_stream_request(), WORKLOAD.timeout))
+
+
+class TritonSseUser(User):
+    """Closed-loop (or paced) user of a streaming pipeline over HTTP: ``POST /v2/models/<pipeline>/generate_stream``,
+    one server-sent event per response (its own requests session: locust's would file the POST itself)."""
+
+    wait_time = _paced
+
+    def on_start(self) -> None:
+        import requests
+
+        self.session = requests.Session()
+        self.url = f"{(self.host or WORKLOAD.host).rstrip('/')}/v2/models/{WORKLOAD.pipeline}/generate_stream"
+
+    def on_stop(self) -> None:
+        self.session.close()
+
+    @task
+    def stream(self) -> None:
+        timing = StreamTiming(time.perf_counter())
+        try:
+            with self.session.post(
+                self.url,
+                data=WORKLOAD.next_body(),
+                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                stream=True,
+                timeout=WORKLOAD.timeout,
+            ) as response:
+                if response.status_code != 200:
+                    timing.error = _error_text(response.content, response.status_code)
+                    timing.ended = time.perf_counter()
+                else:
+                    read_sse(response.iter_lines(), timing)
+        except Exception as exc:  # noqa: BLE001 - a broken connection is a failed stream, never a crash
+            timing.error, timing.ended = str(exc), time.perf_counter()
+        _report_stream(self, "SSE", timing)
+
+
 class CompoundShape(_shapes.SelectedShape):
     """The load shape named by --load-shape; -u, -r and -t set its size, rate and length."""
 
@@ -430,7 +546,9 @@ def _write_result(environment: Any, path: str) -> None:
     """Final totals, after every user stopped: what the CSV, written every second, may miss."""
     stats = environment.runner.stats
     total = stats.total
-    result = {
+    if WORKLOAD.streaming:  # the whole streams, not their first tokens
+        total = stats.get(WORKLOAD.pipeline, "gRPC stream" if WORKLOAD.protocol == "grpc" else "SSE")
+    result: dict[str, Any] = {
         "requests": total.num_requests,
         "failures": total.num_failures,
         "rps": round(total.total_rps, 2),
@@ -444,6 +562,8 @@ def _write_result(environment: Any, path: str) -> None:
             for e in sorted(stats.errors.values(), key=lambda e: -e.occurrences)
         ],
     }
+    if WORKLOAD.streaming:
+        result["stream"] = STREAMS.figures().to_dict()
     Path(path).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
@@ -576,11 +696,8 @@ def _on_init(environment: Any, **_: Any) -> None:
         return
     host = environment.host or ""
     protocol = _protocol(host, options.protocol)
-    if len(environment.user_classes) > 1:  # no user class named on the command line: pick by protocol
-        wanted = TritonGrpcUser if protocol == "grpc" else TritonHttpUser
-        environment.user_classes[:] = [c for c in environment.user_classes if c is wanted]
-    elif environment.user_classes:
-        protocol = "grpc" if issubclass(environment.user_classes[0], TritonGrpcUser) else "http"
+    if len(environment.user_classes) == 1:  # a user class named on the command line sets the protocol
+        protocol = "grpc" if issubclass(environment.user_classes[0], (TritonGrpcUser, TritonGrpcStreamUser)) else "http"
     if protocol == "http" and host and "://" not in host:
         environment.host = host = f"http://{host}"
     if not options.pipeline or not host:
@@ -601,6 +718,22 @@ def _on_init(environment: Any, **_: Any) -> None:
     except CompoundError as exc:
         log.error("compound: %s", exc)
         sys.exit(2)
+    if len(environment.user_classes) > 1:  # none named: pick by protocol, and whether the pipeline streams
+        wanted = {
+            ("grpc", False): TritonGrpcUser,
+            ("http", False): TritonHttpUser,
+            ("grpc", True): TritonGrpcStreamUser,
+            ("http", True): TritonSseUser,
+        }[(protocol, WORKLOAD.streaming)]
+        environment.user_classes[:] = [c for c in environment.user_classes if c is wanted]
+    if WORKLOAD.streaming:
+        environment.events.test_start.add_listener(lambda **_: STREAMS.clear())
+        environment.events.report_to_master.add_listener(
+            lambda client_id, data: data.__setitem__("compound_streams", STREAMS.take())
+        )
+        environment.events.worker_report.add_listener(
+            lambda client_id, data: STREAMS.merge(data.get("compound_streams") or {})
+        )
     if not isinstance(environment.runner, WorkerRunner):
         options.compound_pacing_users = options.num_users or 0  # workers get the total through this option
     if options.compound_timeline or isinstance(environment.runner, WorkerRunner):

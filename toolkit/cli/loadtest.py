@@ -56,6 +56,11 @@ if TYPE_CHECKING:
     help="Write the summary with the per-model breakdown.",
 )
 @click.option("--p95-slo-ms", type=float, help="Fail (exit non-zero) when p95 latency is above this.")
+@click.option(
+    "--ttft-p95-slo-ms",
+    type=float,
+    help="Streaming pipelines: fail (exit non-zero) when the p95 time to first token is above this.",
+)
 @click.option("--max-failure-ratio", type=float, help="Fail (exit non-zero) when failures/requests is above this.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Locust worker processes (distributed mode).")
 @click.option(
@@ -113,6 +118,7 @@ def loadtest(
     json_path: Optional[Path],
     p95_slo_ms: Optional[float],
     max_failure_ratio: Optional[float],
+    ttft_p95_slo_ms: Optional[float],
     workers: int,
     target_rps: Optional[float],
     window: str,
@@ -125,7 +131,11 @@ def loadtest(
 
     A soak: `--shape soak --target-rps R --timeline soak.json` (20 minutes unless --run-time says
     otherwise) reports failures, the p95 drift from the first to the last minutes, and the memory of
-    every server process at the start and the end."""
+    every server process at the start and the end.
+
+    A streaming pipeline (served as a decoupled model) is driven one stream per request, over gRPC or
+    HTTP server-sent events, and reports time to first token, inter-token latency and tokens/s;
+    `--ttft-p95-slo-ms` gates on the first token."""
     if steps < 1:
         raise click.BadParameter("must be at least 1", param_hint="--steps")
     run_time = run_time or (SOAK_RUN_TIME if shape == "soak" else DEFAULT_RUN_TIME)
@@ -160,6 +170,7 @@ def loadtest(
         json_path=json_path,
         p95_slo_ms=p95_slo_ms,
         max_failure_ratio=max_failure_ratio,
+        ttft_p95_slo_ms=ttft_p95_slo_ms,
         extra_env=extra_env,
         metrics_url=metrics_url,
         cache_steps=cache_steps,

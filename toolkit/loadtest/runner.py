@@ -27,6 +27,7 @@ from toolkit.client import Signature, strip_scheme
 from toolkit.core.errors import CompoundError
 from toolkit.core.system import die_with_parent, free_port
 from toolkit.loadtest.inputs import prepare_requests
+from toolkit.loadtest.streaming import StreamStats, check_ttft_slo, format_stream, stream_gate, streams
 from toolkit.observe import cachestats
 from toolkit.observe.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
 
@@ -64,6 +65,7 @@ class LoadTestOptions:
     json_path: Optional[Path] = None
     p95_slo_ms: Optional[float] = None
     max_failure_ratio: Optional[float] = None
+    ttft_p95_slo_ms: Optional[float] = None  # streaming pipelines: gate on the time to first token
     extra_env: dict[str, str] = field(default_factory=dict)  # more COMPOUND_* knobs (burst lengths, steps)
     metrics_url: Optional[str] = None  # Triton's Prometheus endpoint, for the tiered cache's columns
     cache_steps: dict[str, str] = field(default_factory=dict)  # fused step -> its pipeline (compound.json)
@@ -318,6 +320,7 @@ class LatencyStats:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     failure_reasons: list[dict[str, Any]] = field(default_factory=list)
+    stream: Optional[StreamStats] = None  # a streaming pipeline's figures (the rest is per whole stream)
 
     @property
     def failure_ratio(self) -> float:
@@ -377,7 +380,9 @@ def read_result(path: Path, csv_prefix: Path) -> LatencyStats:
     """The locustfile's final totals; locust's CSV (up to a second stale) when they are missing."""
     if path.exists():
         try:
-            return LatencyStats(**json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            stream = data.pop("stream", None)
+            return LatencyStats(**data, stream=StreamStats(**stream) if stream is not None else None)
         except (ValueError, TypeError):
             pass
     return read_locust_csv(csv_prefix)
@@ -441,6 +446,8 @@ def format_summary(summary: Summary) -> str:
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
         "  ".join(v.ljust(w) for v, w in zip(values, widths)),
     ]
+    if s.stream is not None:
+        lines += [format_stream(s.stream)]
     for reason in s.failure_reasons[:10]:
         lines.append(f"  failure x{reason['occurrences']}: {reason['error']}")
     if summary.models is not None:
@@ -499,6 +506,8 @@ def preflight(options: LoadTestOptions) -> Signature:
     """Everything that can be wrong before load is sent: options, server, pipeline, data file."""
     options.check()
     signature, _ = prepare_requests(options.url, options.protocol, options.pipeline, options.data)
+    if options.ttft_p95_slo_ms is not None:
+        check_ttft_slo(options.ttft_p95_slo_ms, streams(options.url, options.protocol, signature), options.pipeline)
     return signature
 
 
@@ -552,7 +561,8 @@ def run_loadtest(
         run_time_s=options.run_time_s,
         latency=latency,
         models=models,
-        violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio),
+        violations=gate(latency, options.p95_slo_ms, options.max_failure_ratio)
+        + stream_gate(latency.stream, options.ttft_p95_slo_ms),
         run_dir=str(run_dir),
         critical_paths=paths,
     )
