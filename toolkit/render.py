@@ -26,6 +26,7 @@ from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import fan_out_of
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
+from toolkit.plan.queue import model_queue_timeout, program_queue_timeout
 from toolkit.spec import TensorSpec
 
 MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
@@ -203,6 +204,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         inputs=_tensors(spec.inputs),
         outputs=_tensors(spec.outputs),
         batching=batching,
+        queue_timeout=model_queue_timeout(plan, model.name),
         no_batching_reason=reason,
         instance_count=model.instance_count,
         autoscale=model.autoscale,
@@ -285,6 +287,7 @@ def program_model_files(
         queue_delay_us=max(delays, default=0) if fused else 0,
         threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
+        queue_timeout=program_queue_timeout(plan, pipeline),
         program_file=PROGRAM_FILE,
     )
     runtime = env.loader.get_source(env, "orchestrator.py")[0] if env.loader is not None else None

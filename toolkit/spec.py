@@ -31,6 +31,7 @@ MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HANDLER_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 MAX_LOOP_ITERATIONS = 1000
+MAX_QUEUE_TIMEOUT_MS = 3_600_000.0  # an hour: beyond it a queue timeout protects no client
 
 TensorName = Annotated[str, Field(pattern=TENSOR_NAME)]
 
@@ -141,6 +142,13 @@ class ModelSpec(_Strict):
     )
     warmup: bool = True
     autoscale: Optional[Autoscale] = Field(default=None, description="absent: the fixed instances.count")
+    queue_timeout_ms: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=MAX_QUEUE_TIMEOUT_MS,
+        description="Triton rejects a request still queued after this long (needs the dynamic batcher);"
+        " the smaller of this and its pipelines' value applies (toolkit.plan.queue)",
+    )
 
     @property
     def response_cache(self) -> bool:
@@ -283,6 +291,13 @@ class PipelineSpec(_Strict):
     )
     instances: Optional[Instances] = Field(
         default=None, description="fused pipelines only: the fused model's instance group"
+    )
+    queue_timeout_ms: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=MAX_QUEUE_TIMEOUT_MS,
+        description="applies to every batching model the pipeline runs (components, fused model, orchestrator);"
+        " a component's own smaller value wins (toolkit.plan.queue)",
     )
 
     @property

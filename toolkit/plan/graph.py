@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 from toolkit.errors import Problem, SpecError
+from toolkit.plan.queue import check_queue_timeouts
 from toolkit.spec import (
     Autoscale,
     LoadedSpec,
@@ -202,6 +203,9 @@ def build_plan(loaded: LoadedSpec, device: Device = "cpu") -> DeploymentPlan:
 
     _check_autoscale(loaded, pipelines, problems, warnings)
     _check_group_names(loaded, problems)
+    queue_problems, queue_warnings = check_queue_timeouts(loaded, pipelines)
+    problems += queue_problems
+    warnings += queue_warnings
     if problems:
         raise SpecError(str(loaded.path), problems)
     for pipeline_plan in pipelines.values():
