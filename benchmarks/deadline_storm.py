@@ -83,6 +83,7 @@ def summarize(runs: list[StormResult], duration_s: float) -> dict[str, Any]:
         for key, value in run.outcomes.items():
             outcomes[key] = outcomes.get(key, 0) + value
     total = sum(outcomes.values()) or 1
+    cancelled = [r.outcomes.get("deadline", 0) for r in runs if r.crashed]
     return {
         "runs": len(runs),
         "crashed": len(crashes),
@@ -91,6 +92,9 @@ def summarize(runs: list[StormResult], duration_s: float) -> dict[str, Any]:
         "signals": sorted({r.signal or str(r.exit_code) for r in runs if r.crashed}),
         "served_s": round(sum(r.duration_s for r in runs), 2),
         "survived_full_run": sum(1 for r in runs if not r.crashed and r.duration_s >= duration_s - 0.5),
+        # requests the clients gave up on (each a cancellation on the server) per crash: the per-cancellation
+        # risk, which a queue timeout lowers only if the requests it rejects are the ones that would crash it
+        "deadlines_per_crash": round(statistics.mean(cancelled)) if cancelled else None,
         "outcomes": outcomes,
         "share": {key: round(value / total, 4) for key, value in sorted(outcomes.items())},
         "requests_per_s": round(total / max(sum(r.duration_s for r in runs), 1e-9), 1),
@@ -156,7 +160,8 @@ def main() -> None:
     for name, summary in report["summary"].items():
         lines.append(
             f"{name:>18}: crashed {summary['crashed']}/{summary['runs']}, time to crash {summary['time_to_crash_s']}"
-            f" s; shares {summary['share']}; {summary['requests_per_s']} req/s"
+            f" s; {summary['deadlines_per_crash']} deadlines per crash; shares {summary['share']};"
+            f" {summary['requests_per_s']} req/s"
         )
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -31,7 +31,7 @@ TEXTS = ["I love this product", "terrible, awful service", "the match last night
 class StormResult:
     protocol: str
     clients: int
-    client_timeout_s: float
+    client_timeout_s: Union[float, tuple[float, ...]]
     duration_s: float  # how long the storm ran (less than asked when the server died)
     crashed: bool
     time_to_crash_s: Optional[float]
@@ -110,19 +110,21 @@ def deadline_storm(
     *,
     protocol: str = "grpc",
     clients: int = 64,
-    client_timeout_s: float = 0.020,
+    client_timeout_s: Union[float, Sequence[float]] = 0.020,
     duration_s: float = 15.0,
 ) -> StormResult:
-    """`clients` threads, each sending `classify` requests one after another with that deadline, for
-    `duration_s` or until the server process exits (polled every 50 ms)."""
+    """`clients` threads, each sending `classify` requests one after another with its deadline (several
+    deadlines: the clients take them in turn), for `duration_s` or until the server process exits
+    (polled every 50 ms)."""
+    timeouts = (client_timeout_s,) if isinstance(client_timeout_s, (int, float)) else tuple(client_timeout_s)
     url = server.grpc_url if protocol == "grpc" else server.http_url
     target = _grpc_client if protocol == "grpc" else _http_client
     stop = threading.Event()
     counts: Counter[str] = Counter()
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=target, args=(url, client_timeout_s, stop, counts, lock), daemon=True)
-        for _ in range(clients)
+        threading.Thread(target=target, args=(url, timeouts[i % len(timeouts)], stop, counts, lock), daemon=True)
+        for i in range(clients)
     ]
     started = time.monotonic()
     for thread in threads:
@@ -143,7 +145,7 @@ def deadline_storm(
     return StormResult(
         protocol=protocol,
         clients=clients,
-        client_timeout_s=client_timeout_s,
+        client_timeout_s=timeouts[0] if len(timeouts) == 1 else timeouts,
         duration_s=round(elapsed, 2),
         crashed=crashed_at is not None,
         time_to_crash_s=round(crashed_at, 2) if crashed_at is not None else None,
