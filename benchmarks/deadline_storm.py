@@ -11,6 +11,9 @@ that the machine's drift hits all alike:
 * `grpc`: the spec as written;
 * `grpc-queue-<N>ms`: the same spec with `queue_timeout_ms: N` on both pipelines, so every component
   rejects a request queued longer than N ms (a request may queue once per stage: three stages);
+* `grpc-queue-<N>ms-no-client-deadline` (the smallest N): the same, but the clients leave the
+  deadline to the server: their own deadline is 10 s (it never fires: nothing is cancelled), and a
+  response slower than the 20 ms counts as late (thrown away by a real client);
 * `http`: the spec as written, HTTP clients (Triton's HTTP frontend has no such race).
 
 Each run records the time to crash (the server process's exit, its signal from the log's tail) and
@@ -62,15 +65,21 @@ def spec_with_queue_timeout(folder: Path, queue_ms: Optional[float]) -> Path:
 
 
 def run_once(repo: Path, work: Path, protocol: str, args: argparse.Namespace) -> StormResult:
+    """One fresh server and one storm; protocol `grpc-server-only`: gRPC clients whose own deadline
+    (10 s) never fires, a response slower than --timeout-ms counted late instead (the queue timeout the
+    only limit, so no request is ever cancelled)."""
     work.mkdir(parents=True, exist_ok=True)
     server = start_server(repo, work)
+    deadline_s = args.timeout_ms / 1000.0
+    server_only = protocol == "grpc-server-only"
     try:
         return deadline_storm(
             server,
-            protocol=protocol,
+            protocol="grpc" if server_only else protocol,
             clients=args.clients,
-            client_timeout_s=args.timeout_ms / 1000.0,
+            client_timeout_s=10.0 if server_only else deadline_s,
             duration_s=args.duration,
+            late_after_s=deadline_s if server_only else None,
         )
     finally:
         server.stop()
@@ -123,6 +132,11 @@ def main() -> None:
             render_repository(plan_spec(spec), work / f"repo-{queue_ms:g}"),
             "grpc",
         )
+    strictest = min(queue_values)
+    variants[f"grpc-queue-{strictest:g}ms-no-client-deadline"] = (
+        variants[f"grpc-queue-{strictest:g}ms"][0],
+        "grpc-server-only",
+    )
     if not args.no_http:
         variants["http"] = (variants["grpc"][0], "http")
     runs: dict[str, list[StormResult]] = {name: [] for name in variants}
