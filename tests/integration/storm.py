@@ -37,7 +37,8 @@ class StormResult:
     time_to_crash_s: Optional[float]
     exit_code: Optional[int]  # the server's, negative: killed by that signal
     signal: str  # what the log's tail says ("Signal (11) received."), if anything
-    outcomes: dict[str, int] = field(default_factory=dict)  # ok / deadline / queue_timeout / other: counts
+    # ok / late (served after late_after_s) / deadline / queue_timeout / other (mostly refused after a crash)
+    outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -56,7 +57,14 @@ def _classify(exc: BaseException) -> str:
     return "other"
 
 
-def _grpc_client(url: str, timeout_s: float, stop: threading.Event, counts: Counter[str], lock: threading.Lock) -> None:
+def _grpc_client(
+    url: str,
+    timeout_s: float,
+    late_s: Optional[float],
+    stop: threading.Event,
+    counts: Counter[str],
+    lock: threading.Lock,
+) -> None:
     client = grpcclient.InferenceServerClient(url)
     rng = np.random.default_rng(threading.get_ident() % 2**32)
     try:
@@ -65,9 +73,10 @@ def _grpc_client(url: str, timeout_s: float, stop: threading.Event, counts: Coun
             tensor.set_data_from_numpy(
                 np.array([[f"{TEXTS[rng.integers(len(TEXTS))]} {rng.integers(1 << 30)}"]], dtype=object)
             )
+            started = time.monotonic()
             try:
                 client.infer(PIPELINE, [tensor], client_timeout=timeout_s)
-                outcome = "ok"
+                outcome = "late" if late_s is not None and time.monotonic() - started > late_s else "ok"
             except InferenceServerException as exc:
                 outcome = _classify(exc)
             with lock:
@@ -78,20 +87,31 @@ def _grpc_client(url: str, timeout_s: float, stop: threading.Event, counts: Coun
         client.close()
 
 
-def _http_client(url: str, timeout_s: float, stop: threading.Event, counts: Counter[str], lock: threading.Lock) -> None:
+def _http_client(
+    url: str,
+    timeout_s: float,
+    late_s: Optional[float],
+    stop: threading.Event,
+    counts: Counter[str],
+    lock: threading.Lock,
+) -> None:
     host, port = url.rsplit(":", 1)
     rng = np.random.default_rng(threading.get_ident() % 2**32)
     connection: Optional[http.client.HTTPConnection] = None
     while not stop.is_set():
         text = f"{TEXTS[rng.integers(len(TEXTS))]} {rng.integers(1 << 30)}"
         body = json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]})
+        started = time.monotonic()
         try:
             if connection is None:
                 connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
             connection.request("POST", f"/v2/models/{PIPELINE}/infer", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             answer = response.read()
-            outcome = "ok" if response.status == 200 else _classify(RuntimeError(answer.decode(errors="replace")))
+            if response.status != 200:
+                outcome = _classify(RuntimeError(answer.decode(errors="replace")))
+            else:
+                outcome = "late" if late_s is not None and time.monotonic() - started > late_s else "ok"
         except (OSError, http.client.HTTPException) as exc:  # a timeout drops the connection, as a client would
             outcome = "deadline" if isinstance(exc, TimeoutError) else "other"
             if connection is not None:
@@ -112,10 +132,12 @@ def deadline_storm(
     clients: int = 64,
     client_timeout_s: Union[float, Sequence[float]] = 0.020,
     duration_s: float = 15.0,
+    late_after_s: Optional[float] = None,
 ) -> StormResult:
     """`clients` threads, each sending `classify` requests one after another with its deadline (several
     deadlines: the clients take them in turn), for `duration_s` or until the server process exits
-    (polled every 50 ms)."""
+    (polled every 50 ms). With `late_after_s`, a response slower than that counts as "late" (clients
+    that leave the deadline to the server: a long client deadline, and a late answer is thrown away)."""
     timeouts = (client_timeout_s,) if isinstance(client_timeout_s, (int, float)) else tuple(client_timeout_s)
     url = server.grpc_url if protocol == "grpc" else server.http_url
     target = _grpc_client if protocol == "grpc" else _http_client
@@ -123,7 +145,9 @@ def deadline_storm(
     counts: Counter[str] = Counter()
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=target, args=(url, timeouts[i % len(timeouts)], stop, counts, lock), daemon=True)
+        threading.Thread(
+            target=target, args=(url, timeouts[i % len(timeouts)], late_after_s, stop, counts, lock), daemon=True
+        )
         for i in range(clients)
     ]
     started = time.monotonic()
