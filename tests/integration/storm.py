@@ -37,6 +37,7 @@ class StormResult:
     time_to_crash_s: Optional[float]
     exit_code: Optional[int]  # the server's, negative: killed by that signal
     signal: str  # what the log's tail says ("Signal (11) received."), if anything
+    crash_log: str  # the log's last lines when the server died (its stack trace), else ""
     # ok / late (served after late_after_s) / deadline / queue_timeout / other (mostly refused after a crash)
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -177,5 +178,6 @@ def deadline_storm(
         time_to_crash_s=round(crashed_at, 2) if crashed_at is not None else None,
         exit_code=exit_code,
         signal=signal,
+        crash_log=tail[-4000:] if exit_code is not None else "",
         outcomes=dict(sorted(counts.items())),
     )
