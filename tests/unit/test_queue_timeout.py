@@ -208,3 +208,31 @@ def test_validate_exits_2_naming_the_field(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["validate", str(spec)])
     assert result.exit_code == 2, result.output
     assert "models.a.queue_timeout_ms" in result.output and "Traceback" not in result.output
+
+
+def test_a_timeout_on_steps_that_run_side_by_side_warns(tmp_path: Path) -> None:
+    """Triton 2.51 has crashed when a queue timeout rejected one parallel step of an ensemble while
+    another still ran (docs/clients.md): worth a warning, not a refusal."""
+    join = """
+  j:
+    handler: handlers:Ident
+    inputs: {x: {dtype: fp32, dims: [1]}, z: {dtype: fp32, dims: [1]}}
+    outputs: {y: {dtype: fp32, dims: [1]}}"""
+    fan_out = """
+  p:
+    inputs: {t0: {dtype: fp32, dims: [1]}}
+    outputs: [out]
+    queue_timeout_ms: 10
+    steps:
+      - {model: a, inputs: {x: t0}, outputs: {y: t1}}
+      - {model: b, inputs: {x: t1}, outputs: {y: t2}}
+      - {model: c, inputs: {x: t1}, outputs: {y: t3}}
+      - {model: j, inputs: {x: t2, z: t3}, outputs: {y: out}}"""
+    spec = write(tmp_path, [model("a"), model("b", "queue_timeout_ms: 8"), model("c"), join], [fan_out])
+    warnings = plan_spec(spec).warnings
+    assert any("(pipelines.p.queue_timeout_ms)" in w and "steps ['b', 'c'] run in parallel" in w for w in warnings)
+    assert any(
+        "(models.b.queue_timeout_ms)" in w and "runs beside other steps in pipeline(s) ['p']" in w for w in warnings
+    )
+    chain = write(tmp_path, [model("a"), model("b")], [pipeline("q", ["a", "b"], "queue_timeout_ms: 10")])
+    assert not any("parallel" in w for w in plan_spec(chain).warnings)

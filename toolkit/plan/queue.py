@@ -17,6 +17,7 @@ own `timeout` parameter replaces the default only when it is smaller.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -124,6 +125,14 @@ def check_queue_timeouts(loaded: LoadedSpec, pipelines: dict[str, PipelinePlan])
             )
         elif model.queue_timeout_ms * 1000 <= _delay_us(model):
             problems.append(Problem(where, _below_delay(f"model '{name}'", model.queue_timeout_ms, name, models)))
+        side_by_side = sorted(p for p, plan in pipelines.items() if name in _parallel_steps(plan))
+        if model.batching is not None and side_by_side:
+            warnings.append(
+                f"{where}: model '{name}' runs beside other steps in pipeline(s) {side_by_side}; on Triton 2.51 "
+                "a queue timeout's rejection of one parallel step while another still runs has crashed the server "
+                "(SIGSEGV in TRITONBACKEND_ResponseSend, over HTTP too; docs/clients.md): keep the timeout well "
+                "above the model's usual queueing"
+            )
     for name, pipeline in pipelines.items():
         value = pipeline.spec.queue_timeout_ms
         if value is None:
@@ -151,6 +160,14 @@ def check_queue_timeouts(loaded: LoadedSpec, pipelines: dict[str, PipelinePlan])
                         "max_queue_delay_us): a request waiting for its batch to fill would be rejected",
                     )
                 )
+        parallel = _parallel_steps(pipeline)
+        if parallel and any(m in reached for m in parallel):
+            warnings.append(
+                f"{where}: pipeline '{name}': its steps {parallel} run in parallel and the queue timeout reaches "
+                "them; on Triton 2.51 a rejection of one parallel step while another still runs has crashed the "
+                "server (SIGSEGV in TRITONBACKEND_ResponseSend, over HTTP too; docs/clients.md): keep the timeout "
+                "well above the steps' usual queueing, or set it on the steps before the fan-out"
+            )
         if not reached:
             problems.append(
                 Problem(
@@ -166,6 +183,15 @@ def check_queue_timeouts(loaded: LoadedSpec, pipelines: dict[str, PipelinePlan])
                 "batch on the server (max_batch_size 0 or dynamic_batching false), so their queues have no timeout"
             )
     return problems, warnings
+
+
+def _parallel_steps(pipeline: PipelinePlan) -> list[str]:
+    """The models an ensemble runs side by side (steps of one stage), where a rejected one leaves the
+    others running."""
+    if pipeline.kind != "ensemble":
+        return []
+    stages = Counter(step.stage for step in pipeline.served_steps)
+    return sorted({step.model for step in pipeline.served_steps if stages[step.stage] > 1})
 
 
 def _below_delay(who: str, value: float, member: str, models: dict[str, ModelSpec]) -> str:
