@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import EXAMPLE_SPEC, start_server  # noqa: E402
 from tests.integration.k8s_envoy import LocalBalancer, envoy_binary, pod_addresses, start_pod  # noqa: E402
 from tests.integration.storm import StormResult, deadline_storm  # noqa: E402
+from toolkit.errors import ServerError  # noqa: E402
 from toolkit.plan import plan_spec  # noqa: E402
 from toolkit.render import render_repository  # noqa: E402
 
@@ -79,11 +80,19 @@ def run_once(repo: Path, work: Path, protocol: str, args: argparse.Namespace) ->
     deadline_s = args.timeout_ms / 1000.0
     server_only = protocol == "grpc-server-only"
     balancer: Optional[LocalBalancer] = None
-    if protocol == "grpc-via-envoy":
-        server = start_pod(repo, pod_addresses(1)[0], work / "tritonserver.log")
-        balancer = LocalBalancer(repo, [server.endpoints.host], work)
-    else:
-        server = start_server(repo, work)
+    for attempt in (1, 2):  # a start-up that fails (it happens on a loaded machine) is tried once more
+        try:
+            if protocol == "grpc-via-envoy":
+                server = start_pod(repo, pod_addresses(1)[0], work / f"tritonserver-{attempt}.log")
+                balancer = LocalBalancer(repo, [server.endpoints.host], work)
+            else:
+                (work / f"start-{attempt}").mkdir(parents=True, exist_ok=True)
+                server = start_server(repo, work / f"start-{attempt}")
+            break
+        except ServerError as exc:
+            print(f"server start-up failed (attempt {attempt}): {str(exc).splitlines()[0]}", flush=True)
+            if attempt == 2:
+                raise
     try:
         if balancer is not None:
             balancer.start()
@@ -125,6 +134,36 @@ def summarize(runs: list[StormResult], duration_s: float) -> dict[str, Any]:
         "share": {key: round(value / total, 4) for key, value in sorted(outcomes.items())},
         "requests_per_s": round(total / max(sum(r.duration_s for r in runs), 1e-9), 1),
     }
+
+
+def write_report(
+    args: argparse.Namespace, runs: dict[str, list[StormResult]], started: float, final: bool = False
+) -> None:
+    report = {
+        "command": "python benchmarks/deadline_storm.py " + " ".join(sys.argv[1:]),
+        "machine": f"shared machine ({os.cpu_count()} cores, other work running at the same time; "
+        "figures are comparable within this run only)",
+        "platform": platform.platform(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "pipeline": "classify (examples/textdemo)",
+        "clients": args.clients,
+        "client_timeout_ms": args.timeout_ms,
+        "max_duration_s": args.duration,
+        "summary": {name: summarize(results, args.duration) for name, results in runs.items()},
+        "runs": {name: [r.as_dict() for r in results] for name, results in runs.items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"{report['command']}", f"on the {report['machine']}", ""]
+    for name, summary in report["summary"].items():
+        lines.append(
+            f"{name:>18}: crashed {summary['crashed']}/{summary['runs']}, time to crash {summary['time_to_crash_s']}"
+            f" s; {summary['deadlines_per_crash']} deadlines per crash; shares {summary['share']};"
+            f" {summary['requests_per_s']} req/s"
+        )
+    (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    if final:
+        print("\n".join(lines), flush=True)
 
 
 def main() -> None:
@@ -183,30 +222,7 @@ def main() -> None:
                 + f"; {result.outcomes}",
                 flush=True,
             )
-    report = {
-        "command": "python benchmarks/deadline_storm.py " + " ".join(sys.argv[1:]),
-        "machine": f"shared machine ({os.cpu_count()} cores, other work running at the same time; "
-        "figures are comparable within this run only)",
-        "platform": platform.platform(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "pipeline": "classify (examples/textdemo)",
-        "clients": args.clients,
-        "client_timeout_ms": args.timeout_ms,
-        "max_duration_s": args.duration,
-        "summary": {name: summarize(results, args.duration) for name, results in runs.items()},
-        "runs": {name: [r.as_dict() for r in results] for name, results in runs.items()},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"{report['command']}", f"on the {report['machine']}", ""]
-    for name, summary in report["summary"].items():
-        lines.append(
-            f"{name:>18}: crashed {summary['crashed']}/{summary['runs']}, time to crash {summary['time_to_crash_s']}"
-            f" s; {summary['deadlines_per_crash']} deadlines per crash; shares {summary['share']};"
-            f" {summary['requests_per_s']} req/s"
-        )
-    (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write_report(args, runs, started, final=rep == args.reps - 1)  # an interrupted run keeps what it measured
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -177,12 +177,19 @@ def test_kustomize_builds_the_balancer_offline(repo: Path, tmp_path: Path) -> No
 
 def test_the_triton_container_ends_with_the_server_and_its_probes_restart_a_wedged_one(repo: Path) -> None:
     """A crashed tritonserver ends its container (the entrypoint execs it: no shell survives it), which
-    the kubelet restarts (restartPolicy Always, the default); readiness takes the pod out of the headless
-    Service at once (so out of Envoy's DNS), liveness restarts a server that hangs (30 s unanswered)."""
+    the kubelet restarts (restartPolicy Always, the default), and the restarted one first removes the
+    shared memory the dead one leaked into the pod's /dev/shm (a crash frees none of it); readiness
+    takes the pod out of the headless Service at once (so out of Envoy's DNS), liveness restarts a
+    server that hangs (30 s unanswered)."""
     from toolkit.deploy.docker import render_build_context
 
     wrapper = render_build_context(BASE, repository=repo)["tritonserver.sh"].decode()
     assert [line.split()[0] for line in wrapper.splitlines() if "tritonserver/bin/tritonserver" in line] == ["exec"]
+    lines = wrapper.splitlines()
+    cleanup = next(
+        i for i, line in enumerate(lines) if line.startswith("rm -f /dev/shm/triton_python_backend_shm_region_")
+    )
+    assert cleanup < next(i for i, line in enumerate(lines) if line.startswith("exec "))  # a crash's leaked regions
     pod = named(manifests(repo), "Deployment", "textdemo")["spec"]["template"]["spec"]
     assert pod.get("restartPolicy", "Always") == "Always"
     triton = pod["containers"][0]
