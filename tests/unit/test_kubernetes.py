@@ -57,7 +57,8 @@ def documents(files: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def by_kind(files: dict[str, str]) -> dict[str, dict[str, Any]]:
-    return {doc["kind"]: doc for doc in documents(files)}
+    """The Triton deployment's objects by kind (the Envoy balancer's: tests/unit/test_kubernetes_balancer.py)."""
+    return {doc["kind"]: doc for doc in documents(files) if not doc["metadata"]["name"].endswith(("-envoy", "-pods"))}
 
 
 def crd_validator(kind: str, api_version: str) -> jsonschema.protocols.Validator:
@@ -226,7 +227,12 @@ def test_options_and_switches(repos: dict[str, Path]) -> None:
     bare = render_manifests(
         repos["cpu"],
         KubernetesOptions(
-            name="Text_Demo", base_image=BASE, autoscale=False, monitor=False, image="registry.example/td:1"
+            name="Text_Demo",
+            base_image=BASE,
+            autoscale=False,
+            monitor=False,
+            balancer=False,
+            image="registry.example/td:1",
         ),
     )
     assert sorted(bare) == ["deployment.yaml", "kustomization.yaml", "secret.yaml", "service.yaml"]
@@ -264,7 +270,9 @@ def test_kustomize_builds_the_folder_offline(repos: dict[str, Path], tmp_path: P
     built = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(built.stdout) if d)
-    assert kinds == ["ConfigMap", "Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
+    triton = ["ConfigMap", "Deployment", "PodMonitor", "ScaledObject", "Secret", "Service"]
+    balancer = ["ConfigMap", "Deployment", "Service"]  # Envoy's configuration and pods, the headless Service
+    assert kinds == sorted(triton + balancer)
 
 
 def test_no_reachable_cluster_is_a_clear_error(

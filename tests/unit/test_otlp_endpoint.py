@@ -78,7 +78,8 @@ def test_deploy_takes_the_traces_url(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     texts = [p.read_text() for p in sorted(out.glob("*.yaml"))]
     assert not any("/v1/traces/v1/traces" in text for text in texts)
-    (deployment,) = [d for text in texts for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment"]
+    deployments = [d for text in texts for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment"]
+    (deployment,) = [d for d in deployments if not d["metadata"]["name"].endswith("-envoy")]  # not the Envoy balancer
     server, runtime = deployment["spec"]["template"]["spec"]["containers"][:2]
     assert "opentelemetry,url=http://otel:4318/v1/traces" in server["args"]
     assert {e["name"]: e.get("value") for e in server["env"]}["COMPOUND_OTLP_ENDPOINT"] == "http://otel:4318"

@@ -314,6 +314,19 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     help="[kubernetes] Write a Prometheus Operator PodMonitor.",
 )
 @click.option(
+    "--balancer/--no-balancer",
+    default=True,
+    show_default=True,
+    help="[kubernetes] Put Envoy in front of the pods, balancing every request (gRPC calls one by one, not "
+    "connections) over the ready pods, with health checks and retries on another pod.",
+)
+@click.option(
+    "--envoy-image",
+    default="envoyproxy/envoy:v1.40-latest",
+    show_default=True,
+    help="[kubernetes] The balancer's Envoy image.",
+)
+@click.option(
     "--kserve",
     is_flag=True,
     help="[kubernetes] Write a KServe ServingRuntime + InferenceService instead (with --dry-run).",
@@ -355,6 +368,8 @@ def deploy(
             "monitor",
             "kserve",
             "redis_deployment",
+            "balancer",
+            "envoy_image",
         )
     }
     if target == "kubernetes" and kubernetes["replicas"] is None:

@@ -125,7 +125,11 @@ def _kubernetes(spec: str, name: Optional[str], manifests_dir: Optional[Path], a
     if state is not None and state.target == "kubernetes":
         repository = Path(state.repository)
         manifests_dir = manifests_dir or Path(state.extra["manifests"])
-        options = KubernetesOptions(name=state.name, namespace=state.extra.get("namespace", "default"))
+        options = KubernetesOptions(
+            name=state.name,
+            namespace=state.extra.get("namespace", "default"),
+            balancer=state.extra.get("balancer", False),  # recorded since the balancer exists; none before
+        )
         options.api_key = state.api_key
     else:
         if manifests_dir is None:

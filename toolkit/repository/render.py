@@ -24,7 +24,7 @@ from toolkit import __version__
 from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan, HandlerRef, ModelPlan, PipelinePlan
 from toolkit.plan.cache import cache_settings
-from toolkit.plan.graph import fan_out_of
+from toolkit.plan.graph import fan_out_of, model_queue_timeout, program_queue_timeout
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.plan.streaming import max_streams
 from toolkit.spec.schema import TensorSpec
@@ -218,6 +218,7 @@ def _render_model_config(env: jinja2.Environment, plan: DeploymentPlan, model: M
         inputs=_tensors(spec.inputs),
         outputs=_tensors(spec.outputs),
         batching=batching,
+        queue_timeout=model_queue_timeout(plan, model.name),
         no_batching_reason=reason,
         instance_count=model.instance_count,
         autoscale=model.autoscale,
@@ -302,6 +303,7 @@ def program_model_files(
         queue_delay_us=max(delays, default=0) if fused else 0,
         threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
+        queue_timeout=program_queue_timeout(plan, pipeline),
         program_file=PROGRAM_FILE,
         streaming=pipeline.streaming,
     )

@@ -31,6 +31,7 @@ MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HANDLER_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 MAX_LOOP_ITERATIONS = 1000
+MAX_QUEUE_TIMEOUT_MS = 3_600_000.0  # an hour: beyond it a queue timeout protects no client
 
 TensorName = Annotated[str, Field(pattern=TENSOR_NAME)]
 
@@ -145,6 +146,13 @@ class ModelSpec(_Strict):
         default=False,
         description="true: the handler streams (a generator, or start/step continuous batching); each request gets"
         " many responses, so the model is decoupled and may only be a pipeline's last step (docs/streaming.md)",
+    )
+    queue_timeout_ms: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=MAX_QUEUE_TIMEOUT_MS,
+        description="Triton rejects a request still queued after this long (needs the dynamic batcher);"
+        " the smaller of this and its pipelines' value applies (toolkit.plan.graph)",
     )
 
     @property
@@ -288,6 +296,13 @@ class PipelineSpec(_Strict):
     )
     instances: Optional[Instances] = Field(
         default=None, description="fused pipelines only: the fused model's instance group"
+    )
+    queue_timeout_ms: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=MAX_QUEUE_TIMEOUT_MS,
+        description="applies to every batching model the pipeline runs (components, fused model, orchestrator);"
+        " a component's own smaller value wins (toolkit.plan.graph)",
     )
 
     @property

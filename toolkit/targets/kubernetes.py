@@ -26,6 +26,7 @@ from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
 from toolkit.core.system import free_port
 from toolkit.observe.dashboard import dashboard_json, render_dashboard
+from toolkit.targets.balancer import ENVOY_IMAGE, balancer_values
 from toolkit.targets.docker import context_tag, default_base_image, gpu_models, render_build_context
 from toolkit.targets.server import TritonServer, check_repository, new_api_key, triton_args, uses_response_cache
 from toolkit.targets.settings import DeployRequest, Tracing, check_redis_url
@@ -80,6 +81,10 @@ class KubernetesOptions:
     tmp_size: str = "1Gi"  # the emptyDir at /tmp, the only path besides /dev/shm Triton writes to
     otlp_endpoint: str = ""  # OTLP/HTTP collector (base or /v1/traces URL) for Triton's and the runtime's spans
     trace_rate: int = 1
+    balancer: bool = True  # Envoy in front of the pods (toolkit.targets.balancer): gRPC calls balanced one by one
+    envoy_image: str = ENVOY_IMAGE
+    envoy_replicas: int = 2
+    cluster_domain: str = "cluster.local"  # the headless Service's DNS name ends in it
 
 
 def pod_selector(name: str, namespace: str) -> str:
@@ -245,11 +250,23 @@ def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict
     }
     env = template_env()
     env.filters["q"] = lambda value: json.dumps(str(value), ensure_ascii=False)
+    values["balancer"] = options.balancer and not options.kserve
+    if values["balancer"]:
+        values.update(
+            balancer_values(
+                env,
+                values,
+                image=options.envoy_image,
+                replicas=options.envoy_replicas,
+                cluster_domain=options.cluster_domain,
+            )
+        )
     if options.kserve:
         wanted = ["kserve"]
     else:
         wanted = (
             ["deployment", "service"]
+            + (["envoy-deployment"] if values["balancer"] else [])
             + (["secret"] if options.restrict_apis else [])
             + (["podmonitor"] if options.monitor else [])
             + (["scaledobject"] if options.autoscale else [])
@@ -486,6 +503,7 @@ class KubernetesDeployment(TritonServer):
             namespace=self.options.namespace,
             k8s_name=self.name,
             image=str(self.options.image),
+            balancer=self.options.balancer,
         )
         if self.context:
             state.extra["context"] = self.context
