@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
-from toolkit.client import DEFAULT_URLS, strip_scheme
+from toolkit.client import DEFAULT_URLS, Protocol, strip_scheme
 from toolkit.core.units import parse_duration
 from toolkit.loadtest.runner import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
 
@@ -97,7 +97,7 @@ if TYPE_CHECKING:
 def loadtest(
     pipeline: str,
     url: Optional[str],
-    protocol: str,
+    protocol: Protocol,  # click.Choice(PROTOCOLS)
     users: int,
     spawn_rate: float,
     run_time: Optional[str],

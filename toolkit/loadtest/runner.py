@@ -23,14 +23,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from toolkit.client import Signature, strip_scheme
+from toolkit.client import Protocol, Signature, strip_scheme
 from toolkit.core.errors import CompoundError
 from toolkit.core.system import die_with_parent, free_port
 from toolkit.loadtest.inputs import prepare_requests
 from toolkit.observe import cachestats
 from toolkit.observe.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
 
-PROTOCOLS = ("http", "grpc")
+PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst", "soak")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
@@ -50,7 +50,7 @@ class SloViolation(CompoundError):
 class LoadTestOptions:
     pipeline: str
     url: str  # host:port of the protocol's endpoint
-    protocol: str = "http"
+    protocol: Protocol = "http"  # checked again by check(): callers outside Python's types pass strings
     users: int = 16
     spawn_rate: float = 8.0
     run_time_s: Optional[int] = 30
@@ -533,11 +533,12 @@ def run_loadtest(
     latency = read_result(runner.result_path, runner.csv_prefix)
     try:
         after = fetch_stats(options.url, options.protocol)
-        models: Optional[Breakdown] = breakdown(options.pipeline, before, after, list(signature.composing))
+        table = breakdown(options.pipeline, before, after, list(signature.composing))
         cache_after = cachestats.scrape(options.metrics_url) if cache_before is not None else None
         if cache_before is not None and cache_after is not None:
             cache = cachestats.figures(cache_before, cache_after, after, options.cache_steps)
-            models = replace(models, cache=cache)
+            table = replace(table, cache=cache)
+        models: Optional[Breakdown] = table
     except CompoundError as exc:  # the server died during the run: still report what locust saw
         echo(f"warning: no per-model breakdown: {exc}")
         models = None

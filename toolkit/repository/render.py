@@ -265,9 +265,7 @@ def program_model_files(
     fused = pipeline.kind == "fused"
     group = pipeline.instances
     delays = [
-        plan.spec.models[m].batching.max_queue_delay_us
-        for m in pipeline.models
-        if plan.spec.models[m].batching is not None
+        batching.max_queue_delay_us for m in pipeline.models if (batching := plan.spec.models[m].batching) is not None
     ]
     config = env.get_template("orchestrator.pbtxt.j2").render(
         version=__version__,

@@ -270,7 +270,8 @@ def next_version(record: VersionRecord, rendered: Version, taken: set[str]) -> C
             model = name if name not in taken else versioned(name, number)
             version.components[name] = {"model": model, "fingerprint": entry["fingerprint"]}
             changed.append(name)
-    changed_pipelines, new_pipelines = [], []
+    changed_pipelines: list[str] = []
+    new_pipelines: list[str] = []
     for name, entry in rendered.pipelines.items():
         before = current.pipelines.get(name)
         if before is not None and before["fingerprint"] == entry["fingerprint"]:

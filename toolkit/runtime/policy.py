@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
 DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
@@ -150,7 +150,11 @@ class Policy:
             return 1e3 * w.queue_s / w.requests if w and w.requests else 0.0
 
         bottlenecks = sorted(
-            (c for c in components.values() if settled(c) and c.hot >= UP_AFTER and c.instances < c.bounds.max),  # type: ignore[union-attr]
+            (
+                c
+                for c in components.values()
+                if settled(c) and c.bounds is not None and c.hot >= UP_AFTER and c.instances < c.bounds.max
+            ),
             key=queue_ms,
             reverse=True,
         )
@@ -212,8 +216,10 @@ class Policy:
                 )
         return list(decisions.values())
 
-    def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]  # type: ignore[operator]
+    def _donor(
+        self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
+    ) -> Optional[Component]:
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
@@ -221,7 +227,7 @@ class Policy:
         upstream: Component,
         before: int,
         components: dict[str, Component],
-        settled: object,
+        settled: Callable[[Component], bool],
         decisions: dict[str, Decision],
     ) -> None:
         """An upstream component going from n to n+1 instances sends (n+1)/n times the load on: grow
@@ -229,7 +235,7 @@ class Policy:
         growth = (before + 1) / max(before, 1)
         for name in self.downstream.get(upstream.name, []):
             down = components.get(name)
-            if down is None or not settled(down):  # type: ignore[operator]
+            if down is None or not settled(down):
                 continue
             assert down.bounds is not None
             needed = math.ceil(down.utilisation * down.instances * growth / HIGH_UTILISATION - 1e-9)

@@ -461,6 +461,7 @@ class KubernetesDeployment(TritonServer):
             redis_url=request.redis_url or "",
             otlp_endpoint=request.otlp_endpoint or "",
             trace_rate=request.trace_rate,
+            # DeployRequest.kubernetes is dict[str, object]: the fields are checked by KubernetesOptions' __init__
             **request.kubernetes,  # type: ignore[arg-type]
         )
         return cls(
@@ -585,9 +586,9 @@ def deployment_log_tail(name: str, namespace: str, context: Optional[str] = None
 
 def stop_recorded(manifests_dir: str, port_forward_pid: Optional[int], context: Optional[str] = None) -> None:
     """`compound stop` for target kubernetes: end the port-forward, delete what was applied."""
-    if port_forward_running(port_forward_pid):
+    if port_forward_pid is not None and port_forward_running(port_forward_pid):
         try:
-            os.kill(port_forward_pid, signal.SIGTERM)  # type: ignore[arg-type]
+            os.kill(port_forward_pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     if Path(manifests_dir).is_dir():

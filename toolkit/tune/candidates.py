@@ -353,7 +353,7 @@ def spec_yaml(spec: Spec, header: Sequence[str] = ()) -> str:
     return "\n".join(lines) + ("\n" if lines else "") + body
 
 
-class _FlowMap(dict):  # type: ignore[type-arg]
+class _FlowMap(dict[str, Any]):
     """A mapping of plain values (a tensor's type, an instance group): written on one line."""
 
 
