@@ -73,11 +73,10 @@ def update(
         _kubernetes(spec, name, manifests_dir, apply_)
         return
     state, live = _live(name)
-    from toolkit.repository.render import read_manifest
+    from toolkit.repository.manifest import Manifest
     from toolkit.update.apply import update as run_update
 
-    device = read_manifest(live.repository).get("device", "cpu")  # type: ignore[attr-defined]
-    plan = plan_spec(spec, device)
+    plan = plan_spec(spec, Manifest.read(live.repository).device)
     if shadow and canary is None:
         canary = 100.0
     started = time.monotonic()

@@ -181,29 +181,30 @@ def redis_maxmemory(limit: str) -> str:
 
 def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict[str, str]:
     """File name -> YAML text. Every document is parsed back before anything is returned."""
-    from toolkit.repository.render import read_manifest, template_env
+    from toolkit.repository.manifest import Manifest
+    from toolkit.repository.render import template_env
 
     repo = Path(repository).resolve()
     check_repository(repo)
     if options.min_replicas > options.max_replicas:
         raise CompoundError(f"--min-replicas {options.min_replicas} is above --max-replicas {options.max_replicas}")
     name = k8s_name(options.name)
-    manifest = read_manifest(repo)
+    manifest = Manifest.read(repo, missing_ok=True)
     gpu = gpu_models(repo)
     image = options.image or default_image(repo, options)
     tracing = pod_tracing(options)
     selector = {"app.kubernetes.io/name": "tritonserver", "app.kubernetes.io/instance": name}
     labels = {**selector, "app.kubernetes.io/managed-by": "compound", "app.kubernetes.io/version": __version__}
     scaled_models = (
-        list(manifest.get("models", []))
-        + [p for p, v in manifest.get("pipelines", {}).items() if v.get("kind") != "ensemble"]
-        + list(manifest.get("fused_groups", {}))
+        list(manifest.models)
+        + [p for p, v in manifest.pipelines.items() if v.kind != "ensemble"]
+        + list(manifest.fused_groups)
     )  # Python models that queue
     model_match = f',model=~"{"|".join(scaled_models)}"' if scaled_models else ""
     pods = pod_selector(name, options.namespace)
     values: dict[str, Any] = {
         "version": __version__,
-        "source": manifest.get("spec", repo.name),
+        "source": manifest.spec or repo.name,
         "name": name,
         "runtime_name": f"{name}-triton",
         "namespace": options.namespace,
