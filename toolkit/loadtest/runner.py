@@ -117,6 +117,42 @@ def _child_setup() -> None:
 # --- the processes --------------------------------------------------------------------------------
 
 
+def locust_command(host: str, *flags: str) -> list[str]:
+    """argv of one locust process on the project's locustfile against `host` (scheme://host:port);
+    `flags`: its role's (run_flags for one that runs the users, --worker ... for a worker)."""
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile_path()),
+        "--host",
+        host,
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        *flags,
+    ]
+
+
+def run_flags(
+    users: int, spawn_rate: float, csv_prefix: Path, run_time_s: Optional[float] = None, html: Optional[Path] = None
+) -> list[str]:
+    """Flags of the locust that runs the users and writes the statistics (standalone or master):
+    failed requests are counted, not an exit code; no run time: until stopped."""
+    return [
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "--csv",
+        str(csv_prefix),
+        *(["--html", str(html)] if html is not None else []),
+        "--exit-code-on-error",
+        "0",
+        *(["-t", f"{run_time_s:.0f}s"] if run_time_s else []),
+    ]
+
+
 class LocustRunner:
     """Owns locust's processes (one standalone, or a master and N workers): started, checked,
     logged to files in ``run_dir``, and always stopped."""
@@ -161,33 +197,11 @@ class LocustRunner:
     def command(self, role: str) -> list[str]:
         """argv for 'standalone', 'master' or 'worker'."""
         o = self.options
-        argv = [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(locustfile_path()),
-            "--host",
-            self.host,
-            "--stop-timeout",
-            str(STOP_TIMEOUT_S),
-        ]
         if role == "worker":
-            return argv + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
-        argv += [
-            "-u",
-            str(o.users),
-            "-r",
-            str(o.spawn_rate),
-            "--csv",
-            str(self.csv_prefix),
-            "--html",
-            str(self.html_path),
-            "--exit-code-on-error",
-            "0",
-        ]
-        if o.run_time_s:
-            argv += ["-t", f"{o.run_time_s}s"]
+            master = ["--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
+            return locust_command(self.host, "--worker", *master)
+        flags = run_flags(o.users, o.spawn_rate, self.csv_prefix, o.run_time_s, self.html_path)
+        argv = locust_command(self.host, *flags)
         if o.ui:
             argv += ["--web-host", "127.0.0.1", "--web-port", str(o.web_port)]
         else:
