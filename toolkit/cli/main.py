@@ -121,11 +121,11 @@ def generate(spec: str, out_dir: str, device: str, tune_budget: Optional[str]) -
     from toolkit.repository.render import render_files, write_repository
 
     if tune_budget is not None:
-        from toolkit.cli.main.tune import run_tune
+        from toolkit.cli.tune import run_tune
         from toolkit.tune.search import tuned_spec_path
 
         tuned = tuned_spec_path(Path(spec))
-        run_tune(Path(spec), tuned, (), 0, 1 if device == "gpu" else 0, None, 64, tune_budget)
+        run_tune(Path(spec), tuned, gpus=1 if device == "gpu" else 0, budget=tune_budget)
         spec = str(tuned)
     plan = _plan(spec, device)
     files = render_files(plan)
