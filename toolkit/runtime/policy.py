@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
+from toolkit.repository.manifest import AutoscaleBounds
+
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
 DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
 QUEUE_RATIO = 0.5  # queue time per request / busy time per request that counts as waiting
@@ -48,11 +50,7 @@ SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-th
 Action = Literal["scale", "unload"]
 
 
-@dataclass(frozen=True)
-class Bounds:
-    min: int
-    max: int
-    idle_s: float
+Bounds = AutoscaleBounds  # a component's bounds are its compound.json autoscale entry
 
 
 @dataclass(frozen=True)
