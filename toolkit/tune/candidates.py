@@ -113,7 +113,9 @@ def predict_rps(units: Sequence[Unit], per_row: Mapping[str, float], cores: int)
     return bound
 
 
-def _unit_curves(groups: Sequence[tuple[str, Sequence[str]]], curves: Mapping[str, Mapping[int, float]]):
+def _unit_curves(
+    groups: Sequence[tuple[str, Sequence[str]]], curves: Mapping[str, Mapping[int, float]]
+) -> dict[str, dict[int, float]]:
     return {name: {b: sum(curves[m][b] for m in models) for b in curves[models[0]]} for name, models in groups}
 
 
