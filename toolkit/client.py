@@ -344,7 +344,7 @@ def infer(
 
         client = _http_client(url)
     elif protocol == "grpc":
-        import tritonclient.grpc as module  # type: ignore[no-redef]
+        import tritonclient.grpc as module
 
         client = grpc_client(url)
     else:

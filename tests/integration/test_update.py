@@ -16,11 +16,12 @@ import tritonclient.grpc as grpcclient
 
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
+from toolkit.observe.canary import canary_report
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
 from toolkit.repository.versions import VERSIONS_FILE, VersionRecord
 from toolkit.targets.local import LocalServer, command_line, group_members
-from toolkit.update.apply import LiveDeployment, canary_report, promote, rollback, update
+from toolkit.update.apply import LiveDeployment, promote, rollback, update
 
 PIPELINES = ("chain", "routed", "fused", "grouped")
 
@@ -101,7 +102,7 @@ def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalSer
         new = sum(1 for a in answers if a == 4.0)
         assert new + sum(1 for a in answers if a == 2.0) == 400
         assert abs(100.0 * new / 400 - 20.0) <= 5.0, (pipeline, new)
-    report = "\n".join(canary_report(live) or [])
+    report = "\n".join(canary_report(live.repository, live.http_url, [live.metrics_url]) or [])
     assert "canary v2 at 20% beside v1" in report
     for pipeline in PIPELINES:  # the routers' own counts, per version, agree with what the clients saw
         old = re.search(rf"{pipeline} v1: (\d+) requests, 0 failed", report)
@@ -115,7 +116,7 @@ def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalSer
     # shadow: every answer from the serving version, the new one compared on a copy
     update(live, plan_spec(write_spec(tmp_path / "v3", 3)), canary=50, shadow=True, log=print)
     assert [answer(client, "chain") for _ in range(20)] == [2.0] * 20
-    report = "\n".join(canary_report(live) or [])
+    report = "\n".join(canary_report(live.repository, live.http_url, [live.metrics_url]) or [])
     shadow = re.search(r"chain v3: .*shadow: (\d+) compared, (\d+) differed", report)
     assert shadow and shadow.group(1) == shadow.group(2) and 8 <= int(shadow.group(1)) <= 12, report
     rollback(live, log=print)

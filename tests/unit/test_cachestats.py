@@ -13,6 +13,7 @@ import pytest
 from toolkit.observe import cachestats
 from toolkit.observe.cachestats import Series, figures, fused_steps, parse_metrics
 from toolkit.observe.stats import breakdown, format_table, parse_stats, rows, to_html
+from toolkit.repository.manifest import Manifest
 
 
 def stats_entry(name: str, requests: int, success_ns: int) -> dict[str, Any]:
@@ -218,8 +219,8 @@ def test_fused_steps_get_rows_of_their_own_after_their_pipeline() -> None:
 
 
 def test_fused_steps_named_from_the_manifest_when_the_instances_do_not_tell() -> None:
-    assert fused_steps(MANIFEST) == {"tok": "classify_fused", "topic": "classify_fused"}
-    b = fused_breakdown(fused_steps(MANIFEST), [])
+    assert fused_steps(Manifest.from_dict(MANIFEST)) == {"tok": "classify_fused", "topic": "classify_fused"}
+    b = fused_breakdown(fused_steps(Manifest.from_dict(MANIFEST)), [])
     assert [r["model"] for r in rows(b)] == [
         "classify_fused (bottleneck)",
         "tok (step in classify_fused)",

@@ -6,7 +6,6 @@ async driver and counts its ramp-up, so the default driver is the one to quote n
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from toolkit.core.errors import CompoundError
 def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any]:
     import psutil
 
-    from toolkit.loadtest.runner import STOP_TIMEOUT_S, locustfile_path, read_locust_csv
+    from toolkit.loadtest.runner import locust_command, read_locust_csv, run_flags
 
     if len(job.stages) != 1 or len(job.stages[0]) != 1:
         raise CompoundError(
@@ -29,31 +28,14 @@ def run_locust(job: Job, work: Path, server_cpu: Optional[Any]) -> dict[str, Any
     pipeline = job.stages[0][0].model
     prefix = work / f"locust-{pipeline}-{job.concurrency}"
     run_s = job.warmup_s + job.duration_s
-    argv = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(locustfile_path()),
-        "--host",
+    argv = locust_command(
         f"grpc://{job.url}",
         "--pipeline",
         pipeline,
-        "-u",
-        str(job.concurrency),
-        "-r",
-        str(job.concurrency),
-        "-t",
-        f"{run_s:.0f}s",
+        *run_flags(job.concurrency, job.concurrency, prefix, run_s),
         "--headless",
         "--only-summary",
-        "--csv",
-        str(prefix),
-        "--exit-code-on-error",
-        "0",
-        "--stop-timeout",
-        str(STOP_TIMEOUT_S),
-    ]
+    )
     with open(work / "locust.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         me = psutil.Process(proc.pid)

@@ -26,7 +26,7 @@ from toolkit.bench.chain import stages
 from toolkit.bench.driver import Call
 from toolkit.plan import DeploymentPlan, build_plan
 from toolkit.plan.allocate import Allocation
-from toolkit.spec.schema import Instances, LoadedSpec, ModelSpec, PipelineSpec
+from toolkit.spec.schema import InstanceKind, Instances, LoadedSpec, ModelSpec, PipelineSpec
 
 SERVER_PROFILES = ("static", "ensemble", "optimized", "fused")
 RAY_PROFILES = ("ray-serve", "ray-serve-fused")
@@ -88,7 +88,7 @@ def fused_instances(plan: DeploymentPlan, pipeline: str, count: int) -> Instance
         return with_count(declared, count)
     parts = [plan.spec.models[m].instances for m in plan.pipelines[pipeline].models]
     gpu = [p for p in parts if p.kind == "gpu"]
-    kind = "gpu" if gpu else ("auto" if any(p.kind == "auto" for p in parts) else "cpu")
+    kind: InstanceKind = "gpu" if gpu else ("auto" if any(p.kind == "auto" for p in parts) else "cpu")
     gpus = next((p.gpus for p in gpu + parts if p.gpus and p.kind != "cpu"), None)
     return Instances(count=count, kind=kind, gpus=gpus, threads=max((p.threads for p in parts), default=1))
 

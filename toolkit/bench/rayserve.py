@@ -226,9 +226,11 @@ def _build_app(config: dict[str, Any]) -> Any:
         body, headers = encode_v2_response({o: env[o] for o in outputs})
         return Response(body, headers=headers)
 
+    # Applied as a call, not a class decorator: a type checker keeps a decorated class's own type.
+    deployment = serve.deployment(max_ongoing_requests=MAX_ONGOING)
+
     if config["fused"]:
 
-        @serve.deployment(max_ongoing_requests=MAX_ONGOING)
         class FusedPipeline:
             def __init__(self, threads: int, max_batch: int, wait_s: float) -> None:
                 from toolkit.bench.chain import InProcessPipeline
@@ -249,16 +251,17 @@ def _build_app(config: dict[str, Any]) -> Any:
             async def __call__(self, request: Request) -> Response:
                 return await answer(request, self.run_batch)
 
-        return FusedPipeline.options(
-            num_replicas=cores, ray_actor_options=_actor_options(1.0, config["fused_threads"])
-        ).bind(config["fused_threads"], config["fused_max_batch"], config["fused_wait_s"])
+        return (
+            deployment(FusedPipeline)
+            .options(num_replicas=cores, ray_actor_options=_actor_options(1.0, config["fused_threads"]))
+            .bind(config["fused_threads"], config["fused_max_batch"], config["fused_wait_s"])
+        )
 
     graph = [[(s.model, dict(s.inputs), dict(s.outputs)) for s in stage.steps] for stage in stages(plan, pipeline)]
     counts: dict[str, int] = config["counts"]
     replicas = sum(counts.values()) + config["ingress_replicas"]
     share = max(0.01, math.floor(100 * cores / replicas) / 100)  # all replicas must fit on `cores`
 
-    @serve.deployment(max_ongoing_requests=MAX_ONGOING)
     class Component:
         def __init__(self, model: str, threads: int, max_batch: int, wait_s: float) -> None:
             from toolkit.bench.chain import load_handler
@@ -280,7 +283,6 @@ def _build_app(config: dict[str, Any]) -> Any:
         async def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return await self.run_batch(inputs)
 
-    @serve.deployment(max_ongoing_requests=MAX_ONGOING)
     class Ingress:
         def __init__(self, handles: dict[str, Any]) -> None:
             self.handles = handles
@@ -304,11 +306,15 @@ def _build_app(config: dict[str, Any]) -> Any:
         wait_s = (batching.max_queue_delay_us / 1e6) if batching else 0.0
         max_batch = plan.spec.models[model].max_batch_size if batching else 1
         threads = config["threads"][model]
-        handles[model] = Component.options(
-            name=model, num_replicas=count, ray_actor_options=_actor_options(share, threads)
-        ).bind(model, threads, max_batch, wait_s)
-    return Ingress.options(num_replicas=config["ingress_replicas"], ray_actor_options=_actor_options(share, 1)).bind(
-        handles
+        handles[model] = (
+            deployment(Component)
+            .options(name=model, num_replicas=count, ray_actor_options=_actor_options(share, threads))
+            .bind(model, threads, max_batch, wait_s)
+        )
+    return (
+        deployment(Ingress)
+        .options(num_replicas=config["ingress_replicas"], ray_actor_options=_actor_options(share, 1))
+        .bind(handles)
     )
 
 

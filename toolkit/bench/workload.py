@@ -451,10 +451,11 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     targets: list[dict[str, Any]] = []
     if report["workload"] == "steady":
-        for label, pick in (
+        picks: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = [
             ("whole phase", lambda r: r["phases"][0]),
             ("second half", lambda r: r["phases"][0]["second_half"]),
-        ):
+        ]
+        for label, pick in picks:
             ratio = pick(adaptive)["throughput_rps"] / max(pick(static)["throughput_rps"], 1e-9)
             burst = report["settings"]["burst"]
             targets.append(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
-from toolkit.client import DEFAULT_URLS, strip_scheme
+from toolkit.client import DEFAULT_URLS, Protocol, strip_scheme
 from toolkit.core.units import parse_duration
 from toolkit.loadtest.runner import PROTOCOLS, SHAPES, LoadTestOptions, run_loadtest
 
@@ -102,7 +102,7 @@ if TYPE_CHECKING:
 def loadtest(
     pipeline: str,
     url: Optional[str],
-    protocol: str,
+    protocol: Protocol,  # click.Choice(PROTOCOLS)
     users: int,
     spawn_rate: float,
     run_time: Optional[str],
@@ -221,14 +221,14 @@ def cache_source(url: Optional[str], protocol: str, metrics_url: Optional[str]) 
     rows' names): the recorded deployment's when the run targets it, else Triton's default metrics
     port when no --url was given; --metrics-url wins. A wrong guess only costs the cache columns."""
     from toolkit.observe.cachestats import fused_steps
-    from toolkit.repository.render import read_manifest
+    from toolkit.repository.manifest import Manifest
 
     target = url or DEFAULT_URLS[protocol]
     state = recorded_state()
     if state is not None:
         endpoints = state.endpoints
         if _same_endpoint(target, endpoints.grpc_url if protocol == "grpc" else endpoints.http_url):
-            return metrics_url or endpoints.metrics_url, fused_steps(read_manifest(state.repository))
+            return metrics_url or endpoints.metrics_url, fused_steps(Manifest.find(state.repository) or Manifest())
     return metrics_url or (None if url else DEFAULT_METRICS_URL), {}
 
 

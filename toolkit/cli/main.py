@@ -22,7 +22,7 @@ from toolkit.core.errors import CompoundError
 
 if TYPE_CHECKING:
     from toolkit.deployment.deployment import Deployment
-    from toolkit.targets.settings import DeployRequest
+    from toolkit.targets.settings import DeployRequest, Target
 
 PORT = click.IntRange(1, 65535)
 
@@ -47,7 +47,8 @@ class _Group(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
         if cmd_name in self.lazy_commands:
             module, name = self.lazy_commands[cmd_name].split(":")
-            return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -125,7 +126,7 @@ def generate(spec: str, out_dir: str, device: str, tune_budget: Optional[str]) -
         from toolkit.tune.search import tuned_spec_path
 
         tuned = tuned_spec_path(Path(spec))
-        run_tune(Path(spec), tuned, (), 0, 1 if device == "gpu" else 0, None, 64, tune_budget)
+        run_tune(Path(spec), tuned, gpus=1 if device == "gpu" else 0, budget=tune_budget)
         spec = str(tuned)
     plan = _plan(spec, device)
     files = render_files(plan)
@@ -159,7 +160,7 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
             scope
             and target not in scope.group(1)
             and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
-        ):  # type: ignore[arg-type]
+        ):
             raise CompoundError(
                 f"{param.opts[0]} applies to --target {scope.group(1).replace(', ', ' or ')}, not {target}"
             )
@@ -333,7 +334,7 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
 )
 def deploy(
     repository: str,
-    target: str,
+    target: Target,
     host: str,
     http_port: int,
     grpc_port: int,

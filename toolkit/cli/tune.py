@@ -45,14 +45,17 @@ def tune_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def run_tune(
     spec: Path,
     out: Path,
-    pipelines: tuple[str, ...],
-    cores: int,
-    gpus: int,
-    p95_slo_ms: Optional[float],
-    concurrency: int,
-    budget: str,
+    *,
+    pipelines: tuple[str, ...] = (),
+    cores: int = 0,
+    gpus: int = 0,
+    p95_slo_ms: Optional[float] = None,
+    concurrency: int = 64,
+    budget: str = "10m",
     report: Optional[Path] = None,
 ) -> dict[str, Any]:
+    """Tune SPEC into OUT and say what was chosen; the options by name, with `tune_options`' defaults
+    (what `generate --tune` uses)."""
     from toolkit.tune.search import Tuner, TuneSettings, is_tty
 
     settings = TuneSettings(
@@ -108,4 +111,14 @@ def tune(
     (same schema) to OUTPUT, with a report of every candidate and why the choice."""
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-    run_tune(spec, out, pipelines, cores, gpus, p95_slo_ms, concurrency, budget, report)
+    run_tune(
+        spec,
+        out,
+        pipelines=pipelines,
+        cores=cores,
+        gpus=gpus,
+        p95_slo_ms=p95_slo_ms,
+        concurrency=concurrency,
+        budget=budget,
+        report=report,
+    )

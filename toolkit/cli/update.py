@@ -73,15 +73,14 @@ def update(
         _kubernetes(spec, name, manifests_dir, apply_)
         return
     state, live = _live(name)
-    from toolkit.repository.render import read_manifest
+    from toolkit.repository.manifest import Manifest
     from toolkit.update.apply import update as run_update
 
-    device = read_manifest(live.repository).get("device", "cpu")  # type: ignore[attr-defined]
-    plan = plan_spec(spec, device)
+    plan = plan_spec(spec, Manifest.read(live.repository).device)
     if shadow and canary is None:
         canary = 100.0
     started = time.monotonic()
-    change = run_update(live, plan, canary=canary, shadow=shadow, log=click.echo)  # type: ignore[arg-type]
+    change = run_update(live, plan, canary=canary, shadow=shadow, log=click.echo)
     if not change.empty:
         click.echo(f"done in {time.monotonic() - started:.1f} s")
 
@@ -93,7 +92,7 @@ def promote(name: Optional[str]) -> None:
     from toolkit.update.apply import promote as run_promote
 
     _, live = _live(name)
-    run_promote(live, log=click.echo)  # type: ignore[arg-type]
+    run_promote(live, log=click.echo)
 
 
 @click.command()
@@ -103,7 +102,7 @@ def rollback(name: Optional[str]) -> None:
     from toolkit.update.apply import rollback as run_rollback
 
     _, live = _live(name)
-    run_rollback(live, log=click.echo)  # type: ignore[arg-type]
+    run_rollback(live, log=click.echo)
 
 
 def _kubernetes(spec: str, name: Optional[str], manifests_dir: Optional[Path], apply_: bool) -> None:
@@ -128,7 +127,7 @@ def _kubernetes(spec: str, name: Optional[str], manifests_dir: Optional[Path], a
         options = KubernetesOptions(
             name=state.name,
             namespace=state.extra.get("namespace", "default"),
-            balancer=state.extra.get("balancer", False),  # recorded since the balancer exists; none before
+            balancer=state.extra.get("balancer") == "true",  # recorded since the balancer exists; none before
         )
         options.api_key = state.api_key
     else:
@@ -144,10 +143,15 @@ def _kubernetes(spec: str, name: Optional[str], manifests_dir: Optional[Path], a
     if apply_:
         from toolkit.targets.kubernetes import kubectl
 
-        kubectl(["apply", "-k", str(written)], context=state.extra.get("context") if state else None)
+        if state is None or state.target != "kubernetes":
+            raise CompoundError(
+                f"--apply needs a Kubernetes deployment; '{name or plan.name}' is not one",
+                hint="`compound deploy --target kubernetes` it first, or drop --apply",
+            )
+        kubectl(["apply", "-k", str(written)], context=state.extra.get("context"))
         kubectl(
-            ["rollout", "status", f"deployment/{state.extra['k8s_name']}", "-n", options.namespace],  # type: ignore[union-attr]
-            context=state.extra.get("context") if state else None,
+            ["rollout", "status", f"deployment/{state.extra['k8s_name']}", "-n", options.namespace],
+            context=state.extra.get("context"),
             timeout_s=900,
         )
         click.echo("rollout complete")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
-from typing import Any, Optional
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolkit.core.errors import CompoundError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,16 +52,60 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+def read_tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log (from its last 64 KiB); "" when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class OwnedProcess:
-    """The stopping half of a helper process an object owns (redis-server, prometheus): the owner
-    starts `self.process` in `start()`; this stops it (SIGTERM, then SIGKILL after `stop_timeout_s`),
-    also when a `with` block ends in an error."""
+    """A helper process an object owns (redis-server, prometheus): the owner's `start()` calls
+    `start_and_wait`; `stop()` ends it (SIGTERM, then SIGKILL after `stop_timeout_s`), also when a
+    `with` block ends in an error."""
 
     process: Optional[subprocess.Popen[bytes]] = None
     stop_timeout_s: float = 10.0
 
     def start(self) -> Any:
         raise NotImplementedError
+
+    def start_and_wait(
+        self,
+        argv: list[str],
+        healthy: Callable[[], bool],
+        *,
+        log_path: Path,
+        what: str,
+        timeout_s: float,
+        poll_s: float = 0.1,
+        cwd: Optional[Path] = None,
+    ) -> None:
+        """Start `argv` (output appended to `log_path`; it dies with this process) and wait until
+        `healthy()`. If it exits or `timeout_s` passes first, stop it and raise a CompoundError
+        naming `what` with the log's tail."""
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = read_tail(log_path, 20)
+                self.stop()
+                raise CompoundError(f"{what} did not start", hint=f"its log:\n{tail}")
+            time.sleep(poll_s)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

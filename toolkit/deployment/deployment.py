@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from toolkit.client import api_key_headers, instance_count, model_config, model_states
 from toolkit.core.errors import CompoundError
 from toolkit.core.system import free_ports
+from toolkit.observe.canary import canary_report
 from toolkit.runtime.keeper import planned_restart_path
 from toolkit.runtime.process import RuntimeProcess, read_restarts
 from toolkit.targets.proxy import EnvoyProxy, Replica, recorded_counters, recorded_proxy_running, stop_recorded_proxy
@@ -270,9 +271,8 @@ class Deployment:
             condition = "not running"
         canary: list[str] = []
         if running and state.target != "kubernetes":
-            from toolkit.update.apply import LiveDeployment, canary_report  # update sits above deployments
-
-            canary = canary_report(LiveDeployment.of(state)) or []
+            metrics = [f"http://{state.host}:{s.metrics_port}/metrics" for s in state.server_records()]
+            canary = canary_report(Path(state.repository), state.endpoints.http_url, metrics) or []
         restarts = self.restarts()
         return DeploymentStatus(
             name=state.name,

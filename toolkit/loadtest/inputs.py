@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from toolkit.client import Signature, TensorSignature, fetch_signature
+from toolkit.client import Protocol, Signature, TensorSignature, fetch_signature
 from toolkit.core.errors import CompoundError
 from toolkit.spec.dtypes import BY_V2
 
@@ -245,9 +245,9 @@ def load_jsonl(path: str | Path, signature: Signature) -> list[Request]:
 
 
 def prepare_requests(
-    url: str, protocol: str, pipeline: str, data: Optional[str | Path]
+    url: str, protocol: Protocol, pipeline: str, data: Optional[str | Path]
 ) -> tuple[Signature, list[Request]]:
     """The signature from the server and the requests to cycle: from the data file, or synthesised."""
-    signature = fetch_signature(pipeline, url, protocol)  # type: ignore[arg-type]
+    signature = fetch_signature(pipeline, url, protocol)
     requests = load_jsonl(data, signature) if data else synthesise(signature)
     return signature, requests

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from toolkit.client import Signature, strip_scheme
+from toolkit.client import Protocol, Signature, strip_scheme
 from toolkit.core.errors import CompoundError
 from toolkit.core.system import die_with_parent, free_port
 from toolkit.loadtest.inputs import prepare_requests
@@ -31,7 +31,7 @@ from toolkit.loadtest.streaming import StreamStats, check_ttft_slo, format_strea
 from toolkit.observe import cachestats
 from toolkit.observe.stats import Breakdown, breakdown, fetch_stats, format_table, to_html
 
-PROTOCOLS = ("http", "grpc")
+PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
 SHAPES = ("constant", "step", "spike", "burst", "soak")
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 15.0
@@ -51,7 +51,7 @@ class SloViolation(CompoundError):
 class LoadTestOptions:
     pipeline: str
     url: str  # host:port of the protocol's endpoint
-    protocol: str = "http"
+    protocol: Protocol = "http"  # checked again by check(): callers outside Python's types pass strings
     users: int = 16
     spawn_rate: float = 8.0
     run_time_s: Optional[int] = 30
@@ -119,6 +119,42 @@ def _child_setup() -> None:
 # --- the processes --------------------------------------------------------------------------------
 
 
+def locust_command(host: str, *flags: str) -> list[str]:
+    """argv of one locust process on the project's locustfile against `host` (scheme://host:port);
+    `flags`: its role's (run_flags for one that runs the users, --worker ... for a worker)."""
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile_path()),
+        "--host",
+        host,
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        *flags,
+    ]
+
+
+def run_flags(
+    users: int, spawn_rate: float, csv_prefix: Path, run_time_s: Optional[float] = None, html: Optional[Path] = None
+) -> list[str]:
+    """Flags of the locust that runs the users and writes the statistics (standalone or master):
+    failed requests are counted, not an exit code; no run time: until stopped."""
+    return [
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "--csv",
+        str(csv_prefix),
+        *(["--html", str(html)] if html is not None else []),
+        "--exit-code-on-error",
+        "0",
+        *(["-t", f"{run_time_s:.0f}s"] if run_time_s else []),
+    ]
+
+
 class LocustRunner:
     """Owns locust's processes (one standalone, or a master and N workers): started, checked,
     logged to files in ``run_dir``, and always stopped."""
@@ -163,33 +199,11 @@ class LocustRunner:
     def command(self, role: str) -> list[str]:
         """argv for 'standalone', 'master' or 'worker'."""
         o = self.options
-        argv = [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(locustfile_path()),
-            "--host",
-            self.host,
-            "--stop-timeout",
-            str(STOP_TIMEOUT_S),
-        ]
         if role == "worker":
-            return argv + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
-        argv += [
-            "-u",
-            str(o.users),
-            "-r",
-            str(o.spawn_rate),
-            "--csv",
-            str(self.csv_prefix),
-            "--html",
-            str(self.html_path),
-            "--exit-code-on-error",
-            "0",
-        ]
-        if o.run_time_s:
-            argv += ["-t", f"{o.run_time_s}s"]
+            master = ["--master-host", "127.0.0.1", "--master-port", str(self.master_port)]
+            return locust_command(self.host, "--worker", *master)
+        flags = run_flags(o.users, o.spawn_rate, self.csv_prefix, o.run_time_s, self.html_path)
+        argv = locust_command(self.host, *flags)
         if o.ui:
             argv += ["--web-host", "127.0.0.1", "--web-port", str(o.web_port)]
         else:
@@ -542,11 +556,12 @@ def run_loadtest(
     latency = read_result(runner.result_path, runner.csv_prefix)
     try:
         after = fetch_stats(options.url, options.protocol)
-        models: Optional[Breakdown] = breakdown(options.pipeline, before, after, list(signature.composing))
+        table = breakdown(options.pipeline, before, after, list(signature.composing))
         cache_after = cachestats.scrape(options.metrics_url) if cache_before is not None else None
         if cache_before is not None and cache_after is not None:
             cache = cachestats.figures(cache_before, cache_after, after, options.cache_steps)
-            models = replace(models, cache=cache)
+            table = replace(table, cache=cache)
+        models: Optional[Breakdown] = table
     except CompoundError as exc:  # the server died during the run: still report what locust saw
         echo(f"warning: no per-model breakdown: {exc}")
         models = None

@@ -18,6 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from toolkit.repository.manifest import Manifest
+
 PREFIX = "compound_cache_"
 HITS = "compound_cache_hits_total"
 MISSES = "compound_cache_misses_total"
@@ -145,20 +147,16 @@ class CacheFigures:
         return f"{self.component} (step in {self.step_of})" if self.step_of else self.component
 
 
-def fused_steps(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """Component -> the fused pipeline that runs it, from a repository's compound.json; components
-    that are also deployed as models of their own are left out (their name is a Triton model)."""
-    deployed = set(manifest.get("models", []) or [])
+def fused_steps(manifest: Manifest) -> dict[str, str]:
+    """Component -> the fused model (pipeline or fuse group) that runs it, from a repository's
+    compound.json; components that are also deployed as models of their own are left out (their name
+    is a Triton model)."""
+    deployed = set(manifest.models)
     steps: dict[str, str] = {}
-    for pipeline, plan in sorted((manifest.get("pipelines") or {}).items()):
-        if plan.get("kind") == "fused":
-            for model in plan.get("models", []) or []:
-                if model not in deployed:
-                    steps.setdefault(model, pipeline)
-    for group, info in sorted((manifest.get("fused_groups") or {}).items()):
-        for model in info.get("models", []) or []:
+    for fused, components in manifest.fused_models.items():
+        for model in components:
             if model not in deployed:
-                steps.setdefault(model, group)
+                steps.setdefault(model, fused)
     return steps
 
 

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from toolkit import __version__
+from toolkit.repository.manifest import Manifest
 
 RATE = "$__rate_interval"  # Grafana's own: at least four scrape intervals
 SUCCESS = "nv_inference_request_success"
@@ -61,11 +62,11 @@ def _variable(name: str, label: str, values: list[str]) -> dict[str, Any]:
     }
 
 
-def render_dashboard(name: str, manifest: dict[str, Any], pods: str) -> dict[str, Any]:
+def render_dashboard(name: str, manifest: Manifest, pods: str) -> dict[str, Any]:
     """The dashboard JSON for a deployment named `name` whose repository manifest (compound.json)
     is `manifest`; `pods` is the PromQL label matcher of its pods (namespace and pod name)."""
-    pipelines = sorted(manifest.get("pipelines", {}))
-    components = sorted(manifest.get("models", []))
+    pipelines = sorted(manifest.pipelines)
+    components = sorted(manifest.models)
     pipe = f'{pods},model=~"$pipeline"'
     comp = f'{pods},model=~"$component"'
 

@@ -220,7 +220,7 @@ class SpanCollector:
 
             def _body(self) -> bytes:
                 if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
-                    parts = []
+                    parts: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                         if size == 0:
@@ -249,7 +249,7 @@ class SpanCollector:
     def endpoint(self) -> str:
         """What to give `compound deploy --otlp-endpoint` (the base URL; base + /v1/traces works too)."""
         host = self._server.server_address[0]
-        return f"http://{host}:{self.port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{self.port}"
 
     def spans(self) -> list[Span]:
         """Every span received so far (decoding the bodies that arrived since the last call)."""

@@ -378,8 +378,12 @@ def import_handler_module(entry: Path, folder: Path, *, fresh: bool = True) -> A
         if not fresh:
             return sys.modules[private]
         del sys.modules[private]
-    kwargs = {"submodule_search_locations": [str(entry.parent)]} if entry.name == "__init__.py" else {}
-    import_spec = importlib.util.spec_from_file_location(private, entry, **kwargs)
+    if entry.name == "__init__.py":
+        import_spec = importlib.util.spec_from_file_location(
+            private, entry, submodule_search_locations=[str(entry.parent)]
+        )
+    else:
+        import_spec = importlib.util.spec_from_file_location(private, entry)
     if import_spec is None or import_spec.loader is None:
         raise ImportError(f"cannot load {entry}")
     module = importlib.util.module_from_spec(import_spec)
@@ -471,7 +475,8 @@ class _PipelineChecker:
     # ensembles: a DAG ordered by data dependencies, as Triton runs it
 
     def _check_ensemble(self) -> Optional[PipelinePlan]:
-        steps: list[ModelStep] = list(self.pipeline.steps)  # type: ignore[arg-type]
+        # a pipeline with control-flow steps went to _check_orchestrated: every step here is a model step
+        steps = [step for step in self.pipeline.steps if isinstance(step, ModelStep)]
         tensors: dict[str, TensorSpec] = dict(self.pipeline.inputs)
         producers: dict[str, int] = {}
         for i, step in enumerate(steps):

@@ -27,9 +27,11 @@ from toolkit.plan.cache import cache_settings
 from toolkit.plan.graph import fan_out_of, model_queue_timeout, program_queue_timeout
 from toolkit.plan.program import PROGRAM_FILE, called_models, compile_program, plan_instances
 from toolkit.plan.streaming import max_streams
+from toolkit.repository.manifest import FILE as MANIFEST_FILE
+from toolkit.repository.manifest import AutoscaleBounds, CacheTiers, FusedGroup, Manifest, PipelineEntry
 from toolkit.spec.schema import TensorSpec
 
-MARKER = "compound.json"  # at the repository root; Triton ignores plain files there
+MARKER = MANIFEST_FILE  # its presence marks a folder compound generated
 COMPONENT_MODULE = "compound_component"  # templates/model.py, imported by fused runtimes
 CACHE_MODULE = "compound_cache"  # templates/cache.py, beside every model that runs a cached component
 METRICS_MODULE = "compound_metrics"  # templates/metrics.py, beside every Python model
@@ -113,59 +115,46 @@ def render_files(plan: DeploymentPlan) -> dict[str, bytes]:
             for path, content in program_model_files(plan, pipeline, env).items():
                 files[path] = content.encode() if isinstance(content, str) else content
             files[f"{name}/1/{TRACING_MODULE}.py"] = tracing
-    files[MARKER] = (json.dumps(manifest(plan), indent=2, sort_keys=True) + "\n").encode()
+    files[MANIFEST_FILE] = manifest(plan).to_json().encode()
     for path, content in files.items():
         if path.endswith("config.pbtxt"):
             _parse_config(path, content.decode())
     return dict(sorted(files.items()))
 
 
-def manifest(plan: DeploymentPlan) -> dict[str, Any]:
-    """What the repository holds, for deploy/status/loadtest (and people) to read."""
-    caches = {
-        name: {"memory_mb": c.memory_mb, "redis": c.redis, "ttl_s": c.ttl_s}
-        for name, m in sorted(plan.models.items())
-        if (c := m.spec.tiered_cache) is not None
-    }
-    return {
-        "generator": f"compound {__version__}",
-        "deployment": plan.name,
-        "device": plan.device,
-        "spec": plan.loaded.path.name,
-        "models": plan.deployed_models,
-        "pipelines": {
-            # streaming: its last step streams (a load test or client reads many responses per request)
-            name: {
-                "kind": p.kind,
-                "reason": p.reason,
-                "models": p.models,
-                **({"streaming": True} if p.streaming else {}),
-            }
+def manifest(plan: DeploymentPlan) -> Manifest:
+    """What the repository holds, for deploy, the runtime, status, loadtest, update (and people) to read."""
+    return Manifest(
+        generator=f"compound {__version__}",
+        deployment=plan.name,
+        device=plan.device,
+        spec=plan.loaded.path.name,
+        models=list(plan.deployed_models),
+        pipelines={
+            name: PipelineEntry(p.kind, p.reason, list(p.models), p.streaming)
             for name, p in sorted(plan.pipelines.items())
         },
         # read by the adaptive runtime: bounds per model; min 0 models start unloaded (on demand)
-        "autoscale": {
-            name: {"min": m.autoscale.min, "max": m.autoscale.max, "idle_s": m.autoscale.idle_s}
+        autoscale={
+            name: AutoscaleBounds(m.autoscale.min, m.autoscale.max, m.autoscale.idle_s)
             for name, m in sorted(plan.models.items())
             if m.autoscale is not None and name in plan.deployed_models
         },
-        "threads": {name: plan.models[name].threads for name in plan.deployed_models},
-        "edges": model_edges(plan),
+        threads={name: plan.models[name].threads for name in plan.deployed_models},
+        edges=[(a, b) for a, b in model_edges(plan)],
         # fused models an ensemble calls as one step (`fuse: [groups]`): they compute, like fused pipelines
-        **(
-            {
-                "fused_groups": {
-                    name: {"pipeline": pipeline, "models": group.models}
-                    for pipeline, p in sorted(plan.pipelines.items())
-                    for name, group in sorted(p.groups.items())
-                }
-            }
-            if plan.fused_groups
-            else {}
-        ),
+        fused_groups={
+            name: FusedGroup(pipeline, list(group.models))
+            for pipeline, p in sorted(plan.pipelines.items())
+            for name, group in sorted(p.groups.items())
+        },
         # read by deploy (does any component want --redis?) and the load test's cache table
-        **({"tiered_cache": caches} if caches else {}),
-    }
+        tiered_cache={
+            name: CacheTiers(c.memory_mb, c.redis, c.ttl_s)
+            for name, m in sorted(plan.models.items())
+            if (c := m.spec.tiered_cache) is not None
+        },
+    )
 
 
 def model_edges(plan: DeploymentPlan) -> list[list[str]]:
@@ -283,9 +272,7 @@ def program_model_files(
     fused = pipeline.kind == "fused"
     group = pipeline.instances
     delays = [
-        plan.spec.models[m].batching.max_queue_delay_us
-        for m in pipeline.models
-        if plan.spec.models[m].batching is not None
+        batching.max_queue_delay_us for m in pipeline.models if (batching := plan.spec.models[m].batching) is not None
     ]
     config = env.get_template("orchestrator.pbtxt.j2").render(
         version=__version__,
@@ -381,10 +368,7 @@ def render_repository(plan: DeploymentPlan, out_dir: str | Path) -> Path:
 
 
 def read_manifest(repository: str | Path) -> dict[str, Any]:
-    path = Path(repository) / MARKER
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    """compound.json as a plain dict ({} where there is none or it is unreadable), for callers not yet
+    on toolkit.repository.manifest.Manifest.read, which new code uses."""
+    found = Manifest.find(repository)
+    return found.to_dict() if found is not None else {}

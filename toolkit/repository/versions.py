@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from toolkit.repository.manifest import Manifest
+
 VERSIONS_FILE = "compound.versions.json"
 BOOK_FORMAT = 1
 SKIPPED_PARTS = ("__pycache__",)
@@ -101,28 +103,6 @@ def _rename_program(node: Any, callees: dict[str, str]) -> Any:
     return renamed
 
 
-def rename_manifest(manifest: dict[str, Any], callees: dict[str, str]) -> dict[str, Any]:
-    """compound.json with component names replaced by the Triton models serving them, so the runtime,
-    `status` and the load test see the models that are loaded."""
-
-    def name(component: str) -> str:
-        return callees.get(component, component)
-
-    out = dict(manifest)
-    out["models"] = [name(m) for m in manifest.get("models", [])]
-    for key in ("autoscale", "threads", "tiered_cache"):
-        if key in manifest:
-            out[key] = {name(m): value for m, value in manifest[key].items()}
-    out["edges"] = [[name(a), name(b)] for a, b in manifest.get("edges", [])]
-    if "fused_groups" in manifest:
-        out["fused_groups"] = {name(g): info for g, info in manifest["fused_groups"].items()}
-    out["pipelines"] = {
-        p: {**info, "models": [name(m) for m in info.get("models", [])]}
-        for p, info in manifest.get("pipelines", {}).items()
-    }
-    return out
-
-
 @dataclass
 class Version:
     """One pipeline version: the Triton model serving each component and pipeline, and their
@@ -131,7 +111,7 @@ class Version:
     number: int
     components: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {model, fingerprint}
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {folder, fingerprint, models}
-    manifest: dict[str, Any] = field(default_factory=dict)  # compound.json while this version serves
+    manifest: Manifest = field(default_factory=Manifest)  # compound.json while this version serves
     created: str = ""
 
     @property
@@ -173,7 +153,7 @@ class VersionRecord:
                             "created": v.created,
                             "components": v.components,
                             "pipelines": v.pipelines,
-                            "manifest": v.manifest,
+                            "manifest": v.manifest.to_dict(),
                         }
                         for n, v in sorted(self.versions.items())
                     },
@@ -190,30 +170,36 @@ class VersionRecord:
         if data.get("format") != BOOK_FORMAT:
             raise ValueError(f"format {data.get('format')} is not {BOOK_FORMAT}")
         versions = {
-            int(n): Version(int(n), v["components"], v["pipelines"], v.get("manifest", {}), v.get("created", ""))
+            int(n): Version(
+                int(n),
+                v["components"],
+                v["pipelines"],
+                Manifest.from_dict(v.get("manifest", {}), f"{VERSIONS_FILE} (version {n})"),
+                v.get("created", ""),
+            )
             for n, v in data["versions"].items()
         }
         return cls(versions, data["current"], data.get("canary"), data.get("public", {}), data.get("history", []))
 
 
-def describe_version(files: dict[str, bytes], manifest: dict[str, Any]) -> Version:
+def describe_version(files: dict[str, bytes], manifest: Manifest) -> Version:
     """A render's components and pipelines with their fingerprints (component names as rendered;
     `next_version` decides the Triton models). A component's folder holds everything its identity
     covers (handler code, parameters and outputs in the config) and the rest of its config."""
-    groups = manifest.get("fused_groups", {})  # fused models an ensemble calls as one step: versioned like components
+    groups = manifest.fused_groups  # fused models an ensemble calls as one step: versioned like components
     components = {
         name: {"model": name, "fingerprint": fingerprint(model_files(files, name))}
-        for name in [*manifest.get("models", []), *groups]
+        for name in [*manifest.models, *groups]
     }
     pipelines = {}
-    for name, info in sorted(manifest.get("pipelines", {}).items()):
-        uses = [*info.get("models", []), *(g for g, group in groups.items() if group.get("pipeline") == name)]
+    for name, info in sorted(manifest.pipelines.items()):
+        uses = [*info.models, *(g for g, group in groups.items() if group.pipeline == name)]
         extra = ",".join(f"{m}={components[m]['fingerprint']}" for m in sorted(uses) if m in components)
         pipelines[name] = {
             "folder": name,
             "fingerprint": fingerprint(model_files(files, name), extra),
             "models": list(uses),
-            "kind": info.get("kind", ""),
+            "kind": info.kind,
         }
     return Version(0, components, pipelines, manifest)
 
@@ -270,7 +256,8 @@ def next_version(record: VersionRecord, rendered: Version, taken: set[str]) -> C
             model = name if name not in taken else versioned(name, number)
             version.components[name] = {"model": model, "fingerprint": entry["fingerprint"]}
             changed.append(name)
-    changed_pipelines, new_pipelines = [], []
+    changed_pipelines: list[str] = []
+    new_pipelines: list[str] = []
     for name, entry in rendered.pipelines.items():
         before = current.pipelines.get(name)
         if before is not None and before["fingerprint"] == entry["fingerprint"]:

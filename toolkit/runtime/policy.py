@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
+
+from toolkit.repository.manifest import AutoscaleBounds
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
 DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
@@ -48,11 +50,7 @@ SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-th
 Action = Literal["scale", "unload"]
 
 
-@dataclass(frozen=True)
-class Bounds:
-    min: int
-    max: int
-    idle_s: float
+Bounds = AutoscaleBounds  # a component's bounds are its compound.json autoscale entry
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,11 @@ class Policy:
             return 1e3 * w.queue_s / w.requests if w and w.requests else 0.0
 
         bottlenecks = sorted(
-            (c for c in components.values() if settled(c) and c.hot >= UP_AFTER and c.instances < c.bounds.max),  # type: ignore[union-attr]
+            (
+                c
+                for c in components.values()
+                if settled(c) and c.bounds is not None and c.hot >= UP_AFTER and c.instances < c.bounds.max
+            ),
             key=queue_ms,
             reverse=True,
         )
@@ -212,8 +214,10 @@ class Policy:
                 )
         return list(decisions.values())
 
-    def _donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]  # type: ignore[operator]
+    def _donor(
+        self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
+    ) -> Optional[Component]:
+        idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 
     def _grow_downstream(
@@ -221,7 +225,7 @@ class Policy:
         upstream: Component,
         before: int,
         components: dict[str, Component],
-        settled: object,
+        settled: Callable[[Component], bool],
         decisions: dict[str, Decision],
     ) -> None:
         """An upstream component going from n to n+1 instances sends (n+1)/n times the load on: grow
@@ -229,7 +233,7 @@ class Policy:
         growth = (before + 1) / max(before, 1)
         for name in self.downstream.get(upstream.name, []):
             down = components.get(name)
-            if down is None or not settled(down):  # type: ignore[operator]
+            if down is None or not settled(down):
                 continue
             assert down.bounds is not None
             needed = math.ceil(down.utilisation * down.instances * growth / HIGH_UTILISATION - 1e-9)

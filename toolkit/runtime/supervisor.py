@@ -264,7 +264,7 @@ class Supervisor:
     # --- what `compound status` shows ------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, Any]:
-        models = {}
+        models: dict[str, dict[str, Any]] = {}
         for name, c in sorted(self.components.items()):
             account = self.accounts.get(name, Account())
             models[name] = {

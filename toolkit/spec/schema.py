@@ -81,9 +81,12 @@ class DynamicBatching(_Strict):
     preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
 
+InstanceKind = Literal["auto", "cpu", "gpu"]
+
+
 class Instances(_Strict):
     count: int = Field(default=1, ge=1, le=64)
-    kind: Literal["auto", "cpu", "gpu"] = "auto"
+    kind: InstanceKind = "auto"
     gpus: Optional[list[Annotated[int, Field(ge=0)]]] = None
     # Native thread pools (BLAS, OpenMP, torch, tokenizers) per instance. Each instance is a process:
     # with N instances of default-sized pools on C cores, N*C threads spin for C cores. Instances,

@@ -212,7 +212,8 @@ def ensure_image(
     files = render_build_context(base_image, flavor=flavor, pip=pip, repository=repository)
     _ensure_base(client, base_image)
     # the base's id is part of the tag: a rebuilt base (same name) must not reuse images built on the old one
-    tag = context_tag(name, {**files, "base-image-id": client.images.get(base_image).id.encode()})
+    base_id = client.images.get(base_image).id or ""  # the engine always gives a built image one
+    tag = context_tag(name, {**files, "base-image-id": base_id.encode()})
     try:
         client.images.get(tag)
         return tag
@@ -455,7 +456,7 @@ class DockerServer(TritonServer):
 
     @classmethod
     def recorded_running(cls, state: DeploymentState) -> bool:
-        return bool(state.container) and container_running(state.container)  # type: ignore[arg-type]
+        return container_running(state.container) if state.container else False
 
     @classmethod
     def recorded_log_tail(cls, state: DeploymentState, lines: int) -> str:
@@ -465,7 +466,7 @@ class DockerServer(TritonServer):
 
     @classmethod
     def stop_recorded(cls, state: DeploymentState) -> bool:
-        return bool(state.container) and remove_container(state.container)  # type: ignore[arg-type]
+        return remove_container(state.container) if state.container else False
 
     @classmethod
     def halt_recorded(cls, state: DeploymentState) -> None:
@@ -473,6 +474,8 @@ class DockerServer(TritonServer):
         container again."""
         import docker
 
+        if not state.container:
+            return
         try:
             connect().containers.get(state.container).kill()
         except docker.errors.NotFound:
@@ -483,7 +486,9 @@ class DockerServer(TritonServer):
         """From the container's exit code (128 + the signal for a crash) and Triton's own log line."""
         import docker
 
-        logged = crash_signal(container_log_tail(state.container or "", 200))
+        if not state.container:
+            return "no container was recorded"
+        logged = crash_signal(container_log_tail(state.container, 200))
         try:
             info = connect().containers.get(state.container).attrs.get("State", {})
         except docker.errors.NotFound:
@@ -503,6 +508,8 @@ class DockerServer(TritonServer):
         the ones `compound deploy` gave it."""
         import docker
 
+        if not state.container:
+            raise CompoundError("no container was recorded for this deployment", hint="`compound deploy` again")
         try:
             container = connect().containers.get(state.container)
             container.start()
@@ -515,7 +522,7 @@ class DockerServer(TritonServer):
             container.reload()
             if container.status in ("exited", "dead") or time.monotonic() > deadline:
                 raise ServerError(
-                    f"container {state.container} did not become ready again", container_log_tail(state.container or "")
+                    f"container {state.container} did not become ready again", container_log_tail(state.container)
                 )
             time.sleep(0.25)
         return ServerRecord(
@@ -532,7 +539,7 @@ class DockerServer(TritonServer):
             container = connect().containers.get(state.container)
             # the container's own /proc: what its processes are, not a filter over the host's ps
             listed = container.exec_run(["/bin/sh", "-c", LIST_PROCESSES])
-            if listed.exit_code == 0:
+            if listed.exit_code == 0 and isinstance(listed.output, bytes):  # bytes unless streamed
                 lines = listed.output.decode("utf-8", errors="replace").splitlines()
                 return stub_counts([line.split() for line in lines])
             top = container.top(ps_args="-eo pid,args")  # an image without a shell: the engine's view

@@ -186,29 +186,30 @@ def redis_maxmemory(limit: str) -> str:
 
 def render_manifests(repository: str | Path, options: KubernetesOptions) -> dict[str, str]:
     """File name -> YAML text. Every document is parsed back before anything is returned."""
-    from toolkit.repository.render import read_manifest, template_env
+    from toolkit.repository.manifest import Manifest
+    from toolkit.repository.render import template_env
 
     repo = Path(repository).resolve()
     check_repository(repo)
     if options.min_replicas > options.max_replicas:
         raise CompoundError(f"--min-replicas {options.min_replicas} is above --max-replicas {options.max_replicas}")
     name = k8s_name(options.name)
-    manifest = read_manifest(repo)
+    manifest = Manifest.read(repo, missing_ok=True)
     gpu = gpu_models(repo)
     image = options.image or default_image(repo, options)
     tracing = pod_tracing(options)
     selector = {"app.kubernetes.io/name": "tritonserver", "app.kubernetes.io/instance": name}
     labels = {**selector, "app.kubernetes.io/managed-by": "compound", "app.kubernetes.io/version": __version__}
     scaled_models = (
-        list(manifest.get("models", []))
-        + [p for p, v in manifest.get("pipelines", {}).items() if v.get("kind") != "ensemble"]
-        + list(manifest.get("fused_groups", {}))
+        list(manifest.models)
+        + [p for p, v in manifest.pipelines.items() if v.kind != "ensemble"]
+        + list(manifest.fused_groups)
     )  # Python models that queue
     model_match = f',model=~"{"|".join(scaled_models)}"' if scaled_models else ""
     pods = pod_selector(name, options.namespace)
     values: dict[str, Any] = {
         "version": __version__,
-        "source": manifest.get("spec", repo.name),
+        "source": manifest.spec or repo.name,
         "name": name,
         "runtime_name": f"{name}-triton",
         "namespace": options.namespace,
@@ -480,6 +481,7 @@ class KubernetesDeployment(TritonServer):
             redis_url=request.redis_url or "",
             otlp_endpoint=request.otlp_endpoint or "",
             trace_rate=request.trace_rate,
+            # DeployRequest.kubernetes is dict[str, object]: the fields are checked by KubernetesOptions' __init__
             **request.kubernetes,  # type: ignore[arg-type]
         )
         return cls(
@@ -503,7 +505,7 @@ class KubernetesDeployment(TritonServer):
             namespace=self.options.namespace,
             k8s_name=self.name,
             image=str(self.options.image),
-            balancer=self.options.balancer,
+            balancer="true" if self.options.balancer else "",
         )
         if self.context:
             state.extra["context"] = self.context
@@ -605,9 +607,9 @@ def deployment_log_tail(name: str, namespace: str, context: Optional[str] = None
 
 def stop_recorded(manifests_dir: str, port_forward_pid: Optional[int], context: Optional[str] = None) -> None:
     """`compound stop` for target kubernetes: end the port-forward, delete what was applied."""
-    if port_forward_running(port_forward_pid):
+    if port_forward_pid is not None and port_forward_running(port_forward_pid):
         try:
-            os.kill(port_forward_pid, signal.SIGTERM)  # type: ignore[arg-type]
+            os.kill(port_forward_pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     if Path(manifests_dir).is_dir():

@@ -22,8 +22,7 @@ from typing import Any, Optional
 import yaml
 
 from toolkit.core.errors import CompoundError
-from toolkit.core.system import OwnedProcess, die_with_parent, free_port
-from toolkit.targets.server import read_tail
+from toolkit.core.system import OwnedProcess, free_port, read_tail
 
 READY_TIMEOUT_S = 30.0
 Sample = tuple[dict[str, str], float]  # a series' labels and its value
@@ -99,22 +98,14 @@ class PrometheusServer(OwnedProcess):
             "--storage.tsdb.retention.time=1d",
             "--log.level=warn",
         ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = read_tail(self.log_path, 20)
-                self.stop()
-                raise CompoundError(f"prometheus on port {self.port} did not start", hint=f"its log:\n{tail}")
-            time.sleep(0.1)
+        self.start_and_wait(
+            argv,
+            self.ready,
+            log_path=self.log_path,
+            what=f"prometheus on port {self.port}",
+            timeout_s=READY_TIMEOUT_S,
+            cwd=self.workdir,
+        )
         return self
 
     def ready(self) -> bool:

@@ -315,7 +315,7 @@ def parse_counters(stats: dict[str, Any], clusters: dict[str, Any]) -> ProxyCoun
                 )
             )
         healthy_counts[protocol] = (healthy, total)
-    totals = {}
+    totals: dict[str, ClusterCounters] = {}
     for name, protocol in CLUSTERS.items():
 
         def stat(key: str, cluster: str = name) -> int:

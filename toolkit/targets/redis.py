@@ -11,13 +11,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 from toolkit.core.errors import CompoundError
-from toolkit.core.system import OwnedProcess, die_with_parent, free_port
-from toolkit.targets.server import read_tail
+from toolkit.core.system import OwnedProcess, free_port
 
 READY_TIMEOUT_S = 20.0
 
@@ -68,17 +66,14 @@ class RedisServer(OwnedProcess):
             "--logfile",
             "",
         ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.ping():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = read_tail(self.log_path, 20)
-                self.stop()
-                raise CompoundError(f"redis-server on port {self.port} did not start", hint=f"its log:\n{tail}")
-            time.sleep(0.05)
+        self.start_and_wait(
+            argv,
+            self.ping,
+            log_path=self.log_path,
+            what=f"redis-server on port {self.port}",
+            timeout_s=READY_TIMEOUT_S,
+            poll_s=0.05,
+        )
         return self
 
     def ping(self) -> bool:

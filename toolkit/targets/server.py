@@ -452,4 +452,5 @@ def target_class(target: str) -> type[TritonServer]:
     if where is None:
         raise CompoundError(f"unknown target '{target}'", hint=f"use one of {', '.join(TARGETS)}")
     module, name = where.split(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    owner: type[TritonServer] = getattr(importlib.import_module(module), name)
+    return owner

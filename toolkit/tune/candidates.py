@@ -113,7 +113,9 @@ def predict_rps(units: Sequence[Unit], per_row: Mapping[str, float], cores: int)
     return bound
 
 
-def _unit_curves(groups: Sequence[tuple[str, Sequence[str]]], curves: Mapping[str, Mapping[int, float]]):
+def _unit_curves(
+    groups: Sequence[tuple[str, Sequence[str]]], curves: Mapping[str, Mapping[int, float]]
+) -> dict[str, dict[int, float]]:
     return {name: {b: sum(curves[m][b] for m in models) for b in curves[models[0]]} for name, models in groups}
 
 
@@ -353,7 +355,7 @@ def spec_yaml(spec: Spec, header: Sequence[str] = ()) -> str:
     return "\n".join(lines) + ("\n" if lines else "") + body
 
 
-class _FlowMap(dict):  # type: ignore[type-arg]
+class _FlowMap(dict[str, Any]):
     """A mapping of plain values (a tensor's type, an instance group): written on one line."""
 
 

@@ -28,7 +28,7 @@ from toolkit.bench.inputs import sample_rows
 from toolkit.bench.machine import REQUEST_POOL, machine_info
 from toolkit.bench.measure import measure_server
 from toolkit.core.errors import CompoundError
-from toolkit.plan import DeploymentPlan, build_plan
+from toolkit.plan import DeploymentPlan, Device, build_plan
 from toolkit.spec.schema import LoadedSpec, Spec, load_spec
 from toolkit.tune.candidates import Candidate, apply_candidate, candidates, measurement_plan, spec_yaml
 
@@ -107,8 +107,8 @@ class Tuner:
         self.log = log
         self.show_bar = show_bar
         self.loaded = load_spec(settings.spec)
-        self.device = "gpu" if settings.gpus > 0 else "cpu"
-        self.plan = build_plan(self.loaded, self.device)  # type: ignore[arg-type]
+        self.device: Device = "gpu" if settings.gpus > 0 else "cpu"
+        self.plan = build_plan(self.loaded, self.device)
         out = settings.out.resolve()
         if out.parent != settings.spec.resolve().parent:
             raise CompoundError(
@@ -149,7 +149,7 @@ class Tuner:
         p = spec.pipelines[pipeline].model_copy(update={"fuse": False, "instances": None})
         used = _step_models(spec, pipeline)
         only = spec.model_copy(update={"pipelines": {pipeline: p}, "models": {m: spec.models[m] for m in used}})
-        return build_plan(LoadedSpec(only, self.loaded.path, {}), self.device)  # type: ignore[arg-type]
+        return build_plan(LoadedSpec(only, self.loaded.path, {}), self.device)
 
     def _deployable(self, spec: Spec, pipeline: str) -> DeploymentPlan:
         """The candidate spec with only `pipeline` and its models: what one measurement deploys."""
@@ -157,7 +157,7 @@ class Tuner:
         only = spec.model_copy(
             update={"pipelines": {pipeline: spec.pipelines[pipeline]}, "models": {m: spec.models[m] for m in used}}
         )
-        return build_plan(LoadedSpec(only, self.loaded.path, {}), self.device)  # type: ignore[arg-type]
+        return build_plan(LoadedSpec(only, self.loaded.path, {}), self.device)
 
     def run(self) -> dict[str, Any]:
         s = self.s
@@ -221,8 +221,10 @@ class Tuner:
             per_row = ", ".join(f"{b}: {sec / b * 1e3:.3f}" for b, sec in zip(c.batch_sizes, c.seconds))
             progress.say(f"  {m}: ms per row at batch {{{per_row}}}")
         progress.say(f"  {batching.why}")
-        for c in plans:
-            progress.say(f"  candidate {c.name}: {c.describe()} (predicted {c.predicted_rps:.0f} req/s)")
+        for candidate in plans:
+            progress.say(
+                f"  candidate {candidate.name}: {candidate.describe()} (predicted {candidate.predicted_rps:.0f} req/s)"
+            )
 
         rows_file = work / f"rows-{pipeline}.npz"
         np.savez(rows_file, **sample_rows(base, pipeline, REQUEST_POOL, seed=0))
@@ -330,7 +332,7 @@ class Tuner:
         staging = out.with_name(f".{out.name}.tmp")
         staging.write_text(text, encoding="utf-8")
         try:
-            build_plan(load_spec(staging), self.device)  # type: ignore[arg-type]  # it must plan as it did here
+            build_plan(load_spec(staging), self.device)  # it must plan as it did here
         except Exception:
             staging.unlink(missing_ok=True)
             raise
