@@ -28,7 +28,8 @@ from tests.integration.test_orchestrator import infer
 from toolkit.bench.chain import InProcessPipeline
 from toolkit.cli.main import cli
 from toolkit.plan import plan_spec
-from toolkit.repository.render import read_manifest, render_repository
+from toolkit.repository.manifest import Manifest
+from toolkit.repository.render import render_repository
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 
@@ -64,7 +65,7 @@ def test_fuse_group_answers_like_the_unfused_pipeline(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
-    assert read_manifest(repo)["fused_groups"]["fan_light"]["models"] == ["branch_a", "join"]
+    assert Manifest.read(repo).fused_groups["fan_light"].models == ["branch_a", "join"]
 
 
 def _servers_under(folder: Path) -> list[psutil.Process]:
@@ -115,8 +116,8 @@ def test_generate_tune_measures_candidates_within_budget_and_writes_a_spec(
     assert set(plan.spec.models) == set(data["models"])
     md = (folder / "pipeline.tuned.report.md").read_text()
     assert "| as-written |" in md and f"**Choice: {fan['choice']}**" in md
-    manifest = read_manifest(tmp_path / "repo")
-    assert manifest["spec"] == "pipeline.tuned.yaml"
+    manifest = Manifest.read(tmp_path / "repo")
+    assert manifest.spec == "pipeline.tuned.yaml"
     assert "tuning took" in result.output or "wrote" in result.output
     assert _servers_under(scratch) == [], "tune left a server running"
     assert list(scratch.glob("compound-tune-*")) == []  # and removed its work folder

@@ -18,7 +18,8 @@ from toolkit.cli.main import cli
 from toolkit.core.errors import CompoundError
 from toolkit.plan import plan_spec
 from toolkit.plan.cache import component_identity
-from toolkit.repository.render import read_manifest, render_repository
+from toolkit.repository.manifest import CacheTiers, Manifest
+from toolkit.repository.render import render_repository
 from toolkit.targets.kubernetes import KubernetesOptions, render_manifests
 from toolkit.targets.server import redis_cached_models
 from toolkit.targets.settings import check_redis_url
@@ -76,7 +77,7 @@ def test_a_cached_component_gets_its_settings_and_the_cache_runtime(tmp_path: Pa
     assert 'key: "compound.cache"' in config and "response_cache" not in config
     assert (repo / "tok" / "1" / "compound_cache.py").read_bytes() == (ROOT / "templates" / "cache.py").read_bytes()
     assert not (repo / "score" / "1" / "compound_cache.py").exists()
-    assert read_manifest(repo)["tiered_cache"] == {"tok": {"memory_mb": 16.0, "redis": True, "ttl_s": 60.0}}
+    assert Manifest.read(repo).tiered_cache == {"tok": CacheTiers(memory_mb=16.0, redis=True, ttl_s=60.0)}
     assert redis_cached_models(repo) == ["tok"]
 
 
@@ -93,7 +94,7 @@ def test_true_still_means_triton_response_cache(tmp_path: Path) -> None:
     repo = render_repository(plan_spec(spec(tmp_path, cache="true")), tmp_path / "repo")
     assert "response_cache" in (repo / "tok" / "config.pbtxt").read_text()
     assert not (repo / "tok" / "1" / "compound_cache.py").exists()
-    assert "tiered_cache" not in read_manifest(repo)
+    assert not Manifest.read(repo).tiered_cache
 
 
 def test_the_identity_changes_with_the_code_and_parameters_only(tmp_path: Path) -> None:

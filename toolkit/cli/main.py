@@ -145,10 +145,12 @@ def _ports(func: Any) -> Any:
 
 
 def _deployment_name(repository: Path) -> str:
-    from toolkit.repository.render import read_manifest
+    from toolkit.repository.manifest import Manifest
 
     return str(
-        read_manifest(repository).get("deployment") or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower()) or "default"
+        Manifest.read(repository, missing_ok=True).deployment
+        or re.sub(r"[^a-z0-9_-]", "-", repository.name.lower())
+        or "default"
     )
 
 

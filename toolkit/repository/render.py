@@ -365,10 +365,3 @@ def write_repository(files: dict[str, bytes], out_dir: str | Path) -> Path:
 
 def render_repository(plan: DeploymentPlan, out_dir: str | Path) -> Path:
     return write_repository(render_files(plan), out_dir)
-
-
-def read_manifest(repository: str | Path) -> dict[str, Any]:
-    """compound.json as a plain dict ({} where there is none or it is unreadable), for callers not yet
-    on toolkit.repository.manifest.Manifest.read, which new code uses."""
-    found = Manifest.find(repository)
-    return found.to_dict() if found is not None else {}

@@ -35,7 +35,8 @@ from toolkit.client import (
 )
 from toolkit.core.errors import CompoundError
 from toolkit.observe.stats import ModelCounters
-from toolkit.repository.render import read_manifest
+from toolkit.repository.manifest import FILE as MANIFEST_FILE
+from toolkit.repository.manifest import Manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
 from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
@@ -83,21 +84,18 @@ class Supervisor:
 
     def _read_manifest(self) -> None:
         """The component models the runtime acts on; read again when `compound update` rewrote it."""
-        path = Path(self.config.repository) / "compound.json"
+        path = Path(self.config.repository) / MANIFEST_FILE
         self.manifest_mtime = path.stat().st_mtime_ns if path.is_file() else 0
-        manifest = read_manifest(self.config.repository)
-        self.bounds = {
-            name: Bounds(b["min"], b["max"], b["idle_s"]) for name, b in manifest.get("autoscale", {}).items()
-        }
-        self.threads: dict[str, int] = manifest.get("threads", {})
-        self.scaled_models: list[str] = list(manifest.get("models", []))
-        # what computes: components and fused pipelines. An ensemble's or orchestrator's own "compute"
-        # time is its callees' (every request's whole path), so counting it would double every core.
-        fused = [name for name, p in manifest.get("pipelines", {}).items() if p.get("kind") == "fused"]
-        fused += list(manifest.get("fused_groups", {}))  # fused models an ensemble calls as one step
-        self.compute_models = set(self.scaled_models) | set(fused)
+        manifest = Manifest.read(self.config.repository, missing_ok=True)
+        self.bounds: dict[str, Bounds] = dict(manifest.autoscale)
+        self.threads: dict[str, int] = dict(manifest.threads)
+        self.scaled_models: list[str] = list(manifest.models)
+        # what computes: components and fused models (pipelines and groups). An ensemble's or
+        # orchestrator's own "compute" time is its callees' (every request's whole path), so counting it
+        # would double every core.
+        self.compute_models = set(self.scaled_models) | set(manifest.fused_models)
         downstream: dict[str, list[str]] = {}
-        for producer, consumer in manifest.get("edges", []):
+        for producer, consumer in manifest.edges:
             downstream.setdefault(producer, []).append(consumer)
         self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus)
         for name in set(self.components) - set(self.scaled_models):  # replaced by an update
@@ -108,7 +106,7 @@ class Supervisor:
     def tick(self, now: Optional[float] = None) -> list[Decision]:
         """Measure, heal, decide, act, account; returns what it decided."""
         now = time.monotonic() if now is None else now
-        path = Path(self.config.repository) / "compound.json"
+        path = Path(self.config.repository) / MANIFEST_FILE
         if path.is_file() and path.stat().st_mtime_ns != self.manifest_mtime:
             self._read_manifest()
         loaded = self._refresh_components(now)

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 from toolkit.client import API_KEY_HEADER, api_key_headers
 from toolkit.core.errors import CompoundError, ServerError
 from toolkit.core.system import port_in_use
-from toolkit.repository.render import read_manifest
+from toolkit.repository.manifest import Manifest
 from toolkit.repository.versions import VERSIONS_FILE, serving_models
 from toolkit.targets.settings import (
     REDIS_URL_ENV,
@@ -392,14 +392,12 @@ def missing_stubs(expected: dict[str, int], live: dict[str, int]) -> dict[str, s
 
 def redis_cached_models(repository: Path) -> list[str]:
     """Components whose tiered cache has a Redis tier, from the repository's compound.json."""
-    caches = read_manifest(repository).get("tiered_cache", {})
-    return sorted(name for name, cache in caches.items() if cache.get("redis"))
+    return Manifest.read(repository, missing_ok=True).redis_cached_models
 
 
 def on_demand_models(repository: Path) -> list[str]:
     """Models that start unloaded (autoscale.min 0), from the repository's compound.json."""
-    autoscale = read_manifest(repository).get("autoscale", {})
-    return sorted(name for name, bounds in autoscale.items() if bounds.get("min") == 0)
+    return Manifest.read(repository, missing_ok=True).on_demand_models
 
 
 def model_control_args(repository: Path) -> list[str]:
