@@ -11,6 +11,7 @@ import extension modules (ssl) and write to /tmp.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -298,6 +299,22 @@ def test_cli_deploy_status_infer_logs_stop_on_docker(textdemo_repo: Path, base_i
         assert inferred.exit_code == 0 and '"score"' in inferred.output, inferred.output
         logs = runner.invoke(cli, ["logs", "--name", name, "-n", "400"])
         assert logs.exit_code == 0 and "Started GRPCInferenceService" in logs.output, logs.output
+
+        # supervised: the container killed (as a crash would end it), the runtime starts it again
+        connect().containers.get(f"compound-{name}").kill()
+        deadline = time.monotonic() + 300
+        report: dict = {}
+        while time.monotonic() < deadline:
+            status = runner.invoke(cli, ["status", "--name", name, "--json"])
+            report = json.loads(status.output) if status.output.startswith("{") else {}
+            if report.get("restarts", {}).get("count") and report.get("condition") == "ready":
+                break
+            time.sleep(1.0)
+        assert report["restarts"]["count"] == 1 and "SIGKILL" in report["restarts"]["last"]["reason"], report
+        again = runner.invoke(
+            cli, ["infer", "classify", "--url", f"127.0.0.1:{ports[0]}", "--input", f"text={TEXTS[0]}"]
+        )
+        assert again.exit_code == 0 and '"score"' in again.output, again.output
     finally:
         stopped = runner.invoke(cli, ["stop", "--name", name])
     assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output

@@ -295,7 +295,9 @@ class _Runtime:
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(self.state), handle)
         request = DeployRequest(repository=self.server.repository, name=self.state.name, cores=self.cores)
-        pid = RuntimeProcess.launch(runtime_config(self.state, request, state_path))
+        config = runtime_config(self.state, request, state_path)
+        config.supervise = False  # the benchmark owns its server: a crash there is a result, not something to hide
+        pid = RuntimeProcess.launch(config)
         self.state.runtime_pid = pid
         import psutil
 

@@ -393,7 +393,7 @@ def main(argv: list[str]) -> None:
     """`python -m toolkit.runtime.supervisor CONFIG.json`, or `--inline JSON` (a pod's sidecar, whose
     key comes from the environment: a Secret)."""
     from toolkit.targets.local import all_command_lines
-    from toolkit.targets.settings import RUNTIME_KEY_ENV
+    from toolkit.targets.settings import REQUEST_FILE, RUNTIME_KEY_ENV
 
     if argv[:1] == ["--inline"] and len(argv) == 2:
         config = RuntimeConfig(**json.loads(argv[1]))
@@ -420,7 +420,10 @@ def main(argv: list[str]) -> None:
         return all_stubs(state) if state is not None else None
 
     keeper = None
-    if config.supervise and config.stubs == "state" and state is not None and state.target != "kubernetes":
+    supervisable = (
+        state is not None and state.target != "kubernetes" and (Path(config.run_dir) / REQUEST_FILE).is_file()
+    )
+    if config.supervise and config.stubs == "state" and supervisable:
         keeper = Keeper(Path(config.state_file), Path(config.run_dir), log=log)
 
         def stubs() -> Optional[dict[str, int]]:  # the keeper's state: it has the restarted servers' pids
