@@ -23,7 +23,7 @@ from toolkit.deployment.deployment import Deployment
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
 from toolkit.runtime.keeper import backoff_s
-from toolkit.targets.local import group_members, pid_running_tritonserver
+from toolkit.targets.local import group_members, pid_running_tritonserver, shared_memory_regions
 from toolkit.targets.settings import DeployRequest
 
 TEXT = {"text": np.array([[b"I love this product"]], dtype=object)}
@@ -55,6 +55,8 @@ def test_a_crashed_server_serves_again_on_its_ports_and_status_says_why(deployme
     assert first_pid is not None
     key = deployment.state.api_key
 
+    regions = set().union(*(shared_memory_regions(pid) for pid in group_members(first_pid)))
+    assert regions and all(region.exists() for region in regions)
     os.kill(first_pid, signal.SIGSEGV)  # what Triton 2.51's gRPC cancellation race does to it
     deadline = time.monotonic() + 10
     while pid_running_tritonserver(first_pid) and time.monotonic() < deadline:
@@ -74,6 +76,7 @@ def test_a_crashed_server_serves_again_on_its_ports_and_status_says_why(deployme
     current = Deployment.find("supervised")
     assert current.state.pid != first_pid and pid_running_tritonserver(current.state.pid)
     assert group_members(first_pid) == []  # the dead server's stubs went with it
+    assert not any(region.exists() for region in regions)  # and the shared memory they had mapped
     assert current.state.api_key == key  # the restricted APIs still answer to the deployment's key
     assert model_states(url, api_key_headers(key))
 

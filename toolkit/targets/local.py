@@ -286,13 +286,32 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
 
 def _kill_orphaned_stubs(pgid: int) -> None:
     """SIGKILL the Python-backend stubs left in a dead server's process group (they outlive it and
-    keep their native thread pools). Only stubs: the group id of a long-gone server may be reused."""
+    keep their native thread pools), and remove the shared-memory regions they had mapped: a crashed
+    server never unlinks its regions (4 MB a crash for the bundled example), and a supervised one
+    crashing again and again would fill /dev/shm. Only stubs: the group id of a long-gone server may be
+    reused."""
+    regions: set[Path] = set()
     for member in group_members(pgid):
         if is_stub(command_line(member)):
+            regions |= shared_memory_regions(member)
             try:
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    for region in regions:
+        region.unlink(missing_ok=True)
+
+
+SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"  # noqa: S108 - Triton names them; read and unlinked only
+
+
+def shared_memory_regions(pid: int) -> set[Path]:
+    """The Python backend's shared-memory files a process has mapped (from /proc/PID/maps)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return {Path(line.split()[-1]) for line in maps if SHM_REGION_PREFIX in line}
+    except OSError:
+        return set()
 
 
 def group_members(pgid: int) -> list[int]:

@@ -32,6 +32,9 @@ from toolkit.targets.settings import (
 from toolkit.targets.state import DeploymentState, ServerRecord
 
 READY_POLL_INTERVAL_S = 0.25
+# Triton 2.51's Python backend sometimes aborts at start-up when several models' stubs initialise at
+# once on a loaded machine (seen a few times in hundreds of starts here); a second start succeeds.
+TRANSIENT_START_FAILURE = "boost::interprocess::lock_exception"
 DEFAULT_READY_TIMEOUT_S = 180.0
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # Triton APIs that change or expose the server beyond serving: only clients holding the deployment's
@@ -219,13 +222,23 @@ class TritonServer(abc.ABC):
         return environment
 
     def start(self) -> TritonServer:
+        """Preflight, launch, wait until ready; a start-up abort Triton 2.51 is known to make at random
+        (TRANSIENT_START_FAILURE, several Python models initialising at once under load) is tried once
+        more, any other failure raises with the log's tail."""
         self.preflight()
-        self.launch()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in (1, 2):
+            self.launch()
+            try:
+                self.wait_ready()
+                return self
+            except ServerError:
+                transient = TRANSIENT_START_FAILURE in self.log_tail(200)
+                self.stop()
+                if attempt == 2 or not transient:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def preflight(self) -> None:
