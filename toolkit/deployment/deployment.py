@@ -18,20 +18,12 @@ from typing import Any, Callable, Optional
 
 from toolkit.client import api_key_headers, instance_count, model_config, model_states
 from toolkit.core.errors import CompoundError
-from toolkit.core.system import free_ports
+from toolkit.core.system import free_ports, read_tail
 from toolkit.observe.canary import canary_report
 from toolkit.runtime.keeper import planned_restart_path
 from toolkit.runtime.process import RuntimeProcess, read_restarts
 from toolkit.targets.proxy import EnvoyProxy, Replica, recorded_counters, recorded_proxy_running, stop_recorded_proxy
-from toolkit.targets.server import (
-    TritonServer,
-    grpc_ready,
-    http_ready,
-    missing_stubs,
-    new_api_key,
-    read_tail,
-    target_class,
-)
+from toolkit.targets.server import TritonServer, grpc_ready, http_ready, missing_stubs, new_api_key, target_class
 from toolkit.targets.settings import DeployRequest, Endpoints, save_request
 from toolkit.targets.state import (
     LOG_FILE,

@@ -24,12 +24,12 @@ from tritonclient.grpc import model_config_pb2
 
 from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
+from toolkit.core.system import read_tail
 from toolkit.targets.server import (
     TritonServer,
     crash_signal,
     http_ready,
     load_failures,
-    read_tail,
     redact_key,
     signal_name,
     stub_counts,

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import die_with_parent
+from toolkit.core.system import die_with_parent, read_tail
 from toolkit.targets.server import (
     TritonServer,
     compile_python,
     crash_signal,
     is_stub,
     load_failures,
-    read_tail,
     redact_key,
     signal_name,
     stub_counts,

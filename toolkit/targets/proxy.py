@@ -29,8 +29,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import die_with_parent, free_port
-from toolkit.targets.server import read_tail
+from toolkit.core.system import die_with_parent, free_port, read_tail
 from toolkit.targets.state import DeploymentState, ProxyRecord
 
 Discovery = Literal["static", "strict_dns"]

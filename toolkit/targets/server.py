@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import abc
 import importlib
-import os
 import re
 import secrets
 import time
@@ -17,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from toolkit.client import API_KEY_HEADER, api_key_headers
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import port_in_use
+from toolkit.core.system import port_in_use, read_tail
 from toolkit.repository.manifest import Manifest
 from toolkit.repository.versions import VERSIONS_FILE, serving_models
 from toolkit.targets.settings import (
@@ -64,18 +63,6 @@ def grpc_ready(endpoints: Endpoints, timeout_s: float = 2.0) -> bool:
             client.close()
     except Exception:  # noqa: BLE001 - any failure means not ready
         return False
-
-
-def read_tail(path: Path, lines: int = 40) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def uses_response_cache(repository: Path) -> bool:
