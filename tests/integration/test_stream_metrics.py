@@ -52,10 +52,8 @@ def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels:
 
 def stream(server: LocalServer, count: int, errors: list[str]) -> None:
     try:
-        got = [
-            int(r["token"][0, 0])
-            for r in stream_infer("talker", server.grpc_url, {"n": np.array([[count]], dtype=np.int32)})
-        ]
+        responses = stream_infer("talker", server.grpc_url, {"n": np.array([[count]], dtype=np.int32)})
+        got = [int(r["token"][0, 0]) for r in responses]
         if got != list(range(count)):
             errors.append(f"tokens {got[:5]}... of {len(got)}")
     except Exception as exc:  # noqa: BLE001 - reported by the test
