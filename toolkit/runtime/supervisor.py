@@ -146,11 +146,11 @@ class Supervisor:
                         name, instances, self.threads.get(name, 1), self.bounds.get(name), last_request=now, gpu=gpu
                     )
                     self.components[name] = component
-                    component.max_streams = max_streams_of(config)
                 else:
                     component.gpu = gpu
                     component.instances, component.loaded, component.last_request = instances, True, now
                     self._record(now, name, "loaded", instances, "loaded on demand by a request that needed it")
+                component.max_streams = max_streams_of(config)  # streaming: scaled on its streams in flight
             elif name not in loaded and component is not None and component.loaded:
                 component.loaded = False
             elif component is None:
