@@ -25,6 +25,7 @@ from toolkit.repository.render import render_repository
 from toolkit.runtime.supervisor import Supervisor
 from toolkit.stream_client import stream_infer
 from toolkit.targets.local import LocalServer
+from toolkit.targets.prometheus import PrometheusServer
 from toolkit.targets.state import RuntimeConfig
 
 SPEC = FIXTURES / "streamobs" / "pipeline.yaml"
@@ -105,6 +106,25 @@ def test_first_response_gap_histograms_and_streams_in_flight(server: LocalServer
     # the waiting streams' first response comes after a whole earlier stream: > 0.25 s for some
     late = total(after, f"{FIRST}_bucket", le="+Inf", **labels) - total(after, f"{FIRST}_bucket", le="0.25", **labels)
     assert late >= 2
+
+
+def test_prometheus_reads_the_counters_as_a_histogram(server: LocalServer, tmp_path: Path) -> None:
+    """The `_bucket` counters are a histogram to PromQL: its quantile lands where the gaps are."""
+    errors: list[str] = []
+    for thread in open_streams(server, 2, 30, errors):  # two streams sharing the loop: gaps of ~20 ms
+        thread.join(30)
+    assert not errors, errors
+    time.sleep(0.6)
+    prometheus = PrometheusServer([f"127.0.0.1:{server.endpoints.metrics_port}"], workdir=tmp_path).start()
+    try:
+        prometheus.wait_for_scrape()
+        query = 'histogram_quantile(0.5, sum by (le) (compound_stream_inter_response_seconds_bucket{model="talker"}))'
+        ((_, median),) = prometheus.query(query)
+        ((_, streams),) = prometheus.query('sum(compound_streams_in_flight{model="talker"})')
+    finally:
+        prometheus.stop()
+    assert 0.005 < median <= 0.05, median
+    assert streams == 0
 
 
 def test_the_runtime_scales_a_streaming_component_on_its_streams_in_flight(server: LocalServer, tmp_path: Path) -> None:
