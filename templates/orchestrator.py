@@ -204,6 +204,7 @@ class TritonPythonModel:
                     entry["stream"],
                     entry["max_streams"],
                     self._describe,
+                    metrics=self.metrics,
                 )
         for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:

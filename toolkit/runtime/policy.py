@@ -27,6 +27,11 @@ anything). Capacity: a new instance needs half a core of measured spare capacity
 are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
 its callees' time, and would count them again). Downstream components grow with their upstream in
 proportion to their own measured load before their queues grow.
+
+Streaming components (toolkit/runtime/streams.py) are measured by their streams in flight instead:
+execute() returns before a stream ends, so busy and queue time show nothing. Their utilisation is
+streams / (instances x max_streams); saturated at HIGH_UTILISATION, severe when as many streams wait
+for a place as run, spare as above with none waiting (streams within the places).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Window:
     requests: int = 0
     busy_s: float = 0.0  # instances executing batches
     queue_s: float = 0.0  # summed over requests
+    streams: Optional[float] = None  # a streaming component: its streams in flight (running or waiting)
 
     def busy_cores(self) -> float:
         return self.busy_s / self.seconds if self.seconds > 0 else 0.0
@@ -76,6 +82,7 @@ class Component:
     bounds: Optional[Bounds] = None  # None: fixed (measured and accounted, never scaled)
     loaded: bool = True
     gpu: bool = False  # its instances run on GPUs: bounded by the GPU budget, not by cores
+    max_streams: int = 0  # a streaming component: streams per instance (0: not streaming)
     last_change: float = -math.inf
     last_request: float = 0.0
     hot: int = 0  # saturated windows in a row
@@ -113,8 +120,11 @@ class Policy:
             if window is None or not component.loaded:
                 component.hot = component.cold = 0
                 continue
-            if window.requests:
+            if window.requests or window.streams:  # a stream in flight is a request not yet answered
                 component.last_request = now
+            if component.max_streams and window.streams is not None:
+                self._observe_streams(component, window.streams)
+                continue
             component.utilisation = window.busy_cores() / max(component.instances, 1)
             saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
             # a queue several times the work is no fluctuation: one window is evidence enough
@@ -122,6 +132,14 @@ class Policy:
             component.hot = UP_AFTER if severe else component.hot + 1 if saturated else 0
             spare = component.autoscaled and not self._waiting(window) and self._spare_instance(component)
             component.cold = component.cold + 1 if spare else 0
+
+    def _observe_streams(self, component: Component, streams: float) -> None:
+        places = max(component.instances, 1) * component.max_streams
+        component.utilisation = streams / places
+        saturated = component.utilisation >= HIGH_UTILISATION
+        component.hot = UP_AFTER if streams >= 2 * places else component.hot + 1 if saturated else 0
+        spare = component.autoscaled and streams <= places and self._spare_instance(component)
+        component.cold = component.cold + 1 if spare else 0
 
     @staticmethod
     def _waiting(window: Window) -> bool:
@@ -158,10 +176,17 @@ class Policy:
         )
         for component in bottlenecks:
             n = component.instances
-            why = (
-                f"utilisation {component.utilisation:.2f} per instance and "
-                f"{queue_ms(component):.1f} ms queued per request"
-            )
+            streams = windows[component.name].streams if component.name in windows else None
+            if component.max_streams and streams is not None:
+                why = (
+                    f"utilisation {component.utilisation:.2f} per instance: {streams:g} streams in flight "
+                    f"for {n} x {component.max_streams} places"
+                )
+            else:
+                why = (
+                    f"utilisation {component.utilisation:.2f} per instance and "
+                    f"{queue_ms(component):.1f} ms queued per request"
+                )
             if component.gpu:
                 on_gpus = sum(c.instances for c in components.values() if c.gpu and c.loaded)
                 if self.gpus and on_gpus >= self.gpus:

@@ -40,6 +40,7 @@ from toolkit.repository.manifest import Manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
 from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
+from toolkit.runtime.streams import max_streams_of, with_streams
 from toolkit.targets.fleet import ServerSet
 from toolkit.targets.server import missing_stubs, stub_counts, target_class
 from toolkit.targets.state import LOG_FILE, STATUS_FILE, DeploymentState, RuntimeConfig, read_state
@@ -113,6 +114,7 @@ class Supervisor:
         counters = self.servers.stats()
         seconds = max(now - self.previous_at, 1e-3)
         windows = {name: w for name, w in self._windows(counters, seconds).items() if name in self.compute_models}
+        windows = with_streams(windows, self.components, self.config.metrics_url)  # streaming components only
         self._account(windows, seconds)
         self.previous, self.previous_at = counters, now
         with runtime_may_act(self.config.repository) as may_act:
@@ -135,7 +137,8 @@ class Supervisor:
         for name in self.scaled_models:
             component = self.components.get(name)
             if name in loaded and (component is None or not component.loaded):
-                instances, gpu = instance_count(self.servers.config(name))
+                config = self.servers.config(name)
+                instances, gpu = instance_count(config)
                 if gpu:
                     self.gpu_models.add(name)
                 if component is None:
@@ -147,6 +150,7 @@ class Supervisor:
                     component.gpu = gpu
                     component.instances, component.loaded, component.last_request = instances, True, now
                     self._record(now, name, "loaded", instances, "loaded on demand by a request that needed it")
+                component.max_streams = max_streams_of(config)  # streaming: scaled on its streams in flight
             elif name not in loaded and component is not None and component.loaded:
                 component.loaded = False
             elif component is None:
