@@ -307,6 +307,7 @@ class TritonPythonModel:
                 params["compound.stream"],
                 int(params.get("compound.max_streams", "1")),
                 describe_error,
+                metrics=self.metrics,
             )
             self.execute = self.streamer.execute  # type: ignore[method-assign] - the other models keep theirs
 

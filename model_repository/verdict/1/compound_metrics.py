@@ -14,6 +14,11 @@ server), never a counter or gauge write.
 Metric families are per process (every instance is a stub process of its own); Triton merges the
 families of all instances by name, and the `instance` label keeps their series apart. A process
 without the Python backend's metrics API (a unit test, an old backend) keeps the counts locally.
+
+Streaming models (compound_stream.py) count per response in plain Python (StreamCounts), and the flusher
+pushes them: each streaming histogram is three counter families named as Prometheus names a histogram's
+series (`_bucket` with `le`, `_sum`, `_count`), because the backend's histogram takes one observation per
+IPC and a response must not pay one. `histogram_quantile()` reads them as it reads any histogram.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import collections
 import os
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 FLUSH_S = 0.25  # how often gauges reach Triton: well under any scrape interval
 # Step durations, seconds: from a fast in-process step (~50 us) to a slow model call (10 s).
@@ -32,12 +37,60 @@ STEP_DURATION = "compound_step_duration_seconds"
 STEP_ROWS = "compound_step_rows_total"
 PENDING = "compound_pending_requests"
 INSTANCES = "compound_instances"
+FIRST_RESPONSE = "compound_stream_first_response_seconds"
+INTER_RESPONSE = "compound_stream_inter_response_seconds"
+STREAMS = "compound_streams_in_flight"
+STREAM_HISTOGRAMS = {
+    FIRST_RESPONSE: "Time from a stream's arrival in execute() to its first response sent",
+    INTER_RESPONSE: "Time between two responses of one stream",
+}
 FAMILIES = {
     STEP_DURATION: ("HISTOGRAM", "Duration of one call of a pipeline step (fused: the handler; else: the call)"),
     STEP_ROWS: ("COUNTER", "Rows a pipeline step ran (one per request of one row); per call: the batch size"),
     PENDING: ("GAUGE", "Requests sent to a component by an orchestrator or fused pipeline and not yet answered"),
     INSTANCES: ("GAUGE", "Loaded instances of a component in a Triton model (1 per instance process)"),
+    STREAMS: ("GAUGE", "Streams a streaming component accepted and has not ended (running or waiting for a place)"),
+    **{
+        f"{name}{suffix}": ("COUNTER", f"{description} ({what})")
+        for name, description in STREAM_HISTOGRAMS.items()
+        for suffix, what in (("_bucket", "per upper bound le, cumulative"), ("_sum", "seconds"), ("_count", "count"))
+    },
 }
+
+
+class StreamCounts:
+    """One streaming component's counts, written by its stepping loop alone (single writer: no lock) and
+    read by the flusher. Buckets are per bound (not cumulative), the last one past every bound."""
+
+    __slots__ = ("labels", "in_flight", "bounds", "firsts", "first_sum", "gaps", "gap_sum", "pushed")
+
+    def __init__(self, labels: tuple[tuple[str, str], ...], in_flight: Callable[[], int]) -> None:
+        self.labels = labels
+        self.in_flight = in_flight
+        self.bounds = DURATION_BUCKETS
+        self.firsts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.first_sum = 0.0
+        self.gaps = [0] * (len(DURATION_BUCKETS) + 1)
+        self.gap_sum = 0.0
+        self.pushed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def series(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        """Every counter series with its current total, (family, labels, value): all of a histogram's
+        buckets from its first observation (a quantile needs the empty ones too), none before."""
+        out = []
+        for name, counts, total in (
+            (FIRST_RESPONSE, list(self.firsts), self.first_sum),
+            (INTER_RESPONSE, list(self.gaps), self.gap_sum),
+        ):
+            if not any(counts):
+                continue
+            running = 0
+            for bound, count in zip([*(f"{b:g}" for b in self.bounds), "+Inf"], counts):
+                running += count
+                out.append((f"{name}_bucket", (*self.labels, ("le", bound)), float(running)))
+            out.append((f"{name}_sum", self.labels, total))
+            out.append((f"{name}_count", self.labels, float(running)))
+        return out
 
 
 class Metrics:
@@ -58,6 +111,7 @@ class Metrics:
         self._families: dict[str, Any] = {}
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self.streams: list[StreamCounts] = []
         try:
             import triton_python_backend_utils as pb_utils
 
@@ -94,6 +148,12 @@ class Metrics:
     def timer(self, pipeline: str, where: str, component: str, rows: int) -> StepTimer:
         return StepTimer(self, pipeline, where, component, rows)
 
+    def streaming(self, component: str, in_flight: Callable[[], int]) -> StreamCounts:
+        """The counts a streaming loop of `component` keeps; `in_flight()` is read at each push."""
+        counts = StreamCounts((("model", self.model), ("component", component)), in_flight)
+        self.streams.append(counts)
+        return counts
+
     # --- gauges ------------------------------------------------------------------------------
 
     def loaded(self, components: list[str]) -> None:
@@ -126,6 +186,8 @@ class Metrics:
         with self._lock:
             for (pipeline, component), count in self._pending.items():
                 self._gauges[(PENDING, (("pipeline", pipeline), ("component", component)))] = float(count)
+            for counts in self.streams:
+                self._gauges[(STREAMS, counts.labels)] = float(counts.in_flight())
             changed = [(key, value) for key, value in self._gauges.items() if self._pushed.get(key) != value]
             added = [(key, n - self._rows_pushed.get(key, 0)) for key, n in self._rows.items()]
         if self._api is None:
@@ -145,6 +207,17 @@ class Metrics:
                 self._api = None
                 return
             self._pushed[key] = value
+        for counts in self.streams:
+            for name, labels, total in counts.series():
+                added_now = total - counts.pushed.get((name, labels), 0.0)
+                if added_now <= 0 and (name, labels) in counts.pushed:
+                    continue
+                try:
+                    self._metric(name, labels).increment(added_now)
+                except Exception:  # noqa: BLE001
+                    self._api = None
+                    return
+                counts.pushed[(name, labels)] = total
 
     def _start_flusher(self) -> None:
         if self._flusher is not None or self._api is None:
