@@ -39,6 +39,7 @@ from toolkit.repository.render import read_manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
 from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
+from toolkit.runtime.signals import SAMPLE_S, scrape
 from toolkit.targets.fleet import ServerSet
 from toolkit.targets.server import missing_stubs, stub_counts, target_class
 from toolkit.targets.state import LOG_FILE, STATUS_FILE, DeploymentState, RuntimeConfig, read_state
@@ -127,6 +128,23 @@ class Supervisor:
             for decision in decisions:
                 self._apply(decision, now)
         self.write_status(now)
+        return decisions
+
+    def react(self, now: Optional[float] = None) -> list[Decision]:
+        """Between windows, every SAMPLE_S: read the rows waiting per component and give a burst an
+        instance at once (the policy's `burst`); nothing when the deployment is static."""
+        now = time.monotonic() if now is None else now
+        if not self.config.scale or not self.components:
+            return []
+        pending = scrape(self.config.metrics_url)
+        if pending is None:
+            return []
+        with runtime_may_act(self.config.repository) as may_act:
+            decisions = self.policy.burst(now, self.components, pending) if may_act else []
+            for decision in decisions:
+                self._apply(decision, now)
+        if decisions:
+            self.write_status(now)
         return decisions
 
     def _refresh_components(self, now: float) -> set[str]:
@@ -239,23 +257,35 @@ class Supervisor:
             config = self.servers.config(decision.model)
             for group in config.get("instance_group") or []:
                 group["count"] = decision.instances
+            grows = decision.instances > component.instances
             error = self.servers.load({decision.model: config})[decision.model]
             if error is None:
                 component.instances = decision.instances
         component.last_change = now
         component.hot = component.cold = 0
         outcome = decision.reason if error is None else f"{decision.reason}; FAILED: {error}"
+        reaction = None
+        if decision.action == "scale" and error is None and grows and component.burst_since is not None:
+            # the load returns once the new instances serve: from the first queued request seen to here
+            served = time.monotonic()
+            reaction = max(0.0, served - component.burst_since)
+            outcome += f"; serving {reaction:.2f} s after the first queued request (load {served - now:.2f} s)"
+            component.burst_since = None
         component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
-        self._record(now, decision.model, decision.action, decision.instances, outcome)
+        self._record(now, decision.model, decision.action, decision.instances, outcome, reaction)
 
-    def _record(self, now: float, model: str, action: str, instances: int, reason: str) -> None:
-        entry = {
+    def _record(
+        self, now: float, model: str, action: str, instances: int, reason: str, reaction_s: Optional[float] = None
+    ) -> None:
+        entry: dict[str, Any] = {
             "t": round(now - self.started, 2),
             "model": model,
             "action": action,
             "instances": instances,
             "reason": reason,
         }
+        if reaction_s is not None:
+            entry["reaction_s"] = round(reaction_s, 3)
         self.decisions.append(entry)
         if model in self.components and action in ("heal", "loaded"):
             self.components[model].last_decision = f"{action}: {reason}"
@@ -345,7 +375,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        last_seen = next_tick = time.monotonic()
+        last_seen = next_tick = next_sample = time.monotonic()
         cores, interval = self.config.cores, self.config.interval_s
         mode = "" if self.config.scale else ", static (instance counts fixed)"
         self.log(f"runtime for '{self.config.name}' started: {cores:g} cores, interval {interval:g} s{mode}")
@@ -366,7 +396,14 @@ class Supervisor:
                     if keeper is None and began - last_seen > GONE_AFTER_S:
                         self.log(f"server gone for {GONE_AFTER_S:.0f} s ({exc}); runtime ends")
                         break
-            pause = min(next_tick, time.monotonic() + WATCH_INTERVAL_S) - time.monotonic()
+            elif began >= next_sample:
+                try:
+                    self.react(began)
+                except (CompoundError, OSError) as exc:
+                    self.log(f"reacting to a burst failed: {exc}")
+            if began >= next_sample:
+                next_sample = began + SAMPLE_S
+            pause = min(next_tick, next_sample, time.monotonic() + WATCH_INTERVAL_S) - time.monotonic()
             time.sleep(max(0.0, pause))
         self.write_status(time.monotonic())
         self.log("runtime stopped")
