@@ -322,6 +322,7 @@ class Supervisor:
             "cores": self.config.cores,
             "models": models,
             "total": total,
+            "prices": self.config.prices,
             "scaling": self.config.scale,
             "decisions": self.decisions[-50:],
         }
