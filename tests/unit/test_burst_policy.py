@@ -119,3 +119,31 @@ def test_pending_rows_take_the_larger_of_compound_and_triton_counts() -> None:
         ]
     )
     assert pending_rows(text) == {"heavy": 7.0, "classifier": 17.0}
+
+
+def test_the_supervisor_grows_before_it_shrinks() -> None:
+    from types import SimpleNamespace
+
+    from toolkit.runtime.supervisor import Supervisor
+
+    comps = components(donor=2, bottleneck=1, gpu=1)
+    comps["gpu"].gpu = True
+    decisions = [
+        Decision("donor", "scale", 1, "gives an instance to bottleneck"),
+        Decision("gpu", "scale", 2, "on a GPU"),
+        Decision("bottleneck", "scale", 2, "takes donor's instance"),
+    ]
+    ordered = Supervisor._growing_first(SimpleNamespace(components=comps), decisions)  # type: ignore[arg-type]
+    assert [d.model for d in ordered] == ["bottleneck", "donor", "gpu"]
+
+
+def test_rows_a_light_step_drains_in_milliseconds_are_no_burst() -> None:
+    comps = components(light=1, heavy=1)
+    policy = Policy(cores=4)
+    windows = {
+        "light": Window(seconds=1.0, requests=200, busy_s=0.1),  # 0.5 ms a row: 16 rows are 8 ms of work
+        "heavy": Window(seconds=1.0, requests=100, busy_s=0.7),  # 7 ms a row: 16 rows are 112 ms
+    }
+    policy.decide(10.0, comps, windows)
+    (decision,) = policy.burst(10.25, comps, {"light": 16.0, "heavy": 16.0})
+    assert decision.model == "heavy" and "112 ms of work" in decision.reason

@@ -45,6 +45,7 @@ DOWN_AFTER = 5  # spare windows in a row before removing one
 COOLDOWN_S = 3.0  # no second change to a component within this time
 SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-threaded instance needs
 BURST_ROWS_PER_INSTANCE = 4  # rows waiting per instance, in one 250 ms sample, that make a burst
+BURST_WAIT_S = 0.05  # ... and the wait those rows add at the measured work per row: less is not worth an instance
 QUIET_SAMPLES = 4  # samples in a row with nothing waiting (1 s) before a component gives a burst an instance
 
 Action = Literal["scale", "unload"]
@@ -90,6 +91,7 @@ class Component:
     quiet: int = 0  # samples in a row with nothing waiting
     burst_since: Optional[float] = None  # first sample of the current streak with a row waiting
     burst: bool = False  # being grown for a burst (its load: at least a core per instance)
+    row_s: Optional[float] = None  # busy time per row, last window with enough requests to say
 
     @property
     def autoscaled(self) -> bool:
@@ -124,6 +126,8 @@ class Policy:
                 continue
             if window.requests:
                 component.last_request = now
+            if window.requests >= MIN_REQUESTS:
+                component.row_s = window.busy_s / window.requests
             component.utilisation = window.busy_cores() / max(component.instances, 1)
             saturated = component.utilisation >= HIGH_UTILISATION and self._waiting(window)
             # a queue several times the work is no fluctuation: one window is evidence enough
@@ -233,8 +237,9 @@ class Policy:
 
     def burst(self, now: float, components: dict[str, Component], pending: dict[str, float]) -> list[Decision]:
         """From one sample of the rows waiting per component (pushed every 250 ms): a component whose
-        waiting rows jump past BURST_ROWS_PER_INSTANCE per instance gets an instance now, without
-        waiting for a window. Also tracks each component's burst onset (the first sample of a streak with a
+        waiting rows jump past BURST_ROWS_PER_INSTANCE per instance, and past BURST_WAIT_S of work at
+        its measured time per row (a light step drains a dozen rows in milliseconds), gets an instance
+        now, without waiting for a window. Also tracks each component's burst onset (the first sample of a streak with a
         row waiting) and its quiet streak (samples with nothing waiting)."""
         for name, component in components.items():
             rows = pending.get(name, 0.0) if component.loaded else 0.0
@@ -256,6 +261,7 @@ class Policy:
                 if settled(c)
                 and c.instances < c.bounds.max  # type: ignore[union-attr]
                 and c.pending >= BURST_ROWS_PER_INSTANCE * max(c.instances, 1)
+                and (c.row_s is None or c.pending * c.row_s / max(c.instances, 1) >= BURST_WAIT_S)
             ),
             key=lambda c: c.pending / max(c.instances, 1),
             reverse=True,
@@ -264,6 +270,8 @@ class Policy:
         for component in bursting:
             component.burst = True
             why = f"burst: {component.pending:.0f} rows waiting on {component.instances} instance(s)"
+            if component.row_s is not None:
+                why += f", {1e3 * component.pending * component.row_s / component.instances:.0f} ms of work"
             spare = self._grow(component, why, spare, components, settled, decisions, self._quiet_donor)
             component.burst = False
         return list(decisions.values())

@@ -125,7 +125,7 @@ class Supervisor:
                 return []
             self._heal(loaded, now)
             decisions = self.policy.decide(now, self.components, windows)
-            for decision in decisions:
+            for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         self.write_status(now)
         return decisions
@@ -141,11 +141,23 @@ class Supervisor:
             return []
         with runtime_may_act(self.config.repository) as may_act:
             decisions = self.policy.burst(now, self.components, pending) if may_act else []
-            for decision in decisions:
+            for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         if decisions:
             self.write_status(now)
         return decisions
+
+    def _growing_first(self, decisions: list[Decision]) -> list[Decision]:
+        """Grow before shrinking: each load blocks until done, and an instance removed takes about as
+        long as one added (measured on Triton 2.51: 1.0 s to remove, 0.8 s to add one), so a donor
+        shrinking first would hold the bottleneck's new instance back by a second. For a moment the
+        cores hold one instance more than the budget; a GPU one is never grown onto a GPU not freed yet."""
+
+        def grows(d: Decision) -> bool:
+            c = self.components.get(d.model)
+            return c is not None and d.action == "scale" and d.instances > c.instances and not c.gpu
+
+        return sorted(decisions, key=lambda d: not grows(d))
 
     def _refresh_components(self, now: float) -> set[str]:
         """Track every component model; pick up ones loaded since (an orchestrator loading an
