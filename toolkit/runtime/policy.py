@@ -89,7 +89,7 @@ class Component:
     last_decision: str = ""
     pending: float = 0.0  # rows waiting on it, last sample
     quiet: int = 0  # samples in a row with nothing waiting
-    burst_since: Optional[float] = None  # first sample of the current streak with a row waiting
+    burst_since: Optional[float] = None  # first sample with a row waiting after a quiet second
     burst: bool = False  # being grown for a burst (its load: at least a core per instance)
     row_s: Optional[float] = None  # busy time per row, last window with enough requests to say
 
@@ -239,15 +239,15 @@ class Policy:
         """From one sample of the rows waiting per component (pushed every 250 ms): a component whose
         waiting rows jump past BURST_ROWS_PER_INSTANCE per instance, and past BURST_WAIT_S of work at
         its measured time per row (a light step drains a dozen rows in milliseconds), gets an instance
-        now, without waiting for a window. Also tracks each component's burst onset (the first sample of a streak with a
-        row waiting) and its quiet streak (samples with nothing waiting)."""
+        now, without waiting for a window. Also tracks each component's burst onset (the first sample with a row waiting
+        after QUIET_SAMPLES with none) and its quiet streak (samples with nothing waiting)."""
         for name, component in components.items():
             rows = pending.get(name, 0.0) if component.loaded else 0.0
             component.pending = rows
             component.quiet = component.quiet + 1 if rows <= 0 else 0
             if rows > 0:
                 component.burst_since = now if component.burst_since is None else component.burst_since
-            else:
+            elif component.quiet >= QUIET_SAMPLES:  # one empty sample is a batch just taken, not the end
                 component.burst_since = None
         decisions: dict[str, Decision] = {}
 
