@@ -1,8 +1,10 @@
 """The adaptive runtime: one process beside each deployment that keeps its servers up and adapts them.
 
 A few times a second the keeper (toolkit/runtime/keeper.py) checks that every server still runs and
-starts a dead one again, after which the runtime gives it back its live state. Every interval it
-reads Triton's statistics, the repository index and the live Python stubs, then (unless the
+starts a dead one again, after which the runtime gives it back its live state. Every SAMPLE_S
+(250 ms) between intervals it reads the rows waiting per component from the metrics endpoint and
+gives a burst an instance at once (toolkit/runtime/signals.py, the policy's `burst`). Every interval
+it reads Triton's statistics, the repository index and the live Python stubs, then (unless the
 deployment is static, whose models nothing changes):
 - heals: a component with fewer live stubs than instances (a stub killed, OOM) is reloaded;
 - scales: the policy (toolkit/runtime/policy.py) moves instances between components; a rescale is
