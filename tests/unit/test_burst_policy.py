@@ -148,3 +148,41 @@ def test_rows_a_light_step_drains_in_milliseconds_are_no_burst() -> None:
     policy.decide(10.0, comps, windows)
     (decision,) = policy.burst(10.25, comps, {"light": 16.0, "heavy": 16.0})
     assert decision.model == "heavy" and "112 ms of work" in decision.reason
+
+
+def test_a_busy_step_with_an_empty_queue_gives_no_instance_to_a_burst() -> None:
+    comps = components(parse=1, extractor=2, classifier=2)
+    policy = Policy(cores=2)
+    windows = {
+        "parse": Window(seconds=1.0, requests=200, busy_s=0.9),
+        "extractor": Window(seconds=1.0, requests=200, busy_s=1.4),  # 7 ms a row
+        "classifier": Window(seconds=1.0, requests=100, busy_s=0.7),
+    }
+    policy.decide(10.0, comps, windows)
+    pending = {"parse": 60.0, "extractor": 0.0, "classifier": 0.0}  # extractor starved by parse: busy, no queue
+    rates = {"parse": 200.0, "extractor": 200.0, "classifier": 10.0}  # classifier's clients have left
+    decisions: list[Decision] = []
+    for step in range(QUIET_SAMPLES + 1):
+        decisions += policy.burst(10.25 + step * SAMPLE_S, comps, pending, rates)
+    moved = {d.model: d.instances for d in decisions}
+    assert moved == {"parse": 2, "classifier": 1}  # 200/s x 7 ms = 1.4 cores would not fit on one extractor
+    comps = components(parse=1, extractor=2, classifier=1)  # the classifier at its floor: no donor left
+    policy.decide(20.0, comps, windows)
+    for step in range(QUIET_SAMPLES + 1):
+        assert policy.burst(20.25 + step * SAMPLE_S, comps, pending, rates) == []
+
+
+def test_recent_rates_skip_restarted_and_new_counters() -> None:
+    from toolkit.runtime.supervisor import recent_rates
+
+    samples = [(0.0, {"a": 100.0, "b": 50.0}), (0.5, {"a": 150.0}), (1.0, {"a": 200.0, "b": 10.0, "c": 5.0})]
+    assert recent_rates(samples) == {"a": 100.0}
+    assert recent_rates(samples[:1]) is None
+
+
+def test_served_requests_are_summed_per_model() -> None:
+    from toolkit.runtime.signals import served
+
+    text = 'nv_inference_request_success{model="a",version="1"} 7\n'
+    text += 'nv_inference_request_success{model="a",version="2"} 3'
+    assert served(text) == {"a": 10.0}

@@ -98,6 +98,7 @@ class Component:
     burst_since: Optional[float] = None  # first sample with a row waiting after a quiet second
     burst: bool = False  # being grown for a burst (its load: at least a core per instance)
     row_s: Optional[float] = None  # busy time per row, last window with enough requests to say
+    recent_rate: Optional[float] = None  # requests/s over the last second of samples (None: not known)
 
     @property
     def autoscaled(self) -> bool:
@@ -241,7 +242,13 @@ class Policy:
         self._grow_downstream(component, n, components, settled, decisions)
         return spare
 
-    def burst(self, now: float, components: dict[str, Component], pending: dict[str, float]) -> list[Decision]:
+    def burst(
+        self,
+        now: float,
+        components: dict[str, Component],
+        pending: dict[str, float],
+        rates: Optional[dict[str, float]] = None,
+    ) -> list[Decision]:
         """From one sample of the rows waiting per component (pushed every 250 ms): a component whose
         waiting rows jump past BURST_ROWS_PER_INSTANCE per instance, and past BURST_WAIT_S of work at
         its measured time per row (a light step drains a dozen rows in milliseconds), gets an instance
@@ -250,6 +257,7 @@ class Policy:
         for name, component in components.items():
             rows = pending.get(name, 0.0) if component.loaded else 0.0
             component.pending = rows
+            component.recent_rate = rates.get(name) if rates is not None else None
             component.quiet = component.quiet + 1 if rows <= 0 else 0
             if rows > 0:
                 component.burst_since = now if component.burst_since is None else component.burst_since
@@ -283,11 +291,19 @@ class Policy:
         return list(decisions.values())
 
     def _quiet_donor(self, components: dict[str, Component], settled: object, exclude: str) -> Optional[Component]:
-        """For a burst: an autoscaled component above its floor with nothing waiting for a second."""
+        """For a burst: an autoscaled component above its floor with nothing waiting for a second and
+        whose load of that second would fit in one instance fewer. Both: an ensemble step downstream
+        of a starved step has an empty queue while it is busy."""
+
+        def fits(c: Component) -> bool:
+            if c.recent_rate is None or c.row_s is None:
+                return self._spare_instance(c)
+            return c.recent_rate * c.row_s / (c.instances - 1) < DOWN_TO
+
         idle = [
             c
             for c in components.values()
-            if c.name != exclude and settled(c) and c.instances > c.floor and c.quiet >= QUIET_SAMPLES  # type: ignore[operator]
+            if c.name != exclude and settled(c) and c.instances > c.floor and c.quiet >= QUIET_SAMPLES and fits(c)  # type: ignore[operator]
         ]
         return min(idle, key=lambda c: c.utilisation) if idle else None
 

@@ -10,6 +10,7 @@ counters needs a second to say anything.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Optional
 
 COMPOUND_PENDING = "compound_pending_requests"
 TRITON_PENDING = "nv_inference_pending_request_count"
+TRITON_SUCCESS = "nv_inference_request_success"
 SAMPLE_S = 0.25  # how often the runtime reads it: the generated models' push interval
 _LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -43,10 +45,26 @@ def pending_rows(text: str) -> dict[str, float]:
     return {name: max(ours.get(name, 0.0), triton.get(name, 0.0)) for name in set(ours) | set(triton)}
 
 
-def scrape(url: str, timeout: float = 1.0) -> Optional[dict[str, float]]:
-    """One read of a server's metrics endpoint; None when it does not answer (the window goes on)."""
+def served(text: str) -> dict[str, float]:
+    """Requests each model has answered so far (a counter): two samples give its recent rate."""
+    total: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match is None or match["name"] != TRITON_SUCCESS:
+            continue
+        model = dict(_LABEL.findall(match["labels"])).get("model")
+        with contextlib.suppress(ValueError):
+            if model is not None:
+                total[model] = total.get(model, 0.0) + float(match["value"])
+    return total
+
+
+def scrape(url: str, timeout: float = 1.0) -> Optional[tuple[dict[str, float], dict[str, float]]]:
+    """One read of a server's metrics endpoint: rows waiting and requests served per model; None
+    when it does not answer (the window goes on)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the server's own endpoint
-            return pending_rows(response.read().decode("utf-8", "replace"))
+            text = response.read().decode("utf-8", "replace")
     except (OSError, urllib.error.URLError, ValueError):
         return None
+    return pending_rows(text), served(text)

@@ -40,7 +40,7 @@ from toolkit.observe.stats import ModelCounters
 from toolkit.repository.render import read_manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
-from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
+from toolkit.runtime.policy import QUIET_SAMPLES, Bounds, Component, Decision, Policy, Window
 from toolkit.runtime.signals import SAMPLE_S, scrape
 from toolkit.targets.fleet import ServerSet
 from toolkit.targets.server import missing_stubs, stub_counts, target_class
@@ -78,6 +78,7 @@ class Supervisor:
         self.decisions: list[dict[str, Any]] = []
         self.generation = 0
         self.suspects: set[str] = set()  # components short of stubs in the last window
+        self.served: list[tuple[float, dict[str, float]]] = []  # requests served per model, last samples
         self.tracing: Any = None
         if self.config.otlp_endpoint:
             from toolkit.observe.tracing import runtime_tracing
@@ -138,11 +139,15 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         if not self.config.scale or not self.components:
             return []
-        pending = scrape(self.config.metrics_url)
-        if pending is None:
+        read = scrape(self.config.metrics_url)
+        if read is None:
             return []
+        pending, served = read
+        self.served.append((now, served))
+        self.served = self.served[-(QUIET_SAMPLES + 1) :]  # a second of samples
+        rates = recent_rates(self.served)
         with runtime_may_act(self.config.repository) as may_act:
-            decisions = self.policy.burst(now, self.components, pending) if may_act else []
+            decisions = self.policy.burst(now, self.components, pending, rates) if may_act else []
             for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         if decisions:
@@ -422,6 +427,15 @@ class Supervisor:
             time.sleep(max(0.0, pause))
         self.write_status(time.monotonic())
         self.log("runtime stopped")
+
+
+def recent_rates(samples: list[tuple[float, dict[str, float]]]) -> Optional[dict[str, float]]:
+    """Requests/s per model between the first and the last sample; a model whose counter went back
+    (a reload restarted it) or that is new has no rate."""
+    (first, before), (last, after) = samples[0], samples[-1]
+    if last - first <= 0:
+        return None
+    return {m: (n - before[m]) / (last - first) for m, n in after.items() if m in before and n >= before[m]}
 
 
 def all_stubs(state: DeploymentState) -> Optional[dict[str, int]]:
