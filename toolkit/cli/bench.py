@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from toolkit.bench.profiles import ALL_PROFILES
 from toolkit.core.errors import CompoundError
 from toolkit.core.units import parse_duration
+from toolkit.runtime.pricing import Prices
 
 
 def _int_list(value: str) -> list[int]:
@@ -83,6 +84,16 @@ def _int_list(value: str) -> list[int]:
 @click.option(
     "--phase-seconds", type=click.FloatRange(min=1.0), default=20.0, show_default=True, help="[--workload] Each phase."
 )
+@click.option(
+    "--price-per-core-hour",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="PRICE",
+    help="[--workload] What a reserved core costs an hour: the report adds the cost per 1,000 requests.",
+)
+@click.option(
+    "--price-per-gpu-hour", type=click.FloatRange(min=0), default=0.0, metavar="PRICE", help="[--workload] Per GPU."
+)
 def bench(
     spec: Path,
     pipeline: Optional[str],
@@ -97,6 +108,8 @@ def bench(
     workload: Optional[str],
     phase_seconds: float,
     tuned: Optional[Path],
+    price_per_core_hour: float,
+    price_per_gpu_hour: float,
 ) -> None:
     """Deploy each profile in turn and measure it with the same load generator; write a table,
     results.json and PNG plots to OUT. With --workload: static against adaptive under a schedule."""
@@ -104,7 +117,9 @@ def bench(
 
     if workload:
         explicit = click.get_current_context().get_parameter_source("concurrency") != ParameterSource.DEFAULT
-        _workload(spec, workload, pipeline, max(_int_list(concurrency)) if explicit else 0, phase_seconds, cores, out)
+        burst = max(_int_list(concurrency)) if explicit else 0
+        prices = Prices(price_per_core_hour, price_per_gpu_hour)
+        _workload(spec, workload, pipeline, burst, phase_seconds, cores, out, prices)
         return
     if not pipeline:
         raise click.UsageError("Missing option '--pipeline' / '-p'.")
@@ -136,7 +151,14 @@ def bench(
 
 
 def _workload(
-    spec: Path, workload: str, pipeline: Optional[str], burst: int, phase_seconds: float, cores: int, out: Path
+    spec: Path,
+    workload: str,
+    pipeline: Optional[str],
+    burst: int,
+    phase_seconds: float,
+    cores: int,
+    out: Path,
+    prices: Prices,
 ) -> None:
     from toolkit.bench.workload import DEFAULT_BURST, WorkloadRunner, WorkloadSettings, format_table
 
@@ -149,6 +171,7 @@ def _workload(
         burst=burst or DEFAULT_BURST,
         cores=cores,
         command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        prices=prices,
     )
     report = WorkloadRunner(settings, log=lambda m: click.echo(m, err=True)).run()
     click.echo(format_table(report))

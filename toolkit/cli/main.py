@@ -210,6 +210,21 @@ def _reject_other_targets_options(ctx: click.Context, target: str) -> None:
     "[default: each model's autoscale.max only]",
 )
 @click.option(
+    "--price-per-core-hour",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="PRICE",
+    help="[local, docker] What a reserved core costs an hour: `compound status` prices the runtime's core-seconds "
+    "and shows the cost per 1,000 requests",
+)
+@click.option(
+    "--price-per-gpu-hour",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="PRICE",
+    help="[local, docker] What a GPU costs an hour (the runtime's GPU-seconds), as --price-per-core-hour",
+)
+@click.option(
     "--redis",
     "redis_url",
     default=None,
@@ -398,6 +413,8 @@ def deploy(
         runtime=options["runtime"],
         cores=options["cores"],
         gpu_budget=options["gpu_budget"],
+        price_per_core_hour=options["price_per_core_hour"],
+        price_per_gpu_hour=options["price_per_gpu_hour"],
         redis_url=check_redis_url(options["redis_url"]) if options["redis_url"] else None,
         otlp_endpoint=check_otlp_endpoint(options["otlp_endpoint"]) if options["otlp_endpoint"] else None,
         trace_rate=options["trace_rate"],
@@ -581,6 +598,15 @@ def status(name: Optional[str], as_json: bool) -> None:
             f"{runtime['instance_seconds']:.0f} instance-s, {runtime['core_seconds']:.0f} core-s,"
             f" {runtime['requests']} requests"
         )
+        cost = runtime.get("cost") or {}
+        if cost.get("prices"):
+            per_1k = cost["per_1k_requests"]
+            click.echo(
+                f"  cost:       {cost['cost']:.4f} for {cost['core_s']:.0f} core-s and {cost['gpu_s']:.0f} GPU-s"
+                " reserved"
+                f" (per core-hour {cost['prices']['core_hour']:g}, per GPU-hour {cost['prices']['gpu_hour']:g});"
+                + (f" {per_1k:.5f} per 1,000 requests" if per_1k is not None else " no request yet")
+            )
         for model, info in runtime["components"].items():
             bounds = info["autoscale"]
             scaled = f"autoscale {bounds['min']}..{bounds['max']}" if bounds else "fixed"

@@ -21,6 +21,7 @@ from toolkit.core.errors import CompoundError
 from toolkit.core.system import free_ports, read_tail
 from toolkit.observe.canary import canary_report
 from toolkit.runtime.keeper import planned_restart_path
+from toolkit.runtime.pricing import Prices, cost_summary
 from toolkit.runtime.process import RuntimeProcess, read_restarts
 from toolkit.targets.proxy import EnvoyProxy, Replica, recorded_counters, recorded_proxy_running, stop_recorded_proxy
 from toolkit.targets.server import TritonServer, grpc_ready, http_ready, missing_stubs, new_api_key, target_class
@@ -462,6 +463,7 @@ def runtime_config(state: DeploymentState, request: DeployRequest, state_file: P
         otlp_endpoint=request.otlp_endpoint or "",
         scale=request.runtime,
         servers=[[f"{state.host}:{s.http_port}", f"{state.host}:{s.grpc_port}"] for s in state.server_records()],
+        prices=Prices(request.price_per_core_hour, request.price_per_gpu_hour).as_dict(),
     )
 
 
@@ -496,6 +498,7 @@ def runtime_summary(runtime: dict[str, Any]) -> dict[str, Any]:
         "core_seconds": float(total.get("core_s", 0.0)),
         "gpu_seconds": float(total.get("gpu_s", 0.0)),
         "requests": int(total.get("requests", 0)),
+        "cost": cost_summary(total, Prices.of(runtime.get("prices"))),
         "components": {
             name: {
                 "instances": info["instances"],

@@ -1,8 +1,10 @@
 """The adaptive runtime: one process beside each deployment that keeps its servers up and adapts them.
 
 A few times a second the keeper (toolkit/runtime/keeper.py) checks that every server still runs and
-starts a dead one again, after which the runtime gives it back its live state. Every interval it
-reads Triton's statistics, the repository index and the live Python stubs, then (unless the
+starts a dead one again, after which the runtime gives it back its live state. Every SAMPLE_S
+(250 ms) between intervals it reads the rows waiting per component from the metrics endpoint and
+gives a burst an instance at once (toolkit/runtime/signals.py, the policy's `burst`). Every interval
+it reads Triton's statistics, the repository index and the live Python stubs, then (unless the
 deployment is static, whose models nothing changes):
 - heals: a component with fewer live stubs than instances (a stub killed, OOM) is reloaded;
 - scales: the policy (toolkit/runtime/policy.py) moves instances between components; a rescale is
@@ -39,7 +41,8 @@ from toolkit.repository.manifest import FILE as MANIFEST_FILE
 from toolkit.repository.manifest import Manifest
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
-from toolkit.runtime.policy import Bounds, Component, Decision, Policy, Window
+from toolkit.runtime.policy import QUIET_SAMPLES, Bounds, Component, Decision, Policy, Window
+from toolkit.runtime.signals import SAMPLE_S, scrape
 from toolkit.runtime.streams import max_streams_of, with_streams
 from toolkit.targets.fleet import ServerSet
 from toolkit.targets.server import missing_stubs, stub_counts, target_class
@@ -77,6 +80,7 @@ class Supervisor:
         self.decisions: list[dict[str, Any]] = []
         self.generation = 0
         self.suspects: set[str] = set()  # components short of stubs in the last window
+        self.served: list[tuple[float, dict[str, float]]] = []  # requests served per model, last samples
         self.tracing: Any = None
         if self.config.otlp_endpoint:
             from toolkit.observe.tracing import runtime_tracing
@@ -124,10 +128,43 @@ class Supervisor:
                 return []
             self._heal(loaded, now)
             decisions = self.policy.decide(now, self.components, windows)
-            for decision in decisions:
+            for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         self.write_status(now)
         return decisions
+
+    def react(self, now: Optional[float] = None) -> list[Decision]:
+        """Between windows, every SAMPLE_S: read the rows waiting per component and give a burst an
+        instance at once (the policy's `burst`); nothing when the deployment is static."""
+        now = time.monotonic() if now is None else now
+        if not self.config.scale or not self.components:
+            return []
+        read = scrape(self.config.metrics_url)
+        if read is None:
+            return []
+        pending, served = read
+        self.served.append((now, served))
+        self.served = self.served[-(QUIET_SAMPLES + 1) :]  # a second of samples
+        rates = recent_rates(self.served)
+        with runtime_may_act(self.config.repository) as may_act:
+            decisions = self.policy.burst(now, self.components, pending, rates) if may_act else []
+            for decision in self._growing_first(decisions):
+                self._apply(decision, now)
+        if decisions:
+            self.write_status(now)
+        return decisions
+
+    def _growing_first(self, decisions: list[Decision]) -> list[Decision]:
+        """Grow before shrinking: each load blocks until done, and an instance removed takes about as
+        long as one added (measured on Triton 2.51: 1.0 s to remove, 0.8 s to add one), so a donor
+        shrinking first would hold the bottleneck's new instance back by a second. For a moment the
+        cores hold one instance more than the budget; a GPU one is never grown onto a GPU not freed yet."""
+
+        def grows(d: Decision) -> bool:
+            c = self.components.get(d.model)
+            return c is not None and d.action == "scale" and d.instances > c.instances and not c.gpu
+
+        return sorted(decisions, key=lambda d: not grows(d))
 
     def _refresh_components(self, now: float) -> set[str]:
         """Track every component model; pick up ones loaded since (an orchestrator loading an
@@ -241,23 +278,35 @@ class Supervisor:
             config = self.servers.config(decision.model)
             for group in config.get("instance_group") or []:
                 group["count"] = decision.instances
+            grows = decision.instances > component.instances
             error = self.servers.load({decision.model: config})[decision.model]
             if error is None:
                 component.instances = decision.instances
         component.last_change = now
         component.hot = component.cold = 0
         outcome = decision.reason if error is None else f"{decision.reason}; FAILED: {error}"
+        reaction = None
+        if decision.action == "scale" and error is None and grows and component.burst_since is not None:
+            # the load returns once the new instances serve: from the first queued request seen to here
+            served = time.monotonic()
+            reaction = max(0.0, served - component.burst_since)
+            outcome += f"; serving {reaction:.2f} s after the first queued request (load {served - now:.2f} s)"
+            component.burst_since = None
         component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
-        self._record(now, decision.model, decision.action, decision.instances, outcome)
+        self._record(now, decision.model, decision.action, decision.instances, outcome, reaction)
 
-    def _record(self, now: float, model: str, action: str, instances: int, reason: str) -> None:
-        entry = {
+    def _record(
+        self, now: float, model: str, action: str, instances: int, reason: str, reaction_s: Optional[float] = None
+    ) -> None:
+        entry: dict[str, Any] = {
             "t": round(now - self.started, 2),
             "model": model,
             "action": action,
             "instances": instances,
             "reason": reason,
         }
+        if reaction_s is not None:
+            entry["reaction_s"] = round(reaction_s, 3)
         self.decisions.append(entry)
         if model in self.components and action in ("heal", "loaded"):
             self.components[model].last_decision = f"{action}: {reason}"
@@ -294,6 +343,7 @@ class Supervisor:
             "cores": self.config.cores,
             "models": models,
             "total": total,
+            "prices": self.config.prices,
             "scaling": self.config.scale,
             "decisions": self.decisions[-50:],
         }
@@ -347,7 +397,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        last_seen = next_tick = time.monotonic()
+        last_seen = next_tick = next_sample = time.monotonic()
         cores, interval = self.config.cores, self.config.interval_s
         mode = "" if self.config.scale else ", static (instance counts fixed)"
         self.log(f"runtime for '{self.config.name}' started: {cores:g} cores, interval {interval:g} s{mode}")
@@ -368,10 +418,26 @@ class Supervisor:
                     if keeper is None and began - last_seen > GONE_AFTER_S:
                         self.log(f"server gone for {GONE_AFTER_S:.0f} s ({exc}); runtime ends")
                         break
-            pause = min(next_tick, time.monotonic() + WATCH_INTERVAL_S) - time.monotonic()
+            elif began >= next_sample:
+                try:
+                    self.react(began)
+                except (CompoundError, OSError) as exc:
+                    self.log(f"reacting to a burst failed: {exc}")
+            if began >= next_sample:
+                next_sample = began + SAMPLE_S
+            pause = min(next_tick, next_sample, time.monotonic() + WATCH_INTERVAL_S) - time.monotonic()
             time.sleep(max(0.0, pause))
         self.write_status(time.monotonic())
         self.log("runtime stopped")
+
+
+def recent_rates(samples: list[tuple[float, dict[str, float]]]) -> Optional[dict[str, float]]:
+    """Requests/s per model between the first and the last sample; a model whose counter went back
+    (a reload restarted it) or that is new has no rate."""
+    (first, before), (last, after) = samples[0], samples[-1]
+    if last - first <= 0:
+        return None
+    return {m: (n - before[m]) / (last - first) for m, n in after.items() if m in before and n >= before[m]}
 
 
 def all_stubs(state: DeploymentState) -> Optional[dict[str, int]]:

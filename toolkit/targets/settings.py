@@ -70,6 +70,8 @@ class DeployRequest:
     runtime: bool = True
     cores: Optional[float] = None  # the cores the runtime may fill (default: those this process may use)
     gpu_budget: Optional[int] = None
+    price_per_core_hour: float = 0.0  # what a reserved core costs an hour (0: core-seconds, unpriced)
+    price_per_gpu_hour: float = 0.0
     # the shared tier of components' tiered caches (local, docker, kubernetes)
     redis_url: Optional[str] = None
     # OpenTelemetry tracing (local, docker, kubernetes): Triton's spans and the runtime's, 1 in trace_rate

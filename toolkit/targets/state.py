@@ -181,6 +181,7 @@ class RuntimeConfig:
     scale: bool = True  # False (a static deployment): instance counts stay; crashed servers still restart
     supervise: bool = True  # restart a server whose process or container died (local and Docker)
     servers: list[list[str]] = field(default_factory=list)  # [http_url, grpc_url] of each replica; [] = the one above
+    prices: dict[str, float] = field(default_factory=dict)  # {core_hour, gpu_hour}: what status prices the account at
 
     def save(self) -> Path:
         path = Path(self.run_dir) / CONFIG_FILE
