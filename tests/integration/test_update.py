@@ -122,3 +122,35 @@ def test_canary_splits_every_topology_then_promote_and_rollback(server: LocalSer
     rollback(live, log=print)
     assert answer(client, "chain") == 2.0
     client.close()
+
+
+def test_update_and_rollback_reach_every_replica_behind_the_proxy(tmp_path: Path) -> None:
+    """With --replicas, an update loads on each replica directly (not through the proxy, which would
+    pick one): afterwards every replica answers with the new version, and after a rollback with the old."""
+    from toolkit.core.system import free_port
+    from toolkit.deployment.deployment import Deployment
+    from toolkit.targets.settings import DeployRequest
+
+    repo = render_repository(plan_spec(write_spec(tmp_path / "v0", 0)), tmp_path / "repo")
+    request = DeployRequest(
+        repository=repo,
+        name="updated-replicas",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        replicas=2,
+    )
+    deployment = Deployment.start(request)
+    try:
+        state = deployment.state
+        replicas = [grpcclient.InferenceServerClient(f"{state.host}:{s.grpc_port}") for s in state.server_records()]
+        live = LiveDeployment.of(state)
+        assert [answer(c, "chain") for c in replicas] == [2.0, 2.0]
+        update(live, plan_spec(write_spec(tmp_path / "v1", 1)), log=lambda line: None)
+        assert [answer(c, p) for c in replicas for p in PIPELINES] == [4.0] * 2 * len(PIPELINES)
+        rollback(live, log=lambda line: None)
+        assert [answer(c, p) for c in replicas for p in PIPELINES] == [2.0] * 2 * len(PIPELINES)
+        for client in replicas:
+            client.close()
+    finally:
+        Deployment.find("updated-replicas").stop()
