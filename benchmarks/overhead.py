@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -107,14 +107,21 @@ def write_spec(folder: Path) -> Path:
     return path
 
 
-def build_repository(spec: Path, out: Path, fanout: bool) -> None:
-    """The spec's repository plus `handwritten` (zero_0's config, the hand-written model.py) and, for
-    --fanout, chain_k_bls (forced orchestrator) and chain_k_fused (fused, one instance) per k."""
+def build_repository(spec: Path, out: Path, fanout: bool, also: Optional[dict[str, Path]] = None) -> None:
+    """The spec's repository plus `handwritten` (zero_0's config, the hand-written model.py), a copy
+    of zero_0 per `also` entry with another model.py in place of the runtime (e.g. an older one) and,
+    for --fanout, chain_k_bls (forced orchestrator) and chain_k_fused (fused, one instance) per k."""
     plan = plan_spec(spec)
     files = render_files(plan)
     config = files["zero_0/config.pbtxt"].decode()
     files["handwritten/config.pbtxt"] = config.replace('name: "zero_0"', 'name: "handwritten"').encode()
     files["handwritten/1/model.py"] = HANDWRITTEN.encode()
+    for name, model_py in (also or {}).items():
+        for path, content in list(files.items()):
+            if path.startswith("zero_0/"):
+                files[name + path[len("zero_0") :]] = content
+        files[f"{name}/config.pbtxt"] = config.replace('name: "zero_0"', f'name: "{name}"').encode()
+        files[f"{name}/1/model.py"] = model_py.read_bytes()
     if fanout:
         env = template_env()
         for k in CHAINS:
@@ -159,13 +166,14 @@ def measure(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="compound-overhead-"))
     spec = write_spec(work / "spec")
-    build_repository(spec, work / "repo", args.fanout)
+    also = dict(entry.split("=", 1) for entry in args.also)
+    build_repository(spec, work / "repo", args.fanout, {name: Path(path) for name, path in also.items()})
     rows = work / "rows.npz"
     np.savez(rows, x=np.random.default_rng(0).standard_normal((256, DIM)).astype(np.float32))
     if args.fanout:
         models = ["zero_0"] + [f"chain_{k}{suffix}" for k in CHAINS for suffix in ("", "_bls", "_fused")]
     else:
-        models = ["zero_0", "handwritten"]
+        models = ["zero_0", "handwritten", *also]
     http, grpc, metrics = free_ports(3)
     best: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in models}
     with LocalServer(
@@ -231,6 +239,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternate the models this many times; best kept")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead"))
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="NAME=MODEL_PY",
+        help="also serve zero_0 as NAME with this model.py (e.g. the runtime before a change)",
+    )
     parser.add_argument("--label", default="", help="suffix of the result file (e.g. before/after a change)")
     args = parser.parse_args()
     began = time.time()
