@@ -173,6 +173,12 @@ class TritonPythonModel:
             self.waiters = concurrent.futures.ThreadPoolExecutor(STREAM_WAITERS, thread_name_prefix="compound-stream")
             self.execute = self.execute_streaming  # type: ignore[method-assign] - plain pipelines keep theirs
             self._call = self._call_or_stream  # type: ignore[method-assign]
+        elif not _calls_models(self.program["body"]) and not self.on_demand.models:
+            # Every step runs in this process (fused): nothing to await on the server. Run the program
+            # on an event loop of this thread instead of handing execute() to the backend's loop
+            # thread and back, which costs more than a light pipeline's handlers.
+            self.loop = asyncio.new_event_loop()
+            self.execute = self.execute_here  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
@@ -236,6 +242,10 @@ class TritonPythonModel:
 
         await asyncio.gather(*(run(members) for members in groups.values()))
         return responses
+
+    def execute_here(self, requests: list[Any]) -> list[Any]:
+        """execute() of a program with no step on another model, run to completion in this thread."""
+        return self.loop.run_until_complete(TritonPythonModel.execute(self, requests))
 
     async def execute_streaming(self, requests: list[Any]) -> None:
         """Streaming pipelines (decoupled): each request runs alone, its streaming step's responses go
@@ -781,6 +791,17 @@ def _tracing_module(here: str) -> Any:
     if not os.environ.get("COMPOUND_OTLP_ENDPOINT"):
         return None
     return sys.modules.get("compound_tracing") or _sibling_module(here, "compound_tracing", required=False)
+
+
+def _calls_models(node: Any) -> bool:
+    """Whether a program node (or any node under it) calls another model (a step not fused inline)."""
+    if isinstance(node, dict):
+        if node.get("op") == "model" and not node.get("inline"):
+            return True
+        return any(_calls_models(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_calls_models(value) for value in node)
+    return False
 
 
 def _consume_error(future: asyncio.Future[None]) -> None:

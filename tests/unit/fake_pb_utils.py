@@ -299,5 +299,8 @@ def load_template(path: Path, name: str) -> ModuleType:
 
 
 def run(coroutine: Any) -> Any:
-    """An async execute() to completion on a fresh event loop."""
+    """An async execute() to completion on a fresh event loop; what a plain execute() returned, as
+    it is (as the stub does: it runs the result only if it is a coroutine)."""
+    if not asyncio.iscoroutine(coroutine):
+        return coroutine
     return asyncio.run(coroutine)
