@@ -18,11 +18,11 @@ from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
 from toolkit.cli.main import cli
 from toolkit.client import model_config
-from toolkit.core.system import free_port
+from toolkit.core.system import command_line, free_port
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
 from toolkit.runtime.supervisor import Supervisor
-from toolkit.targets.local import LocalServer, command_line, group_members
+from toolkit.targets.local import LocalServer, group_members
 from toolkit.targets.server import stub_counts
 from toolkit.targets.state import RuntimeConfig
 

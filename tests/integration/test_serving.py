@@ -177,7 +177,8 @@ def test_stopping_a_crashed_server_removes_its_orphaned_stubs(tmp_path: Path) ->
     import time
 
     from tests.conftest import start_server
-    from toolkit.targets.local import command_line, group_members
+    from toolkit.core.system import command_line
+    from toolkit.targets.local import group_members
     from toolkit.targets.server import is_stub
 
     server = start_server(Path(__file__).resolve().parents[2] / "model_repository", tmp_path)

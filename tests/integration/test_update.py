@@ -16,11 +16,12 @@ import tritonclient.grpc as grpcclient
 
 from tests.conftest import FIXTURES, start_server
 from tests.integration.load import Load
+from toolkit.core.system import command_line
 from toolkit.observe.canary import canary_report
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
 from toolkit.repository.versions import VERSIONS_FILE, VersionRecord
-from toolkit.targets.local import LocalServer, command_line, group_members
+from toolkit.targets.local import LocalServer, group_members
 from toolkit.update.apply import LiveDeployment, promote, rollback, update
 
 PIPELINES = ("chain", "routed", "fused", "grouped")

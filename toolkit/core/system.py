@@ -127,3 +127,27 @@ class OwnedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def proc_stat_fields(pid: int) -> Optional[list[str]]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, ...; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    fields = proc_stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def command_line(pid: int) -> list[str]:
+    """A process's argv ([] once it is gone, or for a zombie)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+    except OSError:
+        return []

@@ -23,7 +23,14 @@ from toolkit.observe.canary import canary_report
 from toolkit.runtime.keeper import planned_restart_path
 from toolkit.runtime.pricing import Prices, cost_summary
 from toolkit.runtime.process import RuntimeProcess, read_restarts
-from toolkit.targets.proxy import EnvoyProxy, Replica, recorded_counters, recorded_proxy_running, stop_recorded_proxy
+from toolkit.targets.proxy import (
+    EnvoyProxy,
+    Replica,
+    check_listen_ports,
+    recorded_counters,
+    recorded_proxy_running,
+    stop_recorded_proxy,
+)
 from toolkit.targets.server import TritonServer, grpc_ready, http_ready, missing_stubs, new_api_key, target_class
 from toolkit.targets.settings import DeployRequest, Endpoints, save_request
 from toolkit.targets.state import (
@@ -194,9 +201,6 @@ class Deployment:
     def restarts(self) -> list[dict[str, Any]]:
         """Every server restart the runtime made, oldest first (why, when, how long it was down)."""
         return read_restarts(self.state.workdir)
-
-    def log_tail(self, lines: int) -> str:
-        return self.owner.recorded_log_tail(self.state, lines)
 
     def logs(self, lines: int) -> str:
         """The server's log tail, the last crash (if any), then the runtime's decisions."""
@@ -391,8 +395,7 @@ def start_replicas(request: DeployRequest, workdir: Path) -> DeploymentState:
         raise CompoundError("--replicas with --target kubernetes is the pod count", hint="see docs/deploy.md")
     owner = target_class(request.target)
     key = request.api_key or new_api_key()
-    proxy_ports = EnvoyProxy([Replica(request.host, 1, 1)], http_port=request.http_port, grpc_port=request.grpc_port)
-    proxy_ports.preflight()  # the public ports are the proxy's: checked before any server starts
+    check_listen_ports(request.host, request.http_port, request.grpc_port)  # the proxy's, before any server starts
     ports = free_ports(3 * count, request.host)
     servers: list[TritonServer] = []
     for index in range(count):

@@ -131,23 +131,10 @@ class Keeper:
             watch.retry_at = time.monotonic() + backoff_s(watch.quick_crashes)
             self.log(f"{time.strftime('%H:%M:%S')} the proxy did not start again ({exc}); trying again later")
             return
-        state = read_state(self.state_file) if self.state_file.is_file() else self.state
-        state.proxy = proxy.record()
-        write_state(state, self.state_file)
-        self.state = state
-        self.restarts += 1
-        record_restart(
-            self.run_dir,
-            {
-                "n": self.restarts,
-                "server": "proxy",
-                "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "reason": "the proxy exited",
-                "crash_log": record.log_path,
-                "start_s": round(time.monotonic() - now, 2),
-                "down_s": round(time.monotonic() - watch.down_since, 2),
-            },
-        )
+        new = proxy.record()
+        self._update_state(lambda state: setattr(state, "proxy", new))
+        done = time.monotonic()
+        self._note_restart("proxy", "the proxy exited", record.log_path, done - now, done - watch.down_since)
         self.log(f"{time.strftime('%H:%M:%S')} the proxy serves again (pid {proxy.pid})")
         watch.down_since = None
 
@@ -173,19 +160,8 @@ class Keeper:
         self._record_server(index, record)
         ready = time.monotonic()
         down_s = ready - (watch.down_since if watch.down_since is not None else now)
-        self.restarts += 1
-        record_restart(
-            self.run_dir,
-            {
-                "n": self.restarts,
-                "server": index,
-                "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "reason": watch.reason or "the server exited",
-                "crash_log": str(self._crash_log_path(self.restarts)),
-                "start_s": round(ready - began, 2),
-                "down_s": round(down_s, 2),
-            },
-        )
+        crash_log = str(self._crash_log_path(self.restarts + 1))
+        self._note_restart(index, watch.reason or "the server exited", crash_log, ready - began, down_s)
         self.log(
             f"{time.strftime('%H:%M:%S')} server {index}: serving again ({ready - began:.1f} s to start and warm, "
             f"{down_s:.1f} s down); restart {self.restarts}"
@@ -196,14 +172,39 @@ class Keeper:
     def _record_server(self, index: int, record: ServerRecord) -> None:
         """The new pid (or container) goes into the deployment's state at once, so that `compound
         stop` finds the restarted server."""
+
+        def change(state: DeploymentState) -> None:
+            servers = state.server_records()
+            servers[index] = record
+            state.servers = servers
+            if index == 0:
+                state.pid, state.container = servers[0].pid, servers[0].container
+
+        self._update_state(change)
+
+    def _update_state(self, change: Callable[[DeploymentState], None]) -> None:
+        """Apply `change` to the deployment's state as recorded now (a command may have written it
+        since), write it back, and keep it."""
         state = read_state(self.state_file) if self.state_file.is_file() else self.state
-        servers = state.server_records()
-        servers[index] = record
-        state.servers = servers
-        if index == 0:
-            state.pid, state.container = servers[0].pid, servers[0].container
+        change(state)
         write_state(state, self.state_file)
         self.state = state
+
+    def _note_restart(self, server: int | str, reason: str, crash_log: str, start_s: float, down_s: float) -> None:
+        """One more restart, in restarts.jsonl (what `compound status` counts and names)."""
+        self.restarts += 1
+        record_restart(
+            self.run_dir,
+            {
+                "n": self.restarts,
+                "server": server,
+                "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "reason": reason,
+                "crash_log": crash_log,
+                "start_s": round(start_s, 2),
+                "down_s": round(down_s, 2),
+            },
+        )
 
     def _crash_log_path(self, number: int) -> Path:
         return self.run_dir / f"crash-{number}.log"

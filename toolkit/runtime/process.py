@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from toolkit.core.system import command_line, pid_alive
 from toolkit.targets.state import LOG_FILE, RuntimeConfig
 
 RESTARTS_FILE = "restarts.jsonl"
@@ -38,13 +39,9 @@ class RuntimeProcess:
     @staticmethod
     def alive(pid: Optional[int]) -> Optional[int]:
         """The pid while it is the runtime's (not a process that reused it), else None."""
-        if not pid:
+        if not pid or not pid_alive(pid):
             return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                return pid if MODULE.encode() in cmdline.read() else None
-        except OSError:
-            return None
+        return pid if MODULE in command_line(pid) else None
 
     @staticmethod
     def stop(pid: Optional[int]) -> None:

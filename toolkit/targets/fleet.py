@@ -39,10 +39,6 @@ class ServerSet:
     def first(self) -> ServerAddress:
         return self.servers[0]
 
-    def index(self) -> list[dict[str, Any]]:
-        """The repository index of the first server (every server loads the same models)."""
-        return repository_index(self.first.http_url, api_key_headers(self.api_key))
-
     def ready_models(self) -> set[str]:
         """Models READY on every server."""
         ready: Optional[set[str]] = None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import die_with_parent, read_tail
+from toolkit.core.system import command_line, die_with_parent, pid_alive, proc_stat_fields, read_tail
 from toolkit.targets.server import (
     TritonServer,
     compile_python,
@@ -269,7 +269,7 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline and (process.poll() is None if process is not None else _pid_alive(pid)):
+    while time.monotonic() < deadline and (process.poll() is None if process is not None else pid_alive(pid)):
         time.sleep(0.1)
     # The server leads its own process group (start_new_session): SIGKILL whatever is left of it,
     # the server itself after the grace period, and a Python-backend stub that outlived a clean
@@ -317,27 +317,10 @@ def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (a stopped server's must be none)."""
     members = []
     for entry in Path("/proc").iterdir():
-        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        fields = proc_stat_fields(int(entry.name)) if entry.name.isdigit() else None
         if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
-
-
-def _stat_fields(pid: int) -> Optional[list[str]]:
-    """/proc/PID/stat after the command name: state, ppid, pgrp, ...; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def command_line(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
-    except OSError:
-        return []
 
 
 def all_command_lines() -> list[list[str]]:
@@ -345,19 +328,11 @@ def all_command_lines() -> list[list[str]]:
     return [command_line(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
-def _pid_alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
-
-
 def _is_tritonserver(pid: int) -> bool:
     """Guards against signalling an unrelated process that reused a recorded pid."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"tritonserver" in cmdline.read().split(b"\0")[0]
-    except OSError:
-        return False
+    argv = command_line(pid)
+    return bool(argv) and "tritonserver" in argv[0]
 
 
 def pid_running_tritonserver(pid: Optional[int]) -> bool:
-    return pid is not None and _pid_alive(pid) and _is_tritonserver(pid)
+    return pid is not None and pid_alive(pid) and _is_tritonserver(pid)

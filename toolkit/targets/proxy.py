@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import die_with_parent, free_port, read_tail
+from toolkit.core.system import command_line, die_with_parent, free_port, pid_alive, read_tail
 from toolkit.targets.state import DeploymentState, ProxyRecord
 
 Discovery = Literal["static", "strict_dns"]
@@ -225,6 +225,26 @@ def bind_problem(host: str, port: int) -> Optional[int]:
     return None
 
 
+def check_listen_ports(host: str, http_port: int, grpc_port: int, admin_port: Optional[int] = None) -> None:
+    """The proxy's public ports (and its admin port) free on `host`, an address of this machine;
+    else a CompoundError naming the flag."""
+    wanted = [("--http-port", host, http_port), ("--grpc-port", host, grpc_port)]
+    if admin_port is not None:
+        wanted.append(("admin port", "127.0.0.1", admin_port))
+    for flag, where, port in wanted:
+        problem = bind_problem(where, port)
+        if problem == errno.EADDRINUSE:
+            raise CompoundError(
+                f"port {port} on {where} is already in use (the proxy's {flag.lstrip('-')})",
+                hint=f"pick another with {flag}, or stop what holds it (`compound stop`)",
+            )
+        if problem is not None:
+            raise CompoundError(
+                f"the proxy cannot listen on {where}:{port}: {os.strerror(problem)}",
+                hint="give an address of this machine (127.0.0.1, 0.0.0.0 for every interface)",
+            )
+
+
 # --- counters -------------------------------------------------------------------------------------
 
 
@@ -348,16 +368,10 @@ def parse_counters(stats: dict[str, Any], clusters: dict[str, Any]) -> ProxyCoun
 
 def is_envoy(pid: Optional[int]) -> bool:
     """Whether a recorded pid is still an envoy (and not an unrelated process that reused the pid)."""
-    if pid is None:
+    if pid is None or not pid_alive(pid):
         return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            argv0 = cmdline.read().split(b"\0")[0]
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return Path(argv0.decode(errors="replace")).name == "envoy" and state != "Z"
+    argv = command_line(pid)
+    return bool(argv) and Path(argv[0]).name == "envoy"
 
 
 def stop_recorded_proxy(pid: int, grace_s: float = STOP_GRACE_S) -> bool:
@@ -465,22 +479,7 @@ class EnvoyProxy:
 
     def preflight(self) -> None:
         """The proxy's ports free and its listen address this machine's, before anything starts."""
-        for flag, host, port in (
-            ("--http-port", self.listen_host, self.http_port),
-            ("--grpc-port", self.listen_host, self.grpc_port),
-            ("admin port", "127.0.0.1", self.admin_port),
-        ):
-            problem = bind_problem(host, port)
-            if problem == errno.EADDRINUSE:
-                raise CompoundError(
-                    f"port {port} on {host} is already in use (the proxy's {flag.lstrip('-')})",
-                    hint=f"pick another with {flag}, or stop what holds it (`compound stop`)",
-                )
-            if problem is not None:
-                raise CompoundError(
-                    f"the proxy cannot listen on {host}:{port}: {os.strerror(problem)}",
-                    hint="give an address of this machine (127.0.0.1, 0.0.0.0 for every interface)",
-                )
+        check_listen_ports(self.listen_host, self.http_port, self.grpc_port, self.admin_port)
 
     def start(self) -> EnvoyProxy:
         validate_config(self.write_config())
