@@ -44,6 +44,12 @@ CANCEL_CHECK_S = 0.01
 # away, writes a marker of that name into cancel_folder() (Triton 2.51 cannot cancel a BLS request, and
 # an ensemble passes no cancellation on). The same rule is in the orchestrator runtime.
 STREAM_ID = re.compile(r"^compound-stream-[0-9a-f]{32}$")
+# Threads that send the responses (see _Lanes), at most one per stream an instance runs. A send is a
+# blocking round trip to the server process: on lanes the loop computes the next step while the last
+# one's responses go out, and the sends of several streams overlap (docs/streaming.md, "What runs":
+# 1.3-1.5x the tokens/s of 16 streams against the loop sending itself). The environment variable is for
+# measuring that; 0: the loop sends itself.
+SEND_LANES = int(os.environ.get("COMPOUND_STREAM_SEND_LANES", "4"))
 
 
 def cancel_folder() -> str:
@@ -55,7 +61,21 @@ def cancel_folder() -> str:
 class Stream:
     """One request in flight: where its responses go, its inputs, and its generator or state."""
 
-    __slots__ = ("request", "sender", "inputs", "rows", "generator", "state", "sent", "marker", "names", "last")
+    __slots__ = (
+        "request",
+        "sender",
+        "inputs",
+        "rows",
+        "generator",
+        "state",
+        "sent",
+        "marker",
+        "names",
+        "last",
+        "lane",
+        "gone",
+        "counted",
+    )
 
     def __init__(
         self,
@@ -76,6 +96,9 @@ class Stream:
         self.state: Any = None
         self.sent = 0
         self.last = time.perf_counter()  # arrival, then each response sent: what the next gap is timed from
+        self.lane = 0  # which send lane carries its responses (one lane per stream keeps them in order)
+        self.gone = False  # a send failed: the server no longer takes its responses
+        self.counted = 0  # responses counted in the metrics (sent, not only produced)
 
 
 class Streamer:
@@ -92,10 +115,11 @@ class Streamer:
         max_streams: int,
         describe: Callable[[BaseException], str],
         metrics: Any = None,
+        lanes: int = SEND_LANES,
     ) -> None:
         """`runner`: the HandlerRunner (its handler, and `coerce` for the declared outputs). `describe`:
         an exception as the error text (with the handler's file:line). `metrics`: the instance's
-        compound_metrics.Metrics (None: nothing counted)."""
+        compound_metrics.Metrics (None: nothing counted). `lanes`: send threads (0: the loop sends)."""
         self.model_name = model_name
         self.handler_name = handler_name
         self.runner = runner
@@ -112,6 +136,9 @@ class Streamer:
         self.checked = 0.0  # when the streams in flight were last asked whether their client went away
         self.counts: Any = metrics.streaming(model_name, self.in_flight) if metrics is not None else None
         self.bounds: list[float] = self.counts.bounds if self.counts is not None else []
+        self.count_lock = threading.Lock()  # the counts are added to by every send lane
+        lanes = min(lanes, self.max_streams)
+        self.lanes: Optional[_Lanes] = _Lanes(lanes, model_name, self._count) if lanes > 0 else None
         self.thread = threading.Thread(target=self._run, name=f"compound-stream-{model_name}", daemon=True)
         self.thread.start()
 
@@ -150,6 +177,8 @@ class Streamer:
         for stream in leftover:
             self._fail(stream, f"model '{self.model_name}' is unloading: the stream ended early")
         self.active.clear()
+        if self.lanes is not None:
+            self.lanes.close()
 
     def in_flight(self) -> int:
         """Streams accepted and not yet ended: running, or waiting for a place (the metrics' gauge)."""
@@ -174,6 +203,8 @@ class Streamer:
         self._drop_cancelled()
         if not self.active:
             return
+        if self.lanes is not None:  # at most one round's responses still on their way: the producer waits
+            self.lanes.wait(len(self.active))
         if self.stepping:
             self._step()
         else:
@@ -200,9 +231,15 @@ class Streamer:
                 self._fail(stream, self._failure(what, exc))
                 continue
             stream.inputs = {}  # the handler has them now
+            if self.lanes is not None:
+                stream.lane = self.lanes.assign()
             self.active.append(stream)
 
     def _drop_cancelled(self) -> None:
+        if self.lanes is not None and any(stream.gone for stream in self.active):
+            for stream in [s for s in self.active if s.gone]:
+                self._end_cancelled(stream)
+            self.active = [s for s in self.active if not s.gone]
         now = time.monotonic()
         if now - self.checked < CANCEL_CHECK_S:
             return
@@ -269,30 +306,49 @@ class Streamer:
             tensors = [pb_utils.Tensor(name, array) for name, array in outputs]
         else:
             tensors = [pb_utils.Tensor(name, array[0]) for name, array in outputs]
+        response = pb_utils.InferenceResponse(output_tensors=tensors)
+        stream.sent += 1
+        if self.lanes is not None:
+            self.lanes.put(stream, response, 0)
+            return True
         try:
-            stream.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+            stream.sender.send(response)
         except Exception:  # noqa: BLE001 - the server no longer takes this stream's responses: it is over
             self._end_cancelled(stream)
             return False
+        self._count(stream)
+        return True
+
+    def _count(self, stream: Stream) -> None:
+        """A response was sent: the few operations it costs for its metrics (time to it, or the gap)."""
         counts = self.counts
-        if counts is not None:  # the few operations a response costs for its metrics
+        if counts is None:
+            return
+        with self.count_lock:
             now = time.perf_counter()
             gap = now - stream.last
             stream.last = now
-            if stream.sent:
+            if stream.counted:
                 counts.gaps[bisect.bisect_left(self.bounds, gap)] += 1
                 counts.gap_sum += gap
             else:
                 counts.firsts[bisect.bisect_left(self.bounds, gap)] += 1
                 counts.first_sum += gap
-        stream.sent += 1
-        return True
+            stream.counted += 1
 
     def _finish(self, stream: Stream) -> None:
-        _final(stream)
+        self._final(stream)
+
+    def _final(self, stream: Stream, response: Any = None) -> None:
+        """The stream's last send (the final flag, with an error response or none), on its lane if any."""
+        if self.lanes is not None and stream.request is not None:
+            self.lanes.put(stream, response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL, stream.request)
+            stream.request = None
+            return
+        _final(stream, response)
 
     def _fail(self, stream: Stream, message: str) -> None:
-        _final(stream, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+        self._final(stream, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
         if stream.generator is not None:
             _close(stream.generator)
 
@@ -302,7 +358,7 @@ class Streamer:
             _close(stream.generator)
         elif self.cancel_hook is not None:
             self._call_cancel(stream)
-        _final(stream)
+        self._final(stream)
 
     def _call_cancel(self, stream: Stream) -> None:
         try:
@@ -313,6 +369,69 @@ class Streamer:
 
     def _failure(self, method: str, exc: BaseException) -> str:
         return f"model '{self.model_name}': handler '{self.handler_name}' {method} failed: {self.describe(exc)}"
+
+
+class _Lanes:
+    """Send threads of one instance's loop. Each stream keeps to one lane (a FIFO), so its responses and
+    its final flag go out in order; the lanes run side by side, and while they send (a blocking round
+    trip to the server that holds no GIL while it waits) the loop computes the next step. `wait` bounds
+    what is queued: the loop does not run ahead of its sends by more than a round."""
+
+    def __init__(self, count: int, name: str, on_sent: Callable[[Stream], None]) -> None:
+        self.queues: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(count)]
+        self.on_sent = on_sent
+        self.pending = 0
+        self.changed = threading.Condition()
+        self.turn = 0
+        self.threads = [
+            threading.Thread(target=self._run, args=(q,), name=f"compound-send-{name}-{i}", daemon=True)
+            for i, q in enumerate(self.queues)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def assign(self) -> int:
+        """The lane of a new stream (in turn)."""
+        self.turn = (self.turn + 1) % len(self.queues)
+        return self.turn
+
+    def put(self, stream: Stream, response: Any, flags: int, request: Any = None) -> None:
+        """Queue one send; `request` keeps the request (its sender's owner) alive until the final one."""
+        with self.changed:
+            self.pending += 1
+        self.queues[stream.lane].put((stream, response, flags, request))
+
+    def wait(self, limit: int) -> None:
+        with self.changed:
+            while self.pending > limit:
+                self.changed.wait(IDLE_WAIT_S)
+
+    def close(self) -> None:
+        for q in self.queues:
+            q.put(None)
+        for thread in self.threads:
+            thread.join(STOP_WAIT_S)
+
+    def _run(self, lane: queue.SimpleQueue[Any]) -> None:
+        while True:
+            item = lane.get()
+            if item is None:
+                return
+            stream, response, flags, _request = item
+            try:
+                if not flags:
+                    stream.sender.send(response)
+                    self.on_sent(stream)
+                elif response is None:
+                    stream.sender.send(flags=flags)
+                else:
+                    stream.sender.send(response, flags=flags)
+            except Exception:  # noqa: BLE001 - the server no longer takes this stream's responses: it is over
+                stream.gone = True
+            finally:
+                with self.changed:
+                    self.pending -= 1
+                    self.changed.notify()
 
 
 def _cancelled(stream: Stream) -> bool:

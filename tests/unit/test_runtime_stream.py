@@ -78,8 +78,11 @@ class Steps:
 """
 
 
-@pytest.fixture()
-def pb() -> Iterator[ModuleType]:
+@pytest.fixture(params=["4", "0"], ids=["send-lanes", "loop-sends"])
+def pb(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """Every test twice: responses sent by the send lanes (the default), and by the loop itself."""
+    monkeypatch.setenv("COMPOUND_STREAM_SEND_LANES", request.param)
+    monkeypatch.delitem(sys.modules, "compound_stream", raising=False)  # read at import: a fresh one
     with fake.installed() as module:
         yield module
 
@@ -240,6 +243,20 @@ def test_unloading_ends_the_streams_in_flight(pb: ModuleType, tmp_path: Path) ->
     model.finalize()
     assert sender.done.is_set()
     assert "is unloading" in fake.error(sender.responses[-1])
+
+
+def test_send_lanes_carry_each_stream_in_order(pb: ModuleType, tmp_path: Path) -> None:
+    model = make_model(tmp_path, "Steps", "batch")
+    try:
+        lanes = model.streamer.lanes
+        assert (lanes is None) == (sys.modules["compound_stream"].SEND_LANES == 0)
+        if lanes is not None:
+            assert len(lanes.threads) == 4  # at most one per stream an instance runs (8 here)
+        senders = start(model, *range(1, 13))  # 12 streams: lanes are shared, each stream keeps to one
+        for count, responses in zip(range(1, 13), finished(senders)):
+            assert tokens(responses) == list(range(1, count + 1))
+    finally:
+        model.finalize()
 
 
 def test_a_stream_the_server_dropped_ends_and_the_others_go_on(pb: ModuleType, tmp_path: Path) -> None:

@@ -8,11 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from toolkit.bench.driver import Job
 from toolkit.bench.machine import child_env, machine_busy_s
 from toolkit.core.errors import CompoundError
+
+
+class DriverJob(Protocol):
+    """What run_driver needs of a load generator's job (driver.Job, stream_driver.StreamJob)."""
+
+    result: str
+    duration_s: float
+    warmup_s: float
+    timeout_s: float
+
+    def dump(self, path: str | Path) -> None: ...
 
 
 class ProcessCpu:
@@ -58,12 +69,19 @@ def _process_name(proc: Any) -> str:
     return head
 
 
-def run_driver(job: Job, work: Path, server_cpu: Optional[ProcessCpu], log: Callable[[str], None]) -> dict[str, Any]:
-    """One load point in its own process; server CPU sampled over the driver's measuring window."""
+def run_driver(
+    job: DriverJob,
+    work: Path,
+    server_cpu: Optional[ProcessCpu],
+    log: Callable[[str], None],
+    module: str = "toolkit.bench.driver",
+) -> dict[str, Any]:
+    """One load point in its own process (`python -m module JOB.json`, printing MEASURE_START and
+    MEASURE_END around its measured window); server CPU sampled over that window."""
     job_file = work / "job.json"
     job.dump(job_file)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.bench.driver", str(job_file)],
+        [sys.executable, "-m", module, str(job_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

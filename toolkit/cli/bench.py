@@ -39,7 +39,8 @@ def _int_list(value: str) -> list[int]:
     "--profiles",
     default=",".join(ALL_PROFILES),
     show_default=True,
-    help="Comma-separated: " + ", ".join(ALL_PROFILES) + "; also written (the spec as written) and tuned (--tuned).",
+    help="Comma-separated: " + ", ".join(ALL_PROFILES) + "; also written (the spec as written) and tuned (--tuned). "
+    "A streaming pipeline has its own: streaming, one-at-a-time, static (default: all three).",
 )
 @click.option("--concurrency", default="1,4,16,64", show_default=True, help="Closed-loop client concurrency levels.")
 @click.option("--duration", default="20s", show_default=True, help="Measured time per load point.")
@@ -123,6 +124,21 @@ def bench(
         return
     if not pipeline:
         raise click.UsageError("Missing option '--pipeline' / '-p'.")
+    from toolkit.bench.streaming import is_streaming
+
+    if is_streaming(spec, pipeline):
+        given = click.get_current_context().get_parameter_source
+        _streaming(
+            spec,
+            pipeline,
+            profiles if given("profiles") != ParameterSource.DEFAULT else None,
+            _int_list(concurrency) if given("concurrency") != ParameterSource.DEFAULT else [1, 4, 16],
+            parse_duration(duration, "--duration") if given("duration") != ParameterSource.DEFAULT else 10.0,
+            parse_duration(warmup, "--warmup", allow_zero=True),
+            driver,
+            out,
+        )
+        return
     settings = Settings(
         spec=spec,
         pipeline=pipeline,
@@ -142,6 +158,47 @@ def bench(
     ).run()  # CompoundError: the CLI's main reports it
     click.echo(format_table(report))
     click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
+    failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
+    if failed:
+        raise CompoundError(
+            f"{len(failed)} of {len(report['profiles'])} profile(s) failed: {', '.join(failed)}",
+            hint=f"each failure is in the table above and in {out / 'results.json'}",
+        )
+
+
+def _streaming(
+    spec: Path,
+    pipeline: str,
+    profiles: Optional[str],
+    concurrency: list[int],
+    duration_s: float,
+    warmup_s: float,
+    driver: str,
+    out: Path,
+) -> None:
+    """A pipeline whose last step streams: its own profiles (streaming, one-at-a-time, static)."""
+    from toolkit.bench.streaming import STREAM_PROFILES, StreamBench, StreamBenchSettings, format_stream_report
+
+    if driver == "locust":
+        raise CompoundError(
+            "--driver locust: a streaming pipeline is benchmarked with the streaming client",
+            hint="use --driver grpc (streams) or http (server-sent events); `compound loadtest` drives streams with"
+            " locust",
+        )
+    settings = StreamBenchSettings(
+        spec=spec,
+        pipeline=pipeline,
+        out=out,
+        profiles=[p.strip() for p in profiles.split(",") if p.strip()] if profiles else list(STREAM_PROFILES),
+        concurrency=concurrency,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        protocol=driver,
+        command="compound " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    report = StreamBench(settings, log=lambda m: click.echo(m, err=True)).run()
+    click.echo(format_stream_report(report))
+    click.echo(f"\nwrote {out / 'results.json'}, {out / 'results.md'}")
     failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
     if failed:
         raise CompoundError(

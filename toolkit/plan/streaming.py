@@ -33,7 +33,8 @@ def _has_method(cls: type, name: str) -> bool:
     return callable(getattr(cls, name, None))
 
 
-def _generator_call(cls: type) -> bool:
+def generator_call(cls: type) -> bool:
+    """Whether the class's __call__ is a generator (a plain streaming handler)."""
     call = getattr(cls, "__call__", None)  # noqa: B004 - the class's own __call__, not the class's callability
     return call is not None and (inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
 
@@ -50,7 +51,7 @@ def stream_mode(name: str, model: ModelSpec, cls: type) -> tuple[Optional[Stream
     stepping = _has_method(cls, "start") and _has_method(cls, "step")
     if stepping and model.max_batch_size > 0:
         return "batch", None
-    if _generator_call(cls):
+    if generator_call(cls):
         return "generator", None
     if stepping:
         return None, (
