@@ -211,6 +211,7 @@ class TritonPythonModel:
                     entry["max_streams"],
                     self._describe,
                     metrics=self.metrics,
+                    tracing=self.tracing,  # one span per sampled stream
                 )
         for model, entry in self.program["handlers"].items():
             for rows in entry["warmup"]:

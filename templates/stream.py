@@ -11,10 +11,12 @@ stream in flight by one response per round:
   one `step` call for every stream in flight; a new request joins at the next step, a finished one
   (None) leaves.
 
-Before each round, streams whose client went away (`response_sender.is_cancelled()`) end: their
-generator is closed (its `finally` runs), a stepping handler's optional `cancel(state)` is called, and
-they leave the batch, so no step is spent for nobody (asked before every step, at most every
-CANCEL_CHECK_S). At most `compound.max_streams` streams run per
+Responses go out on send lanes (threads, `_Lanes`): the loop builds a step's responses and moves on to
+the next step while they are sent. Before each round, streams whose client went away
+(`response_sender.is_cancelled()`, asked by the lanes after a send, at most every CANCEL_CHECK_S per
+stream; by the loop before each step when it sends itself) end: their generator is closed (its
+`finally` runs), a stepping handler's optional `cancel(state)` is called, and they leave the batch,
+so no step is spent for nobody. At most `compound.max_streams` streams run per
 instance; later requests wait in order (Triton 2.51 caps nothing for a decoupled model).
 
 Metrics (compound_metrics.StreamCounts): each response costs one clock read, a subtraction, a bisect and
@@ -75,6 +77,10 @@ class Stream:
         "lane",
         "gone",
         "counted",
+        "checked",
+        "parent",
+        "began_ns",
+        "first_ns",
     )
 
     def __init__(
@@ -99,6 +105,10 @@ class Stream:
         self.lane = 0  # which send lane carries its responses (one lane per stream keeps them in order)
         self.gone = False  # a send failed: the server no longer takes its responses
         self.counted = 0  # responses counted in the metrics (sent, not only produced)
+        self.checked = 0.0  # when its lane last asked whether its client went away
+        self.parent: Any = None  # with tracing: the span Triton opened for the request (sampled ones only)
+        self.began_ns = 0  # with a parent: arrival and first response, for the stream's span
+        self.first_ns = 0
 
 
 class Streamer:
@@ -116,10 +126,12 @@ class Streamer:
         describe: Callable[[BaseException], str],
         metrics: Any = None,
         lanes: int = SEND_LANES,
+        tracing: Any = None,
     ) -> None:
         """`runner`: the HandlerRunner (its handler, and `coerce` for the declared outputs). `describe`:
         an exception as the error text (with the handler's file:line). `metrics`: the instance's
-        compound_metrics.Metrics (None: nothing counted). `lanes`: send threads (0: the loop sends)."""
+        compound_metrics.Metrics (None: nothing counted). `lanes`: send threads (0: the loop sends).
+        `tracing`: compound_tracing (None: no spans): each sampled request's stream is one span."""
         self.model_name = model_name
         self.handler_name = handler_name
         self.runner = runner
@@ -136,6 +148,7 @@ class Streamer:
         self.checked = 0.0  # when the streams in flight were last asked whether their client went away
         self.counts: Any = metrics.streaming(model_name, self.in_flight) if metrics is not None else None
         self.bounds: list[float] = self.counts.bounds if self.counts is not None else []
+        self.tracing = tracing
         self.count_lock = threading.Lock()  # the counts are added to by every send lane
         lanes = min(lanes, self.max_streams)
         self.lanes: Optional[_Lanes] = _Lanes(lanes, model_name, self._count) if lanes > 0 else None
@@ -151,7 +164,7 @@ class Streamer:
             if not self.batched:
                 arrays = [array[np.newaxis] for array in arrays]
             rows = int(arrays[0].shape[0]) if arrays else 1
-            self.incoming.put(Stream(request, request.get_response_sender(), dict(zip(self.input_names, arrays)), rows))
+            self._queue(Stream(request, request.get_response_sender(), dict(zip(self.input_names, arrays)), rows))
         return None
 
     def submit(
@@ -159,7 +172,13 @@ class Streamer:
     ) -> None:
         """A stream whose inputs another runtime computed (a fused pipeline's last step runs here): `inputs`
         carry the batch axis; each response sends the outputs in `names` under their pipeline names."""
-        self.incoming.put(Stream(request, sender, inputs, rows, names))
+        self._queue(Stream(request, sender, inputs, rows, names))
+
+    def _queue(self, stream: Stream) -> None:
+        if self.tracing is not None:
+            stream.parent = self.tracing.request_parent(stream.request)
+            stream.began_ns = time.time_ns()
+        self.incoming.put(stream)
 
     def stop(self) -> None:
         """At unload: the loop ends, and streams still in flight get an error response."""
@@ -236,10 +255,12 @@ class Streamer:
             self.active.append(stream)
 
     def _drop_cancelled(self) -> None:
-        if self.lanes is not None and any(stream.gone for stream in self.active):
-            for stream in [s for s in self.active if s.gone]:
-                self._end_cancelled(stream)
-            self.active = [s for s in self.active if not s.gone]
+        if self.lanes is not None:  # the lanes ask, after a stream's sends (off the loop's path): mark is gone
+            if any(stream.gone for stream in self.active):
+                for stream in [s for s in self.active if s.gone]:
+                    self._end_cancelled(stream)
+                self.active = [s for s in self.active if not s.gone]
+            return
         now = time.monotonic()
         if now - self.checked < CANCEL_CHECK_S:
             return
@@ -308,6 +329,8 @@ class Streamer:
             tensors = [pb_utils.Tensor(name, array[0]) for name, array in outputs]
         response = pb_utils.InferenceResponse(output_tensors=tensors)
         stream.sent += 1
+        if stream.parent is not None and stream.sent == 1:
+            stream.first_ns = time.time_ns()
         if self.lanes is not None:
             self.lanes.put(stream, response, 0)
             return True
@@ -339,8 +362,21 @@ class Streamer:
     def _finish(self, stream: Stream) -> None:
         self._final(stream)
 
-    def _final(self, stream: Stream, response: Any = None) -> None:
-        """The stream's last send (the final flag, with an error response or none), on its lane if any."""
+    def _final(self, stream: Stream, response: Any = None, outcome: str = "completed") -> None:
+        """The stream's last send (the final flag, with an error response or none), on its lane if any;
+        with tracing, the stream's span: arrival to this end, its responses and time to the first."""
+        if stream.parent is not None and stream.request is not None:
+            first_ms = (stream.first_ns - stream.began_ns) / 1e6 if stream.first_ns else -1.0
+            self.tracing.record(  # type: ignore[union-attr] - a parent is only taken with tracing on
+                "compound.stream",
+                stream.parent,
+                stream.began_ns,
+                time.time_ns(),
+                model=self.model_name,
+                responses=stream.sent,
+                first_response_ms=round(first_ms, 3),
+                outcome=outcome,
+            )
         if self.lanes is not None and stream.request is not None:
             self.lanes.put(stream, response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL, stream.request)
             stream.request = None
@@ -348,7 +384,8 @@ class Streamer:
         _final(stream, response)
 
     def _fail(self, stream: Stream, message: str) -> None:
-        self._final(stream, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+        error = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+        self._final(stream, error, outcome="failed")
         if stream.generator is not None:
             _close(stream.generator)
 
@@ -358,7 +395,7 @@ class Streamer:
             _close(stream.generator)
         elif self.cancel_hook is not None:
             self._call_cancel(stream)
-        self._final(stream)
+        self._final(stream, outcome="cancelled")
 
     def _call_cancel(self, stream: Stream) -> None:
         try:
@@ -375,7 +412,9 @@ class _Lanes:
     """Send threads of one instance's loop. Each stream keeps to one lane (a FIFO), so its responses and
     its final flag go out in order; the lanes run side by side, and while they send (a blocking round
     trip to the server that holds no GIL while it waits) the loop computes the next step. `wait` bounds
-    what is queued: the loop does not run ahead of its sends by more than a round."""
+    what is queued: the loop does not run ahead of its sends by more than a round. A lane also asks, after
+    a stream's send (at most every CANCEL_CHECK_S), whether its client went away, and marks it `gone`;
+    the loop ends a gone stream before its next step."""
 
     def __init__(self, count: int, name: str, on_sent: Callable[[Stream], None]) -> None:
         self.queues: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(count)]
@@ -422,6 +461,10 @@ class _Lanes:
                 if not flags:
                     stream.sender.send(response)
                     self.on_sent(stream)
+                    now = time.monotonic()
+                    if now - stream.checked >= CANCEL_CHECK_S:  # one more round trip: not after every send
+                        stream.checked = now
+                        stream.gone = _cancelled(stream)
                 elif response is None:
                     stream.sender.send(flags=flags)
                 else:
