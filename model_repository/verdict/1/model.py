@@ -323,6 +323,7 @@ class TritonPythonModel:
                 int(params.get("compound.max_streams", "1")),
                 describe_error,
                 metrics=self.metrics,
+                tracing=tracing_module(here),  # one span per sampled stream
             )
             self.execute = self.streamer.execute  # type: ignore[method-assign] - the other models keep theirs
 
