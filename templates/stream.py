@@ -29,6 +29,7 @@ import bisect
 import os
 import queue
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +53,9 @@ STREAM_ID = re.compile(r"^compound-stream-[0-9a-f]{32}$")
 # 1.3-1.5x the tokens/s of 16 streams against the loop sending itself). The environment variable is for
 # measuring that; 0: the loop sends itself.
 SEND_LANES = int(os.environ.get("COMPOUND_STREAM_SEND_LANES", "4"))
+# The stub's GIL switch interval while a streaming loop runs in it: execute() (a new stream) waits for the
+# GIL behind the loop and its lanes for up to this long. Empty: Python's default (5 ms).
+SWITCH_INTERVAL_S = os.environ.get("COMPOUND_STREAM_SWITCH_INTERVAL_S", "")
 
 
 def cancel_folder() -> str:
@@ -149,6 +153,8 @@ class Streamer:
         self.counts: Any = metrics.streaming(model_name, self.in_flight) if metrics is not None else None
         self.bounds: list[float] = self.counts.bounds if self.counts is not None else []
         self.tracing = tracing
+        if SWITCH_INTERVAL_S:
+            sys.setswitchinterval(float(SWITCH_INTERVAL_S))
         self.count_lock = threading.Lock()  # the counts are added to by every send lane
         lanes = min(lanes, self.max_streams)
         self.lanes: Optional[_Lanes] = _Lanes(lanes, model_name, self._count) if lanes > 0 else None
