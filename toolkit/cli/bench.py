@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 from click.core import ParameterSource
@@ -158,12 +158,7 @@ def bench(
     ).run()  # CompoundError: the CLI's main reports it
     click.echo(format_table(report))
     click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
-    failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
-    if failed:
-        raise CompoundError(
-            f"{len(failed)} of {len(report['profiles'])} profile(s) failed: {', '.join(failed)}",
-            hint=f"each failure is in the table above and in {out / 'results.json'}",
-        )
+    _fail_if_any(report["profiles"], "profile", out)
 
 
 def _streaming(
@@ -199,12 +194,7 @@ def _streaming(
     report = StreamBench(settings, log=lambda m: click.echo(m, err=True)).run()
     click.echo(format_stream_report(report))
     click.echo(f"\nwrote {out / 'results.json'}, {out / 'results.md'}")
-    failed = sorted(name for name, result in report["profiles"].items() if "error" in result)
-    if failed:
-        raise CompoundError(
-            f"{len(failed)} of {len(report['profiles'])} profile(s) failed: {', '.join(failed)}",
-            hint=f"each failure is in the table above and in {out / 'results.json'}",
-        )
+    _fail_if_any(report["profiles"], "profile", out)
 
 
 def _workload(
@@ -233,9 +223,14 @@ def _workload(
     report = WorkloadRunner(settings, log=lambda m: click.echo(m, err=True)).run()
     click.echo(format_table(report))
     click.echo(f"\nwrote {out / 'results.json'}" + "".join(f", {p}" for p in report.get("plots", [])))
-    failed = sorted(name for name, result in report["deployments"].items() if "error" in result)
+    _fail_if_any(report["deployments"], "deployment", out)
+
+
+def _fail_if_any(results: dict[str, Any], what: str, out: Path) -> None:
+    """A non-zero exit when any measured profile (deployment) failed: each failure is in the report."""
+    failed = sorted(name for name, result in results.items() if "error" in result)
     if failed:
         raise CompoundError(
-            f"{len(failed)} of {len(report['deployments'])} deployment(s) failed: {', '.join(failed)}",
+            f"{len(failed)} of {len(results)} {what}(s) failed: {', '.join(failed)}",
             hint=f"each failure is in the table above and in {out / 'results.json'}",
         )
