@@ -17,6 +17,7 @@ from toolkit.bench.streaming import (
     WHOLE_PACKAGE,
     StreamBench,
     StreamBenchSettings,
+    histogram_quantile,
     one_stream_at_a_time,
     stream_ratios,
     stream_targets,
@@ -121,3 +122,12 @@ def test_bad_settings_are_refused_by_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0
     assert "--driver locust" in result.output and "Traceback" not in result.output
+
+
+def test_loop_times_are_quantiles_of_the_cumulative_buckets() -> None:
+    buckets = {0.001: 10.0, 0.002: 90.0, 0.005: 100.0, float("inf"): 100.0}  # cumulative, seconds
+    assert histogram_quantile(0.05, buckets) == 0.5  # inside the first bucket, from 0
+    assert histogram_quantile(0.5, buckets) == 1.5  # 50 of 100: halfway through (1, 2] ms
+    assert histogram_quantile(0.95, buckets) == 3.5
+    assert histogram_quantile(0.5, {0.001: 0.0, float("inf"): 0.0}) is None  # nothing observed
+    assert histogram_quantile(0.99, {0.001: 1.0, float("inf"): 2.0}) == 1.0  # beyond the last bound

@@ -75,9 +75,11 @@ def run_driver(
     server_cpu: Optional[ProcessCpu],
     log: Callable[[str], None],
     module: str = "toolkit.bench.driver",
+    on_mark: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """One load point in its own process (`python -m module JOB.json`, printing MEASURE_START and
-    MEASURE_END around its measured window); server CPU sampled over that window."""
+    MEASURE_END around its measured window); server CPU sampled over that window, and `on_mark`
+    called with each mark (what else the caller samples over the same window)."""
     job_file = work / "job.json"
     job.dump(job_file)
     proc = subprocess.Popen(
@@ -95,6 +97,8 @@ def run_driver(
             procs = server_cpu.per_process() if server_cpu else {}
             per_process[tag] = procs
             marks[tag] = (time.perf_counter(), sum(procs.values()), machine_busy_s())
+            if on_mark is not None:
+                on_mark(tag)
     _, err = proc.communicate(timeout=job.timeout_s + job.duration_s + job.warmup_s + 60)
     if proc.returncode != 0:
         raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=err.strip()[-2000:])

@@ -221,7 +221,12 @@ class StreamBench:
                 job = self._job(
                     url, protocol, whole, requests, c, self.s.duration_s, self.s.warmup_s, work / f"{name}-{c}.json"
                 )
-                point = run_driver(job, work, cpu, self.log, module="toolkit.bench.stream_driver")
+                loop = LoopTimes(server.metrics_url, self.model) if not whole else None
+                point = run_driver(
+                    job, work, cpu, self.log, module="toolkit.bench.stream_driver", on_mark=loop.mark if loop else None
+                )
+                if loop is not None:
+                    point.update(loop.figures())
                 if point.get("server_cpu_pct") and point["tokens"]:
                     point["server_cpu_ms_per_token"] = round(10.0 * point["server_cpu_pct"] / point["tokens_per_s"], 4)
                 points.append(point)
@@ -250,6 +255,70 @@ class StreamBench:
             protocol=protocol,
             whole=whole,
         )
+
+
+# --- the streaming loop's own view ---------------------------------------------------------------
+
+FIRST_RESPONSE = "compound_stream_first_response_seconds_bucket"
+INTER_RESPONSE = "compound_stream_inter_response_seconds_bucket"
+
+
+class LoopTimes:
+    """The streaming loop's own time to first response and gaps (templates/metrics.py's histograms,
+    summed over the model's instances) over the measured window: what of the client's TTFT is the
+    loop's (a wait for a place, start, the first step, the send) and what is the frontend's, the
+    earlier steps' and the client's."""
+
+    def __init__(self, metrics_url: str, component: str) -> None:
+        self.url = metrics_url
+        self.component = component
+        self.snapshots: dict[str, dict[str, dict[float, float]]] = {}
+
+    def mark(self, tag: str) -> None:
+        from toolkit.runtime.streams import scrape
+
+        text = scrape(self.url)
+        if text is not None:
+            self.snapshots[tag] = self._buckets(text)
+
+    def _buckets(self, text: str) -> dict[str, dict[float, float]]:
+        from toolkit.observe.canary import parse_metrics_lines
+
+        found: dict[str, dict[float, float]] = {FIRST_RESPONSE: {}, INTER_RESPONSE: {}}
+        for name, labels, value in parse_metrics_lines(text):
+            if name in found and labels.get("component") == self.component and "le" in labels:
+                bound = float(labels["le"])
+                found[name][bound] = found[name].get(bound, 0.0) + value
+        return found
+
+    def figures(self) -> dict[str, Any]:
+        start, end = self.snapshots.get("MEASURE_START"), self.snapshots.get("MEASURE_END")
+        if start is None or end is None:
+            return {}
+        out = {}
+        for key, name in (("loop_ttft_ms", FIRST_RESPONSE), ("loop_itl_ms", INTER_RESPONSE)):
+            counts = {b: end[name].get(b, 0.0) - start[name].get(b, 0.0) for b in end[name]}
+            out[key] = {f"p{q}": histogram_quantile(q / 100.0, counts) for q in (50, 95)}
+        return out
+
+
+def histogram_quantile(q: float, cumulative: dict[float, float]) -> Optional[float]:
+    """Prometheus' histogram_quantile over cumulative bucket counts (upper bound in s -> count), in ms."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return None
+    total = cumulative[bounds[-1]]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower_bound * 1e3, 3)
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 0.0
+            return round((lower_bound + (bound - lower_bound) * share) * 1e3, 3)
+        lower_bound, lower_count = bound, count
+    return round(lower_bound * 1e3, 3)
 
 
 # --- the variants -------------------------------------------------------------------------------
@@ -375,7 +444,8 @@ def point_line(p: dict[str, Any]) -> str:
     return (
         f"c={p['concurrency']:>3}  {p['tokens_per_s']:8.1f} tokens/s  TTFT p50 {t['p50']:7.2f} p95 {t['p95']:7.2f}"
         f" p99 {t['p99']:7.2f} ms  ITL p50 {i['p50']:6.2f} p95 {i['p95']:6.2f} ms  streams {p['streams_completed']}"
-        f" ok, {p['streams_failed']} failed  server CPU {pct(p.get('server_cpu_pct'))}"
+        f" ok, {p['streams_failed']} failed  loop TTFT p95 {(p.get('loop_ttft_ms') or {}).get('p95', '-')} ms"
+        f"  server CPU {pct(p.get('server_cpu_pct'))}"
         f"  client CPU {pct(p.get('client_cpu_pct'))}"
     )
 
@@ -387,18 +457,20 @@ def format_stream_report(report: dict[str, Any]) -> str:
         f" {report['machine']['cores']} cores",
         "",
         "| profile | streams | tokens/s | TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | ITL p50 ms | ITL p95 ms"
-        " | completed | failed | server CPU ms/token |",
-        "|" + " --- |" * 11,
+        " | loop TTFT p50/p95 ms | completed | failed | server CPU ms/token |",
+        "|" + " --- |" * 12,
     ]
     for name, res in report["profiles"].items():
         if "error" in res:
-            lines.append(f"| {name} | failed: {res['error']} |" + " |" * 9)
+            lines.append(f"| {name} | failed: {res['error']} |" + " |" * 10)
             continue
         for p in res["points"]:
             t, i = p["ttft_ms"], p["itl_ms"]
+            loop = p.get("loop_ttft_ms") or {}
             lines.append(
                 f"| {name} | {p['concurrency']} | {p['tokens_per_s']} | {t['p50']} | {t['p95']} | {t['p99']} |"
-                f" {i['p50']} | {i['p95']} | {p['streams_completed']} | {p['streams_failed']} |"
+                f" {i['p50']} | {i['p95']} | {loop.get('p50', '-')}/{loop.get('p95', '-')} |"
+                f" {p['streams_completed']} | {p['streams_failed']} |"
                 f" {p.get('server_cpu_ms_per_token', '-')} |"
             )
     lines += ["", "ratios: " + json.dumps(report["ratios"])]
