@@ -54,7 +54,7 @@ from toolkit.bench.measure import ProcessCpu, point_line, run_driver  # noqa: E4
 from toolkit.core.system import free_ports  # noqa: E402
 from toolkit.targets.local import LocalServer  # noqa: E402
 
-PY_SPY_RATE = 200  # samples per second per stub: enough for shares of a few percent over a few seconds
+PY_SPY_RATE = 100  # samples per second per stub (each pauses it): shares of a few percent over a few seconds
 PERF_FREQ = 999
 
 
@@ -163,7 +163,7 @@ class Window(ProcessCpu):
         if self.profile == "pyspy":
             pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             for pid, label in self.pids.items():
-                if label.startswith("stub:"):
+                if label == f"stub:{self.model}" or label.startswith("stub:zero_"):  # the measured model, its callees
                     out = self.work / f"pyspy-{self.model}-{label[5:]}-{pid}.txt"
                     argv = [pyspy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(PY_SPY_RATE)]
                     # --native (the stub's C++ frames too) needs the process paused per sample: no --nonblocking

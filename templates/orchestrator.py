@@ -179,12 +179,14 @@ class TritonPythonModel:
         ):
             # Every step runs in this process (fused), or calls one batching model at a time with
             # nothing beside it to overlap (no parallel steps, no map, no timeout to enforce while a
-            # call runs): run the program on an event loop of this thread, its calls blocking,
-            # instead of handing execute() to the backend's loop thread and every call's answer
-            # back to it, which costs more than a light pipeline's handlers.
+            # call runs): run the program in this thread, its calls blocking, instead of handing
+            # execute() to the backend's loop thread and every call's answer back to it, which
+            # costs more than a light pipeline's handlers. Without a timeout (whose wait needs a
+            # running loop) it runs as a plain call first (execute_eager): it rarely waits at all.
             self.loop = asyncio.new_event_loop()
-            self.execute = self.execute_here  # type: ignore[method-assign]
+            asyncio.set_event_loop(self.loop)  # steps that run side by side are scheduled on it
             self._exec_all = _exec_blocking
+            self.execute = self.execute_eager  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
@@ -240,6 +242,8 @@ class TritonPythonModel:
         groups: dict[Any, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(self._shape_key(request, index), []).append(index)
+        if len(groups) == 1:  # the usual case: every request in one merged batch, no task needed
+            return await self._run_group(requests, deadline)
         responses: list[Any] = [None] * len(requests)
 
         async def run(members: list[int]) -> None:
@@ -252,6 +256,20 @@ class TritonPythonModel:
     def execute_here(self, requests: list[Any]) -> list[Any]:
         """execute() of a program with no step on another model, run to completion in this thread."""
         return self.loop.run_until_complete(TritonPythonModel.execute(self, requests))
+
+    def execute_eager(self, requests: list[Any]) -> list[Any]:
+        """execute() run as a plain call: inline steps and blocking calls never wait, so the
+        coroutine usually returns at its first step, without the event loop's rounds (a task, a
+        poll of the selector each); the loop finishes whatever does wait (steps side by side, a
+        switch whose rows take several branches)."""
+        if self.timeout_s is not None:
+            return self.execute_here(requests)
+        coroutine = TritonPythonModel.execute(self, requests)
+        try:
+            pending = coroutine.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        return self.loop.run_until_complete(_resume(coroutine, pending))
 
     async def execute_streaming(self, requests: list[Any]) -> None:
         """Streaming pipelines (decoupled): each request runs alone, its streaming step's responses go
@@ -840,6 +858,21 @@ def _one_call_at_a_time(program: Node) -> bool:
         return True
 
     return sequential(program["body"])
+
+
+async def _resume(coroutine: Any, pending: Any) -> Any:
+    """Finish on the loop a coroutine started outside it, as a task would: wait for the future it
+    yielded (None: it only gave way), resume it, until it returns."""
+    while True:
+        if pending is None:
+            await asyncio.sleep(0)
+        else:
+            pending._asyncio_future_blocking = False  # taken in hand, as a task takes it
+            await asyncio.wait([pending])
+        try:
+            pending = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 async def _exec_concurrently(requests: list[Any]) -> list[Any]:
