@@ -24,8 +24,8 @@ load, each over the driver's measuring window:
     python benchmarks/breakdown.py --orchestrator before=/tmp/orchestrator_before.py
 
 `--orchestrator NAME=FILE` serves chain_k_bls once more as NAME with another orchestrator runtime
-(e.g. `git show main:templates/orchestrator.py > /tmp/orchestrator_before.py`): before/after in one
-run. Results: benchmarks/results/breakdown/ (JSON, and a text summary).
+(e.g. `git show main:templates/orchestrator.py > /tmp/orchestrator_before.py`), `--fused NAME=FILE`
+chain_k_fused: before/after in one run. Results: benchmarks/results/breakdown/ (JSON, and a text summary).
 """
 
 from __future__ import annotations
@@ -58,22 +58,24 @@ PY_SPY_RATE = 100  # samples per second per stub (each pauses it): shares of a f
 PERF_FREQ = 999
 
 
-def build(spec: Path, out: Path, k: int, orchestrators: dict[str, Path]) -> list[str]:
+def build(spec: Path, out: Path, k: int, orchestrators: dict[str, Path], fused: dict[str, Path]) -> list[str]:
     """overhead.py's fan-out repository, cut to zero_0, handwritten, the three forms of chain_k and
-    zero_0..zero_{k-1} (what chain_k calls), plus chain_k_bls copies with other runtimes."""
+    zero_0..zero_{k-1} (what chain_k calls), plus chain_k_bls and chain_k_fused copies with other
+    runtimes."""
     full = out.parent / "full-repo"
     overhead.build_repository(spec, full, True)
     keep = ["zero_0", "handwritten", f"chain_{k}", f"chain_{k}_bls", f"chain_{k}_fused"]
     callees = [f"zero_{i}" for i in range(k)]
     for name in dict.fromkeys(keep + callees):
         shutil.copytree(full / name, out / name)
-    for name, runtime in orchestrators.items():
-        target = out / name
-        shutil.copytree(full / f"chain_{k}_bls", target)
-        config = (target / "config.pbtxt").read_text().replace(f'name: "chain_{k}_bls"', f'name: "{name}"')
-        (target / "config.pbtxt").write_text(config)
-        shutil.copy(runtime, target / "1" / "model.py")
-        keep.append(name)
+    for form, variants in (("bls", orchestrators), ("fused", fused)):
+        for name, runtime in variants.items():
+            target = out / name
+            shutil.copytree(full / f"chain_{k}_{form}", target)
+            config = (target / "config.pbtxt").read_text()
+            (target / "config.pbtxt").write_text(config.replace(f'name: "chain_{k}_{form}"', f'name: "{name}"'))
+            shutil.copy(runtime, target / "1" / "model.py")
+            keep.append(name)
     shutil.rmtree(full)
     return keep
 
@@ -317,16 +319,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="compound-breakdown-"))
     spec = overhead.write_spec(work / "spec")
     orchestrators = {n: Path(p).resolve() for n, p in (entry.split("=", 1) for entry in args.orchestrator)}
-    models = build(spec, work / "repo", args.k, orchestrators)
-    if args.models:
-        models = [m for m in models if m in args.models] + [m for m in args.models if m in orchestrators]
+    fused = {n: Path(p).resolve() for n, p in (entry.split("=", 1) for entry in args.fused)}
+    models = build(spec, work / "repo", args.k, orchestrators, fused)
+    if args.models:  # the named ones, and every variant runtime
+        models = [m for m in models if m in args.models or m in orchestrators or m in fused]
     rows = work / "rows.npz"
     np.savez(rows, x=np.random.default_rng(0).standard_normal((256, overhead.DIM)).astype(np.float32))
     passes = ["clean"] + (["pyspy"] if args.pyspy else []) + (["perf"] if args.perf and shutil.which("perf") else [])
     http, grpc, metrics = free_ports(3)
-    result: dict[str, Any] = {"models": {}, "passes": passes}
+    result: dict[str, Any] = {"models": {}, "passes": passes, "server_args": args.server_arg}
     with LocalServer(
-        work / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=work / "tritonserver.log"
+        work / "repo",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=work / "tritonserver.log",
+        extra_args=args.server_arg,
     ) as server:
         for round_ in range(args.rounds):
             for model in list(dict.fromkeys(models)):
@@ -414,6 +422,14 @@ def main() -> None:
     parser.add_argument("--perf", action="store_true", help="a pass with perf record on tritonserver and the stubs")
     parser.add_argument("--models", nargs="*", default=[], help="only these models (default: all of the chain)")
     parser.add_argument("--orchestrator", nargs="*", default=[], metavar="NAME=FILE", help="chain_k_bls with FILE")
+    parser.add_argument("--fused", nargs="*", default=[], metavar="NAME=FILE", help="chain_k_fused with FILE")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra tritonserver argument, e.g. --server-arg=--backend-config=python,shm-default-byte-size=67108864",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "breakdown"))
     parser.add_argument("--label", default="", help="suffix of the result files")
     args = parser.parse_args()
