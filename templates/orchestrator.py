@@ -159,6 +159,7 @@ class TritonPythonModel:
         self.inline: dict[str, Any] = {}
         self.streamers: dict[str, Any] = {}  # fused streaming steps: their streaming loops
         self.on_demand = OnDemand(self.program.get("on_demand", []))
+        self._exec_all = _exec_concurrently  # how a step's requests to its callee run
         here = os.path.dirname(os.path.abspath(__file__))
         metrics = _sibling_module(here, "compound_metrics", required=False)
         self.metrics = metrics.Metrics(self.name, args.get("model_instance_name", "")) if metrics else None
@@ -173,12 +174,19 @@ class TritonPythonModel:
             self.waiters = concurrent.futures.ThreadPoolExecutor(STREAM_WAITERS, thread_name_prefix="compound-stream")
             self.execute = self.execute_streaming  # type: ignore[method-assign] - plain pipelines keep theirs
             self._call = self._call_or_stream  # type: ignore[method-assign]
-        elif not _calls_models(self.program["body"]) and not self.on_demand.models:
-            # Every step runs in this process (fused): nothing to await on the server. Run the program
-            # on an event loop of this thread instead of handing execute() to the backend's loop
-            # thread and back, which costs more than a light pipeline's handlers.
+        elif not self.on_demand.models and (
+            not _calls_models(self.program["body"]) or _one_call_at_a_time(self.program)
+        ):
+            # Every step runs in this process (fused), or calls one batching model at a time with
+            # nothing beside it to overlap (no parallel steps, no map, no timeout to enforce while a
+            # call runs): run the program in this thread, its calls blocking, instead of handing
+            # execute() to the backend's loop thread and every call's answer back to it, which
+            # costs more than a light pipeline's handlers. Without a timeout (whose wait needs a
+            # running loop) it runs as a plain call first (execute_eager): it rarely waits at all.
             self.loop = asyncio.new_event_loop()
-            self.execute = self.execute_here  # type: ignore[method-assign]
+            asyncio.set_event_loop(self.loop)  # steps that run side by side are scheduled on it
+            self._exec_all = _exec_blocking
+            self.execute = self.execute_eager  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.
@@ -235,6 +243,8 @@ class TritonPythonModel:
         groups: dict[Any, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(self._shape_key(request, index), []).append(index)
+        if len(groups) == 1:  # the usual case: every request in one merged batch, no task needed
+            return await self._run_group(requests, deadline)
         responses: list[Any] = [None] * len(requests)
 
         async def run(members: list[int]) -> None:
@@ -247,6 +257,20 @@ class TritonPythonModel:
     def execute_here(self, requests: list[Any]) -> list[Any]:
         """execute() of a program with no step on another model, run to completion in this thread."""
         return self.loop.run_until_complete(TritonPythonModel.execute(self, requests))
+
+    def execute_eager(self, requests: list[Any]) -> list[Any]:
+        """execute() run as a plain call: inline steps and blocking calls never wait, so the
+        coroutine usually returns at its first step, without the event loop's rounds (a task, a
+        poll of the selector each); the loop finishes whatever does wait (steps side by side, a
+        switch whose rows take several branches)."""
+        if self.timeout_s is not None:
+            return self.execute_here(requests)
+        coroutine = TritonPythonModel.execute(self, requests)
+        try:
+            pending = coroutine.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        return self.loop.run_until_complete(_resume(coroutine, pending))
 
     async def execute_streaming(self, requests: list[Any]) -> None:
         """Streaming pipelines (decoupled): each request runs alone, its streaming step's responses go
@@ -410,6 +434,8 @@ class TritonPythonModel:
         if node.get("inline"):
             return self._call_inline(node, scope, context)
         where, model, batching = node["where"], node["model"], node["batching"]
+        if self._exec_all is _exec_blocking:
+            self._check_deadline(where, model, context)
         try:
             if batching:
                 calls = [[scope[tensor].tensor(name) for name, tensor in node["inputs"].items()]]
@@ -446,11 +472,11 @@ class TritonPythonModel:
                             model, node.get("prewarm", []), f"pipeline '{self.name}': step {where}"
                         )
                 with self._span(f"call {model}", context, model=model, step=where, rows=_rows(scope, node)):
-                    responses = await asyncio.gather(*(request.async_exec() for request in requests))
+                    responses = await self._exec_all(requests)
                 if model in self.on_demand.models and any(_not_loaded(r) for r in responses):
                     # unloaded for idleness between the check and the call: load it again, once
                     await self.on_demand.ensure(model, [], f"pipeline '{self.name}': step {where}")
-                    responses = await asyncio.gather(*(request.async_exec() for request in requests))
+                    responses = await self._exec_all(requests)
         finally:
             context.running[label] -= len(requests)
             if not context.running[label]:
@@ -600,11 +626,7 @@ class TritonPythonModel:
         """A fused step: the handler runs right here, on the arrays in hand. It does not yield to
         the event loop, so the timeout is checked before each step rather than during one."""
         where, model = node["where"], node["model"]
-        if context.deadline is not None and time.monotonic() > context.deadline:
-            raise TimedOut(
-                f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms), "
-                f"before step {where} ({model})"
-            )
+        self._check_deadline(where, model, context)
         arrays = {name: scope[tensor].array() for name, tensor in node["inputs"].items()}
         rows = next(iter(arrays.values())).shape[0]
         try:
@@ -615,6 +637,14 @@ class TritonPythonModel:
                 f"pipeline '{self.name}': step {where} (model '{model}') failed: model '{model}': {self._describe(exc)}"
             ) from None
         return {tensor: Value(array=outputs[out]) for out, tensor in node["outputs"].items()}
+
+    def _check_deadline(self, where: str, model: str, context: Context) -> None:
+        """Steps that run to their end once started (inline, blocking calls) check the timeout first."""
+        if context.deadline is not None and time.monotonic() > context.deadline:
+            raise TimedOut(
+                f"pipeline '{self.name}' timed out after {self.timeout_s * 1000:.0f} ms (timeout_ms), "
+                f"before step {where} ({model})"
+            )
 
     def _timed(self, node: Node, scope: dict[str, Value]) -> Any:
         """Around one step call: its duration and batch size, its rows pending on the component."""
@@ -803,6 +833,57 @@ def _calls_models(node: Any) -> bool:
     if isinstance(node, list):
         return any(_calls_models(value) for value in node)
     return False
+
+
+def _one_call_at_a_time(program: Node) -> bool:
+    """Whether nothing in the program could overlap: every block a chain, no map, every called
+    model batching (one request per step), not streaming, no timeout_ms (a blocking call cannot be
+    cut short: the callee's queue timeout still bounds it, the request's deadline would not)."""
+    if program.get("timeout_ms") or program.get("streaming"):
+        return False
+
+    def sequential(block: Node) -> bool:
+        steps = block["steps"]
+        if any(node["after"] != [i - 1] for i, node in enumerate(steps) if i):
+            return False
+        for node in steps:
+            op = node["op"]
+            if op == "map" or (op == "model" and not node.get("inline") and not node["batching"]):
+                return False
+            if op == "switch" and not all(
+                sequential(body) for body in [b for _, b in node["cases"]] + [node["default"]] if body
+            ):
+                return False
+            if op == "loop" and not sequential(node["body"]):
+                return False
+        return True
+
+    return sequential(program["body"])
+
+
+async def _resume(coroutine: Any, pending: Any) -> Any:
+    """Finish on the loop a coroutine started outside it, as a task would: wait for the future it
+    yielded (None: it only gave way), resume it, until it returns."""
+    while True:
+        if pending is None:
+            await asyncio.sleep(0)
+        else:
+            pending._asyncio_future_blocking = False  # taken in hand, as a task takes it
+            await asyncio.wait([pending])
+        try:
+            pending = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+
+
+async def _exec_concurrently(requests: list[Any]) -> list[Any]:
+    """A step's requests, all in flight at once (the backend's event loop awaits them)."""
+    return await asyncio.gather(*(request.async_exec() for request in requests))
+
+
+async def _exec_blocking(requests: list[Any]) -> list[Any]:
+    """A step's requests in this thread, one after another (a program that has one at a time)."""
+    return [request.exec() for request in requests]
 
 
 def _consume_error(future: asyncio.Future[None]) -> None:

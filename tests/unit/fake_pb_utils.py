@@ -33,6 +33,7 @@ class Callee:
     calls: list[Arrays] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
+    blocking_calls: int = 0  # calls made with exec() (the runtime ran them one at a time)
 
 
 CALLEES: dict[str, Callee] = {}
@@ -209,6 +210,21 @@ class InferenceRequest:
 
     def trace(self) -> Any:
         return self._trace
+
+    def exec(self) -> InferenceResponse:
+        """The blocking call: the callee answers before it returns (nothing else runs meanwhile)."""
+        callee = CALLEES[self.model_name]
+        arrays = {tensor.name(): tensor.as_numpy() for tensor in self._inputs}
+        callee.calls.append(arrays)
+        callee.most_in_flight = max(callee.most_in_flight, 1)
+        callee.blocking_calls += 1
+        try:
+            outputs = callee.fn(arrays)
+        except Exception as exc:  # the callee's failure is the response's error
+            return InferenceResponse([], error=TritonError(f"model '{self.model_name}': {type(exc).__name__}: {exc}"))
+        return InferenceResponse(
+            [Tensor(name, np.asarray(outputs[name])) for name in self.requested_output_names if name in outputs]
+        )
 
     async def async_exec(self) -> InferenceResponse:
         """Like Triton's: a callee's failure comes back as a response with an error. Yields to the

@@ -89,3 +89,17 @@ def test_no_verdict_against_a_peer_when_the_machine_was_shared() -> None:
     report["summary"] = summarize(report)
     report["targets"] = evaluate_targets(report)
     assert "n/a  fused >= 1.5x ray-serve-fused" in format_table(report)
+
+
+def test_fused_against_pytriton_peak_over_peak_with_both_cpu_costs() -> None:
+    report = _report()
+    report["profiles"]["pytriton"] = {"description": "p", "points": [_point(4, 200.0, 20.0), _point(16, 400.0, 40.0)]}
+    [target] = [t for t in evaluate_targets(report) if "pytriton" in t["target"]]
+    assert target["target"] == "fused >= 1.2x pytriton throughput (peak over peak)"
+    assert target["value"] == 1.5 and target["met"]  # 600 over 400, each at its own best concurrency
+    assert target["note"] == "server CPU per request: fused 2.500 ms at c=16, pytriton 3.750 ms at c=16"
+    report["profiles"]["pytriton"] = {"error": "PyTriton did not start"}
+    [target] = [t for t in evaluate_targets(report) if "pytriton" in t["target"]]
+    assert target["met"] is None and target["note"] == "PyTriton did not start"
+    report["summary"] = summarize(report)
+    assert "pytriton        not measured: PyTriton did not start" in format_table(report)

@@ -5,6 +5,7 @@ output checks and their own code folders."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -352,6 +353,47 @@ def test_a_missing_case_fails_only_its_request(pb: ModuleType, repo: Path) -> No
     requests = [fake.request(item=ints(1), query=strings("x"))]
     (response,) = execute(load(repo, "flat_chain"), *requests)
     assert "step steps.1.default.0 (model 'flat') returned no output 'score'" in fake.error(response)
+
+
+# --- which thread runs the program --------------------------------------------------------------------
+
+
+def test_a_program_with_one_call_at_a_time_runs_in_the_stubs_thread_with_blocking_calls(
+    pb: ModuleType, repo: Path
+) -> None:
+    """No parallel steps, no map, batching callees, no timeout: execute() is a plain method (the stub
+    calls it in its own thread) and every call blocks; a switch whose rows take both branches still
+    runs each branch once (the event loop finishes what waits)."""
+    register_callees()
+    for pipeline in ("router", "counter"):
+        model = load(repo, pipeline)
+        assert not inspect.iscoroutinefunction(model.execute), pipeline
+    (response,) = execute(load(repo, "router"), fake.request(query=strings("hi!", "Hello", "yo!")))
+    assert fake.outputs(response)["answer"].tolist() == [[b"HI!"], [b"hello"], [b"YO!"]]
+    assert [fake.CALLEES[m].blocking_calls for m in ("route", "shout", "whisper")] == [1, 1, 1]
+
+
+def test_programs_that_overlap_calls_keep_the_backends_event_loop(pb: ModuleType, repo: Path) -> None:
+    """A map (items at once), a model without a batch axis (rows at once), or a timeout (cut short
+    while a call runs) needs async_exec on the backend's loop."""
+    register_callees()
+    for pipeline in ("rank", "rank_flat", "flat_chain"):
+        assert inspect.iscoroutinefunction(load(repo, pipeline).execute), pipeline
+    model = load(repo, "router")
+    module = sys.modules[type(model).__module__]
+    assert module._one_call_at_a_time(model.program)
+    assert not module._one_call_at_a_time({**model.program, "timeout_ms": 100})
+    (response,) = execute(load(repo, "rank"), fake.request(items=np.array([[1, 2]], dtype=np.int32)))
+    assert fake.outputs(response)["scores"][..., 0].tolist() == [[0.5, 1.0]]
+    assert fake.CALLEES["score"].blocking_calls == 0 and fake.CALLEES["score"].most_in_flight == 2
+
+
+def test_a_timeout_set_on_a_blocking_program_is_still_enforced_before_each_call(pb: ModuleType, repo: Path) -> None:
+    register_callees()
+    model = load(repo, "counter")
+    model.timeout_s = 0.0
+    (response,) = execute(model, fake.request(start=ints(0)))
+    assert "timed out after 0 ms" in fake.error(response) and not fake.CALLEES["step"].calls
 
 
 # --- fused (inline) -----------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from toolkit.spec.schema import InstanceKind, Instances, LoadedSpec, ModelSpec, 
 
 SERVER_PROFILES = ("static", "ensemble", "optimized", "fused")
 RAY_PROFILES = ("ray-serve", "ray-serve-fused")
-ALL_PROFILES = ("static", "ensemble", "optimized", "fused", "ceiling", *RAY_PROFILES)
+PYTRITON_PROFILE = "pytriton"  # the same handlers chained in one PyTriton @batch model (toolkit.bench.pytriton_peer)
+ALL_PROFILES = ("static", "ensemble", "optimized", "fused", "ceiling", *RAY_PROFILES, PYTRITON_PROFILE)
 BASELINES = ("static", "ensemble")  # every generated profile is reported against both
 GENERATED_PROFILES = ("optimized", "fused")  # what compound generates at its best: targets apply to these
 

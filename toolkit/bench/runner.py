@@ -22,6 +22,7 @@ from toolkit.bench.profiles import (
     ALL_PROFILES,
     BASELINES,
     GENERATED_PROFILES,
+    PYTRITON_PROFILE,
     RAY_PROFILES,
     SERVER_PROFILES,
     SPEC_PROFILES,
@@ -126,6 +127,10 @@ class BenchRunner:
                     result = self._server_profile(name, allocation, rows_file, work)
                 elif name == "ceiling":
                     result = self._ceiling(allocation)
+                elif name == PYTRITON_PROFILE:
+                    from toolkit.bench.pytriton_peer import run_pytriton_profile
+
+                    result = run_pytriton_profile(self.plan, s.pipeline, s, rows_file, work, self.log)
                 else:
                     from toolkit.bench.rayserve import run_ray_profile
 
@@ -328,6 +333,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         for peer in RAY_PROFILES:
             targets += _peer_target(name, peer, points(name), profiles.get(peer))
+        if name == "fused":
+            targets += _pytriton_target(best, profiles.get(PYTRITON_PROFILE))
         if cached:
             for t in targets:
                 if t["target"].startswith(name + " ") and "note" not in t:
@@ -357,6 +364,33 @@ def _peer_target(
         target["note"] = (
             f"not established: the machine was shared during the run (other CPU {other:.0f}% of a core at the"
             " compared points); compare server CPU per request instead"
+        )
+    return [target]
+
+
+def _pytriton_target(fused: dict[str, Any], result: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fused profile against PyTriton on the same handlers: peak over peak, with both server
+    CPU costs per request in the note (the reason when the ratio falls short)."""
+    if result is None:
+        return []
+    label = f"fused >= 1.2x {PYTRITON_PROFILE} throughput (peak over peak)"
+    peer = _best(result.get("points", []))
+    if peer is None:
+        return [{"target": label, "value": None, "met": None, "note": result.get("error", "not measured")}]
+    value = fused["throughput_rps"] / peer["throughput_rps"]
+    target: dict[str, Any] = {"target": label, "value": round(value, 2), "met": value >= 1.2}
+    costs = [
+        f"{who} {10.0 * p['server_cpu_pct'] / p['throughput_rps']:.3f} ms at c={p['concurrency']}"
+        for who, p in (("fused", fused), (PYTRITON_PROFILE, peer))
+        if p.get("server_cpu_pct")
+    ]
+    if costs:
+        target["note"] = "server CPU per request: " + ", ".join(costs)
+    other = max((p.get("other_cpu_pct") or 0.0) for p in (fused, peer))
+    if other > SHARED_MACHINE_PCT:
+        target["met"] = None
+        target["note"] = target.get("note", "") + (
+            f"; not established: the machine was shared (other CPU {other:.0f}% of a core at the compared points)"
         )
     return [target]
 
