@@ -102,58 +102,77 @@ def run_pytriton_profile(
         "points": [],
     }
     began = time.perf_counter()
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "toolkit.bench.pytriton_peer", str(config_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-            env=pytriton_env(),
-            start_new_session=True,  # its own process group: stopping it stops tritonserver and the stubs too
-        )
-        try:
-            said = _wait_ready(proc, START_TIMEOUT_S)
-            if said is not None:
-                code = proc.poll()
-                why = f"it exited with code {code}" if code is not None else f"not ready after {START_TIMEOUT_S:.0f} s"
-                log_file.flush()
-                last = _last_line(log_path)
-                raise CompoundError(
-                    f"PyTriton did not start ({why}): {last or said or 'no output'}",
-                    hint=f"logs: {log_path}, {config['triton_log']}",
-                )
-            result["ready_s"] = time.perf_counter() - began
-            url = f"127.0.0.1:{ports[1]}"
-            protocol = "triton-grpc"
-            if getattr(settings, "driver", "grpc") == "http":
-                url, protocol = f"http://127.0.0.1:{ports[0]}", "http-v2"
-            p = plan.spec.pipelines[pipeline]
-            request = [[Call(pipeline, {t: t for t in p.inputs}, {t: t for t in p.outputs})]]
-            datatypes = tensor_datatypes(plan, pipeline)
+    proc = _start(config_file, log_path, config["triton_log"], log)
+    try:
+        result["ready_s"] = time.perf_counter() - began
+        url = f"127.0.0.1:{ports[1]}"
+        protocol = "triton-grpc"
+        if getattr(settings, "driver", "grpc") == "http":
+            url, protocol = f"http://127.0.0.1:{ports[0]}", "http-v2"
+        p = plan.spec.pipelines[pipeline]
+        request = [[Call(pipeline, {t: t for t in p.inputs}, {t: t for t in p.outputs})]]
+        datatypes = tensor_datatypes(plan, pipeline)
 
-            def job(concurrency: int, duration_s: float, warmup_s: float, out: str) -> Job:
-                return Job(
-                    url, request, datatypes, str(rows_file), concurrency, duration_s, warmup_s, out, protocol=protocol
-                )
+        def job(concurrency: int, duration_s: float, warmup_s: float, out: str) -> Job:
+            return Job(
+                url, request, datatypes, str(rows_file), concurrency, duration_s, warmup_s, out, protocol=protocol
+            )
 
-            until_first, first_latency = first_response(job(1, 0.0, 0.0, str(work / "probe.json")), timeout_s=60.0)
-            result["cold_start_s"] = result["ready_s"] + until_first
-            result["first_request_ms"] = first_latency * 1e3
-            log(f"  ready in {result['ready_s']:.1f} s, first response {first_latency * 1e3:.1f} ms")
-            cpu = ProcessCpu(proc.pid)
-            for c in settings.concurrency:
-                point = run_driver(
-                    job(c, settings.duration_s, settings.warmup_s, str(work / f"result-pytriton-{c}.json")),
-                    work,
-                    cpu,
-                    log,
-                )
-                result["points"].append(point)
-                log("  " + point_line(point))
-        finally:
-            _stop(proc)
+        until_first, first_latency = first_response(job(1, 0.0, 0.0, str(work / "probe.json")), timeout_s=60.0)
+        result["cold_start_s"] = result["ready_s"] + until_first
+        result["first_request_ms"] = first_latency * 1e3
+        log(f"  ready in {result['ready_s']:.1f} s, first response {first_latency * 1e3:.1f} ms")
+        cpu = ProcessCpu(proc.pid)
+        for c in settings.concurrency:
+            point = run_driver(
+                job(c, settings.duration_s, settings.warmup_s, str(work / f"result-pytriton-{c}.json")),
+                work,
+                cpu,
+                log,
+            )
+            result["points"].append(point)
+            log("  " + point_line(point))
+    finally:
+        _stop(proc)
     return result
+
+
+# PyTriton's proxy model asks its Python process for its config over a Unix socket when Triton loads it;
+# on a loaded machine that connection is sometimes refused (pytriton's handshake, not ours): start again.
+HANDSHAKE_RACE = "get_config_from_handshake_server"
+
+
+def _start(config_file: Path, log_path: Path, triton_log: str, log: Callable[[str], None]) -> subprocess.Popen[str]:
+    """The PyTriton process, once it says READY (a second try after PyTriton's handshake race)."""
+    for attempt in (1, 2):
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "toolkit.bench.pytriton_peer", str(config_file)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                env=pytriton_env(),
+                start_new_session=True,  # its own process group: stopping it stops tritonserver and the stubs too
+            )
+        said = _wait_ready(proc, START_TIMEOUT_S)
+        if said is None:
+            return proc
+        try:
+            code: Optional[int] = proc.wait(timeout=30)  # its output ended: it is on its way out
+        except subprocess.TimeoutExpired:
+            code = None
+        _stop(proc)
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if attempt == 1 and HANDSHAKE_RACE in text:
+            log("  PyTriton's model could not reach its process (its handshake, on a loaded machine): again")
+            continue
+        why = f"it exited with code {code}" if code is not None else f"not ready after {START_TIMEOUT_S:.0f} s"
+        raise CompoundError(
+            f"PyTriton did not start ({why}): {_last_line(log_path) or said or 'no output'}",
+            hint=f"logs: {log_path}, {triton_log}",
+        )
+    raise AssertionError("unreachable")
 
 
 def pytriton_env() -> dict[str, str]:
