@@ -39,6 +39,7 @@ from toolkit.core.errors import CompoundError
 from toolkit.observe.stats import ModelCounters
 from toolkit.repository.manifest import FILE as MANIFEST_FILE
 from toolkit.repository.manifest import Manifest
+from toolkit.runtime.forecast import ArrivalForecaster
 from toolkit.runtime.keeper import Keeper
 from toolkit.runtime.lock import runtime_may_act
 from toolkit.runtime.policy import QUIET_SAMPLES, Bounds, Component, Decision, Policy, Window
@@ -102,7 +103,16 @@ class Supervisor:
         downstream: dict[str, list[str]] = {}
         for producer, consumer in manifest.edges:
             downstream.setdefault(producer, []).append(consumer)
-        self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus)
+        # pipelines served by a Triton model of their own name whose steps are separate components: their
+        # arrivals are what the runtime forecasts and scales those components ahead of
+        pipelines = {
+            name: [m for m in entry.models if m in self.scaled_models]
+            for name, entry in manifest.pipelines.items()
+            if entry.kind != "fused"
+        }
+        pipelines = {name: steps for name, steps in pipelines.items() if steps}
+        self.policy = Policy(self.config.cores, downstream, gpus=self.config.gpus, pipelines=pipelines)
+        self.forecaster = ArrivalForecaster(sorted(pipelines))
         for name in set(self.components) - set(self.scaled_models):  # replaced by an update
             del self.components[name]
 
@@ -146,8 +156,11 @@ class Supervisor:
         self.served.append((now, served))
         self.served = self.served[-(QUIET_SAMPLES + 1) :]  # a second of samples
         rates = recent_rates(self.served)
+        self.forecaster.observe(now, served, pending)
         with runtime_may_act(self.config.repository) as may_act:
             decisions = self.policy.burst(now, self.components, pending, rates) if may_act else []
+            if may_act and not decisions:  # a sample with no burst: ahead of a rise (one change at a time)
+                decisions = self.policy.ahead(now, self.components, self.forecaster.outlook(SAMPLE_S))
             for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         if decisions:
