@@ -10,6 +10,7 @@ from typing import Callable
 from toolkit.runtime.forecast import ArrivalForecaster, Outlook
 from toolkit.runtime.policy import AHEAD_AFTER, AHEAD_MIN_SAMPLES, Bounds, Component, Decision, Policy, Window
 from toolkit.runtime.signals import SAMPLE_S
+from toolkit.runtime.supervisor import rescaled
 
 PIPELINES = {"classify": ["parse", "classifier"], "extract": ["parse", "extractor"]}
 
@@ -166,3 +167,14 @@ def test_a_ramp_is_met_before_the_windows_see_a_queue() -> None:
     assert [(d.model, d.instances) for d in made] == [("heavy", 2)]
     assert "scale-ahead" in made[0].reason
     assert simulate(arrivals, windows, 4, ahead=False) == []
+
+
+def test_a_rescale_sets_every_group_count_and_drops_the_warmup() -> None:
+    live = {
+        "name": "classifier",
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+        "model_warmup": [{"name": "classifier_warmup_batch_1", "batch_size": 1}],
+    }
+    config = rescaled(live, 2)
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}] and "model_warmup" not in config
+    assert rescaled(config, 1)["instance_group"][0]["count"] == 1  # idempotent on a config without one

@@ -357,6 +357,11 @@ class Supervisor:
             "prices": self.config.prices,
             "scaling": self.config.scale,
             "decisions": self.decisions[-50:],
+            # each pipeline's arrivals as the forecast sees them: requests/s now and HORIZON_S ahead
+            "arrivals": {
+                name: {"rate": round(o.rate, 1), "forecast": round(o.forecast, 1), "horizon_s": o.horizon_s}
+                for name, o in sorted(self.forecaster.outlook(SAMPLE_S).items())
+            },
         }
 
     def write_status(self, now: float) -> None:
