@@ -117,9 +117,15 @@ class Component:
     load_now: Optional[float] = None  # cores its pipelines' arrivals need now (None: no forecast)
     load_ahead: Optional[float] = None  # ... and a horizon ahead
 
+    loading: bool = False  # a rescale's load is still under way (the runtime does not wait for it)
+
     @property
     def autoscaled(self) -> bool:
         return self.bounds is not None
+
+    def settled(self, now: float) -> bool:
+        """May change now: autoscaled, loaded, no load under way, and its last change COOLDOWN_S old."""
+        return self.autoscaled and self.loaded and not self.loading and now - self.last_change >= COOLDOWN_S
 
     @property
     def floor(self) -> int:
@@ -191,7 +197,7 @@ class Policy:
         decisions: dict[str, Decision] = {}
 
         def settled(c: Component) -> bool:
-            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+            return c.settled(now) and c.name not in decisions
 
         def queue_ms(c: Component) -> float:
             w = windows.get(c.name)
@@ -307,7 +313,7 @@ class Policy:
         decisions: dict[str, Decision] = {}
 
         def settled(c: Component) -> bool:
-            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+            return c.settled(now) and c.name not in decisions
 
         bursting = sorted(
             (
@@ -363,7 +369,7 @@ class Policy:
                 component.ahead = 0
 
         def settled(c: Component) -> bool:
-            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+            return c.settled(now) and c.name not in decisions
 
         ready = sorted(
             (
