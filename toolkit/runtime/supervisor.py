@@ -64,6 +64,20 @@ class Account:
 
 
 @dataclass
+class Loading:
+    """A scale-up whose load runs in the background."""
+
+    future: concurrent.futures.Future[Optional[str]]
+    decision: Decision
+    before: int  # instances before it
+    decided: float  # the runtime's clock at the decision
+    began: float  # time.monotonic() at the load's start
+    onset: Optional[float]  # the burst's first queued request seen, if a burst
+    wanted: float  # instances the gauges must show once the added ones serve
+    served_at: Optional[float] = None
+
+
+@dataclass
 class Supervisor:
     config: RuntimeConfig
     stubs: Callable[[], Optional[dict[str, int]]] = lambda: None
@@ -86,8 +100,8 @@ class Supervisor:
         self.tracing: Any = None
         self.background_loads = False  # scale-ups on a thread (the running process); tests drive tick() in line
         self.loads: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self.loading: dict[str, tuple[concurrent.futures.Future[Optional[str]], Decision, int, float]] = {}
-        self.reactions: dict[str, tuple[float, float]] = {}  # seen serving before its load returned
+        self.loading: dict[str, Loading] = {}  # scale-ups whose load has not returned
+        self.serving: dict[str, float] = {}  # instances seen serving per component model, last sample
         if self.config.otlp_endpoint:
             from toolkit.observe.tracing import runtime_tracing
 
@@ -326,44 +340,49 @@ class Supervisor:
             self.loads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="rescale")
         began = time.monotonic()
         future = self.loads.submit(lambda: self.servers.load({decision.model: config})[decision.model])
-        self.loading[decision.model] = (future, decision, component.instances, began)
+        # serving once the gauges show the added instances over what they showed before (a finalised
+        # process's series may linger)
+        replicas = max(len(self.servers.servers), 1)
+        base = self.serving.get(decision.model)
+        added = (decision.instances - component.instances) * replicas
+        wanted = base + added if base is not None else float(decision.instances * replicas)
+        self.loading[decision.model] = Loading(
+            future, decision, component.instances, now, began, component.burst_since, wanted
+        )
+        component.burst_since = None  # this burst's onset goes with its load; a later one starts anew
         component.instances, component.loading, component.last_change = decision.instances, True, now
         component.hot = component.cold = 0
 
     def _collect_loads(self, now: float, serving: Optional[dict[str, float]] = None) -> None:
-        """Scale-ups under way: the reaction when the new instances are seen serving (their processes'
-        `compound_instances`, one per server), the outcome when the load has returned."""
-        replicas = max(len(self.servers.servers), 1)
-        for name, (future, decision, before, began) in list(self.loading.items()):
+        """Scale-ups under way: the reaction when the added instances are seen serving (their processes'
+        `compound_instances`), the outcome when the load has returned, recorded at the decision's time."""
+        if serving is not None:
+            self.serving = serving
+        for name, load in list(self.loading.items()):
             component = self.components[name]
             seen = (serving or {}).get(name)
-            if component.burst_since is not None and seen is not None and seen >= decision.instances * replicas:
-                reaction = max(0.0, time.monotonic() - component.burst_since)
-                self.reactions[name] = (reaction, time.monotonic() - began)
-                component.burst_since = None
-            if not future.done():
+            if load.served_at is None and seen is not None and seen >= load.wanted:
+                load.served_at = time.monotonic()
+            if not load.future.done():
                 continue
             del self.loading[name]
             component.loading = False
-            error = future.exception() or future.result()
-            took = time.monotonic() - began
-            outcome = decision.reason
-            reaction_s = None
+            error = load.future.exception() or load.future.result()
+            took = time.monotonic() - load.began
+            outcome, reaction_s = load.decision.reason, None
             if error is not None:
-                component.instances = before
+                component.instances = load.before
                 outcome += f"; FAILED: {error}"
-            elif name in self.reactions:
-                reaction_s, serving_s = self.reactions.pop(name)
+            elif load.onset is not None:
+                served_at = load.served_at if load.served_at is not None else time.monotonic()
+                reaction_s = max(0.0, served_at - load.onset)
+                seen_how = "seen serving" if load.served_at is not None else "not seen serving before its load returned"
                 outcome += (
-                    f"; serving {reaction_s:.2f} s after the first queued request ({serving_s:.2f} s after the "
-                    f"load began; the load returned after {took:.2f} s)"
+                    f"; serving {reaction_s:.2f} s after the first queued request ({seen_how} "
+                    f"{served_at - load.began:.2f} s after the load began; the load returned after {took:.2f} s)"
                 )
-            elif component.burst_since is not None:  # not seen serving before the load returned
-                reaction_s = max(0.0, time.monotonic() - component.burst_since)
-                outcome += f"; serving {reaction_s:.2f} s after the first queued request (load {took:.2f} s)"
-                component.burst_since = None
-            component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
-            self._record(now, name, decision.action, decision.instances, outcome, reaction_s)
+            component.last_decision = f"{load.decision.action} -> {load.decision.instances}: {outcome}"
+            self._record(load.decided, name, load.decision.action, load.decision.instances, outcome, reaction_s)
             self.write_status(now)
 
     def _record(
