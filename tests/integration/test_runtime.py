@@ -159,9 +159,11 @@ def test_a_scale_up_loads_in_the_background_and_its_reaction_ends_when_the_insta
         supervisor._apply(Decision("heavy", "scale", 2, "a burst"), time.monotonic())
         assert heavy.instances == 2 and heavy.loading  # counted from the decision; the runtime goes on
         deadline = time.monotonic() + 30
-        while supervisor.loading and time.monotonic() < deadline:
+        while (supervisor.loading or len(supervisor.served) < 5) and time.monotonic() < deadline:
             time.sleep(0.25)
             supervisor.react()
+        arrivals = supervisor.status(time.monotonic())["arrivals"]  # the forecast reads the pipeline's counter
+    assert arrivals["chain"]["rate"] > 10 and arrivals["side"]["rate"] == 0, arrivals
     (entry,) = [d for d in supervisor.decisions if d["model"] == "heavy" and d["reason"].startswith("a burst")]
     assert entry["reaction_s"] > 0 and "after the first queued request" in entry["reason"], entry
     assert instances(adaptive_server, "heavy") == 2 and not heavy.loading
