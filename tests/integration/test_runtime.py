@@ -164,6 +164,16 @@ def test_a_scale_up_loads_in_the_background_and_its_reaction_ends_when_the_insta
             supervisor.react()
         arrivals = supervisor.status(time.monotonic())["arrivals"]  # the forecast reads the pipeline's counter
     assert arrivals["chain"]["rate"] > 10 and arrivals["side"]["rate"] == 0, arrivals
+    helper = supervisor.components["helper"]
+    if helper.instances > 1:  # a removal also loads in the background, and counts until it returns
+        before = helper.instances
+        supervisor._apply(Decision("helper", "scale", before - 1, "idle"), time.monotonic())
+        assert helper.loading and helper.instances == before
+        deadline = time.monotonic() + 30
+        while supervisor.loading and time.monotonic() < deadline:
+            time.sleep(0.25)
+            supervisor.react()
+        assert helper.instances == before - 1 == instances(adaptive_server, "helper") and not helper.loading
     (entry,) = [d for d in supervisor.decisions if d["model"] == "heavy" and d["reason"].startswith("a burst")]
     assert entry["reaction_s"] > 0 and "after the first queued request" in entry["reason"], entry
     assert instances(adaptive_server, "heavy") == 2 and not heavy.loading

@@ -65,7 +65,7 @@ class Account:
 
 @dataclass
 class Loading:
-    """A scale-up whose load runs in the background."""
+    """A rescale whose load runs in the background."""
 
     future: concurrent.futures.Future[Optional[str]]
     decision: Decision
@@ -311,8 +311,8 @@ class Supervisor:
         else:
             config = rescaled(self.servers.config(decision.model), decision.instances)
             grows = decision.instances > component.instances
-            if grows and self.background_loads:
-                self._load_in_background(decision, component, config, now)
+            if self.background_loads:
+                self._load_in_background(decision, component, config, now, grows)
                 return
             error = self.servers.load({decision.model: config})[decision.model]
             if error is None:
@@ -330,12 +330,15 @@ class Supervisor:
         component.last_decision = f"{decision.action} -> {decision.instances}: {outcome}"
         self._record(now, decision.model, decision.action, decision.instances, outcome, reaction)
 
-    def _load_in_background(self, decision: Decision, component: Component, config: dict[str, Any], now: float) -> None:
-        """A scale-up's load on a thread of its own: measured on Triton 2.51 under a burst, the new
+    def _load_in_background(
+        self, decision: Decision, component: Component, config: dict[str, Any], now: float, grows: bool
+    ) -> None:
+        """A rescale's load on a thread of its own: measured on Triton 2.51 under a burst, the new
         instance serves 0.25-0.5 s after the load begins, but the load returns 0.3-4.1 s later still
-        (Triton swaps the model's instance list only once its queue lets it), and waiting for it held
-        the runtime's loop that long. The instance counts from now (it is reserved capacity, starting);
-        the reaction is taken when the instance is seen serving (`_collect_loads`)."""
+        (Triton swaps the model's instance list only once its queue lets it), and a donor's removal
+        takes about a second; waiting for either held the runtime's loop (and its samples) that long.
+        An added instance counts from now (reserved capacity, starting), a removed one until its load
+        returns; a scale-up's reaction is taken when the instance is seen serving (`_collect_loads`)."""
         if self.loads is None:
             self.loads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="rescale")
         began = time.monotonic()
@@ -349,8 +352,12 @@ class Supervisor:
         self.loading[decision.model] = Loading(
             future, decision, component.instances, now, began, component.burst_since, wanted
         )
-        component.burst_since = None  # this burst's onset goes with its load; a later one starts anew
-        component.instances, component.loading, component.last_change = decision.instances, True, now
+        if grows:
+            component.burst_since = None  # this burst's onset goes with its load; a later one starts anew
+            component.instances = decision.instances
+        else:
+            self.loading[decision.model].onset = None  # a removal has no reaction
+        component.loading, component.last_change = True, now
         component.hot = component.cold = 0
 
     def _collect_loads(self, now: float, serving: Optional[dict[str, float]] = None) -> None:
@@ -373,6 +380,8 @@ class Supervisor:
             if error is not None:
                 component.instances = load.before
                 outcome += f"; FAILED: {error}"
+            elif load.decision.instances < load.before:
+                component.instances = load.decision.instances
             elif load.onset is not None:
                 served_at = load.served_at if load.served_at is not None else time.monotonic()
                 reaction_s = max(0.0, served_at - load.onset)
