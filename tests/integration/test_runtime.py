@@ -21,6 +21,7 @@ from toolkit.client import model_config
 from toolkit.core.system import command_line, free_port
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
+from toolkit.runtime.policy import Decision
 from toolkit.runtime.supervisor import Supervisor
 from toolkit.targets.local import LocalServer, group_members
 from toolkit.targets.server import stub_counts
@@ -139,3 +140,41 @@ def test_deploy_runs_the_runtime_and_stop_ends_it(tmp_path: Path) -> None:
         not Path(f"/proc/{runtime_pid}").exists()
         or "supervisor" not in Path(f"/proc/{runtime_pid}/cmdline").read_text()
     )
+
+
+def test_a_scale_up_loads_in_the_background_and_its_reaction_ends_when_the_instance_serves(
+    adaptive_server: LocalServer, tmp_path: Path
+) -> None:
+    supervisor = supervisor_for(adaptive_server, tmp_path)
+    supervisor.tick()
+    supervisor.prepare(time.monotonic())  # once, at the start: every later rescale adds instances alone
+    assert not model_config(adaptive_server.http_url, "heavy").get("model_warmup")
+    heavy = supervisor.components["heavy"]
+    if heavy.instances > 1:
+        supervisor._apply(Decision("heavy", "scale", 1, "back to one"), time.monotonic())
+    supervisor.background_loads = True
+    with Load(adaptive_server.grpc_url, 16, chain_request) as load:
+        time.sleep(1.0)
+        heavy.burst_since = time.monotonic()  # as the burst path sets it: the first queued request seen
+        supervisor._apply(Decision("heavy", "scale", 2, "a burst"), time.monotonic())
+        assert heavy.instances == 2 and heavy.loading  # counted from the decision; the runtime goes on
+        deadline = time.monotonic() + 30
+        while (supervisor.loading or len(supervisor.served) < 5) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            supervisor.react()
+        arrivals = supervisor.status(time.monotonic())["arrivals"]  # the forecast reads the pipeline's counter
+    assert arrivals["chain"]["rate"] > 10 and arrivals["side"]["rate"] == 0, arrivals
+    helper = supervisor.components["helper"]
+    if helper.instances > 1:  # a removal also loads in the background, and counts until it returns
+        before = helper.instances
+        supervisor._apply(Decision("helper", "scale", before - 1, "idle"), time.monotonic())
+        assert helper.loading and helper.instances == before
+        deadline = time.monotonic() + 30
+        while supervisor.loading and time.monotonic() < deadline:
+            time.sleep(0.25)
+            supervisor.react()
+        assert helper.instances == before - 1 == instances(adaptive_server, "helper") and not helper.loading
+    (entry,) = [d for d in supervisor.decisions if d["model"] == "heavy" and d["reason"].startswith("a burst")]
+    assert entry["reaction_s"] > 0 and "after the first queued request" in entry["reason"], entry
+    assert instances(adaptive_server, "heavy") == 2 and not heavy.loading
+    assert not load.errors, load.errors[:3]

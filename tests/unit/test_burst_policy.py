@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from toolkit.runtime.policy import BURST_ROWS_PER_INSTANCE, QUIET_SAMPLES, Bounds, Component, Decision, Policy, Window
-from toolkit.runtime.signals import SAMPLE_S, pending_rows
+from toolkit.runtime.signals import SAMPLE_S, live_instances, pending_rows
 
 
 def components(**counts: int) -> dict[str, Component]:
@@ -186,3 +186,15 @@ def test_served_requests_are_summed_per_model() -> None:
     text = 'nv_inference_request_success{model="a",version="1"} 7\n'
     text += 'nv_inference_request_success{model="a",version="2"} 3'
     assert served(text) == {"a": 10.0}
+
+
+def test_instances_serving_are_counted_per_component_model_from_their_gauges() -> None:
+    text = "\n".join(
+        [
+            'compound_instances{component="classifier",instance="classifier_0_0",model="classifier",pid="11"} 1',
+            'compound_instances{component="classifier",instance="classifier_0_1",model="classifier",pid="12"} 1',
+            'compound_instances{component="classifier",instance="classifier_0_1",model="classifier",pid="9"} 0',
+            'compound_instances{component="parse",instance="fused_0_0",model="fused",pid="13"} 1',
+        ]
+    )
+    assert live_instances(text) == {"classifier": 2.0}  # a finalised generation's 0; a fused step is not a model

@@ -38,6 +38,11 @@ component (a window needs a second, two for the hysteresis; measured on the burs
 1.1-1.4 s at one instance while 32 clients queue set the run's P95). It only adds, within the same
 cooldown, bounds and capacity rules, and needs rows that are both many per instance and worth
 BURST_WAIT_S of work, so steady load triggers nothing the windows would not.
+
+Rises are met ahead, along the graph: `ahead` turns each pipeline's forecast arrival rate
+(toolkit/runtime/forecast.py, Holt's smoothing a load's time ahead) into the instances each of its
+components needs at its measured time per row, and grows a component before its queue builds; only a
+sustained rise of AHEAD_RISE acts, so a steady series (noise around a level) makes no decision.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
 from toolkit.repository.manifest import AutoscaleBounds
+from toolkit.runtime.forecast import Outlook
 
 HIGH_UTILISATION = 0.75  # an instance busier than this, with requests waiting, is saturated
 DOWN_TO = 0.9  # an instance goes when, nothing waiting, the rest would stay below this each
@@ -60,6 +66,9 @@ SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-th
 BURST_ROWS_PER_INSTANCE = 4  # rows waiting per instance, in one 250 ms sample, that make a burst
 BURST_WAIT_S = 0.05  # ... and the wait those rows add at the measured work per row: less is not worth an instance
 QUIET_SAMPLES = 4  # samples in a row with nothing waiting (1 s) before a component gives a burst an instance
+AHEAD_RISE = 0.15  # a forecast this much above the arrival rate now is a rise, not noise (tests/unit/test_forecast.py)
+AHEAD_AFTER = 2  # samples in a row (0.5 s) the forecast must need more instances before scaling ahead
+AHEAD_MIN_SAMPLES = 4  # a pipeline's series needs a second of samples before its forecast counts
 
 Action = Literal["scale", "unload"]
 
@@ -104,10 +113,19 @@ class Component:
     burst: bool = False  # being grown for a burst (its load: at least a core per instance)
     row_s: Optional[float] = None  # busy time per row, last window with enough requests to say
     recent_rate: Optional[float] = None  # requests/s over the last second of samples (None: not known)
+    ahead: int = 0  # samples in a row whose forecast needed more instances than it has
+    load_now: Optional[float] = None  # cores its pipelines' arrivals need now (None: no forecast)
+    load_ahead: Optional[float] = None  # ... and a horizon ahead
+
+    loading: bool = False  # a rescale's load is still under way (the runtime does not wait for it)
 
     @property
     def autoscaled(self) -> bool:
         return self.bounds is not None
+
+    def settled(self, now: float) -> bool:
+        """May change now: autoscaled, loaded, no load under way, and its last change COOLDOWN_S old."""
+        return self.autoscaled and self.loaded and not self.loading and now - self.last_change >= COOLDOWN_S
 
     @property
     def floor(self) -> int:
@@ -128,6 +146,7 @@ class Policy:
     downstream: dict[str, list[str]] = field(default_factory=dict)  # component -> components it feeds
     gpus: int = 0  # GPU instances all components together may run; 0: only each one's autoscale.max
     busy_cores: float = 0.0  # over the compute models, in the last window
+    pipelines: dict[str, list[str]] = field(default_factory=dict)  # pipeline model -> its component steps
 
     def observe(self, now: float, components: dict[str, Component], windows: dict[str, Window]) -> None:
         """Update each component's utilisation and streaks from this window."""
@@ -178,7 +197,7 @@ class Policy:
         decisions: dict[str, Decision] = {}
 
         def settled(c: Component) -> bool:
-            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+            return c.settled(now) and c.name not in decisions
 
         def queue_ms(c: Component) -> float:
             w = windows.get(c.name)
@@ -294,7 +313,7 @@ class Policy:
         decisions: dict[str, Decision] = {}
 
         def settled(c: Component) -> bool:
-            return c.autoscaled and c.loaded and c.name not in decisions and now - c.last_change >= COOLDOWN_S
+            return c.settled(now) and c.name not in decisions
 
         bursting = sorted(
             (
@@ -317,6 +336,82 @@ class Policy:
             spare = self._grow(component, why, spare, components, settled, decisions, self._quiet_donor)
             component.burst = False
         return list(decisions.values())
+
+    def ahead(self, now: float, components: dict[str, Component], outlooks: dict[str, Outlook]) -> list[Decision]:
+        """Scale ahead along the graph: each component's arrivals are its pipelines' (a step per row of
+        the pipeline), so the pipelines' forecast rates, through the component's measured busy time per
+        row, give the instances it needs a horizon ahead. A component whose forecast needs more than it
+        has, on a rise of at least AHEAD_RISE, for AHEAD_AFTER samples in a row, gets one more instance
+        now, before its queue builds: on a spare core or from a component whose own forecast fits in one
+        instance fewer. "Needs" is the load over DOWN_TO per instance, the threshold the window policy
+        gives an instance back below, so a forecast that comes true is never undone by the next windows;
+        steady load has no rise and makes no decision here."""
+        decisions: dict[str, Decision] = {}
+        rising: dict[str, tuple[float, float, int]] = {}
+        for name, component in components.items():
+            component.load_now = component.load_ahead = None
+            counted = [
+                (outlooks[p], steps.count(name))
+                for p, steps in self.pipelines.items()
+                if name in steps and p in outlooks and outlooks[p].samples >= AHEAD_MIN_SAMPLES
+            ]
+            if not counted or component.row_s is None or not component.loaded:
+                component.ahead = 0
+                continue
+            rate = sum(o.rate * k for o, k in counted)
+            forecast = sum(o.forecast * k for o, k in counted)
+            component.load_now, component.load_ahead = rate * component.row_s, forecast * component.row_s
+            need = math.ceil(component.load_ahead / (DOWN_TO * component.threads) - 1e-9)
+            if forecast >= (1 + AHEAD_RISE) * rate and forecast > 0 and need > component.instances:
+                component.ahead += 1
+                rising[name] = (rate, forecast, need)
+            else:
+                component.ahead = 0
+
+        def settled(c: Component) -> bool:
+            return c.settled(now) and c.name not in decisions
+
+        ready = sorted(
+            (
+                c
+                for c in components.values()
+                if c.name in rising and c.ahead >= AHEAD_AFTER and settled(c) and c.instances < c.bounds.max  # type: ignore[union-attr]
+            ),
+            key=lambda c: (c.load_ahead or 0.0) / max(c.instances, 1),
+            reverse=True,
+        )
+        spare = self.cores - self.busy_cores
+        horizon = next(iter(outlooks.values())).horizon_s if outlooks else 0.0
+        for component in ready:
+            rate, forecast, need = rising[component.name]
+            assert component.row_s is not None
+            why = (
+                f"scale-ahead: arrivals {rate:.0f}/s rising, forecast {forecast:.0f}/s in {horizon:g} s "
+                f"needs {need} instance(s) at {1e3 * component.row_s:.1f} ms/row"
+            )
+            component.burst = True  # taken at a core: its load is about to grow past what it has
+            spare = self._grow(component, why, spare, components, settled, decisions, self._forecast_donor)
+            component.burst = False
+            component.ahead = 0
+        return list(decisions.values())
+
+    def _forecast_donor(
+        self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
+    ) -> Optional[Component]:
+        """For a scale-ahead: an autoscaled component above its floor with nothing waiting whose load,
+        now and forecast, fits in one instance fewer (a burst moving away from its pipeline)."""
+
+        def fits(c: Component) -> bool:
+            if c.load_now is None or c.load_ahead is None:
+                return False
+            return max(c.load_now, c.load_ahead) / ((c.instances - 1) * c.threads) < DOWN_TO
+
+        idle = [
+            c
+            for c in components.values()
+            if c.name != exclude and settled(c) and c.instances > c.floor and c.pending <= 0 and fits(c)
+        ]
+        return min(idle, key=lambda c: c.load_ahead or 0.0) if idle else None
 
     def _quiet_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str

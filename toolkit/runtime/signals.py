@@ -19,6 +19,7 @@ from typing import Optional
 COMPOUND_PENDING = "compound_pending_requests"
 TRITON_PENDING = "nv_inference_pending_request_count"
 TRITON_SUCCESS = "nv_inference_request_success"
+COMPOUND_INSTANCES = "compound_instances"
 SAMPLE_S = 0.25  # how often the runtime reads it: the generated models' push interval
 _LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -59,12 +60,33 @@ def served(text: str) -> dict[str, float]:
     return total
 
 
-def scrape(url: str, timeout: float = 1.0) -> Optional[tuple[dict[str, float], dict[str, float]]]:
-    """One read of a server's metrics endpoint: rows waiting and requests served per model; None
-    when it does not answer (the window goes on)."""
+def live_instances(text: str) -> dict[str, float]:
+    """Instances per component model that have started serving: each instance process sets its
+    `compound_instances` gauge to 1 in initialize(), after which Triton gives it batches at once
+    (templates/metrics.py); a finalised one sets it to 0."""
+    total: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match is None or match["name"] != COMPOUND_INSTANCES:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        with contextlib.suppress(ValueError):
+            if labels.get("model") and labels.get("model") == labels.get("component"):
+                total[labels["model"]] = total.get(labels["model"], 0.0) + float(match["value"])
+    return total
+
+
+def scrape_text(url: str, timeout: float = 1.0) -> Optional[str]:
+    """The metrics endpoint's text; None when it does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the server's own endpoint
-            text = response.read().decode("utf-8", "replace")
+            return response.read().decode("utf-8", "replace")
     except (OSError, urllib.error.URLError, ValueError):
         return None
-    return pending_rows(text), served(text)
+
+
+def scrape(url: str, timeout: float = 1.0) -> Optional[tuple[dict[str, float], dict[str, float], dict[str, float]]]:
+    """One read of a server's metrics endpoint: rows waiting, requests served and instances serving
+    per model; None when it does not answer (the window goes on)."""
+    text = scrape_text(url, timeout)
+    return None if text is None else (pending_rows(text), served(text), live_instances(text))
