@@ -52,6 +52,21 @@ def test_a_rising_pipeline_grows_its_step_before_its_queue_builds() -> None:
     assert comps["parse"].load_ahead is not None and comps["parse"].load_ahead < 0.1  # light: nothing to grow
 
 
+def test_a_forecast_is_priced_at_the_least_recent_time_per_row() -> None:
+    """A window inflated by other work on the machine (9.3 ms a row instead of 7) must not turn a rise
+    that one instance carries into a scale-ahead the next windows undo."""
+    comps = components(parse=1, classifier=1, extractor=1)
+    policy = Policy(cores=2, pipelines=PIPELINES, busy_cores=0.8)
+    for busy_s in (0.70, 0.71, 0.93):  # 100 rows a window: 7.0, 7.1, then 9.3 ms a row
+        policy.observe(1.0, comps, {"classifier": Window(seconds=1.0, requests=100, busy_s=busy_s)})
+    assert comps["classifier"].row_s is not None and abs(comps["classifier"].row_s - 0.0093) < 1e-9
+    assert abs((comps["classifier"].least_row_s or 0.0) - 0.007) < 1e-9
+    rising = {"classify": outlook(90.0, 120.0), "extract": outlook(0.0, 0.0)}  # 120/s x 7 ms = 0.84: fits
+    for step in range(2 * AHEAD_AFTER):
+        assert policy.ahead(10.0 + step * SAMPLE_S, comps, rising) == []
+    assert comps["classifier"].load_ahead is not None and abs(comps["classifier"].load_ahead - 0.84) < 1e-9
+
+
 def test_a_shared_step_counts_every_pipeline_it_serves() -> None:
     comps = components(parse=1, classifier=1, extractor=1)
     measured(comps, parse=4.0, classifier=1.0, extractor=1.0)

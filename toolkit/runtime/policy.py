@@ -69,6 +69,9 @@ QUIET_SAMPLES = 4  # samples in a row with nothing waiting (1 s) before a compon
 AHEAD_RISE = 0.15  # a forecast this much above the arrival rate now is a rise, not noise (tests/unit/test_forecast.py)
 AHEAD_AFTER = 2  # samples in a row (0.5 s) the forecast must need more instances before scaling ahead
 AHEAD_MIN_SAMPLES = 4  # a pipeline's series needs a second of samples before its forecast counts
+# Scale-ahead prices a forecast at the least time per row of this many recent windows: other work on the
+# machine only ever inflates a window's figure, and an inflated one made a scale-ahead the windows undid.
+ROW_MEMORY_WINDOWS = 10
 
 Action = Literal["scale", "unload"]
 
@@ -112,6 +115,7 @@ class Component:
     burst_since: Optional[float] = None  # first sample with a row waiting after a quiet second
     burst: bool = False  # being grown for a burst (its load: at least a core per instance)
     row_s: Optional[float] = None  # busy time per row, last window with enough requests to say
+    recent_rows_s: list[float] = field(default_factory=list)  # row_s of the last ROW_MEMORY_WINDOWS windows
     recent_rate: Optional[float] = None  # requests/s over the last second of samples (None: not known)
     ahead: int = 0  # samples in a row whose forecast needed more instances than it has
     load_now: Optional[float] = None  # cores its pipelines' arrivals need now (None: no forecast)
@@ -122,6 +126,11 @@ class Component:
     @property
     def autoscaled(self) -> bool:
         return self.bounds is not None
+
+    @property
+    def least_row_s(self) -> Optional[float]:
+        """The least busy time per row of the recent windows (the last one's when none is kept)."""
+        return min(self.recent_rows_s) if self.recent_rows_s else self.row_s
 
     def settled(self, now: float) -> bool:
         """May change now: autoscaled, loaded, no load under way, and its last change COOLDOWN_S old."""
@@ -159,6 +168,7 @@ class Policy:
                 component.last_request = now
             if window.requests >= MIN_REQUESTS:
                 component.row_s = window.busy_s / window.requests
+                component.recent_rows_s = [*component.recent_rows_s, component.row_s][-ROW_MEMORY_WINDOWS:]
             if component.max_streams and window.streams is not None:
                 self._observe_streams(component, window.streams)
                 continue
@@ -355,12 +365,13 @@ class Policy:
                 for p, steps in self.pipelines.items()
                 if name in steps and p in outlooks and outlooks[p].samples >= AHEAD_MIN_SAMPLES
             ]
-            if not counted or component.row_s is None or not component.loaded:
+            row_s = component.least_row_s
+            if not counted or row_s is None or not component.loaded:
                 component.ahead = 0
                 continue
             rate = sum(o.rate * k for o, k in counted)
             forecast = sum(o.forecast * k for o, k in counted)
-            component.load_now, component.load_ahead = rate * component.row_s, forecast * component.row_s
+            component.load_now, component.load_ahead = rate * row_s, forecast * row_s
             need = math.ceil(component.load_ahead / (DOWN_TO * component.threads) - 1e-9)
             if forecast >= (1 + AHEAD_RISE) * rate and forecast > 0 and need > component.instances:
                 component.ahead += 1
@@ -384,10 +395,11 @@ class Policy:
         horizon = next(iter(outlooks.values())).horizon_s if outlooks else 0.0
         for component in ready:
             rate, forecast, need = rising[component.name]
-            assert component.row_s is not None
+            row_s = component.least_row_s
+            assert row_s is not None
             why = (
                 f"scale-ahead: arrivals {rate:.0f}/s rising, forecast {forecast:.0f}/s in {horizon:g} s "
-                f"needs {need} instance(s) at {1e3 * component.row_s:.1f} ms/row"
+                f"needs {need} instance(s) at {1e3 * row_s:.1f} ms/row"
             )
             component.burst = True  # taken at a core: its load is about to grow past what it has
             spare = self._grow(component, why, spare, components, settled, decisions, self._forecast_donor)
