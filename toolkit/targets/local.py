@@ -263,6 +263,7 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
         _kill_orphaned_stubs(pid)
         if process is not None:
             process.poll()  # reap the dead server
+        sweep_shared_memory()
         return False
     try:
         os.kill(pid, signal.SIGINT)
@@ -280,6 +281,7 @@ def stop_process(pid: int, process: Optional[subprocess.Popen[bytes]] = None) ->
         pass
     if process is not None:
         process.wait(timeout=10)
+    sweep_shared_memory()  # what this server's killed stubs (or earlier crashes) left in /dev/shm
     return True
 
 
@@ -302,6 +304,43 @@ def _kill_orphaned_stubs(pgid: int) -> None:
 
 
 SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"  # noqa: S108 - Triton names them; read and unlinked only
+
+
+# A region nobody maps is garbage only once it is older than a server's start-up (created, then mapped).
+SWEEP_MIN_AGE_S = 120.0
+
+
+def sweep_shared_memory(min_age_s: float = SWEEP_MIN_AGE_S) -> list[Path]:
+    """Unlink the Python backend's shared-memory files that no live process maps any more: what servers
+    and stubs killed before they could unlink theirs left behind (a SIGKILLed server leaves 1 MB or more
+    per stub, whoever started it). Files younger than `min_age_s` stay: a starting server may not have
+    mapped its region yet. The unlinked paths."""
+    folder = Path(SHM_REGION_PREFIX).parent
+    prefix = Path(SHM_REGION_PREFIX).name
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    now = time.time()
+    old = []
+    for path in candidates:
+        try:
+            if now - path.stat().st_mtime >= min_age_s:
+                old.append(path)
+        except OSError:
+            continue
+    if not old:
+        return []
+    mapped: set[Path] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            mapped |= shared_memory_regions(int(entry.name))
+    removed = []
+    for path in old:
+        if path not in mapped:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def shared_memory_regions(pid: int) -> set[Path]:
