@@ -471,7 +471,8 @@ class _Lanes:
                     now = time.monotonic()
                     if now - stream.checked >= CANCEL_CHECK_S:  # one more round trip: not after every send
                         stream.checked = now
-                        stream.gone = _cancelled(stream)
+                        if _cancelled(stream):
+                            stream.gone = True
                 elif response is None:
                     stream.sender.send(flags=flags)
                 else:
