@@ -81,6 +81,22 @@ def test_a_burst_takes_a_quiet_components_instance_when_no_core_is_spare() -> No
     assert decisions["heavy"].instances == 2 and "takes idle's instance" in decisions["heavy"].reason
 
 
+def test_a_burst_moving_away_gives_its_instance_before_the_donor_has_been_quiet_a_second() -> None:
+    """The burst moves from classify to extract: the classifier's queue is empty at once and its
+    pipeline's arrivals (now and forecast, read by the last scale-ahead sample) fit on one instance, so
+    it gives an instance in the burst's first sample; without that forecast it must first be quiet."""
+    comps = components(extractor=1, classifier=2)
+    policy = Policy(cores=2, busy_cores=2.0)
+    comps["extractor"].row_s = comps["classifier"].row_s = 0.007
+    pending = {"extractor": 32.0, "classifier": 0.0}
+    comps["classifier"].load_now, comps["classifier"].load_ahead = 1.3, 1.6  # still its burst's load
+    assert policy.burst(40.25, comps, pending) == []
+    comps["classifier"].load_now, comps["classifier"].load_ahead = 0.47, 0.1  # its clients left
+    decisions = {d.model: d for d in policy.burst(40.5, comps, pending)}
+    assert decisions["classifier"].instances == 1 and decisions["extractor"].instances == 2
+    assert "takes classifier's instance" in decisions["extractor"].reason
+
+
 def test_steady_saturating_load_makes_no_more_decisions_than_the_windows_alone() -> None:
     def windows(comps: dict[str, Component]) -> dict[str, Window]:
         n = comps["heavy"].instances

@@ -343,7 +343,7 @@ class Policy:
             why = f"burst: {component.pending:.0f} rows waiting on {component.instances} instance(s)"
             if component.row_s is not None:
                 why += f", {1e3 * component.pending * component.row_s / component.instances:.0f} ms of work"
-            spare = self._grow(component, why, spare, components, settled, decisions, self._quiet_donor)
+            spare = self._grow(component, why, spare, components, settled, decisions, self._burst_donor)
             component.burst = False
         return list(decisions.values())
 
@@ -424,6 +424,14 @@ class Policy:
             if c.name != exclude and settled(c) and c.instances > c.floor and c.pending <= 0 and fits(c)
         ]
         return min(idle, key=lambda c: c.load_ahead or 0.0) if idle else None
+
+    def _burst_donor(
+        self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
+    ) -> Optional[Component]:
+        """For a burst: a quiet donor, else one whose pipelines' arrivals, now and forecast, fit in one
+        instance fewer (a burst moving away from it: its clients left a sample or two ago, long before
+        it has been quiet for a second)."""
+        return self._quiet_donor(components, settled, exclude) or self._forecast_donor(components, settled, exclude)
 
     def _quiet_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
