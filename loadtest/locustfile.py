@@ -224,17 +224,7 @@ class _Workload:
             else:
                 self._bodies = itertools.cycle([sse_body(r) for r in self.requests])
         elif protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            prepared = []
-            for request in self.requests:
-                inputs = []
-                for name, array, datatype in request.to_numpy():
-                    infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
-                    infer_input.set_data_from_numpy(array)
-                    inputs.append(infer_input)
-                prepared.append(inputs)
-            self._grpc_inputs = itertools.cycle(prepared)
+            self._grpc_inputs = itertools.cycle([r.grpc_inputs() for r in self.requests])
         else:
             self._bodies = itertools.cycle([json.dumps(r.to_v2_json()).encode() for r in self.requests])
 

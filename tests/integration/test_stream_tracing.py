@@ -12,8 +12,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURES
-from toolkit.core.system import free_port
+from tests.conftest import FIXTURES, start_server
 from toolkit.observe.tracing import Span, SpanCollector
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
@@ -27,16 +26,12 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServ
     work = tmp_path_factory.mktemp("stream-tracing")
     repo = render_repository(plan_spec(FIXTURES / "streaming" / "pipeline.yaml"), work / "repo")
     collector = SpanCollector()
-    server = LocalServer(
-        repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=work / "tritonserver.log",
-        tracing=Tracing(collector.endpoint, 1, "stream-tracing-test"),
-    )
     try:
-        server.start()
+        server = start_server(repo, work, tracing=Tracing(collector.endpoint, 1, "stream-tracing-test"))
+    except BaseException:
+        collector.close()
+        raise
+    try:
         yield server, collector
     finally:
         server.stop()

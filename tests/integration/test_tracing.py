@@ -15,9 +15,8 @@ import pytest
 import tritonclient.http as httpclient
 from click.testing import CliRunner
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, start_server
 from toolkit.cli.main import cli
-from toolkit.core.system import free_port
 from toolkit.loadtest.runner import LoadTestOptions, run_loadtest
 from toolkit.observe.tracing import Span, SpanCollector, pipeline_span, span_tree
 from toolkit.plan import plan_spec
@@ -34,16 +33,14 @@ CONCURRENCY = 16
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, SpanCollector]]:
     repo = render_repository(plan_spec(FIXTURES / "tracing" / "pipeline.yaml"), tmp_path_factory.mktemp("tr") / "repo")
     collector = SpanCollector()
-    server = LocalServer(
-        repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=tmp_path_factory.mktemp("tracing-logs") / "tritonserver.log",
-        tracing=Tracing(collector.endpoint, 1, "tracing-test"),
-    )
     try:
-        server.start()
+        server = start_server(
+            repo, tmp_path_factory.mktemp("tracing-logs"), tracing=Tracing(collector.endpoint, 1, "tracing-test")
+        )
+    except BaseException:
+        collector.close()
+        raise
+    try:
         yield server, collector
     finally:
         server.stop()

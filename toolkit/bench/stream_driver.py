@@ -49,20 +49,23 @@ class StreamJob:
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
 
-    def request(self, index: int) -> Request:
-        tensors = self.requests[index % len(self.requests)]
-        return Request(tuple(Tensor(n, d, tuple(s), tuple(v)) for n, d, s, v in tensors))
+    def prepared(self) -> list[Any]:
+        """Each distinct request once, encoded as its mode sends it (built before the load, not per call):
+        InferInputs (static), a ModelInferRequest (gRPC stream) or an SSE body (HTTP)."""
+        out: list[Any] = []
+        for tensors in self.requests:
+            request = Request(tuple(Tensor(n, d, tuple(s), tuple(v)) for n, d, s, v in tensors))
+            if self.whole:
+                out.append(request.grpc_inputs())
+            elif self.protocol == "grpc":
+                out.append(grpc_request(self.pipeline, request))
+            else:
+                out.append(sse_body(request))
+        return out
 
 
-def _whole_answer(client: Any, pipeline: str, request: Request, timeout: float) -> StreamTiming:
+def _whole_answer(client: Any, pipeline: str, inputs: list[Any], timeout: float) -> StreamTiming:
     """One static answer: every token arrives with the response."""
-    import tritonclient.grpc as grpcclient
-
-    inputs = []
-    for name, array, datatype in request.to_numpy():
-        infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
-        infer_input.set_data_from_numpy(array)
-        inputs.append(infer_input)
     timing = StreamTiming(time.perf_counter())
     try:
         result = client.infer(pipeline, inputs, client_timeout=timeout)
@@ -74,10 +77,10 @@ def _whole_answer(client: Any, pipeline: str, request: Request, timeout: float) 
     return timing
 
 
-def _sse_answer(session: Any, url: str, pipeline: str, request: Request, timeout: float) -> StreamTiming:
+def _sse_answer(session: Any, url: str, body: bytes, timeout: float) -> StreamTiming:
     timing = StreamTiming(time.perf_counter())
     try:
-        with session.post(sse_url(url, pipeline), data=sse_body(request), stream=True, timeout=timeout) as response:
+        with session.post(url, data=body, stream=True, timeout=timeout) as response:
             if response.status_code != 200:
                 timing.error = f"HTTP {response.status_code}: {response.text[:200]}"
                 timing.ended = time.perf_counter()
@@ -94,6 +97,8 @@ def run(job: StreamJob) -> dict[str, Any]:
     lock = threading.Lock()
     begin = time.perf_counter()
     measure_from, stop_at = begin + job.warmup_s, begin + job.warmup_s + job.duration_s
+    prepared = job.prepared()
+    stream_url = sse_url(job.url, job.pipeline)
 
     def user(index: int) -> None:
         from toolkit.client import grpc_client
@@ -107,14 +112,14 @@ def run(job: StreamJob) -> dict[str, Any]:
         asked = index
         try:
             while time.perf_counter() < stop_at:
-                request = job.request(asked)
+                request = prepared[asked % len(prepared)]
                 asked += job.concurrency
                 if job.whole:
                     timing = _whole_answer(client, job.pipeline, request, job.timeout_s)
                 elif client is not None:
-                    timing = grpc_stream(client, grpc_request(job.pipeline, request), job.timeout_s)
+                    timing = grpc_stream(client, request, job.timeout_s)
                 else:
-                    timing = _sse_answer(session, job.url, job.pipeline, request, job.timeout_s)
+                    timing = _sse_answer(session, stream_url, request, job.timeout_s)
                 with lock:
                     timings.append(timing)
         finally:

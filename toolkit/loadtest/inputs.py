@@ -63,6 +63,17 @@ class Request:
             result.append((t.name, array, t.datatype))
         return result
 
+    def grpc_inputs(self) -> list[Any]:
+        """The request as tritonclient.grpc InferInputs, its data set."""
+        import tritonclient.grpc as grpcclient
+
+        inputs = []
+        for name, array, datatype in self.to_numpy():
+            infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        return inputs
+
 
 # --- synthesis ------------------------------------------------------------------------------------
 

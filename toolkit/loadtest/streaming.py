@@ -65,17 +65,11 @@ class StreamError(Exception):
 
 def grpc_request(pipeline: str, request: Request) -> Any:
     """The ModelInferRequest of one stream (tritonclient's own encoding of the inputs)."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.grpc._utils import _get_inference_request
 
-    inputs = []
-    for name, array, datatype in request.to_numpy():
-        infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
-        infer_input.set_data_from_numpy(array)
-        inputs.append(infer_input)
     return _get_inference_request(
         model_name=pipeline,
-        inputs=inputs,
+        inputs=request.grpc_inputs(),
         model_version="",
         request_id="",
         outputs=None,
