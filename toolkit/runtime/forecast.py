@@ -36,8 +36,10 @@ class Holt:
     level: Optional[float] = None
     trend: float = 0.0  # per sample
     samples: int = 0
+    last: Optional[float] = None  # the latest sample itself: a fall shows there a sample or two before the level
 
     def update(self, value: float) -> None:
+        self.last = value
         if self.level is None:
             self.level, self.trend = value, 0.0
         else:
@@ -59,6 +61,7 @@ class Outlook:
     forecast: float  # requests/s at now + horizon_s
     horizon_s: float
     samples: int
+    latest: Optional[float] = None  # requests/s in the latest sample alone (None: not known)
 
     @property
     def rising(self) -> bool:
@@ -95,6 +98,6 @@ class ArrivalForecaster:
         """Each pipeline with a series: its rate now and `horizon_s` ahead (samples of `step_s`)."""
         steps = self.horizon_s / step_s
         return {
-            name: Outlook(h.level or 0.0, h.forecast(steps), self.horizon_s, h.samples)
+            name: Outlook(h.level or 0.0, h.forecast(steps), self.horizon_s, h.samples, h.last)
             for name, h in self.series.items()
         }

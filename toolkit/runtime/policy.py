@@ -120,6 +120,7 @@ class Component:
     ahead: int = 0  # samples in a row whose forecast needed more instances than it has
     load_now: Optional[float] = None  # cores its pipelines' arrivals need now (None: no forecast)
     load_ahead: Optional[float] = None  # ... and a horizon ahead
+    load_latest: Optional[float] = None  # ... and in the latest sample alone (a fall shows here first)
 
     loading: bool = False  # a rescale's load is still under way (the runtime does not wait for it)
 
@@ -358,20 +359,12 @@ class Policy:
         steady load has no rise and makes no decision here."""
         decisions: dict[str, Decision] = {}
         rising: dict[str, tuple[float, float, int]] = {}
+        arrivals = self.observe_arrivals(components, outlooks)
         for name, component in components.items():
-            component.load_now = component.load_ahead = None
-            counted = [
-                (outlooks[p], steps.count(name))
-                for p, steps in self.pipelines.items()
-                if name in steps and p in outlooks and outlooks[p].samples >= AHEAD_MIN_SAMPLES
-            ]
-            row_s = component.least_row_s
-            if not counted or row_s is None or not component.loaded:
+            if name not in arrivals or component.load_ahead is None:
                 component.ahead = 0
                 continue
-            rate = sum(o.rate * k for o, k in counted)
-            forecast = sum(o.forecast * k for o, k in counted)
-            component.load_now, component.load_ahead = rate * row_s, forecast * row_s
+            rate, forecast = arrivals[name]
             need = math.ceil(component.load_ahead / (DOWN_TO * component.threads) - 1e-9)
             if forecast >= (1 + AHEAD_RISE) * rate and forecast > 0 and need > component.instances:
                 component.ahead += 1
@@ -407,16 +400,46 @@ class Policy:
             component.ahead = 0
         return list(decisions.values())
 
+    def observe_arrivals(
+        self, components: dict[str, Component], outlooks: dict[str, Outlook]
+    ) -> dict[str, tuple[float, float]]:
+        """Each component's arrivals are its pipelines' (a step per row of the pipeline): priced at its
+        least recent time per row, they set its load now, a horizon ahead and in the latest sample
+        (`load_*`, None where no pipeline's series counts yet). Called every sample before `burst`, so
+        a burst's donor is judged on this sample's arrivals, not the last one's. Returns each priced
+        component's arrivals now and forecast (requests/s)."""
+        priced: dict[str, tuple[float, float]] = {}
+        for name, component in components.items():
+            component.load_now = component.load_ahead = component.load_latest = None
+            counted = [
+                (outlooks[p], steps.count(name))
+                for p, steps in self.pipelines.items()
+                if name in steps and p in outlooks and outlooks[p].samples >= AHEAD_MIN_SAMPLES
+            ]
+            row_s = component.least_row_s
+            if not counted or row_s is None or not component.loaded:
+                continue
+            rate = sum(o.rate * k for o, k in counted)
+            forecast = sum(o.forecast * k for o, k in counted)
+            component.load_now, component.load_ahead = rate * row_s, forecast * row_s
+            if all(o.latest is not None for o, _ in counted):
+                component.load_latest = sum((o.latest or 0.0) * k for o, k in counted) * row_s
+            priced[name] = (rate, forecast)
+        return priced
+
     def _forecast_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
     ) -> Optional[Component]:
         """For a scale-ahead: an autoscaled component above its floor with nothing waiting whose load,
-        now and forecast, fits in one instance fewer (a burst moving away from its pipeline)."""
+        now and forecast, fits in one instance fewer (a burst moving away from its pipeline). "Now" is
+        the latest sample where that is lower than the smoothed level: clients that left show there a
+        sample or two before Holt's level falls, and the forecast (its falling trend) must fit too."""
 
         def fits(c: Component) -> bool:
             if c.load_now is None or c.load_ahead is None:
                 return False
-            return max(c.load_now, c.load_ahead) / ((c.instances - 1) * c.threads) < DOWN_TO
+            now = c.load_now if c.load_latest is None else min(c.load_now, c.load_latest)
+            return max(now, c.load_ahead) / ((c.instances - 1) * c.threads) < DOWN_TO
 
         idle = [
             c

@@ -178,10 +178,12 @@ class Supervisor:
         self.served = self.served[-(QUIET_SAMPLES + 1) :]  # a second of samples
         rates = recent_rates(self.served)
         self.forecaster.observe(now, served, pending)
+        outlooks = self.forecaster.outlook(SAMPLE_S)
+        self.policy.observe_arrivals(self.components, outlooks)  # a burst's donor is judged on this sample
         with runtime_may_act(self.config.repository) as may_act:
             decisions = self.policy.burst(now, self.components, pending, rates) if may_act else []
             if may_act and not decisions:  # a sample with no burst: ahead of a rise (one change at a time)
-                decisions = self.policy.ahead(now, self.components, self.forecaster.outlook(SAMPLE_S))
+                decisions = self.policy.ahead(now, self.components, outlooks)
             for decision in self._growing_first(decisions):
                 self._apply(decision, now)
         if decisions:
