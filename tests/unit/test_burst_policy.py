@@ -214,3 +214,29 @@ def test_instances_serving_are_counted_per_component_model_from_their_gauges() -
         ]
     )
     assert live_instances(text) == {"classifier": 2.0}  # a finalised generation's 0; a fused step is not a model
+
+
+def test_a_steady_noisy_pipeline_gives_no_instance_to_another_ones_burst() -> None:
+    """The falling-arrivals donor is no noise detector: classify steady at 250/s with 10% sample
+    noise (a Poisson count of 100 a sample) and its queue empty every other sample (both instances
+    each taking a batch), while extract bursts for 100 s with no core spare: no instance moves."""
+    import random
+
+    from toolkit.runtime.forecast import ArrivalForecaster
+
+    comps = components(parse=1, classifier=2, extractor=1)
+    for name, ms in {"parse": 0.3, "classifier": 7.0, "extractor": 7.0}.items():
+        comps[name].row_s = ms / 1e3
+    pipelines = {"classify": ["parse", "classifier"], "extract": ["parse", "extractor"]}
+    policy = Policy(cores=2, pipelines=pipelines, busy_cores=2.0)
+    forecaster = ArrivalForecaster(sorted(pipelines))
+    noise = random.Random(7)
+    served = {"classify": 0.0, "extract": 0.0}
+    for step in range(400):
+        now = 10.0 + step * SAMPLE_S
+        served["classify"] += max(0.0, noise.gauss(250.0, 25.0)) * SAMPLE_S
+        served["extract"] += 140.0 * SAMPLE_S
+        forecaster.observe(now, dict(served), {"extract": 32.0})
+        policy.observe_arrivals(comps, forecaster.outlook(SAMPLE_S))
+        queued = 0.0 if step % 2 else 12.0
+        assert policy.burst(now, comps, {"extractor": 32.0, "classifier": queued, "parse": 0.0}) == [], step

@@ -105,18 +105,24 @@ def test_the_burst_moving_away_gives_the_rising_pipeline_its_instance() -> None:
 
 def test_a_burst_shifting_pipelines_takes_the_donor_in_the_sample_its_clients_are_seen_gone() -> None:
     """The burst moves from classify to extract as the supervisor sees it, a sample every 250 ms: 32
-    clients on classify (250/s), then a sample they left a third of the way through (150/s), then only
-    the one that stays (100/s), while extract's 32 clients queue on one extractor with no core spare.
-    Holt's level reaches one classifier instance's load two samples after that (docs/runtime.md: a
-    1.0 s reaction); the latest sample shows it in the first one all of whose 250 ms they were gone."""
+    clients on classify (250/s), then a sample they left partway through (`mixed`), then only the one
+    that stays (100/s), while extract's 32 clients queue on one extractor with no core spare. Holt's
+    level reaches one classifier instance's load three samples after the shift (docs/runtime.md: a
+    1.0 s reaction); the latest sample alone, two (the first all of whose 250 ms they were gone); a
+    fall of FALL or more in the shift's own sample, one."""
+    assert shift_donation(mixed=150.0) == 8  # left a third of the way in: 40% below the level
+    assert shift_donation(mixed=190.0) == 9  # left late in the sample: 24% below, the next one fits
+
+
+def shift_donation(mixed: float) -> int:
+    """The sample in which the classifier gives the extractor its instance."""
     comps = components(parse=1, classifier=2, extractor=1)
     measured(comps, parse=0.3, classifier=7.0, extractor=7.0)
     policy = Policy(cores=2, pipelines=PIPELINES, busy_cores=2.0)
     forecaster = ArrivalForecaster(["classify", "extract"])
     served = {"classify": 0.0, "extract": 0.0}
-    classify = [250.0] * 8 + [150.0, 100.0, 100.0, 100.0]
+    classify = [250.0] * 8 + [mixed, 100.0, 100.0, 100.0]
     extract = [0.0] * 8 + [40.0, 140.0, 140.0, 140.0]
-    donated_at = None
     for step, (a, b) in enumerate(zip(classify, extract)):
         now = 10.0 + step * SAMPLE_S
         served = {"classify": served["classify"] + a * SAMPLE_S, "extract": served["extract"] + b * SAMPLE_S}
@@ -127,9 +133,8 @@ def test_a_burst_shifting_pipelines_takes_the_donor_in_the_sample_its_clients_ar
         made = {d.model: d for d in policy.burst(now, comps, {"extractor": waiting, "classifier": queued})}
         if made:
             assert made["classifier"].instances == 1 and "takes classifier's instance" in made["extractor"].reason
-            donated_at = step
-            break
-    assert donated_at == 9  # the first sample with only the staying client: 0.25 s after the shift's sample
+            return step
+    raise AssertionError("the classifier gave no instance")
 
 
 def simulate(

@@ -66,6 +66,11 @@ SPARE_FOR_NEW_INSTANCE = 0.5  # cores of measured spare capacity a new single-th
 BURST_ROWS_PER_INSTANCE = 4  # rows waiting per instance, in one 250 ms sample, that make a burst
 BURST_WAIT_S = 0.05  # ... and the wait those rows add at the measured work per row: less is not worth an instance
 QUIET_SAMPLES = 4  # samples in a row with nothing waiting (1 s) before a component gives a burst an instance
+# A donor for a burst whose pipelines' arrivals in the latest sample fell this far below their smoothed
+# level (which counts that sample at ALPHA 0.5: a third below the level before it), with nothing waiting:
+# clients that left partway through the sample, which still counts them; a steady series' sample noise
+# stays inside it (tests/unit/test_burst_policy.py)
+FALL = 0.2
 AHEAD_RISE = 0.15  # a forecast this much above the arrival rate now is a rise, not noise (tests/unit/test_forecast.py)
 AHEAD_AFTER = 2  # samples in a row (0.5 s) the forecast must need more instances before scaling ahead
 AHEAD_MIN_SAMPLES = 4  # a pipeline's series needs a second of samples before its forecast counts
@@ -452,9 +457,35 @@ class Policy:
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
     ) -> Optional[Component]:
         """For a burst: a quiet donor, else one whose pipelines' arrivals, now and forecast, fit in one
-        instance fewer (a burst moving away from it: its clients left a sample or two ago, long before
-        it has been quiet for a second)."""
-        return self._quiet_donor(components, settled, exclude) or self._forecast_donor(components, settled, exclude)
+        instance fewer, else one whose arrivals are falling sharply (a burst moving away from it: its
+        clients left this sample or the one before, long before it has been quiet for a second)."""
+        return (
+            self._quiet_donor(components, settled, exclude)
+            or self._forecast_donor(components, settled, exclude)
+            or self._falling_donor(components, settled, exclude)
+        )
+
+    def _falling_donor(
+        self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
+    ) -> Optional[Component]:
+        """For a burst: an autoscaled component above its floor with nothing waiting whose pipelines'
+        arrivals in the latest sample fell FALL below their smoothed level: its clients left partway
+        through the sample, which still counts them, so its load does not fit in one fewer yet but
+        will in the next sample. If it was noise, the windows give the instance back (a move and its
+        undoing); waiting costs the burst a quarter second at one instance."""
+        falling = [
+            c
+            for c in components.values()
+            if c.name != exclude
+            and settled(c)
+            and c.instances > c.floor
+            and c.pending <= 0
+            and c.load_now is not None
+            and c.load_latest is not None
+            and c.load_now > 0
+            and c.load_latest <= (1 - FALL) * c.load_now
+        ]
+        return min(falling, key=lambda c: (c.load_latest or 0.0) / c.load_now) if falling else None  # type: ignore[operator]
 
     def _quiet_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
