@@ -78,6 +78,7 @@ def test_a_burst_takes_a_quiet_components_instance_when_no_core_is_spare() -> No
         assert policy.burst(10.25 + step * SAMPLE_S, comps, {"heavy": 30.0, "idle": 0.0}) == []
     decisions = {d.model: d for d in policy.burst(11.25, comps, {"heavy": 30.0, "idle": 0.0})}
     assert decisions["idle"].instances == 1 and "gives an instance to heavy" in decisions["idle"].reason
+    assert "nothing waiting for 4 samples in a row" in decisions["idle"].reason
     assert decisions["heavy"].instances == 2 and "takes idle's instance" in decisions["heavy"].reason
 
 

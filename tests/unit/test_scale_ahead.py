@@ -110,12 +110,12 @@ def test_a_burst_shifting_pipelines_takes_the_donor_in_the_sample_its_clients_ar
     level reaches one classifier instance's load three samples after the shift (docs/runtime.md: a
     1.0 s reaction); the latest sample alone, two (the first all of whose 250 ms they were gone); a
     fall of FALL or more in the shift's own sample, one."""
-    assert shift_donation(mixed=150.0) == 8  # left a third of the way in: 40% below the level
-    assert shift_donation(mixed=190.0) == 9  # left late in the sample: 24% below, the next one fits
+    assert shift_donation(mixed=150.0) == (8, "its clients left")  # left a third of the way in: 40% below
+    assert shift_donation(mixed=190.0) == (9, "1 carry them")  # left late in the sample: the next one fits
 
 
-def shift_donation(mixed: float) -> int:
-    """The sample in which the classifier gives the extractor its instance."""
+def shift_donation(mixed: float) -> tuple[int, str]:
+    """The sample in which the classifier gives the extractor its instance, and the end of its reason."""
     comps = components(parse=1, classifier=2, extractor=1)
     measured(comps, parse=0.3, classifier=7.0, extractor=7.0)
     policy = Policy(cores=2, pipelines=PIPELINES, busy_cores=2.0)
@@ -133,7 +133,7 @@ def shift_donation(mixed: float) -> int:
         made = {d.model: d for d in policy.burst(now, comps, {"extractor": waiting, "classifier": queued})}
         if made:
             assert made["classifier"].instances == 1 and "takes classifier's instance" in made["extractor"].reason
-            return step
+            return step, made["classifier"].reason.rstrip(")").rsplit(": ", 1)[-1]
     raise AssertionError("the classifier gave no instance")
 
 

@@ -147,6 +147,9 @@ class Component:
         return max(self.bounds.min, 1) if self.bounds else self.instances
 
 
+Donor = tuple[Component, str]  # a component that gives an instance, and why it may
+
+
 @dataclass(frozen=True)
 class Decision:
     model: str
@@ -274,7 +277,7 @@ class Policy:
         components: dict[str, Component],
         settled: Callable[[Component], bool],
         decisions: dict[str, Decision],
-        donor_of: Callable[..., Optional[Component]],
+        donor_of: Callable[..., Optional[Donor]],
     ) -> float:
         """One more instance for a bottleneck: on a spare core, else one a donor gives; its downstream
         components grow with it. Returns the spare cores left."""
@@ -290,14 +293,15 @@ class Policy:
             decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; {spare:.2f} cores spare")
             spare -= taken
         else:
-            donor = donor_of(components, settled, exclude=component.name)
-            if donor is None:
+            found = donor_of(components, settled, exclude=component.name)
+            if found is None:
                 return spare
+            donor, because = found
             decisions[donor.name] = Decision(
                 donor.name,
                 "scale",
                 donor.instances - 1,
-                f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f})",
+                f"gives an instance to {component.name} (utilisation {donor.utilisation:.2f}; {because})",
             )
             decisions[component.name] = Decision(
                 component.name, "scale", n + 1, f"{why}; no spare core, takes {donor.name}'s instance"
@@ -434,28 +438,35 @@ class Policy:
 
     def _forecast_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
-    ) -> Optional[Component]:
+    ) -> Optional[Donor]:
         """For a scale-ahead: an autoscaled component above its floor with nothing waiting whose load,
         now and forecast, fits in one instance fewer (a burst moving away from its pipeline). "Now" is
         the latest sample where that is lower than the smoothed level: clients that left show there a
         sample or two before Holt's level falls, and the forecast (its falling trend) must fit too."""
 
+        def load(c: Component) -> float:
+            assert c.load_now is not None and c.load_ahead is not None
+            now = c.load_now if c.load_latest is None else min(c.load_now, c.load_latest)
+            return max(now, c.load_ahead)
+
         def fits(c: Component) -> bool:
             if c.load_now is None or c.load_ahead is None:
                 return False
-            now = c.load_now if c.load_latest is None else min(c.load_now, c.load_latest)
-            return max(now, c.load_ahead) / ((c.instances - 1) * c.threads) < DOWN_TO
+            return load(c) / ((c.instances - 1) * c.threads) < DOWN_TO
 
         idle = [
             c
             for c in components.values()
             if c.name != exclude and settled(c) and c.instances > c.floor and c.pending <= 0 and fits(c)
         ]
-        return min(idle, key=lambda c: c.load_ahead or 0.0) if idle else None
+        if not idle:
+            return None
+        donor = min(idle, key=lambda c: c.load_ahead or 0.0)
+        return donor, f"its arrivals, now and forecast, need {load(donor):.2f} cores: {donor.instances - 1} carry them"
 
     def _burst_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
-    ) -> Optional[Component]:
+    ) -> Optional[Donor]:
         """For a burst: a quiet donor, else one whose pipelines' arrivals, now and forecast, fit in one
         instance fewer, else one whose arrivals are falling sharply (a burst moving away from it: its
         clients left this sample or the one before, long before it has been quiet for a second)."""
@@ -467,7 +478,7 @@ class Policy:
 
     def _falling_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
-    ) -> Optional[Component]:
+    ) -> Optional[Donor]:
         """For a burst: an autoscaled component above its floor with nothing waiting whose pipelines'
         arrivals in the latest sample fell FALL below their smoothed level: its clients left partway
         through the sample, which still counts them, so its load does not fit in one fewer yet but
@@ -485,11 +496,15 @@ class Policy:
             and c.load_now > 0
             and c.load_latest <= (1 - FALL) * c.load_now
         ]
-        return min(falling, key=lambda c: (c.load_latest or 0.0) / c.load_now) if falling else None  # type: ignore[operator]
+        if not falling:
+            return None
+        donor = min(falling, key=lambda c: (c.load_latest or 0.0) / (c.load_now or 1.0))
+        fell = (donor.load_latest or 0.0) / (donor.load_now or 1.0)
+        return donor, f"its arrivals in the latest sample {fell:.0%} of their level, nothing waiting: its clients left"
 
     def _quiet_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
-    ) -> Optional[Component]:
+    ) -> Optional[Donor]:
         """For a burst: an autoscaled component above its floor with nothing waiting for a second and
         whose load of that second would fit in one instance fewer. Both: an ensemble step downstream
         of a starved step has an empty queue while it is busy."""
@@ -504,13 +519,19 @@ class Policy:
             for c in components.values()
             if c.name != exclude and settled(c) and c.instances > c.floor and c.quiet >= QUIET_SAMPLES and fits(c)
         ]
-        return min(idle, key=lambda c: c.utilisation) if idle else None
+        if not idle:
+            return None
+        donor = min(idle, key=lambda c: c.utilisation)
+        return donor, f"nothing waiting for {donor.quiet} samples in a row"
 
     def _donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
-    ) -> Optional[Component]:
+    ) -> Optional[Donor]:
         idle = [c for c in components.values() if c.name != exclude and settled(c) and c.cold >= 1]
-        return min(idle, key=lambda c: c.utilisation) if idle else None
+        if not idle:
+            return None
+        donor = min(idle, key=lambda c: c.utilisation)
+        return donor, f"spare for {donor.cold} window(s)"
 
     def _grow_downstream(
         self,
