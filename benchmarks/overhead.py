@@ -10,6 +10,11 @@ server CPU per request (tritonserver + its stubs, sampled over the measuring win
 spec renders to, forced through the generated orchestrator (BLS), and fused into one model; each
 against one trivial step, with a plot.
 
+--pipeline-forms NAME=SPEC ...: a real pipeline (--spec, --pipeline; default the synthetic fanout)
+in each SPEC's form (e.g. the tuned, fused one), beside the spec as written (`ensemble`) and two
+hand-written models with the first form's config: `handwritten` (answers zeros: the floor) and
+`handwritten_chain` (the same handlers called in a row by hand).
+
     python benchmarks/overhead.py                      # single step vs hand-written
     python benchmarks/overhead.py --fanout             # k = 1, 2, 4, 8 steps
     python benchmarks/overhead.py --concurrency 1 16 64 --duration 8 --rounds 2
@@ -142,12 +147,14 @@ def _renamed(files: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 
 
 def build_pipeline_forms(
-    spec: Path, pipeline: str, forms: dict[str, Path], out: Path
+    spec: Path, pipeline: str, forms: dict[str, Path], out: Path, runtimes: Optional[dict[str, Path]] = None
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """One repository: `pipeline` of each spec in `forms` (e.g. the tuned one, fused) under the form's
     name, the spec as written (`ensemble`: its ensemble and component models), and, with the first
     form's config, `handwritten` (answers zeros) and `handwritten_chain` (the same handlers in a row,
-    hand-written). Specs are read from a copy beside `spec`, where their handlers are."""
+    hand-written); each of `runtimes` serves the first form once more with that file in place of
+    its runtime (templates/orchestrator.py, e.g. the one before a change). Specs are read from a
+    copy beside `spec`, where their handlers are."""
     from toolkit.bench.inputs import sample_rows
     from toolkit.bench.profiles import spec_profile
 
@@ -171,6 +178,10 @@ def build_pipeline_forms(
         first_config = first_config or files[f"{name}/config.pbtxt"]
         models.append(name)
     assert first_config is not None, "at least one form"
+    for name, runtime in (runtimes or {}).items():
+        files.update(_renamed(files, models[0], name))
+        files[f"{name}/1/model.py"] = runtime.read_bytes()
+        models.append(name)
     out_dims = list(written.pipelines[pipeline].tensors["y"].dims)
     steps = [
         [s.model, dict(written.spec.models[s.model].parameters), dict(s.inputs), dict(s.outputs)]
@@ -282,7 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = work / "rows.npz"
     if args.pipeline_forms:
         forms = {name: Path(path).resolve() for name, path in (e.split("=", 1) for e in args.pipeline_forms)}
-        models, arrays = build_pipeline_forms(Path(args.spec).resolve(), args.pipeline, forms, work / "repo")
+        runtimes = {name: Path(path).resolve() for name, path in (e.split("=", 1) for e in args.also)}
+        models, arrays = build_pipeline_forms(Path(args.spec).resolve(), args.pipeline, forms, work / "repo", runtimes)
         np.savez(rows, **arrays)
         return _serve(args, work, rows, models)
     spec = write_spec(work / "spec")
@@ -442,7 +454,8 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="NAME=MODEL_PY",
-        help="also serve zero_0 as NAME with this model.py (e.g. the runtime before a change)",
+        help="also serve zero_0 as NAME with this model.py (e.g. the runtime before a change); with"
+        " --pipeline-forms: the first form with this runtime in place of templates/orchestrator.py",
     )
     parser.add_argument("--label", default="", help="suffix of the result file (e.g. before/after a change)")
     parser.add_argument(
