@@ -10,6 +10,11 @@ server CPU per request (tritonserver + its stubs, sampled over the measuring win
 spec renders to, forced through the generated orchestrator (BLS), and fused into one model; each
 against one trivial step, with a plot.
 
+--pipeline-forms NAME=SPEC ...: a real pipeline (--spec, --pipeline; default the synthetic fanout)
+in each SPEC's form (e.g. the tuned, fused one), beside the spec as written (`ensemble`) and two
+hand-written models with the first form's config: `handwritten` (answers zeros: the floor) and
+`handwritten_chain` (the same handlers called in a row by hand).
+
     python benchmarks/overhead.py                      # single step vs hand-written
     python benchmarks/overhead.py --fanout             # k = 1, 2, 4, 8 steps
     python benchmarks/overhead.py --concurrency 1 16 64 --duration 8 --rounds 2
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -72,6 +78,125 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.zeros_like(x))]))
         return responses
 '''
+
+
+# The floor for a pipeline: the same config as the pipeline's fused model, answering zeros of its
+# output's shape (one row each); and what a user writes by hand to serve the same handlers: load them,
+# call them one after another on the batch Triton hands over.
+HANDWRITTEN_ROWS = '''"""Hand-written Python-backend model: read the input, answer zeros of the output's shape."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+OUT_DIMS = {out_dims}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            y = np.zeros((x.shape[0], *OUT_DIMS), dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
+        return responses
+'''
+
+HANDWRITTEN_CHAIN = '''"""Hand-written Python-backend model running the pipeline's handlers in a row on each batch."""
+
+import json
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, {folder!r})
+from handlers import Chain  # noqa: E402
+
+STEPS = json.loads({steps!r})  # [model, parameters, {{input: tensor}}, {{output: tensor}}] in order
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.steps = [(Chain(params, "cpu"), inputs, outputs) for _, params, inputs, outputs in STEPS]
+
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "x").as_numpy() for r in requests]
+        env = {{"x": np.concatenate(xs) if len(xs) > 1 else xs[0]}}
+        for handler, inputs, outputs in self.steps:
+            result = handler(**{{name: env[tensor] for name, tensor in inputs.items()}})
+            env.update({{tensor: result[name] for name, tensor in outputs.items()}})
+        y, responses, start = env["y"], [], 0
+        for x in xs:
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y[start : start + len(x)])]))
+            start += len(x)
+        return responses
+'''
+
+
+def _renamed(files: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A model's repository files under another name (its folder and its config's `name:`)."""
+    found: dict[str, Any] = {}
+    for path, content in files.items():
+        if not path.startswith(old + "/"):
+            continue
+        if path == f"{old}/config.pbtxt":
+            text = content.decode() if isinstance(content, bytes) else content
+            content = text.replace(f'\nname: "{old}"\n', f'\nname: "{new}"\n', 1).encode()
+        found[new + path[len(old) :]] = content
+    return found
+
+
+def build_pipeline_forms(
+    spec: Path, pipeline: str, forms: dict[str, Path], out: Path, runtimes: Optional[dict[str, Path]] = None
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """One repository: `pipeline` of each spec in `forms` (e.g. the tuned one, fused) under the form's
+    name, the spec as written (`ensemble`: its ensemble and component models), and, with the first
+    form's config, `handwritten` (answers zeros) and `handwritten_chain` (the same handlers in a row,
+    hand-written); each of `runtimes` serves the first form once more with that file in place of
+    its runtime (templates/orchestrator.py, e.g. the one before a change). Specs are read from a
+    copy beside `spec`, where their handlers are."""
+    from toolkit.bench.inputs import sample_rows
+    from toolkit.bench.profiles import spec_profile
+
+    def files_of(path: Path, label: str) -> tuple[Any, dict[str, Any]]:
+        copy = spec.parent / f".overhead-{label}.yaml"
+        shutil.copy(path, copy)
+        try:
+            plan = spec_profile("tuned", plan_spec(copy), pipeline).plan
+        finally:
+            copy.unlink()
+        return plan, render_files(plan)
+
+    written, written_files = files_of(spec, "written")
+    files = {p: c for p, c in written_files.items() if not p.startswith(pipeline + "/")}
+    files.update(_renamed(written_files, pipeline, "ensemble"))
+    models = []
+    first_config = None
+    for name, path in forms.items():
+        _, form_files = files_of(path, name)
+        files.update(_renamed(form_files, pipeline, name))
+        first_config = first_config or files[f"{name}/config.pbtxt"]
+        models.append(name)
+    assert first_config is not None, "at least one form"
+    for name, runtime in (runtimes or {}).items():
+        files.update(_renamed(files, models[0], name))
+        files[f"{name}/1/model.py"] = runtime.read_bytes()
+        models.append(name)
+    out_dims = list(written.pipelines[pipeline].tensors["y"].dims)
+    steps = [
+        [s.model, dict(written.spec.models[s.model].parameters), dict(s.inputs), dict(s.outputs)]
+        for s in written.pipelines[pipeline].steps
+    ]
+    for name, model_py in (
+        ("handwritten", HANDWRITTEN_ROWS.format(out_dims=out_dims)),
+        ("handwritten_chain", HANDWRITTEN_CHAIN.format(folder=str(spec.parent.resolve()), steps=json.dumps(steps))),
+    ):
+        text = first_config.decode() if isinstance(first_config, bytes) else first_config
+        files[f"{name}/config.pbtxt"] = text.replace(f'\nname: "{models[0]}"\n', f'\nname: "{name}"\n', 1).encode()
+        files[f"{name}/1/model.py"] = model_py.encode()
+    write_repository(files, out)
+    rows = sample_rows(written, pipeline, 256, seed=0)
+    return [*models, "ensemble", "handwritten", "handwritten_chain"], rows
 
 
 def write_spec(folder: Path) -> Path:
@@ -165,15 +290,26 @@ def measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="compound-overhead-"))
+    rows = work / "rows.npz"
+    if args.pipeline_forms:
+        forms = {name: Path(path).resolve() for name, path in (e.split("=", 1) for e in args.pipeline_forms)}
+        runtimes = {name: Path(path).resolve() for name, path in (e.split("=", 1) for e in args.also)}
+        models, arrays = build_pipeline_forms(Path(args.spec).resolve(), args.pipeline, forms, work / "repo", runtimes)
+        np.savez(rows, **arrays)
+        return _serve(args, work, rows, models)
     spec = write_spec(work / "spec")
     also = dict(entry.split("=", 1) for entry in args.also)
     build_repository(spec, work / "repo", args.fanout, {name: Path(path) for name, path in also.items()})
-    rows = work / "rows.npz"
     np.savez(rows, x=np.random.default_rng(0).standard_normal((256, DIM)).astype(np.float32))
     if args.fanout:
         models = ["zero_0"] + [f"chain_{k}{suffix}" for k in CHAINS for suffix in ("", "_bls", "_fused")]
     else:
         models = ["zero_0", "handwritten", *also]
+    return _serve(args, work, rows, models)
+
+
+def _serve(args: argparse.Namespace, work: Path, rows: Path, models: list[str]) -> dict[str, Any]:
+    """Every model in one server, alternated round by round at each concurrency; the median round."""
     http, grpc, metrics = free_ports(3)
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {m: {str(c): [] for c in args.concurrency} for m in models}
     with LocalServer(
@@ -255,7 +391,7 @@ def ratio_table(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     (CPU per request moves less than throughput when other work takes the cores)."""
     lines = []
     for c in args.concurrency:
-        base = result["models"]["handwritten" if not args.fanout else "zero_0"][str(c)]
+        base = result["models"]["handwritten" if not args.fanout else "zero_0"][str(c)]  # the floor
         base_cpu = least_cpu(base)
         for model, points in result["models"].items():
             p = points[str(c)]
@@ -318,9 +454,20 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="NAME=MODEL_PY",
-        help="also serve zero_0 as NAME with this model.py (e.g. the runtime before a change)",
+        help="also serve zero_0 as NAME with this model.py (e.g. the runtime before a change); with"
+        " --pipeline-forms: the first form with this runtime in place of templates/orchestrator.py",
     )
     parser.add_argument("--label", default="", help="suffix of the result file (e.g. before/after a change)")
+    parser.add_argument(
+        "--pipeline-forms",
+        nargs="*",
+        default=[],
+        metavar="NAME=SPEC",
+        help="instead of trivial steps: --pipeline of each SPEC (e.g. the tuned one) as NAME, beside the spec as"
+        " written (ensemble) and hand-written models with the first form's config",
+    )
+    parser.add_argument("--spec", default=str(ROOT / "examples" / "synthetic" / "pipeline.yaml"))
+    parser.add_argument("--pipeline", default="fanout")
     args = parser.parse_args()
     began = time.time()
     if args.python:
@@ -342,7 +489,8 @@ def main() -> None:
     result["summary"] = ratio_table(result, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = ("fanout" if args.fanout else "single") + (f"-{args.label}" if args.label else "")
+    kind = f"forms-{args.pipeline}" if args.pipeline_forms else ("fanout" if args.fanout else "single")
+    name = kind + (f"-{args.label}" if args.label else "")
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     if args.fanout:
         plot_fanout(result, args, out / f"{name}.png")

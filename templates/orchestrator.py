@@ -166,6 +166,8 @@ class TritonPythonModel:
         self.tracing = _tracing_module(here)
         if self.program.get("handlers"):
             self._load_handlers(args, int(params.get("compound.threads", "0")))
+            if not self.program.get("streaming"):
+                _mark_in_order(self.program["body"])
         if self.metrics is not None:
             self.metrics.loaded(list(self.program.get("handlers", {})))
         self.waiters: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -404,8 +406,12 @@ class TritonPythonModel:
         """Run a block's steps as a dataflow graph; return the values it ends with."""
         steps: list[Node] = block["steps"]
         results: list[dict[str, Value]] = [{} for _ in steps]
-        if len(steps) == 1 or all(node["after"] == [i - 1] for i, node in enumerate(steps) if i):
-            for i, node in enumerate(steps):  # a chain: no task per step needed
+        if (
+            len(steps) == 1
+            or block.get("in_order")
+            or all(node["after"] == [i - 1] for i, node in enumerate(steps) if i)
+        ):
+            for i, node in enumerate(steps):  # a chain, or fused steps side by side: no task per step needed
                 results[i] = await self._step(node, _scope(node, env, results), context)
         else:
             tasks: list[asyncio.Future[None]] = []
@@ -833,6 +839,33 @@ def _calls_models(node: Any) -> bool:
     if isinstance(node, list):
         return any(_calls_models(value) for value in node)
     return False
+
+
+def _mark_in_order(node: Any) -> None:
+    """Mark the blocks whose steps all run inline (fused handlers, which never wait) and read only
+    steps listed before them: running those one after another in list order is what the event loop
+    does with a task per step (each runs to its end when it starts), without the tasks, the gather
+    and the loop's rounds around them."""
+    if isinstance(node, dict):
+        steps = node.get("steps")
+        if (
+            isinstance(steps, list)
+            and len(steps) > 1
+            and all(
+                isinstance(step, dict)
+                and step.get("op") == "model"
+                and step.get("inline")
+                and not step.get("stream")
+                and all(j < i for j in step.get("after", []))
+                for i, step in enumerate(steps)
+            )
+        ):
+            node["in_order"] = True
+        for value in node.values():
+            _mark_in_order(value)
+    elif isinstance(node, list):
+        for value in node:
+            _mark_in_order(value)
 
 
 def _one_call_at_a_time(program: Node) -> bool:

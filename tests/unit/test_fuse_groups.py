@@ -140,3 +140,25 @@ def test_validate_cli_names_the_group_and_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "fuse group 'g' is not contiguous" in result.output
     assert "Traceback" not in result.output
+
+
+def test_fused_model_prefers_the_batch_sizes_all_its_members_prefer(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "handlers.py", tmp_path / "handlers.py")
+    data = yaml.safe_load((FIXTURE / "pipeline.yaml").read_text())
+    data["pipelines"]["fan"]["fuse"] = True
+    for name, model in data["models"].items():
+        model["dynamic_batching"] = {
+            "max_queue_delay_us": 700 if name == "join" else 500,
+            "preferred_batch_sizes": [8, 16] if name == "join" else [4, 8],
+        }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = render_files(plan_spec(path))["fan/config.pbtxt"]
+    text = config.decode() if isinstance(config, bytes) else config
+    # 8 is the one size every member prefers
+    assert "preferred_batch_size: [ 8 ]" in text and "max_queue_delay_microseconds: 700" in text
+    data["models"]["join"]["dynamic_batching"]["preferred_batch_sizes"] = [16]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = render_files(plan_spec(path))["fan/config.pbtxt"]
+    text = config.decode() if isinstance(config, bytes) else config
+    assert "preferred_batch_size" not in text  # no size they all prefer: none

@@ -111,6 +111,14 @@ pipelines:
         cases:
           loud: [{model: flat, inputs: {item: item}, outputs: {score: score}}]
         default: [{model: flat, inputs: {item: item}, outputs: {score: score}}]
+  fan_fused:
+    fuse: true
+    inputs: {query: {dtype: string, dims: [1]}}
+    outputs: [route, loud, quiet]
+    steps:
+      - {model: route, inputs: {query: query}, outputs: {route: route}}
+      - {model: shout, inputs: {query: query}, outputs: {answer: loud}}
+      - {model: whisper, inputs: {query: query}, outputs: {answer: quiet}}
 """
 
 HANDLERS = """
@@ -406,6 +414,29 @@ def test_fused_handlers_run_in_process(pb: ModuleType, repo: Path) -> None:
     assert fake.outputs(responses[0])["answer"].tolist() == [[b"HI!"], [b"hello"]]
     assert fake.outputs(responses[1])["answer"].tolist() == [[b"x"]]
     assert not fake.CALLEES  # nothing went over BLS
+
+
+def test_fused_steps_side_by_side_run_in_order_without_the_event_loop(pb: ModuleType, repo: Path) -> None:
+    """Inline steps never wait: steps of one stage run one after another in list order, as the
+    tasks would, with no task, gather or loop round (execute() returns at its first step)."""
+    model = load(repo, "fan_fused")
+    assert model.program["body"]["in_order"] is True
+    order: list[str] = []
+    for name in ("route", "shout", "whisper"):
+        runner = model.inline[name]
+        runner.handler = (lambda h, n: lambda **kw: order.append(n) or h(**kw))(runner.handler, name)
+    model.loop.run_until_complete = None  # the loop is never needed
+    responses = model.execute([fake.request(query=strings("hi!", "Hello")), fake.request(query=strings("x"))])
+    assert order == ["route", "shout", "whisper"]
+    first = fake.outputs(responses[0])
+    assert first["loud"].tolist() == [[b"HI!"], [b"HELLO"]] and first["quiet"].tolist() == [[b"hi!"], [b"hello"]]
+    assert fake.outputs(responses[1])["route"].tolist() == [[b"quiet"]]
+    # a failing step fails the batch with its name, as before (bisection down to the bad request)
+    model.inline["shout"].handler = lambda **kw: (_ for _ in ()).throw(ValueError("no"))
+    (response,) = model.execute([fake.request(query=strings("x"))])
+    assert "(model 'shout') failed" in fake.error(response)
+    # a router (calls another model, not inline) is not marked
+    assert "in_order" not in load(repo, "router").program["body"]
 
 
 def test_fused_failure_is_pinned_by_bisection_and_names_the_step(pb: ModuleType, repo: Path) -> None:

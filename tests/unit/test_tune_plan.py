@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.plan import build_plan, plan_spec
+from toolkit.repository.render import render_files
 from toolkit.spec.schema import LoadedSpec, load_spec
 from toolkit.tune.candidates import (
     HOP_OVERHEAD_S,
@@ -17,6 +18,7 @@ from toolkit.tune.candidates import (
     apply_candidate,
     candidates,
     choose_batch,
+    fill_batching,
     measurement_plan,
     predict_rps,
     spec_yaml,
@@ -76,6 +78,44 @@ def test_candidates_cover_every_structure_and_each_tuned_spec_plans(tmp_path: Pa
             batching_of = tuned.spec.models["encode"].batching
             assert tuned.spec.models["encode"].max_batch_size == batching.batch
             assert batching_of is not None and batching_of.max_queue_delay_us == 0
+
+
+def test_fill_batching_waits_for_each_instance_share_a_tenth_of_its_run() -> None:
+    unit = {1: 0.010, 2: 0.018, 4: 0.032, 8: 0.060, 16: 0.100}
+    # 64 clients over 2 instances: 32 each, above the batch: 16, whose run takes 100 ms -> 10 ms
+    assert fill_batching(unit, 16, 2, 64) == (16, 10_000)
+    # 12 clients over 2 instances: 6 rows, between the measured 4 and 8: 46 ms -> 4.6 ms
+    assert fill_batching(unit, 16, 2, 12) == (6, 4_600)
+    assert fill_batching(unit, 16, 2, 3) == (1, 0)  # one request each: nothing to wait for
+    assert fill_batching({1: 5.0, 16: 80.0}, 16, 1, 64)[1] == 100_000  # capped
+
+
+def test_fused_candidate_fills_its_batches_at_the_measured_concurrency(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "handlers.py", tmp_path / "handlers.py")
+    loaded = load_spec(FIXTURE / "pipeline.yaml")
+    plan = build_plan(loaded)
+    _, plain = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES})
+    assert "fused-filled" not in {c.name for c in plain}  # no concurrency given: no wait to size
+    _, plans = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES}, concurrency=64)
+    by_name = {c.name: c for c in plans}
+    assert by_name["fused"].preferred_batch is None and by_name["fused"].queue_delay_us == 0  # kept beside it
+    fused = by_name["fused-filled"]
+    whole = sum(c[16] for c in CURVES.values())
+    assert fused.kind == "fused" and fused.units == by_name["fused"].units
+    assert fused.preferred_batch == 16 and fused.queue_delay_us == round(0.1 * whole * 1e6)
+    assert "batches of 16" in fused.why and "below 32 clients" in fused.why
+    assert all(c.preferred_batch is None for c in plans if c.name != "fused-filled")
+    # 8 clients: 4 per instance, a batch of 4 predicted at its own (higher) cost per row
+    _, few = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES}, concurrency=8)
+    small = next(c for c in few if c.name == "fused-filled")
+    assert small.preferred_batch == 4 and small.predicted_rps < by_name["fused-filled"].predicted_rps
+    spec = apply_candidate(loaded.spec, "fan", fused)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(spec_yaml(spec, ["tuned"]))
+    config = render_files(plan_spec(path))["fan/config.pbtxt"]
+    text = config.decode() if isinstance(config, bytes) else config
+    assert "preferred_batch_size: [ 16 ]" in text
+    assert f"max_queue_delay_microseconds: {fused.queue_delay_us}" in text
 
 
 def test_tuned_spec_yaml_reads_back_as_the_same_spec(tmp_path: Path) -> None:

@@ -261,6 +261,17 @@ def _render_ensemble(env: jinja2.Environment, plan: DeploymentPlan, pipeline: Pi
     )
 
 
+def fused_preferred_sizes(batchings: list[Any], max_batch_size: int) -> list[int]:
+    """A fused model's preferred batch sizes: those every batching component prefers (the merged
+    batch runs through all of them), up to the model's max_batch_size; none if they do not agree."""
+    if not batchings:
+        return []
+    common = set(batchings[0].preferred_batch_sizes)
+    for batching in batchings[1:]:
+        common &= set(batching.preferred_batch_sizes)
+    return sorted(size for size in common if size <= max_batch_size)
+
+
 def program_model_files(
     plan: DeploymentPlan, pipeline: PipelinePlan, env: jinja2.Environment
 ) -> dict[str, str | bytes]:
@@ -271,9 +282,8 @@ def program_model_files(
     spec = pipeline.spec
     fused = pipeline.kind == "fused"
     group = pipeline.instances
-    delays = [
-        batching.max_queue_delay_us for m in pipeline.models if (batching := plan.spec.models[m].batching) is not None
-    ]
+    batchings = [batching for m in pipeline.models if (batching := plan.spec.models[m].batching) is not None]
+    delays = [batching.max_queue_delay_us for batching in batchings]
     config = env.get_template("orchestrator.pbtxt.j2").render(
         version=__version__,
         name=pipeline.name,
@@ -288,6 +298,7 @@ def program_model_files(
         gpus=list(group.gpus) if group and group.gpus else None,
         # fused: batch as long as the most patient component would have; orchestrators never wait
         queue_delay_us=max(delays, default=0) if fused else 0,
+        preferred_batch_sizes=fused_preferred_sizes(batchings, pipeline.max_batch_size) if fused else [],
         threads=group.threads if group else None,
         timeout_ms=spec.timeout_ms,
         queue_timeout=program_queue_timeout(plan, pipeline),

@@ -31,6 +31,12 @@ HOP_OVERHEAD_S = 0.25e-3
 HEAVY_SHARE = 0.35
 # A handler "uses threads well" when t threads make a call at least this fraction of t times faster.
 THREADS_EFFICIENCY = 0.75
+# A fused model's queue waits for its share of the clients' requests (their answers go out, they come
+# back) at most this fraction of the time its batch then takes to run: with no delay, a closed loop's
+# batches fragment (an idle instance takes the first request back, alone), and on a pipeline whose
+# cost per row falls with the batch that costs more CPU per request than the wait costs latency.
+FILL_DELAY_SHARE = 0.1
+FILL_DELAY_MAX_US = 100_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Candidate:
     predicted_rps: float
     why: str
     groups: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())  # partial: (group name, models)
+    preferred_batch: Optional[int] = None  # the components' preferred batch size (None: none)
 
     def describe(self) -> str:
         parts = []
@@ -92,6 +99,29 @@ def choose_batch(
     return Batching(
         chosen, f"batch {chosen}: the largest whose path ({path:.1f} ms) fits half the {slo_p95_ms:g} ms P95 SLO"
     )
+
+
+def _at(curve: Mapping[int, float], batch: int) -> float:
+    """Seconds per call at `batch`, linear between the measured sizes (beyond them: per row)."""
+    sizes = sorted(curve)
+    below = max((b for b in sizes if b <= batch), default=sizes[0])
+    above = min((b for b in sizes if b >= batch), default=sizes[-1])
+    if above == below:
+        return curve[below] * batch / below
+    return curve[below] + (curve[above] - curve[below]) * (batch - below) / (above - below)
+
+
+def fill_batching(unit_curve: Mapping[int, float], batch: int, count: int, concurrency: int) -> tuple[int, int]:
+    """(preferred batch size, queue delay in us) for one batched model of `count` instances under a
+    closed loop of `concurrency` clients: each instance's share of the requests in flight (at most
+    `batch`) is the batch to wait for, and the wait is FILL_DELAY_SHARE of that batch's run time (from
+    the unit's cost curve), so it fills when the clients keep up and costs little when they do not.
+    A share of one row needs no wait: (1, 0)."""
+    share = max(1, min(batch, concurrency // max(1, count)))
+    if share <= 1:
+        return 1, 0
+    seconds = _at(unit_curve, share)
+    return share, min(FILL_DELAY_MAX_US, max(1, round(FILL_DELAY_SHARE * seconds * 1e6)))
 
 
 def threads_for(speedups: Mapping[int, float], count: int, cores: int) -> int:
@@ -177,9 +207,11 @@ def candidates(
     slo_p95_ms: Optional[float] = None,
     gpu: frozenset[str] = frozenset(),
     taken_names: frozenset[str] = frozenset(),
+    concurrency: Optional[int] = None,
 ) -> tuple[Batching, list[Candidate]]:
     """Every candidate plan for one static pipeline, the spec as written first, then by predicted
-    throughput (highest first)."""
+    throughput (highest first). With the `concurrency` the plans are measured at, also `fused-filled`:
+    the fused plan whose batching waits for each instance's share of the requests (fill_batching)."""
     speedups = speedups or {}
     max_batch = max(1, pipeline.max_batch_size)
     batching = choose_batch(curves, max_batch, slo_p95_ms)
@@ -224,6 +256,26 @@ def candidates(
                 "every step in one model (one hop), one instance per core",
             )
         )
+        if concurrency is not None:
+            whole = _unit_curves([(pipeline.name, list(pipeline.models))], curves)[pipeline.name]
+            share, delay_us = fill_batching(whole, b, fused[0].count, concurrency)
+            if share > 1:
+                # predicted at the share's cost per row: it only differs from `fused` in its batches
+                filled_row = {m: _at(curves[m], share) / share for m in pipeline.models}
+                result.append(
+                    Candidate(
+                        "fused-filled",
+                        "fused",
+                        fused,
+                        b,
+                        delay_us,
+                        predict_rps(fused, filled_row, cores),
+                        f"fused, each instance waiting up to {delay_us} us for batches of {share} (its share of"
+                        f" {concurrency} clients); below {share * fused[0].count} clients the wait leaves an instance"
+                        " idle",
+                        preferred_batch=share,
+                    )
+                )
     total = sum(per_row.values())
     heavy = {m for m in pipeline.models if total > 0 and per_row[m] / total >= HEAVY_SHARE} | set(gpu)
     heavy &= set(pipeline.models)
@@ -307,7 +359,10 @@ def apply_candidate(spec: Spec, pipeline: str, candidate: Candidate) -> Spec:
         if model.max_batch_size > 0 and candidate.max_batch > 0:
             update["max_batch_size"] = candidate.max_batch
             if model.dynamic_batching is not False and candidate.queue_delay_us is not None:
-                update["dynamic_batching"] = DynamicBatching(max_queue_delay_us=candidate.queue_delay_us)
+                preferred = [candidate.preferred_batch] if candidate.preferred_batch else []
+                update["dynamic_batching"] = DynamicBatching(
+                    max_queue_delay_us=candidate.queue_delay_us, preferred_batch_sizes=preferred
+                )
         unit = unit_of[name]
         if not unit.fused:
             count = unit.count

@@ -214,7 +214,15 @@ class Tuner:
             speedups = thread_scaling(base, pipeline, batching.batch, (2,), min_seconds=profile_s, chain=chain)
         del chain
         batching, plans = candidates(
-            base.pipelines[pipeline], table, s.core_budget, written_counts, speedups, s.slo_p95_ms, gpu, taken
+            base.pipelines[pipeline],
+            table,
+            s.core_budget,
+            written_counts,
+            speedups,
+            s.slo_p95_ms,
+            gpu,
+            taken,
+            concurrency=s.concurrency,
         )
         progress.step(f"{pipeline}: profiled in {time.perf_counter() - began:.0f} s", advance=1)
         for m, c in curves.items():
@@ -302,6 +310,7 @@ class Tuner:
                     "why": c.why,
                     "max_batch_size": c.max_batch or None,
                     "max_queue_delay_us": c.queue_delay_us,
+                    "preferred_batch_size": c.preferred_batch,
                     "fuse_groups": {g: list(ms) for g, ms in c.groups},
                     "predicted_rps": round(c.predicted_rps, 1),
                     **measured.get(c.name, {}),
