@@ -435,16 +435,30 @@ def main() -> None:
     args = parser.parse_args()
     began = time.time()
     result = run(args)
-    result["command"] = "python benchmarks/breakdown.py " + " ".join(sys.argv[1:])
     result["machine"] = "shared machine (2 cores shared with the load generator and other work)"
+    save_result(
+        result,
+        "breakdown.py",
+        began,
+        summary_lines(result),
+        Path(args.out),
+        f"breakdown-k{args.k}-c{args.concurrency}",
+        args.label,
+    )
+
+
+def save_result(
+    result: dict[str, Any], script: str, began: float, summary: list[str], out: Path, name: str, label: str
+) -> None:
+    """Write a run's JSON (with its command, start time and summary) and its text summary, and print it."""
+    result["command"] = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
     result["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))
-    result["summary"] = summary_lines(result)
-    out = Path(args.out)
+    result["summary"] = summary
     out.mkdir(parents=True, exist_ok=True)
-    name = f"breakdown-k{args.k}-c{args.concurrency}" + (f"-{args.label}" if args.label else "")
+    name += f"-{label}" if label else ""
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{name}.txt").write_text("\n".join(result["summary"]) + "\n")
-    print("\n".join(result["summary"]))
+    (out / f"{name}.txt").write_text("\n".join(summary) + "\n")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import sys
 import tempfile
@@ -264,15 +263,8 @@ def main() -> None:
     args = parser.parse_args()
     began = time.time()
     result = run(args)
-    result["command"] = "python benchmarks/fused_cpu.py " + " ".join(sys.argv[1:])
-    result["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))
-    result["summary"] = summary_lines(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.pipeline}-c{args.concurrency}" + (f"-{args.label}" if args.label else "")
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{name}.txt").write_text("\n".join(result["summary"]) + "\n")
-    print("\n".join(result["summary"]))
+    name = f"{args.pipeline}-c{args.concurrency}"
+    breakdown.save_result(result, "fused_cpu.py", began, summary_lines(result), Path(args.out), name, args.label)
 
 
 if __name__ == "__main__":
