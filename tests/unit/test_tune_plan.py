@@ -109,6 +109,9 @@ def test_fused_candidate_fills_its_batches_at_the_measured_concurrency(tmp_path:
     _, few = candidates(plan.pipelines["fan"], CURVES, 2, {m: 1 for m in CURVES}, concurrency=8)
     small = next(c for c in few if c.name == "fused-filled")
     assert small.preferred_batch == 4 and small.predicted_rps < by_name["fused-filled"].predicted_rps
+    for ranked in (plans, few):  # measured right after `fused` whatever its prediction
+        names = [c.name for c in ranked]
+        assert names.index("fused-filled") == names.index("fused") + 1, names
     spec = apply_candidate(loaded.spec, "fan", fused)
     path = tmp_path / "tuned.yaml"
     path.write_text(spec_yaml(spec, ["tuned"]))

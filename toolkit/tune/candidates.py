@@ -306,7 +306,14 @@ def candidates(
                 )
             )
     baseline, rest = result[0], result[1:]
-    return batching, [baseline, *sorted(rest, key=lambda c: -c.predicted_rps)]
+    ranked = sorted((c for c in rest if c.name != "fused-filled"), key=lambda c: -c.predicted_rps)
+    # `fused-filled` differs from `fused` only in how its batches fill, which a prediction at ideal
+    # batches cannot rank (it put the filled plan last while it served the most): it is measured
+    # right after `fused`, so a budget that measures one measures both
+    for filled in (c for c in rest if c.name == "fused-filled"):
+        at = next((i + 1 for i, c in enumerate(ranked) if c.name == "fused"), len(ranked))
+        ranked.insert(at, filled)
+    return batching, [baseline, *ranked]
 
 
 def _shares(heavy: set[str], per_row: Mapping[str, float]) -> list[float]:
