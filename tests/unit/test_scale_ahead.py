@@ -110,7 +110,7 @@ def test_a_burst_shifting_pipelines_takes_the_donor_in_the_sample_its_clients_ar
     level reaches one classifier instance's load three samples after the shift (docs/runtime.md: a
     1.0 s reaction); the latest sample alone, two (the first all of whose 250 ms they were gone); a
     fall of FALL or more in the shift's own sample, one."""
-    assert shift_donation(mixed=150.0) == (8, "its clients left")  # left a third of the way in: 40% below
+    assert shift_donation(mixed=150.0) == (8, "clients left")  # left a third of the way in: 40% below
     assert shift_donation(mixed=190.0) == (9, "1 carry them")  # left late in the sample: the next one fits
 
 

@@ -500,7 +500,7 @@ class Policy:
             return None
         donor = min(falling, key=lambda c: (c.load_latest or 0.0) / (c.load_now or 1.0))
         fell = (donor.load_latest or 0.0) / (donor.load_now or 1.0)
-        return donor, f"its arrivals in the latest sample {fell:.0%} of their level, nothing waiting: its clients left"
+        return donor, f"its arrivals in the latest sample at {fell:.0%} of their level, nothing waiting: clients left"
 
     def _quiet_donor(
         self, components: dict[str, Component], settled: Callable[[Component], bool], exclude: str
