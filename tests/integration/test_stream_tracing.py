@@ -38,11 +38,22 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServ
         collector.close()
 
 
-def stream_spans(collector: SpanCollector, trace_id: str) -> tuple[list[Span], list[Span]]:
-    """(the trace's spans, its compound.stream spans), once the stream span has arrived."""
+def stream_spans(collector: SpanCollector, trace_id: str, sent_ns: int) -> tuple[list[Span], list[Span]]:
+    """(the request's trace, its compound.stream spans), once the stream span has arrived.
+
+    Over gRPC, Triton 2.51 now and then starts a trace of its own instead of continuing the client's
+    `traceparent` (6 streams in 130 of this fixture, docs/observability.md). The request's trace is
+    then the only one whose root began after `sent_ns`: the tests here send one request at a time."""
     deadline = time.monotonic() + 15
     while True:
         spans = collector.wait_for_trace(trace_id, timeout_s=5, quiet_s=0.5)
+        if not spans:
+            later = [
+                trace
+                for trace in collector.traces().values()
+                if any(s.name == "InferRequest" and s.start_ns >= sent_ns for s in trace)
+            ]
+            spans = later[0] if len(later) == 1 else []
         streams = [s for s in spans if s.name == "compound.stream"]
         if streams or time.monotonic() > deadline:
             return spans, streams
@@ -68,9 +79,10 @@ def test_each_stream_is_one_span_under_its_request(
 ) -> None:
     server, collector = traced
     trace_id, sent_headers = headers()
+    sent_ns = time.time_ns()
     responses = list(stream_infer(model, server.grpc_url, inputs, headers=sent_headers))
     assert len(responses) == 5
-    spans, streams = stream_spans(collector, trace_id)
+    spans, streams = stream_spans(collector, trace_id, sent_ns)
     assert len(streams) == 1, [s.name for s in spans]
     (span,) = streams
     by_id = {s.span_id: s for s in spans}
@@ -86,11 +98,12 @@ def test_each_stream_is_one_span_under_its_request(
 def test_a_cancelled_stream_says_so(traced: tuple[LocalServer, SpanCollector]) -> None:
     server, collector = traced
     trace_id, sent_headers = headers()
+    sent_ns = time.time_ns()
     stream = stream_infer("counter", server.grpc_url, {"n": np.array([[500]], np.int32)}, headers=sent_headers)
     for i, _ in enumerate(stream):
         if i == 2:
             break
     stream.close()  # type: ignore[attr-defined]
-    _, streams = stream_spans(collector, trace_id)
+    _, streams = stream_spans(collector, trace_id, sent_ns)
     assert [s.attributes["compound.outcome"] for s in streams] == ["cancelled"]
     assert 3 <= streams[0].attributes["compound.responses"] < 500

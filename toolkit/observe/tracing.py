@@ -324,7 +324,8 @@ class SpanCollector:
         if not spans:
             return (
                 f"trace {trace_id}: no spans arrived in {timeout_s:g} s (with --trace-rate N above 1, only 1 "
-                "request in N is traced)"
+                "request in N is traced; over gRPC, Triton 2.51 starts a trace of its own for a few requests in "
+                "a hundred: --protocol http keeps the request's trace id)"
             )
         lines = [f"trace {trace_id} ({len(spans)} spans)", span_tree(spans)]
         path = critical_path(spans)
