@@ -4,8 +4,9 @@ Each model sums its inputs, then applies `layers` dense layers of width `dim` (t
 `repeat` times (cost without the memory of more weights). One row costs about
 ``repeat * layers * dim**2`` multiply-adds; at batch size 1 a layer is a memory-bound matrix-vector
 product, at larger batches a compute-bound matrix-matrix product, which is what dynamic batching
-buys on real models too. `threads` caps BLAS threads per instance so that instance counts, not
-hidden BLAS threads, decide how the cores are shared.
+buys on real models too. BLAS threads are the instance's (`instances.threads`, default 1, which
+compound's runtime applies before a handler loads), so instance counts and the tuner, not hidden BLAS
+pools, decide how the cores are shared; a `threads` parameter pins them in the handler instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Chain:
         self.repeat = int(parameters.get("repeat", 1))
         self.output = str(parameters.get("output", "y"))
         out_dim = int(parameters.get("out_dim", self.dim))
-        limit_blas_threads(int(parameters.get("threads", 1)))
+        if "threads" in parameters:
+            limit_blas_threads(int(parameters["threads"]))
         rng = np.random.default_rng(int(parameters.get("seed", 0)))
         widths = [self.dim] * self.layers + [out_dim]
         if self.repeat > 1 and out_dim != self.dim:

@@ -121,6 +121,45 @@ def test_fused_candidate_fills_its_batches_at_the_measured_concurrency(tmp_path:
     assert f"max_queue_delay_microseconds: {fused.queue_delay_us}" in text
 
 
+def test_threaded_candidate_where_two_threads_pay(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "handlers.py", tmp_path / "handlers.py")
+    loaded = load_spec(FIXTURE / "pipeline.yaml")
+    plan = build_plan(loaded)
+    fan = plan.pipelines["fan"]
+    paying = {m: {2: 1.6} for m in CURVES}
+    _, plans = candidates(fan, CURVES, 2, {m: 1 for m in CURVES}, paying, concurrency=64)
+    names = [c.name for c in plans]
+    assert names.index("fused-threaded") == names.index("fused-filled") + 1, names  # measured after fused
+    threaded = plans[names.index("fused-threaded")]
+    (unit,) = threaded.units
+    assert threaded.kind == "fused" and (unit.count, unit.threads, unit.fused) == (1, 2, True)
+    whole = sum(c[16] for c in CURVES.values())  # one instance takes all 64 clients: batches of 16
+    assert threaded.preferred_batch == 16 and threaded.queue_delay_us == round(0.1 * whole * 1e6)
+    assert "1.60x" in threaded.why
+    # predicted at the measured speedup, not at two ideal threads
+    row = sum(c[16] / 16 for c in CURVES.values()) + HOP_OVERHEAD_S
+    assert threaded.predicted_rps == pytest.approx(1.6 / row)
+    # the speedup is the whole call's, each step weighted by its cost: a light step that two threads
+    # slow down does not veto it, the heavy step that they do not speed up does
+    light_slower = {**paying, "join": {2: 0.9}}
+    named = {c.name: c for c in candidates(fan, CURVES, 2, {}, light_slower, concurrency=64)[1]}
+    one = {m: c[16] for m, c in CURVES.items()}
+    weighted = sum(one.values()) / sum(one[m] / light_slower[m][2] for m in one)
+    assert 1.2 < weighted < 1.6 and f"{weighted:.2f}x" in named["fused-threaded"].why
+    heavy_flat = {**paying, "branch_b": {2: 1.1}}
+    assert "fused-threaded" not in {c.name for c in candidates(fan, CURVES, 2, {}, heavy_flat, concurrency=64)[1]}
+    # nor without the clients to size its batches, nor on one core
+    assert "fused-threaded" not in {c.name for c in candidates(fan, CURVES, 2, {}, paying)[1]}
+    assert "fused-threaded" not in {c.name for c in candidates(fan, CURVES, 1, {}, paying, concurrency=64)[1]}
+    spec = apply_candidate(loaded.spec, "fan", threaded)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(spec_yaml(spec, ["tuned"]))
+    config = render_files(plan_spec(path))["fan/config.pbtxt"]
+    text = config.decode() if isinstance(config, bytes) else config
+    assert "count: 1" in text and "preferred_batch_size: [ 16 ]" in text
+    assert 'key: "compound.threads"\n  value {\n    string_value: "2"' in text
+
+
 def test_tuned_spec_yaml_reads_back_as_the_same_spec(tmp_path: Path) -> None:
     shutil.copy(FIXTURE / "handlers.py", tmp_path / "handlers.py")
     loaded = load_spec(FIXTURE / "pipeline.yaml")

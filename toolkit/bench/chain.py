@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.bench.machine import cap_native_threads
 from toolkit.core.errors import CompoundError
 from toolkit.plan import DeploymentPlan, EnsembleStep, import_handler_module
 
@@ -66,7 +67,13 @@ class InProcessPipeline:
         self.pipeline = pipeline
         self.stages = stages(plan, pipeline)
         self.models = plan.pipelines[pipeline].models
+        # the pools capped as a generated instance caps them (one fused instance: the largest
+        # `instances.threads`), before the handlers load and again after: what the cost curves and
+        # the ceiling measure is what an instance runs, not a pool sized for the whole machine
+        self.threads = max((plan.models[m].threads for m in self.models), default=1)
+        cap_native_threads(self.threads, environment=False)
         self.handlers = {m: load_handler(plan, m) for m in self.models}
+        cap_native_threads(self.threads, environment=False)
         self.outputs = list(plan.spec.pipelines[pipeline].outputs)
 
     def run(self, inputs: dict[str, np.ndarray], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:

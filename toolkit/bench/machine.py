@@ -9,6 +9,21 @@ from pathlib import Path
 from typing import Any
 
 REQUEST_POOL = 512  # distinct request rows a benchmark's client cycles through
+# The native pools a generated Triton model caps per instance (templates/model.py, limit_native_threads).
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def cap_native_threads(threads: int, environment: bool = True) -> None:
+    """Cap this process's native pools as a generated Triton model caps its instance's
+    (`instances.threads`): threadpoolctl for the pools already loaded and, with `environment`, the
+    environment for pools loaded later (torch, tokenizers), which child processes inherit too."""
+    if environment:
+        for name in THREAD_ENV:
+            os.environ[name] = str(threads)
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
 
 
 def machine_info() -> dict[str, Any]:

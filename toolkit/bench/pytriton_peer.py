@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from toolkit.bench.driver import Call, Job, first_response
-from toolkit.bench.machine import child_env
+from toolkit.bench.machine import cap_native_threads, child_env
 from toolkit.bench.measure import ProcessCpu, point_line, run_driver
 from toolkit.bench.profiles import fused_instances, tensor_datatypes
 from toolkit.core.errors import CompoundError
@@ -39,7 +39,6 @@ from toolkit.targets.local import python_libdir
 
 START_TIMEOUT_S = 180.0  # tritonserver start-up plus one Python model per instance
 STOP_TIMEOUT_S = 60.0
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
 def pytriton_available() -> Optional[str]:
@@ -240,20 +239,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 # --- inside the PyTriton process ------------------------------------------------------------
 
 
-def cap_threads(threads: int) -> None:
-    """Cap native pools as the generated Triton models cap an instance's: the environment for pools
-    loaded later, threadpoolctl for those already loaded."""
-    for name in THREAD_ENV:
-        os.environ[name] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)
-
-
 def _serve(config_file: str) -> int:
     config = json.loads(Path(config_file).read_text())
-    cap_threads(config["threads"])
+    cap_native_threads(config["threads"])
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
@@ -276,7 +264,7 @@ def _serve(config_file: str) -> int:
         return infer
 
     callables = [instance() for _ in range(config["instances"])]
-    cap_threads(config["threads"])  # again, for pools the handlers' libraries brought
+    cap_native_threads(config["threads"])  # again, for pools the handlers' libraries brought
 
     def tensors(declared: dict[str, list[Any]]) -> list[Tensor]:
         return [Tensor(name=n, dtype=np.dtype(dtype), shape=tuple(dims)) for n, (dtype, dims) in declared.items()]

@@ -34,7 +34,7 @@ import numpy as np
 
 from toolkit.bench.chain import stages
 from toolkit.bench.driver import V2_HEADER, Call, Job, decode_v2_request, encode_v2_response, first_response
-from toolkit.bench.machine import child_env
+from toolkit.bench.machine import THREAD_ENV, cap_native_threads, child_env
 from toolkit.bench.measure import ProcessCpu, point_line, run_driver
 from toolkit.bench.profiles import fused_instances, tensor_datatypes
 from toolkit.core.errors import CompoundError
@@ -56,9 +56,6 @@ RAY_ENV = {
     # ... without direct ingress (a port per replica and a load balancer in front): requests go through the proxy.
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
-
-# What the generated Triton models cap per instance (templates/model.py, limit_native_threads).
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
 def ray_available() -> str | None:
@@ -185,17 +182,6 @@ def run_ray_profile(
 # --- inside the Ray process -----------------------------------------------------------------
 
 
-def cap_threads(threads: int) -> None:
-    """Cap this replica's native pools as a generated Triton model caps its instance's: the
-    environment for pools loaded later (torch, tokenizers), threadpoolctl for those already loaded."""
-    for name in THREAD_ENV:
-        os.environ[name] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)
-
-
 def _actor_options(cpu_share: float, threads: int) -> dict[str, Any]:
     return {"num_cpus": cpu_share, "runtime_env": {"env_vars": {name: str(threads) for name in THREAD_ENV}}}
 
@@ -235,11 +221,11 @@ def _build_app(config: dict[str, Any]) -> Any:
             def __init__(self, threads: int, max_batch: int, wait_s: float) -> None:
                 from toolkit.bench.chain import InProcessPipeline
 
-                cap_threads(threads)
+                cap_native_threads(threads)
                 fused_plan = plan_spec(spec_path)
                 self.chain = InProcessPipeline(fused_plan, pipeline)
                 self.inputs = list(fused_plan.spec.pipelines[pipeline].inputs)
-                cap_threads(threads)  # again, for pools the handlers' libraries brought
+                cap_native_threads(threads)  # again, for pools the handlers' libraries brought
                 self.run_batch.set_max_batch_size(max_batch)
                 self.run_batch.set_batch_wait_timeout_s(wait_s)
 
@@ -266,10 +252,10 @@ def _build_app(config: dict[str, Any]) -> Any:
         def __init__(self, model: str, threads: int, max_batch: int, wait_s: float) -> None:
             from toolkit.bench.chain import load_handler
 
-            cap_threads(threads)
+            cap_native_threads(threads)
             component_plan = plan_spec(spec_path)
             self.handler = load_handler(component_plan, model)
-            cap_threads(threads)
+            cap_native_threads(threads)
             self.inputs = list(component_plan.spec.models[model].inputs)
             self.outputs = list(component_plan.spec.models[model].outputs)
             self.run_batch.set_max_batch_size(max(1, max_batch))

@@ -10,7 +10,8 @@ seconds per call at batch sizes 1..max_batch_size, measured in-process on real i
   the real server decide.
 
 Structures: the spec as written (the baseline, always measured); an ensemble with planned instances;
-the whole pipeline fused (one hop); partially fused (light neighbouring steps fused into one model,
+the whole pipeline fused (one hop; also filled: waiting for each instance's share of the clients; and
+threaded: half the instances at two threads each); partially fused (light neighbouring steps fused into one model,
 the heavy or GPU steps kept separate with their own instances).
 """
 
@@ -37,6 +38,12 @@ THREADS_EFFICIENCY = 0.75
 # cost per row falls with the batch that costs more CPU per request than the wait costs latency.
 FILL_DELAY_SHARE = 0.1
 FILL_DELAY_MAX_US = 100_000
+# `fused-threaded` (half the instances, two threads each) is worth measuring when two threads make the
+# pipeline's call at the operating batch (its steps weighted by their cost) at least this much faster:
+# fewer instances then each take a larger batch (a call's fixed work, such as packing a weight matrix,
+# once for more rows) and read their weights once for two cores, which the per-row prediction cannot
+# price (docs/tune.md).
+THREADED_MIN_SPEEDUP = 1.2
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,8 @@ def candidates(
 ) -> tuple[Batching, list[Candidate]]:
     """Every candidate plan for one static pipeline, the spec as written first, then by predicted
     throughput (highest first). With the `concurrency` the plans are measured at, also `fused-filled`:
-    the fused plan whose batching waits for each instance's share of the requests (fill_batching)."""
+    the fused plan whose batching waits for each instance's share of the requests (fill_batching), and
+    `fused-threaded` where two threads pay (_threaded_candidate)."""
     speedups = speedups or {}
     max_batch = max(1, pipeline.max_batch_size)
     batching = choose_batch(curves, max_batch, slo_p95_ms)
@@ -276,6 +284,9 @@ def candidates(
                         preferred_batch=share,
                     )
                 )
+        threaded = _threaded_candidate(pipeline, curves, b, cores, fused[0], speedups, concurrency)
+        if threaded is not None:
+            result.append(threaded)
     total = sum(per_row.values())
     heavy = {m for m in pipeline.models if total > 0 and per_row[m] / total >= HEAVY_SHARE} | set(gpu)
     heavy &= set(pipeline.models)
@@ -306,14 +317,59 @@ def candidates(
                 )
             )
     baseline, rest = result[0], result[1:]
-    ranked = sorted((c for c in rest if c.name != "fused-filled"), key=lambda c: -c.predicted_rps)
-    # `fused-filled` differs from `fused` only in how its batches fill, which a prediction at ideal
-    # batches cannot rank (it put the filled plan last while it served the most): it is measured
-    # right after `fused`, so a budget that measures one measures both
-    for filled in (c for c in rest if c.name == "fused-filled"):
-        at = next((i + 1 for i, c in enumerate(ranked) if c.name == "fused"), len(ranked))
-        ranked.insert(at, filled)
+    ranked = sorted((c for c in rest if c.name not in AFTER_FUSED), key=lambda c: -c.predicted_rps)
+    # `fused-filled` and `fused-threaded` differ from `fused` in how their batches fill, which a
+    # prediction at ideal batches cannot rank (it put the filled plan last while it served the most):
+    # they are measured right after `fused`, so a budget that measures one measures them all
+    at = next((i + 1 for i, c in enumerate(ranked) if c.name == "fused"), len(ranked))
+    ranked[at:at] = [c for name in AFTER_FUSED for c in rest if c.name == name]
     return batching, [baseline, *ranked]
+
+
+AFTER_FUSED = ("fused-filled", "fused-threaded")
+
+
+def _threaded_candidate(
+    pipeline: PipelinePlan,
+    curves: Mapping[str, Mapping[int, float]],
+    batch: int,
+    cores: int,
+    fused: Unit,
+    speedups: Mapping[str, Mapping[int, float]],
+    concurrency: Optional[int],
+) -> Optional[Candidate]:
+    """The fused plan with half its instances at two threads each, waiting for each instance's share
+    of the clients; None where two threads do not pay (THREADED_MIN_SPEEDUP for the whole call at
+    `batch`, measured in-process) or the fused plan already runs one instance."""
+    if concurrency is None or fused.count < 2 or fused.threads > 1:
+        return None
+    # the pipeline's call at `batch` with two threads against one, each step weighted by its cost (a
+    # trivial join that two threads slow down does not veto a pipeline whose heavy steps they double)
+    at_two = {m: speedups.get(m, {}).get(2, 0.0) for m in pipeline.models}
+    if not at_two or min(at_two.values()) <= 0:
+        return None
+    one = {m: _at(curves[m], batch) for m in pipeline.models}
+    two = sum(one[m] / at_two[m] for m in pipeline.models)
+    speedup = sum(one.values()) / two if two > 0 else 0.0
+    if speedup < THREADED_MIN_SPEEDUP:
+        return None
+    unit = Unit(fused.name, fused.models, fused.count // 2, 2, True)
+    whole = _unit_curves([(pipeline.name, list(pipeline.models))], curves)[pipeline.name]
+    share, delay_us = fill_batching(whole, batch, unit.count, concurrency)
+    row = sum(_at(curves[m], share) / share for m in pipeline.models) + HOP_OVERHEAD_S
+    predicted = min(cores / row, unit.count * speedup / row)
+    return Candidate(
+        "fused-threaded",
+        "fused",
+        (unit,),
+        batch,
+        delay_us,
+        predicted,
+        f"fused, {unit.count} instance(s) at 2 threads ({speedup:.2f}x at batch {batch} in-process), each waiting"
+        f" up to {delay_us} us for batches of {share}: fewer, larger batches, each step's weights read once for"
+        " two cores",
+        preferred_batch=share if share > 1 else None,
+    )
 
 
 def _shares(heavy: set[str], per_row: Mapping[str, float]) -> list[float]:
