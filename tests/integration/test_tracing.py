@@ -5,10 +5,12 @@ reports the critical path. The spans arrive over real OTLP/HTTP at an in-process
 
 from __future__ import annotations
 
+import functools
 import secrets
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -29,22 +31,74 @@ SHORT, LONG = "hi there", "a much longer text than four words"
 CONCURRENCY = 16
 
 
+TRITON_SIGNAL = "Signal ("  # the line Triton's own handler logs when a signal ends it
+
+
+class TracedServer:
+    """The module's traced server. Triton 2.51's tracing can corrupt its heap under concurrent traced
+    requests (seen once in a full run: `corrupted double-linked list`, SIGABRT, then a shutdown that
+    hangs on open connections; the family of server#7795): a test that finds it aborted starts it
+    again, once per module, and says so in a warning. A second abort fails the test."""
+
+    def __init__(self, repo: Path, logs: pytest.TempPathFactory, collector: SpanCollector) -> None:
+        self.repo, self.logs, self.collector = repo, logs, collector
+        self.restarts = 0
+        self.server = self._start()
+
+    def _start(self) -> LocalServer:
+        tracing = Tracing(self.collector.endpoint, 1, "tracing-test")
+        return start_server(self.repo, self.logs.mktemp("tracing-logs"), tracing=tracing)
+
+    def aborted(self) -> bool:
+        log = self.server.log_path.read_text(errors="replace") if self.server.log_path.exists() else ""
+        return not self.server.alive() or TRITON_SIGNAL in log
+
+    def live(self) -> LocalServer:
+        if self.aborted():
+            self.restart()
+        return self.server
+
+    def restart(self) -> None:
+        tail = self.server.log_tail(8)
+        self.server.stop()
+        if self.restarts:
+            pytest.fail(f"tritonserver aborted again under traced load:\n{tail}")
+        self.restarts += 1
+        warnings.warn(f"tritonserver aborted under traced load (Triton 2.51), started again:\n{tail}", stacklevel=2)
+        self.server = self._start()
+
+
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, SpanCollector]]:
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedServer]:
     repo = render_repository(plan_spec(FIXTURES / "tracing" / "pipeline.yaml"), tmp_path_factory.mktemp("tr") / "repo")
     collector = SpanCollector()
     try:
-        server = start_server(
-            repo, tmp_path_factory.mktemp("tracing-logs"), tracing=Tracing(collector.endpoint, 1, "tracing-test")
-        )
+        holder = TracedServer(repo, tmp_path_factory, collector)
     except BaseException:
         collector.close()
         raise
     try:
-        yield server, collector
+        yield holder
     finally:
-        server.stop()
+        holder.server.stop()
         collector.close()
+
+
+def survives_one_abort(test: Callable[[TracedServer], None]) -> Callable[[TracedServer], None]:
+    """Run the test on a live server; where it failed because Triton aborted, once more on a new one."""
+
+    @functools.wraps(test)
+    def run(traced: TracedServer) -> None:
+        traced.live()
+        try:
+            test(traced)
+        except Exception:
+            if not traced.aborted():
+                raise
+            traced.restart()
+            test(traced)
+
+    return run
 
 
 def send(url: str, pipeline: str, text: str) -> str:
@@ -60,11 +114,10 @@ def send(url: str, pipeline: str, text: str) -> str:
     return trace_id
 
 
-def concurrent_traces(
-    server: LocalServer, collector: SpanCollector, pipeline: str
-) -> tuple[dict[str, list[Span]], dict[str, str]]:
+def concurrent_traces(traced: TracedServer, pipeline: str) -> tuple[dict[str, list[Span]], dict[str, str]]:
     """CONCURRENCY requests at once, three rounds (long and short texts alternate): trace -> its
     spans, and trace -> the text sent."""
+    server, collector = traced.server, traced.collector
     texts = [LONG if i % 2 else SHORT for i in range(CONCURRENCY)]
     sent: dict[str, str] = {}
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -72,6 +125,8 @@ def concurrent_traces(
             ids = list(pool.map(lambda text: send(server.http_url, pipeline, text), texts))
             sent.update(zip(ids, texts))
     for trace_id in sent:
+        if traced.aborted():  # an aborted Triton may still answer, but exports no more spans
+            raise RuntimeError(f"tritonserver aborted while the requests ran:\n{server.log_tail(8)}")
         collector.wait_for_trace(trace_id, timeout_s=15, quiet_s=0.5)
     traces = collector.traces()
     return {trace_id: traces.get(trace_id, []) for trace_id in sent}, sent
@@ -81,9 +136,9 @@ def names(spans: list[Span]) -> list[str]:
     return [span.name for span in spans]
 
 
-def test_ensemble_trace_names_every_step(traced: tuple[LocalServer, SpanCollector]) -> None:
-    server, collector = traced
-    traces, _ = concurrent_traces(server, collector, "ens")
+@survives_one_abort
+def test_ensemble_trace_names_every_step(traced: TracedServer) -> None:
+    traces, _ = concurrent_traces(traced, "ens")
     for trace_id, spans in traces.items():
         top = pipeline_span(spans)
         assert top is not None and top.name == "ens", f"trace {trace_id}: {names(spans)}"
@@ -93,9 +148,9 @@ def test_ensemble_trace_names_every_step(traced: tuple[LocalServer, SpanCollecto
         assert any(s.name == "cache fast" for s in spans), f"trace {trace_id}:\n{span_tree(spans)}"
 
 
-def test_fused_trace_names_every_inline_step(traced: tuple[LocalServer, SpanCollector]) -> None:
-    server, collector = traced
-    traces, _ = concurrent_traces(server, collector, "fused")
+@survives_one_abort
+def test_fused_trace_names_every_inline_step(traced: TracedServer) -> None:
+    traces, _ = concurrent_traces(traced, "fused")
     merged = 0
     for trace_id, spans in traces.items():
         top = pipeline_span(spans)
@@ -108,10 +163,10 @@ def test_fused_trace_names_every_inline_step(traced: tuple[LocalServer, SpanColl
     assert merged, "no two requests shared a batch: the merged case was not exercised"
 
 
-def test_orchestrator_trace_names_the_steps_each_request_ran(traced: tuple[LocalServer, SpanCollector]) -> None:
+@survives_one_abort
+def test_orchestrator_trace_names_the_steps_each_request_ran(traced: TracedServer) -> None:
     """Every request of a merged batch has its own `call` spans, only for the branch its row took."""
-    server, collector = traced
-    traces, texts = concurrent_traces(server, collector, "routed")
+    traces, texts = concurrent_traces(traced, "routed")
     merged = 0
     for trace_id, spans in traces.items():
         top = pipeline_span(spans)
@@ -123,9 +178,9 @@ def test_orchestrator_trace_names_the_steps_each_request_ran(traced: tuple[Local
     assert merged, "no two requests shared an orchestrator batch: the merged case was not exercised"
 
 
-def test_infer_trace_prints_the_span_tree(traced: tuple[LocalServer, SpanCollector], tmp_path: Path) -> None:
+def test_infer_trace_prints_the_span_tree(traced: TracedServer, tmp_path: Path) -> None:
     """`compound infer --trace` receives the spans itself on the deployment's loopback endpoint."""
-    server, collector = traced
+    server, collector = traced.live(), traced.collector
     state = DeploymentState(
         name="traced",
         target="local",
@@ -147,9 +202,9 @@ def test_infer_trace_prints_the_span_tree(traced: tuple[LocalServer, SpanCollect
         assert expected in result.output, result.output
 
 
-def test_loadtest_reports_the_critical_path(traced: tuple[LocalServer, SpanCollector], tmp_path: Path) -> None:
+def test_loadtest_reports_the_critical_path(traced: TracedServer, tmp_path: Path) -> None:
     """The slow branch (5 ms of sleep) sets the ensemble's latency: the critical path says so."""
-    server, _ = traced
+    server = traced.live()
     port = int(server.tracing.endpoint.rsplit(":", 1)[1]) if server.tracing else 0
     with SpanCollector(port=port) as collector:  # the module's receiver was closed by the test above
         options = LoadTestOptions(pipeline="ens", url=server.http_url, users=4, spawn_rate=4, run_time_s=3)
