@@ -24,14 +24,12 @@ from toolkit.observe.tracing import Span, SpanCollector, pipeline_span, span_tre
 from toolkit.plan import plan_spec
 from toolkit.repository.render import render_repository
 from toolkit.targets.local import LocalServer
+from toolkit.targets.server import crash_signal
 from toolkit.targets.settings import Tracing
 from toolkit.targets.state import DeploymentState, save_state
 
 SHORT, LONG = "hi there", "a much longer text than four words"
 CONCURRENCY = 16
-
-
-TRITON_SIGNAL = "Signal ("  # the line Triton's own handler logs when a signal ends it
 
 
 class TracedServer:
@@ -51,7 +49,7 @@ class TracedServer:
 
     def aborted(self) -> bool:
         log = self.server.log_path.read_text(errors="replace") if self.server.log_path.exists() else ""
-        return not self.server.alive() or TRITON_SIGNAL in log
+        return not self.server.alive() or crash_signal(log) != ""
 
     def live(self) -> LocalServer:
         if self.aborted():

@@ -10,9 +10,9 @@ seconds per call at batch sizes 1..max_batch_size, measured in-process on real i
   the real server decide.
 
 Structures: the spec as written (the baseline, always measured); an ensemble with planned instances;
-the whole pipeline fused (one hop; also filled: waiting for each instance's share of the clients; and
-threaded: half the instances at two threads each); partially fused (light neighbouring steps fused into one model,
-the heavy or GPU steps kept separate with their own instances).
+the whole pipeline fused (one hop), also filled (waiting for each instance's share of the clients)
+and threaded (half the instances at two threads each); partially fused (light neighbouring steps
+fused into one model, the heavy or GPU steps kept separate with their own instances).
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ FILL_DELAY_MAX_US = 100_000
 # once for more rows) and read their weights once for two cores, which the per-row prediction cannot
 # price (docs/tune.md).
 THREADED_MIN_SPEEDUP = 1.2
+# Variants of `fused` that differ from it in how their batches fill, which a prediction at ideal
+# batches cannot rank (it put the filled plan last while it served the most): they are measured right
+# after `fused`, so a budget that measures one measures them all.
+AFTER_FUSED = ("fused-filled", "fused-threaded")
 
 
 @dataclass(frozen=True)
@@ -264,8 +268,8 @@ def candidates(
                 "every step in one model (one hop), one instance per core",
             )
         )
+        whole = _unit_curves([(pipeline.name, list(pipeline.models))], curves)[pipeline.name]
         if concurrency is not None:
-            whole = _unit_curves([(pipeline.name, list(pipeline.models))], curves)[pipeline.name]
             share, delay_us = fill_batching(whole, b, fused[0].count, concurrency)
             if share > 1:
                 # predicted at the share's cost per row: it only differs from `fused` in its batches
@@ -284,7 +288,7 @@ def candidates(
                         preferred_batch=share,
                     )
                 )
-        threaded = _threaded_candidate(pipeline, curves, b, cores, fused[0], speedups, concurrency)
+        threaded = _threaded_candidate(pipeline, curves, whole, b, cores, fused[0], speedups, concurrency)
         if threaded is not None:
             result.append(threaded)
     total = sum(per_row.values())
@@ -318,20 +322,15 @@ def candidates(
             )
     baseline, rest = result[0], result[1:]
     ranked = sorted((c for c in rest if c.name not in AFTER_FUSED), key=lambda c: -c.predicted_rps)
-    # `fused-filled` and `fused-threaded` differ from `fused` in how their batches fill, which a
-    # prediction at ideal batches cannot rank (it put the filled plan last while it served the most):
-    # they are measured right after `fused`, so a budget that measures one measures them all
     at = next((i + 1 for i, c in enumerate(ranked) if c.name == "fused"), len(ranked))
     ranked[at:at] = [c for name in AFTER_FUSED for c in rest if c.name == name]
     return batching, [baseline, *ranked]
 
 
-AFTER_FUSED = ("fused-filled", "fused-threaded")
-
-
 def _threaded_candidate(
     pipeline: PipelinePlan,
     curves: Mapping[str, Mapping[int, float]],
+    whole: Mapping[int, float],
     batch: int,
     cores: int,
     fused: Unit,
@@ -354,7 +353,6 @@ def _threaded_candidate(
     if speedup < THREADED_MIN_SPEEDUP:
         return None
     unit = Unit(fused.name, fused.models, fused.count // 2, 2, True)
-    whole = _unit_curves([(pipeline.name, list(pipeline.models))], curves)[pipeline.name]
     share, delay_us = fill_batching(whole, batch, unit.count, concurrency)
     row = sum(_at(curves[m], share) / share for m in pipeline.models) + HOP_OVERHEAD_S
     predicted = min(cores / row, unit.count * speedup / row)
