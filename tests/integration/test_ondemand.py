@@ -29,7 +29,9 @@ def test_cold_branch_loads_its_components_together_and_idle_ones_go(
 ) -> None:
     starts = tmp_path / "starts.txt"
     monkeypatch.setenv("COMPOUND_TEST_STARTS", str(starts))  # the server's stubs inherit it
-    server = start_server(render_repository(plan_spec(SPEC), tmp_path / "repo"), tmp_path)
+    plan = plan_spec(SPEC)
+    assert plan.pipelines["brief"].kind == "orchestrator"  # no control flow, but on-demand steps
+    server = start_server(render_repository(plan, tmp_path / "repo"), tmp_path)
     try:
         assert loaded(server) >= {"agent", "route", "chat"} and not loaded(server) & set(AGENTS)
 
@@ -58,6 +60,11 @@ def test_cold_branch_loads_its_components_together_and_idle_ones_go(
         unloads = [d for d in supervisor.decisions if d["action"] == "unload"]
         assert {d["model"] for d in unloads} == set(AGENTS) and "idle_s 3" in unloads[0]["reason"]
         assert "route" in loaded(server)  # fixed components stay
+
+        # a static chain of on-demand agents is served by an orchestrator: its cold steps load, it waits
+        out = infer("brief", server.http_url, {"query": np.array([[b"short"]], dtype=object)})
+        assert out["answer"].tolist() == [[b"writer:planner:short"]]
+        assert loaded(server) & set(AGENTS) == {"planner", "writer"}
 
         out = infer("agent", server.http_url, {"query": np.array([[b"deep again"]], dtype=object)})
         assert out["answer"].tolist() == [[b"writer:researcher:planner:deep again"]]

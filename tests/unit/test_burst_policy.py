@@ -98,6 +98,19 @@ def test_a_burst_moving_away_gives_its_instance_before_the_donor_has_been_quiet_
     assert "takes classifier's instance" in decisions["extractor"].reason
 
 
+def test_a_burst_on_a_component_that_reaches_every_core_takes_no_donor_instance() -> None:
+    """An on-demand extractor loaded at 2 on 2 cores under a burst: a quiet classifier's second
+    instance holds no core, so moving it would add an instance and no capacity."""
+    comps = components(extractor=2, classifier=2)
+    policy = Policy(cores=2, busy_cores=2.0)
+    comps["extractor"].row_s = comps["classifier"].row_s = 0.007
+    comps["classifier"].load_now, comps["classifier"].load_ahead = 0.47, 0.1
+    pending = {"extractor": 32.0, "classifier": 0.0}
+    assert policy.burst(40.5, comps, pending) == []
+    comps["extractor"].instances = 1  # one instance reaches one core of two: the swap pays
+    assert {d.model for d in policy.burst(41.0, comps, pending)} == {"extractor", "classifier"}
+
+
 def test_steady_saturating_load_makes_no_more_decisions_than_the_windows_alone() -> None:
     def windows(comps: dict[str, Component]) -> dict[str, Window]:
         n = comps["heavy"].instances

@@ -308,8 +308,28 @@ def test_bad_autoscale_is_named(tmp_path: Path, fields: str, fragment: str) -> N
     assert any(fragment in p and "(models.score" in p and "Value error" not in p for p in problems), problems
 
 
-def test_on_demand_behind_an_ensemble_is_rejected_with_the_reason(tmp_path: Path) -> None:
-    problems = problems_of(write_spec(tmp_path, autoscaled("    autoscale: {min: 0, max: 2}\n")))
-    assert len(problems) == 1
-    assert "models.score.autoscale.min" in problems[0] and "ensemble pipeline(s) ['p']" in problems[0]
-    assert "cannot wait while a composing model loads" in problems[0]
+def test_a_static_pipeline_reaching_an_on_demand_model_is_orchestrated(tmp_path: Path) -> None:
+    plan = plan_spec(write_spec(tmp_path, autoscaled("    autoscale: {min: 0, max: 2}\n")))
+    assert plan.pipelines["p"].kind == "orchestrator"
+    assert "on-demand model(s) ['score']" in plan.pipelines["p"].reason
+    assert "cannot wait while a composing model loads" in plan.pipelines["p"].reason
+
+
+def test_an_orchestrated_static_pipeline_runs_its_steps_in_listed_order(tmp_path: Path) -> None:
+    reversed_steps = GOOD_PIPELINE.replace(
+        "      - {model: tok, inputs: {text: text}, outputs: {ids: ids}}\n"
+        "      - {model: score, inputs: {ids: ids}, outputs: {score: score}}\n",
+        "      - {model: score, inputs: {ids: ids}, outputs: {score: score}}\n"
+        "      - {model: tok, inputs: {text: text}, outputs: {ids: ids}}\n",
+    )
+    body = autoscaled("    autoscale: {min: 0, max: 2}\n").replace(GOOD_PIPELINE, reversed_steps)
+    problems = problems_of(write_spec(tmp_path, body))
+    assert any("consumes tensor 'ids' before anything produces it" in p and "on-demand" in p for p in problems)
+
+
+def test_the_bursty_examples_plan_with_extract_orchestrated_where_its_agent_is_on_demand() -> None:
+    bursty = Path(__file__).resolve().parents[2] / "examples" / "bursty"
+    assert plan_spec(bursty / "peak.yaml").pipelines["extract"].kind == "ensemble"
+    plan = plan_spec(bursty / "ondemand.yaml")
+    assert plan.pipelines["extract"].kind == "orchestrator" and plan.pipelines["classify"].kind == "ensemble"
+    assert plan.models["extractor"].autoscale is not None and plan.models["extractor"].autoscale.min == 0

@@ -230,7 +230,9 @@ def _check_autoscale(
     loaded: LoadedSpec, pipelines: dict[str, PipelinePlan], problems: list[Problem], warnings: list[str]
 ) -> None:
     """On-demand models (autoscale.min 0) must be reached only through orchestrators: an ensemble
-    cannot wait for a composing model to load, so Triton fails its requests while one is unloaded."""
+    cannot wait for a composing model to load, so Triton fails its requests while one is unloaded.
+    A static pipeline that calls one is planned as an orchestrator; one with fuse groups stays an
+    ensemble of its groups, so there it is an error."""
     for name, model in loaded.spec.models.items():
         if model.autoscale is None:
             continue
@@ -243,9 +245,10 @@ def _check_autoscale(
             problems.append(
                 Problem(
                     loaded.where("models", name, "autoscale", "min"),
-                    f"model '{name}': autoscale.min 0 (on demand) but ensemble pipeline(s) {users['ensemble']} use it; "
-                    "a Triton ensemble cannot wait while a composing model loads, so its requests would fail. "
-                    "Use min >= 1, or reach the model through a switch/loop/map pipeline (an orchestrator waits)",
+                    f"model '{name}': autoscale.min 0 (on demand) but pipeline(s) {users['ensemble']} with fuse groups"
+                    " are ensembles that call it; a Triton ensemble cannot wait while a composing model loads, so"
+                    " its requests would fail. Use min >= 1, or drop the fuse groups (the pipeline is then served"
+                    " by an orchestrator, which waits)",
                 )
             )
         if users["fused"] and not users["ensemble"] and not users["orchestrator"]:
@@ -432,12 +435,26 @@ class _PipelineChecker:
                 "fuse groups need a static pipeline, and this one has control flow"
                 f" ({', '.join(sorted(set(control)))}); use fuse: true to fuse it whole",
             )
+        static_ensemble = not (control or self.pipeline.fuse_groups or self.pipeline.fused)
+        on_demand = self._on_demand_models() if static_ensemble else []
         if control:
-            plan = self._check_orchestrated(control)
+            kinds = ", ".join(sorted(set(control)))
+            plan = self._check_orchestrated(
+                f"data-dependent control flow ({kinds}): Triton ensembles cannot branch or loop, so a BLS"
+                " orchestrator is generated"
+            )
+        elif on_demand:
+            # an ensemble cannot hold a request while a composing model loads (Triton fails it), and the
+            # generated orchestrator loads a cold callee (with every other the request can reach) and waits
+            plan = self._check_orchestrated(
+                f"reaches on-demand model(s) {on_demand} (autoscale.min 0): a Triton ensemble cannot wait"
+                " while a composing model loads, so a BLS orchestrator is generated, which loads them and waits"
+            )
         else:
             plan = self._check_ensemble()
+        orchestrated = bool(control or on_demand)
         streams = StreamChecker(self.spec, self.pipeline, lambda loc, message: self.problem(loc, message))
-        streaming = streams.check_orchestrated() if control else streams.check_ensemble()
+        streaming = streams.check_orchestrated() if orchestrated else streams.check_ensemble()
         if plan is None or len(self.problems) > before:
             return None
         plan.streaming = streaming
@@ -787,7 +804,14 @@ class _PipelineChecker:
 
     # orchestrators: listed order, scoped tensors, branches that agree
 
-    def _check_orchestrated(self, control: list[str]) -> Optional[PipelinePlan]:
+    def _on_demand_models(self) -> list[str]:
+        """The models this pipeline's steps call that start unloaded (autoscale.min 0)."""
+        called = {step.model for step in self.pipeline.steps if isinstance(step, ModelStep)}
+        return sorted(
+            m for m in called if (model := self.spec.models.get(m)) and model.autoscale and model.autoscale.min == 0
+        )
+
+    def _check_orchestrated(self, reason: str) -> Optional[PipelinePlan]:
         env: dict[str, TensorSpec] = dict(self.pipeline.inputs)
         produced = self._check_block(self.pipeline.steps, ("steps",), env, frozenset())
         for out in self.pipeline.outputs:
@@ -799,13 +823,11 @@ class _PipelineChecker:
         # concurrently, whatever its callees do. Merged rows go to a batching callee in one request (so no
         # more than the smallest batching callee takes) and to a non-batching one row by row.
         sizes = [self.spec.models[m].max_batch_size for m in self.used_models if self.spec.models[m].max_batch_size > 0]
-        kinds = ", ".join(sorted(set(control)))
         return PipelinePlan(
             name=self.name,
             spec=self.pipeline,
             kind="orchestrator",
-            reason=f"data-dependent control flow ({kinds}):"
-            " Triton ensembles cannot branch or loop, so a BLS orchestrator is generated",
+            reason=reason,
             tensors={**self.pipeline.inputs, **produced},
             max_batch_size=min(sizes) if sizes else UNBATCHED_ORCHESTRATOR_BATCH,
             models=self.used_models,
@@ -853,8 +875,8 @@ class _PipelineChecker:
             elif tensor not in env:
                 self.problem(
                     loc + ("inputs", in_name),
-                    f"step {step.model} consumes tensor '{tensor}' before anything produces it "
-                    "(in pipelines with switch/loop/map, steps run in listed order)",
+                    f"step {step.model} consumes tensor '{tensor}' before anything produces it (an orchestrated"
+                    " pipeline, with switch/loop/map or on-demand models, runs its steps in listed order)",
                 )
             elif in_name in model.inputs:
                 self._check_edge(

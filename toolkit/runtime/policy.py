@@ -25,7 +25,9 @@ SEVERE_QUEUE_RATIO times as long as they compute), and no change to a component 
 of the last (a reload must settle before its numbers mean
 anything). Capacity: a new instance needs half a core of measured spare capacity, where busy cores
 are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
-its callees' time, and would count them again). Downstream components grow with their upstream in
+its callees' time, and would count them again). Without spare capacity an instance comes from a
+donor, but only to a component whose instances do not yet reach every core (an idle instance holds
+no core, so a swap beyond that adds an instance and no capacity). Downstream components grow with their upstream in
 proportion to their own measured load before their queues grow.
 
 Streaming components (toolkit/runtime/streams.py) are measured by their streams in flight instead:
@@ -292,6 +294,11 @@ class Policy:
             taken = component.threads * max(component.utilisation, 1.0 if component.burst else 0.0)
             decisions[component.name] = Decision(component.name, "scale", n + 1, f"{why}; {spare:.2f} cores spare")
             spare -= taken
+        elif n * component.threads >= self.cores:
+            # its instances already reach every core: an idle donor instance holds no core, so taking
+            # one would add an instance (instance-seconds) and no capacity (measured: an on-demand
+            # component loaded at 2 for a burst on 2 cores took a third, and served no more)
+            return spare
         else:
             found = donor_of(components, settled, exclude=component.name)
             if found is None:
