@@ -48,6 +48,8 @@ def test_bursty_workload_static_against_adaptive(tmp_path: Path) -> None:
         assert sum(res["timeline"]["rps"]["extract"][: int(PHASE_S * 2)]) == 0
         assert sum(res["timeline"]["rps"]["extract"]) > 0
         assert res["instance_s"] > 0 and res["instance_s_per_1k_requests"] > 0
+        by_process = res["server_cpu_by_process_pct"]  # where the server's CPU went, stub by stub
+        assert by_process["tritonserver"] > 0 and by_process["stub:classifier"] > 0, by_process
         assert sum(p["instance_s"] for p in res["phases"]) == pytest.approx(res["instance_s"], rel=0.01)
     static, adaptive = report["deployments"]["static"], report["deployments"]["adaptive"]
     assert static["instances"]["fixed"] == {"parse": 1, "classifier": 1, "extractor": 1}

@@ -107,6 +107,17 @@ def test_idle_on_demand_components_are_unloaded_and_fixed_ones_never_touched() -
     assert decision.action == "unload" and decision.model == "agent" and "idle_s 30" in decision.reason
 
 
+def test_an_idle_on_demand_component_due_to_unload_within_the_cooldown_is_not_scaled_down_first() -> None:
+    agent = Component("agent", 2, bounds=Bounds(0, 3, 5), last_request=0.0, cold=DOWN_AFTER)
+    policy = Policy(cores=2)
+    assert policy.decide(4.0, {"agent": agent}, {"agent": Window(seconds=1.0)}) == []  # unloads at 5 s
+    (decision,) = policy.decide(5.0, {"agent": agent}, {"agent": Window(seconds=1.0)})
+    assert decision.action == "unload"
+    patient = Component("patient", 2, bounds=Bounds(0, 3, 60), last_request=0.0, cold=DOWN_AFTER)
+    (decision,) = policy.decide(4.0, {"patient": patient}, {"patient": Window(seconds=1.0)})
+    assert decision.action == "scale" and decision.instances == 1  # its unload is a minute away
+
+
 def test_a_queue_many_times_the_work_needs_one_window() -> None:
     comps = components(heavy=1)
     flooded = {"heavy": Window(seconds=1.0, requests=100, busy_s=0.99, queue_s=12.0)}  # 120 ms queued for 10 ms

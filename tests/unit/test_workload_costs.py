@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.bench.workload import evaluate_targets, format_table, reserved
+from toolkit.bench.workload import CpuByProcess, evaluate_targets, format_table, reserved
 from toolkit.core.errors import CompoundError
 from toolkit.deployment.deployment import runtime_summary
 from toolkit.runtime.pricing import Prices, cost_summary
@@ -91,3 +91,11 @@ def test_the_table_shows_core_seconds_cost_and_reactions() -> None:
     )
     assert "20 core-s reserved, 20.00 per 1,000 requests; cost 0.00020 per 1,000 requests" in text
     assert "reactions 0.41 s" in text and "c: scale -> 2: burst [reaction 0.41 s]" in text
+
+
+def test_cpu_by_process_sums_stubs_per_model_and_counts_a_new_stub_from_zero() -> None:
+    cpu = CpuByProcess()
+    cpu.sample({"tritonserver[1]": 10.0, "stub:extract[2]": 3.0}, first=True)
+    cpu.sample({"tritonserver[1]": 12.0, "stub:extract[2]": 3.5, "stub:extract[3]": 0.75}, first=False)
+    cpu.sample({"tritonserver[1]": 13.0, "stub:extract[3]": 1.0}, first=False)  # stub 2 removed
+    assert cpu.seconds() == {"tritonserver": 3.0, "stub:extract": 1.5}

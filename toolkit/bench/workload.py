@@ -227,6 +227,7 @@ class WorkloadRunner:
             env=child_env(),
         )
         server_cpu = ProcessCpu(server.pid)
+        by_process = CpuByProcess()
         samples: list[dict[str, Any]] = []
         cpu: dict[str, tuple[float, float, float]] = {}
         try:
@@ -243,6 +244,8 @@ class WorkloadRunner:
                         runtime.cpu_s() if runtime else 0.0,
                         machine_busy_s(),
                     )
+                if now <= length + SAMPLE_S / 2:
+                    by_process.sample(server_cpu.per_process(), first=tick == 0)
                 if runtime is not None and now <= length + SAMPLE_S / 2:
                     sample = runtime.sample()
                     if sample is not None:
@@ -257,6 +260,7 @@ class WorkloadRunner:
             raise CompoundError(f"load generator failed (exit {proc.returncode})", hint=(err or "").strip()[-2000:])
         measured = json.loads((folder / "requests.json").read_text())
         measured["samples"] = samples
+        measured["server_cpu_by_process_pct"] = {k: 100.0 * v / length for k, v in by_process.seconds().items()}
         if "start" in cpu and "end" in cpu:
             (s0, r0, b0), (s1, r1, b1) = cpu["start"], cpu["end"]
             span = length
@@ -269,6 +273,30 @@ class WorkloadRunner:
                 ),
             }
         return measured
+
+
+class CpuByProcess:
+    """The server's CPU seconds per process name (tritonserver, stub:<model>) over the schedule,
+    from samples each second: where the server's CPU goes, an orchestrator's stubs included, which
+    hold no instance the runtime scales. A stub started after the first sample counts from zero; a
+    stub removed between samples loses its last second (the server total, which counts reaped stubs,
+    does not)."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def sample(self, per_process: dict[str, float], first: bool) -> None:
+        for key, seconds in per_process.items():
+            self.first.setdefault(key, seconds if first else 0.0)
+            self.last[key] = seconds
+
+    def seconds(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for key, seconds in self.last.items():
+            name = key.rsplit("[", 1)[0]
+            total[name] = total.get(name, 0.0) + seconds - self.first[key]
+        return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
 def _server_cpu_s(server: ProcessCpu) -> float:
@@ -433,6 +461,9 @@ def analyse(measured: dict[str, Any], phases: list[Phase], fixed: Optional[dict[
     result["instance_s_per_1k_requests"] = round(1e3 * instance_s / requests, 3) if requests else None
     result["client_cpu_pct"] = round(measured["client_cpu_pct"], 1)
     result["cpu_pct"] = {k: round(v, 1) for k, v in measured.get("cpu_pct", {}).items()}
+    result["server_cpu_by_process_pct"] = {
+        k: round(v, 1) for k, v in measured.get("server_cpu_by_process_pct", {}).items()
+    }
     result["error_samples"] = measured.get("error_samples", [])
     return result
 
@@ -599,6 +630,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"CPU (% of a core) server {pct(cpu.get('server'))}, runtime {pct(cpu.get('runtime'))}, "
             f"client {pct(cpu.get('client'))}, rest of the machine {pct(cpu.get('other'))}"
         )
+        if res.get("server_cpu_by_process_pct"):
+            lines.append(
+                f"{'':<10} server CPU by process (% of a core): "
+                + ", ".join(f"{k} {v:.1f}%" for k, v in res["server_cpu_by_process_pct"].items())
+            )
         for d in res.get("runtime", {}).get("decisions", []):
             took = f" [reaction {d['reaction_s']:.2f} s]" if d.get("reaction_s") is not None else ""
             lines.append(
