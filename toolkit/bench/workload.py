@@ -215,7 +215,8 @@ class WorkloadRunner:
         return result
 
     def _drive(self, server: Any, targets: list[Target], folder: Path, runtime: Optional[_Runtime]) -> dict[str, Any]:
-        """Run the schedule; sample the runtime each second and CPU at both ends of the window."""
+        """Run the schedule; sample the runtime and the server's CPU per process each second, and CPU
+        at both ends of the window."""
         length = sum(p.seconds for p in self.phases)
         job = WorkloadJob(server.grpc_url, targets, [asdict(p) for p in self.phases], str(folder / "requests.json"))
         job.dump(folder / "job.json")
@@ -246,8 +247,7 @@ class WorkloadRunner:
                     )
                 if now <= length + SAMPLE_S / 2:
                     by_process.sample(server_cpu.per_process(), first=tick == 0)
-                if runtime is not None and now <= length + SAMPLE_S / 2:
-                    sample = runtime.sample()
+                    sample = runtime.sample() if runtime is not None else None
                     if sample is not None:
                         samples.append({"t": round(now, 3), **sample})
                 tick += 1

@@ -24,11 +24,12 @@ keeps it. Hysteresis: up after UP_AFTER saturated windows in a row (one, when re
 SEVERE_QUEUE_RATIO times as long as they compute), and no change to a component within COOLDOWN_S
 of the last (a reload must settle before its numbers mean
 anything). Capacity: a new instance needs half a core of measured spare capacity, where busy cores
-are counted over the models that compute (components and fused pipelines; an ensemble's or orchestrator's "compute" is
-its callees' time, and would count them again). Without spare capacity an instance comes from a
-donor, but only to a component whose instances do not yet reach every core (an idle instance holds
-no core, so a swap beyond that adds an instance and no capacity). Downstream components grow with their upstream in
-proportion to their own measured load before their queues grow.
+are counted over the models that compute (components and fused pipelines; an ensemble's or
+orchestrator's "compute" is its callees' time, and would count them again). Without spare capacity
+an instance comes from a donor, but only to a component whose instances do not yet reach every core
+(an idle instance holds no core, so a swap beyond that adds an instance and no capacity).
+Downstream components grow with their upstream in proportion to their own measured load before
+their queues grow.
 
 Streaming components (toolkit/runtime/streams.py) are measured by their streams in flight instead:
 execute() returns before a stream ends, so busy and queue time show nothing. Their utilisation is
