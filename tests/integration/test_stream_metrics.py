@@ -101,8 +101,11 @@ def test_first_response_gap_histograms_and_streams_in_flight(server: LocalServer
         assert list(added.values()) == sorted(added.values()), added  # cumulative buckets
         seconds = total(after, f"{name}_sum", **labels) - total(before, f"{name}_sum", **labels)
         assert seconds / responses >= 0.009, (name, seconds)  # every response waits its 10 ms sleep
-    # the gaps of two streams sharing one loop: ~20 ms each (10 ms per generator in turn), none under 5 ms
-    assert total(after, f"{GAPS}_bucket", le="0.005", **labels) == total(before, f"{GAPS}_bucket", le="0.005", **labels)
+    # the gaps of two streams sharing one loop: ~20 ms each (10 ms per generator in turn). A gap is timed
+    # when its response is sent, so a send that a loaded machine held back shortens the next gap: one of
+    # 195 fell under 5 ms in a full CI run. A few may; a loop that answered without its sleep would not.
+    short = total(after, f"{GAPS}_bucket", le="0.005", **labels) - total(before, f"{GAPS}_bucket", le="0.005", **labels)
+    assert short <= 2, short
     # the waiting streams' first response comes after a whole earlier stream: > 0.25 s for some
     late = total(after, f"{FIRST}_bucket", le="+Inf", **labels) - total(after, f"{FIRST}_bucket", le="0.25", **labels)
     assert late >= 2
