@@ -71,7 +71,11 @@ def test_a_crashed_server_serves_again_on_its_ports_and_status_says_why(deployme
     back_s = time.monotonic() - killed
     assert serves(url), f"not serving {back_s:.1f} s after the crash"
 
-    while not Deployment.find("supervised").restarts() and time.monotonic() < deadline:
+    def written_down() -> bool:  # the restart, and a status file: a loaded machine can crash the server
+        found = Deployment.find("supervised")  # before the runtime's first interval has written one
+        return bool(found.restarts()) and found.runtime_status() is not None
+
+    while not written_down() and time.monotonic() < deadline:
         time.sleep(0.1)  # serving, but the runtime has not written down the restart yet
     current = Deployment.find("supervised")
     assert current.state.pid != first_pid and pid_running_tritonserver(current.state.pid)
