@@ -71,8 +71,10 @@ def test_a_crashed_server_serves_again_on_its_ports_and_status_says_why(deployme
     back_s = time.monotonic() - killed
     assert serves(url), f"not serving {back_s:.1f} s after the crash"
 
-    def written_down() -> bool:  # the restart, and a status file: a loaded machine can crash the server
-        found = Deployment.find("supervised")  # before the runtime's first interval has written one
+    def written_down() -> bool:
+        """The restart, and a status file: on a loaded machine the crash can come before the
+        runtime's first interval has written one."""
+        found = Deployment.find("supervised")
         return bool(found.restarts()) and found.runtime_status() is not None
 
     while not written_down() and time.monotonic() < deadline:

@@ -241,7 +241,7 @@ def _check_autoscale(
             for kind in ("ensemble", "orchestrator", "fused")
         }
         where = loaded.where("models", name, "autoscale")
-        if model.autoscale.min == 0 and users["ensemble"]:
+        if model.autoscale.on_demand and users["ensemble"]:
             problems.append(
                 Problem(
                     loaded.where("models", name, "autoscale", "min"),
@@ -807,9 +807,8 @@ class _PipelineChecker:
     def _on_demand_models(self) -> list[str]:
         """The models this pipeline's steps call that start unloaded (autoscale.min 0)."""
         called = {step.model for step in self.pipeline.steps if isinstance(step, ModelStep)}
-        return sorted(
-            m for m in called if (model := self.spec.models.get(m)) and model.autoscale and model.autoscale.min == 0
-        )
+        models = self.spec.models
+        return sorted(m for m in called if m in models and (bounds := models[m].autoscale) and bounds.on_demand)
 
     def _check_orchestrated(self, reason: str) -> Optional[PipelinePlan]:
         env: dict[str, TensorSpec] = dict(self.pipeline.inputs)

@@ -200,7 +200,7 @@ def compile_program(plan: DeploymentPlan, pipeline: PipelinePlan) -> Json:
     if pipeline.kind == "fused":
         program["handlers"] = inline_handlers(plan, pipeline)
     else:
-        on_demand = {m for m in pipeline.models if (s := plan.models[m].autoscale) is not None and s.min == 0}
+        on_demand = {m for m in pipeline.models if (s := plan.models[m].autoscale) is not None and s.on_demand}
         if on_demand:
             program["on_demand"] = sorted(on_demand)
             mark_prewarm(program["body"], on_demand, frozenset())

@@ -254,19 +254,17 @@ class Policy:
                 continue
             bounds = component.bounds
             assert bounds is not None  # settled() implies autoscaled
-            if bounds.min == 0 and now - component.last_request >= bounds.idle_s:
+            idle_for = now - component.last_request
+            if bounds.min == 0 and idle_for >= bounds.idle_s:
                 decisions[component.name] = Decision(
-                    component.name,
-                    "unload",
-                    0,
-                    f"no request for {now - component.last_request:.0f} s (idle_s {bounds.idle_s:g})",
+                    component.name, "unload", 0, f"no request for {idle_for:.0f} s (idle_s {bounds.idle_s:g})"
                 )
             elif (
                 component.cold >= DOWN_AFTER
                 and component.instances > component.floor
                 # an unload due within the cooldown would wait for it, after a removal (about a second)
                 # that it makes pointless (measured once on the bursty workload: 2 -> 1, unloaded 3 s later)
-                and not (bounds.min == 0 and now - component.last_request + COOLDOWN_S >= bounds.idle_s)
+                and not (bounds.min == 0 and idle_for + COOLDOWN_S >= bounds.idle_s)
             ):
                 n = component.instances
                 decisions[component.name] = Decision(

@@ -108,6 +108,11 @@ class Autoscale(_Strict):
     max: int = Field(default=4, ge=1, le=64)
     idle_s: float = Field(default=60.0, gt=0)
 
+    @property
+    def on_demand(self) -> bool:
+        """Starts unloaded and is unloaded when idle (`min: 0`): only an orchestrator can wait for it."""
+        return self.min == 0
+
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Autoscale:
         if self.min > self.max:
