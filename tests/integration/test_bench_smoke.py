@@ -111,6 +111,7 @@ def test_bench_fails_when_a_profile_fails_and_runs_without_matplotlib(tmp_path: 
     assert "plots skipped: matplotlib is not installed" in done.stderr
     report = json.loads((out / "results.json").read_text())
     assert report["plots"] == [] and report["profiles"]["ceiling"]["throughput_rps"] > 0
+    assert report["profiles"]["ceiling"]["cpu_ms_per_request"] > 0  # the workers' own CPU time
     if not with_ray:
         assert done.returncode == 1 and "1 of 2 profile(s) failed: ray-serve" in done.stderr
 

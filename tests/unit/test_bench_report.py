@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.bench.runner import evaluate_targets, format_table, summarize
+from toolkit.bench.runner import evaluate_targets, format_table, summarize, tuned_ratios
 
 
 def _point(c: int, rps: float, p95: float) -> dict[str, Any]:
@@ -103,3 +103,32 @@ def test_fused_against_pytriton_peak_over_peak_with_both_cpu_costs() -> None:
     assert target["met"] is None and target["note"] == "PyTriton did not start"
     report["summary"] = summarize(report)
     assert "pytriton        not measured: PyTriton did not start" in format_table(report)
+
+
+def test_server_cpu_per_request_against_the_handlers_alone_and_the_ceilings() -> None:
+    """Where compute dominates (>= 5 ms a request), server CPU per request is judged against the
+    handlers timed alone and against the ceiling's workers computing the same batches side by side."""
+    report = _report()
+    report["compute"]["per_request_ms_best"] = 10.0
+    report["profiles"]["fused"]["points"][1]["server_cpu_pct"] = 780.0  # 13 ms a request at 600 req/s
+    report["profiles"]["ceiling"]["cpu_ms_per_request"] = 11.0
+    targets = {t["target"]: t for t in evaluate_targets(report)}
+    alone = targets["fused server CPU per request <= 1.3x the handlers' compute (timed alone, batch 32)"]
+    assert alone["value"] == 1.3 and alone["met"] and alone["applies"]
+    together = targets[
+        "fused server CPU per request <= 1.3x the ceiling's (the same handlers in-process, side by side)"
+    ]
+    assert together["value"] == 1.18 and together["met"]
+    assert (
+        together["note"] == "server CPU 13.00 ms per request at c=16; ceiling 11.00 ms (1.10x the compute timed alone)"
+    )
+    report["compute"]["per_request_ms_best"] = 0.5  # a light pipeline: overhead is all there is, not judged here
+    assert all(t["applies"] is False for t in evaluate_targets(report) if "server CPU per request" in t["target"])
+
+
+def test_the_tuned_profile_reports_its_server_cpu_against_both() -> None:
+    report = _report()
+    report["compute"]["per_request_ms_best"] = 10.0
+    report["profiles"]["ceiling"]["cpu_ms_per_request"] = 12.5
+    report["profiles"]["tuned"] = {"description": "t", "points": [_point(64, 100.0, 50.0)]}  # 15 ms a request
+    assert tuned_ratios(report)["server_cpu_per_request"] == {"ms": 15.0, "x_compute_alone": 1.5, "x_ceiling": 1.2}

@@ -566,9 +566,7 @@ def test_every_step_call_is_timed_and_sized_and_counted_pending_while_awaited(pb
         ("router", "steps.1.cases.loud.0", "shout"): 2.0,
         ("router", "steps.1.default.0", "whisper"): 1.0,
     }
-    assert {key: len(values) for key, values in step_series("compound_step_duration_seconds").items()} == {
-        key: 1 for key in rows
-    }
+    assert step_series("compound_step_duration_seconds_count") == {key: 1.0 for key in rows}
     assert seen == [2] and model.metrics.pending("router", "shout") == 0
     pending = {labels["component"]: metric.value for labels, metric in fake.series("compound_pending_requests")}
     assert pending == {"route": 0.0, "shout": 0.0, "whisper": 0.0}
@@ -593,9 +591,13 @@ def test_a_fused_pipeline_times_its_inline_steps_and_counts_its_components_insta
     model.metrics.flush()
     model.metrics.flush()  # a second push adds nothing
     assert step_series("compound_step_rows_total")[("router_fused", "steps.0", "route")] == 4.0
-    durations = step_series("compound_step_duration_seconds")
-    calls = {step: len(seconds) for (_, step, _), seconds in durations.items()}
-    assert calls == {"steps.0": 2, "steps.1.cases.loud.0": 1, "steps.1.default.0": 2}
-    assert all(0 <= s < 5 for seconds in durations.values() for s in seconds)
+    calls = {step: n for (_, step, _), n in step_series("compound_step_duration_seconds_count").items()}
+    assert calls == {"steps.0": 2.0, "steps.1.cases.loud.0": 1.0, "steps.1.default.0": 2.0}
+    assert all(0 <= s < 5 for s in step_series("compound_step_duration_seconds_sum").values())
+    buckets = [
+        m.value for labels, m in fake.series("compound_step_duration_seconds_bucket") if labels["step"] == "steps.0"
+    ]
+    assert len(buckets) == 16 and buckets == sorted(buckets) and buckets[-1] == 2.0  # cumulative, le=+Inf last
+    assert model.metrics.durations("router_fused", "steps.0", "route")[0] == 2  # no IPC per call: pushed
     model.finalize()
     assert {m.value for _, m in fake.series("compound_instances")} == {0.0}  # unloaded: no instance left

@@ -1,5 +1,8 @@
 """The physical limit: no server, the same handlers chained in-process at the best batch size,
-one worker process per core, all measuring over the same window. Reports requests (rows) per second.
+one worker process per core, all measuring over the same window. Reports requests (rows) per second,
+and the CPU time the workers spent per request: what the handlers cost computing the same batches
+side by side on the same cores (their weights sharing the caches), the bound a server's CPU per
+request is judged against beside the handlers' compute timed alone.
 
 Workers are plain subprocesses (``python -m toolkit.bench.ceiling``) rather than multiprocessing
 children, so they never re-run the caller's main module: each loads the handlers, says LOADED,
@@ -24,6 +27,7 @@ class CeilingResult:
     batch: int
     workers: int
     per_worker_rps: tuple[float, ...]
+    cpu_ms_per_request: float  # every worker's CPU time (all its threads) over the requests they answered
 
 
 def measure_ceiling(
@@ -61,18 +65,21 @@ def measure_ceiling(
             if p.stdin:
                 p.stdin.write("GO\n")
                 p.stdin.flush()
-        rates = []
+        rates, cpu_s, done = [], 0.0, 0
         for p in procs:
             out, err = p.communicate(timeout=warmup_s + duration_s + load_timeout_s)
             if p.returncode != 0:
                 raise CompoundError(f"ceiling worker failed (exit {p.returncode})", hint=err.strip()[-1000:])
-            rates.append(float(json.loads(out.strip().splitlines()[-1])["rps"]))
+            measured = json.loads(out.strip().splitlines()[-1])
+            rates.append(float(measured["rps"]))
+            cpu_s += float(measured["cpu_s"])
+            done += int(measured["done"])
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return CeilingResult(sum(rates), batch, workers, tuple(rates))
+    return CeilingResult(sum(rates), batch, workers, tuple(rates), 1e3 * cpu_s / max(done, 1))
 
 
 def _worker(spec_path: str, pipeline: str, batch: int, warmup_s: float, duration_s: float) -> None:
@@ -90,11 +97,12 @@ def _worker(spec_path: str, pipeline: str, batch: int, warmup_s: float, duration
     while time.perf_counter() - began < warmup_s:
         chain.run(rows)
     done = 0
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     while time.perf_counter() - began < duration_s:
         chain.run(rows)
         done += batch
-    print(json.dumps({"rps": done / (time.perf_counter() - began)}), flush=True)
+    cpu_s = time.process_time() - cpu_began
+    print(json.dumps({"rps": done / (time.perf_counter() - began), "cpu_s": cpu_s, "done": done}), flush=True)
 
 
 if __name__ == "__main__":

@@ -207,16 +207,20 @@ class BenchRunner:
         res = measure_ceiling(
             str(s.spec), s.pipeline, allocation.batch, s.core_budget, s.duration_s, warmup_s=min(s.warmup_s, 3.0)
         )
-        self.log(f"  {res.throughput_rps:.0f} req/s at batch {res.batch} on {res.workers} worker process(es)")
+        self.log(
+            f"  {res.throughput_rps:.0f} req/s at batch {res.batch} on {res.workers} worker process(es),"
+            f" {res.cpu_ms_per_request:.3f} ms of CPU per request"
+        )
         return {
             "description": (
                 f"no server: handlers chained in-process at batch {res.batch},"
-                f" {res.workers} worker process(es), one per core"
+                f" {res.workers} worker process(es), one per core, {res.cpu_ms_per_request:.2f} ms of CPU per request"
             ),
             "throughput_rps": res.throughput_rps,
             "batch": res.batch,
             "workers": res.workers,
             "per_worker_rps": list(res.per_worker_rps),
+            "cpu_ms_per_request": round(res.cpu_ms_per_request, 3),
         }
 
 
@@ -331,6 +335,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     ),
                 }
             )
+        targets += _cpu_targets(name, best, report["compute"], ceiling)
         for peer in RAY_PROFILES:
             targets += _peer_target(name, peer, points(name), profiles.get(peer))
         if name == "fused":
@@ -339,6 +344,54 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             for t in targets:
                 if t["target"].startswith(name + " ") and "note" not in t:
                     t["note"] = "includes cache hits"
+    return targets
+
+
+def _server_cpu_ms(point: dict[str, Any]) -> Optional[float]:
+    cpu = point.get("server_cpu_pct")
+    return 10.0 * cpu / point["throughput_rps"] if cpu else None
+
+
+def _ceiling_cpu_ms(ceiling: Any) -> Optional[float]:
+    return ceiling.get("cpu_ms_per_request") if isinstance(ceiling, dict) else None
+
+
+def _cpu_targets(name: str, best: dict[str, Any], compute: dict[str, Any], ceiling: Any) -> list[dict[str, Any]]:
+    """Server CPU per request at the peak against what the handlers cost: timed alone in-process at
+    the best batch (the cost curves), and computing the same batches side by side in the ceiling's
+    workers (the caches shared as in a server). The serving path's cost is what is left over; it is
+    judged where compute dominates a request (>= 5 ms), as the ceiling target is."""
+    served = _server_cpu_ms(best)
+    if not served:
+        return []
+    alone = compute["per_request_ms_best"]
+    applies = alone >= 5.0
+    where = f"server CPU {served:.2f} ms per request at c={best['concurrency']}"
+    targets = [
+        {
+            "target": (
+                f"{name} server CPU per request <= 1.3x the handlers' compute"
+                f" (timed alone, batch {compute['best_batch']})"
+            ),
+            "value": round(served / alone, 2),
+            "met": served / alone <= 1.3,
+            "applies": applies,
+            "note": f"{where}; compute {alone:.2f} ms",
+        }
+    ]
+    in_ceiling = _ceiling_cpu_ms(ceiling)
+    if in_ceiling:
+        targets.append(
+            {
+                "target": (
+                    f"{name} server CPU per request <= 1.3x the ceiling's (the same handlers in-process, side by side)"
+                ),
+                "value": round(served / in_ceiling, 2),
+                "met": served / in_ceiling <= 1.3,
+                "applies": applies,
+                "note": f"{where}; ceiling {in_ceiling:.2f} ms ({in_ceiling / alone:.2f}x the compute timed alone)",
+            }
+        )
     return targets
 
 
@@ -511,4 +564,14 @@ def tuned_ratios(report: dict[str, Any]) -> dict[str, Any]:
                 "peak": round(peak / ceiling, 3),
                 **{f"c={c}": round(v / ceiling, 3) for c, v in sorted(tuned.items())},
             }
+    best = _best(profiles["tuned"]["points"])
+    served = _server_cpu_ms(best) if best else None
+    if served:
+        ratios["server_cpu_per_request"] = {
+            "ms": round(served, 3),
+            "x_compute_alone": round(served / report["compute"]["per_request_ms_best"], 2),
+        }
+        in_ceiling = _ceiling_cpu_ms(profiles.get("ceiling"))
+        if in_ceiling:
+            ratios["server_cpu_per_request"]["x_ceiling"] = round(served / in_ceiling, 2)
     return ratios

@@ -6,10 +6,12 @@ orchestrator has sent to a component and not yet had answered, and the instances
 Triton's statistics stop at its own models: a fused pipeline is one model (its steps are invisible)
 and an orchestrator's callees only see anonymous requests. Here each step call records, per
 pipeline, step and component, its duration and its batch size (two histograms: their `_count` is
-the step's calls) and its rows (a counter: rows / calls is the batch size). Rows, pending requests
-and instances are kept in plain Python on the request path and pushed to Triton by one background
-thread every FLUSH_S, only when they changed: a step call pays one histogram update (an IPC to the
-server), never a counter or gauge write.
+the step's calls) and its rows (a counter: rows / calls is the batch size). Durations, rows, pending
+requests and instances are kept in plain Python on the request path and pushed to Triton by one
+background thread every FLUSH_S, only when they changed: a step call pays no IPC to the server (a
+histogram observation was one per call: four tiny fused steps' IPCs cost a third of their model's
+throughput). The step histogram is three counter families named as Prometheus names a histogram's
+series (`_bucket` with `le`, `_sum`, `_count`), as the streaming ones below.
 
 Metric families are per process (every instance is a stub process of its own); Triton merges the
 families of all instances by name, and the `instance` label keeps their series apart. A process
@@ -23,6 +25,7 @@ IPC and a response must not pay one. `histogram_quantile()` reads them as it rea
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import threading
@@ -40,19 +43,19 @@ INSTANCES = "compound_instances"
 FIRST_RESPONSE = "compound_stream_first_response_seconds"
 INTER_RESPONSE = "compound_stream_inter_response_seconds"
 STREAMS = "compound_streams_in_flight"
-STREAM_HISTOGRAMS = {
+HISTOGRAMS = {
+    STEP_DURATION: "Duration of one call of a pipeline step (fused: the handler; else: the call)",
     FIRST_RESPONSE: "Time from a stream's arrival in execute() to its first response sent",
     INTER_RESPONSE: "Time between two responses of one stream",
 }
 FAMILIES = {
-    STEP_DURATION: ("HISTOGRAM", "Duration of one call of a pipeline step (fused: the handler; else: the call)"),
     STEP_ROWS: ("COUNTER", "Rows a pipeline step ran (one per request of one row); per call: the batch size"),
     PENDING: ("GAUGE", "Requests sent to a component by an orchestrator or fused pipeline and not yet answered"),
     INSTANCES: ("GAUGE", "Loaded instances of a component in a Triton model (1 per instance process)"),
     STREAMS: ("GAUGE", "Streams a streaming component accepted and has not ended (running or waiting for a place)"),
     **{
         f"{name}{suffix}": ("COUNTER", f"{description} ({what})")
-        for name, description in STREAM_HISTOGRAMS.items()
+        for name, description in HISTOGRAMS.items()
         for suffix, what in (("_bucket", "per upper bound le, cumulative"), ("_sum", "seconds"), ("_count", "count"))
     },
 }
@@ -75,22 +78,29 @@ class StreamCounts:
         self.pushed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     def series(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        """Every counter series with its current total, (family, labels, value): all of a histogram's
-        buckets from its first observation (a quantile needs the empty ones too), none before."""
-        out = []
-        for name, counts, total in (
-            (FIRST_RESPONSE, list(self.firsts), self.first_sum),
-            (INTER_RESPONSE, list(self.gaps), self.gap_sum),
-        ):
-            if not any(counts):
-                continue
-            running = 0
-            for bound, count in zip([*(f"{b:g}" for b in self.bounds), "+Inf"], counts):
-                running += count
-                out.append((f"{name}_bucket", (*self.labels, ("le", bound)), float(running)))
-            out.append((f"{name}_sum", self.labels, total))
-            out.append((f"{name}_count", self.labels, float(running)))
-        return out
+        """Every counter series with its current total, (family, labels, value)."""
+        return [
+            *histogram_series(FIRST_RESPONSE, self.labels, list(self.firsts), self.first_sum),
+            *histogram_series(INTER_RESPONSE, self.labels, list(self.gaps), self.gap_sum),
+        ]
+
+
+def histogram_series(
+    name: str, labels: tuple[tuple[str, str], ...], counts: list[int], total: float
+) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """A histogram's counter series, (family, labels, value), from its per-bound counts (the last
+    past every bound): all its buckets from its first observation (a quantile needs the empty ones
+    too), none before."""
+    if not any(counts):
+        return []
+    out = []
+    running = 0
+    for bound, count in zip([*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"], counts):
+        running += count
+        out.append((f"{name}_bucket", (*labels, ("le", bound)), float(running)))
+    out.append((f"{name}_sum", labels, total))
+    out.append((f"{name}_count", labels, float(running)))
+    return out
 
 
 class Metrics:
@@ -104,6 +114,9 @@ class Metrics:
         self._pending: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._rows: dict[tuple[tuple[str, str], ...], int] = collections.defaultdict(int)
         self._rows_pushed: dict[tuple[tuple[str, str], ...], int] = {}
+        # per step: [per-bound counts (the last past every bound), seconds in all]
+        self._durations: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+        self._counters_pushed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._pushed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._lock = threading.Lock()  # the request path's counts
@@ -127,12 +140,18 @@ class Metrics:
         labels = (("pipeline", pipeline), ("step", where), ("component", component))
         with self._lock:
             self._rows[labels] += rows
-        if self._api is None:
-            return
-        try:
-            self._metric(STEP_DURATION, labels, DURATION_BUCKETS).observe(seconds)
-        except Exception:  # noqa: BLE001 - metrics never fail a request
-            self._api = None
+            durations = self._durations.get(labels)
+            if durations is None:
+                durations = self._durations[labels] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0]
+            durations[0][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            durations[1] += seconds
+
+    def durations(self, pipeline: str, where: str, component: str) -> tuple[int, float]:
+        """A step's calls and their seconds in all, as counted here (what the flusher pushes)."""
+        counts, total = self._durations.get(
+            (("pipeline", pipeline), ("step", where), ("component", component)), [[0], 0.0]
+        )
+        return sum(counts), total
 
     def sent(self, pipeline: str, component: str, requests: int) -> None:
         """`requests` (negative: answered) now wait on `component`; pushed by the flusher."""
@@ -190,6 +209,11 @@ class Metrics:
                 self._gauges[(STREAMS, counts.labels)] = float(counts.in_flight())
             changed = [(key, value) for key, value in self._gauges.items() if self._pushed.get(key) != value]
             added = [(key, n - self._rows_pushed.get(key, 0)) for key, n in self._rows.items()]
+            steps = [
+                series
+                for labels, (counts, total) in self._durations.items()
+                for series in histogram_series(STEP_DURATION, labels, list(counts), total)
+            ]
         if self._api is None:
             return
         for labels, rows in added:
@@ -207,17 +231,17 @@ class Metrics:
                 self._api = None
                 return
             self._pushed[key] = value
-        for counts in self.streams:
-            for name, labels, total in counts.series():
-                added_now = total - counts.pushed.get((name, labels), 0.0)
-                if added_now <= 0 and (name, labels) in counts.pushed:
+        for series, pushed in [(steps, self._counters_pushed), *((c.series(), c.pushed) for c in self.streams)]:
+            for name, labels, total in series:
+                added_now = total - pushed.get((name, labels), 0.0)
+                if added_now <= 0 and (name, labels) in pushed:
                     continue
                 try:
                     self._metric(name, labels).increment(added_now)
                 except Exception:  # noqa: BLE001
                     self._api = None
                     return
-                counts.pushed[(name, labels)] = total
+                pushed[(name, labels)] = total
 
     def _start_flusher(self) -> None:
         if self._flusher is not None or self._api is None:
@@ -230,7 +254,7 @@ class Metrics:
         self._flusher = threading.Thread(target=run, name="compound-metrics", daemon=True)
         self._flusher.start()
 
-    def _metric(self, name: str, labels: tuple[tuple[str, str], ...], buckets: Optional[list[float]] = None) -> Any:
+    def _metric(self, name: str, labels: tuple[tuple[str, str], ...]) -> Any:
         key = (name, labels)
         metric = self._series.get(key)
         if metric is None:
@@ -244,10 +268,7 @@ class Metrics:
                 # A reload starts the new instances (same names) before the old ones finalize and
                 # zero their gauges: the process id keeps the two generations' series apart.
                 label_dict["pid"] = str(os.getpid())
-            if buckets is None:
-                metric = family.Metric(labels=label_dict)
-            else:
-                metric = family.Metric(labels=label_dict, buckets=buckets)
+            metric = family.Metric(labels=label_dict)
             self._series[key] = metric
         return metric
 
