@@ -5,8 +5,8 @@ orchestrator has sent to a component and not yet had answered, and the instances
 
 Triton's statistics stop at its own models: a fused pipeline is one model (its steps are invisible)
 and an orchestrator's callees only see anonymous requests. Here each step call records, per
-pipeline, step and component, its duration and its batch size (two histograms: their `_count` is
-the step's calls) and its rows (a counter: rows / calls is the batch size). Durations, rows, pending
+pipeline, step and component, its duration (a histogram: its `_count` is the step's calls) and its
+rows (a counter: rows / calls is the batch size). Durations, rows, pending
 requests and instances are kept in plain Python on the request path and pushed to Triton by one
 background thread every FLUSH_S, only when they changed: a step call pays no IPC to the server (a
 histogram observation was one per call: four tiny fused steps' IPCs cost a third of their model's
