@@ -271,8 +271,8 @@ def summarize(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             row[f"x_{base}"] = round(best["throughput_rps"] / other["throughput_rps"], 2) if other else None
         row["of_ceiling"] = round(best["throughput_rps"] / ceiling_rps, 3) if ceiling_rps else None
         # server CPU per request at that point: what the serving path costs, even when the machine is shared
-        cpu = best.get("server_cpu_pct")
-        row["server_cpu_ms_per_request"] = round(10.0 * cpu / best["throughput_rps"], 3) if cpu else None
+        served = _server_cpu_ms(best)
+        row["server_cpu_ms_per_request"] = round(served, 3) if served else None
         if report["profiles"][name].get("cache_hits_included"):
             row["cache_hits_included"] = report["profiles"][name]["cache_hits_included"]
         summary[name] = row
@@ -433,9 +433,9 @@ def _pytriton_target(fused: dict[str, Any], result: Optional[dict[str, Any]]) ->
     value = fused["throughput_rps"] / peer["throughput_rps"]
     target: dict[str, Any] = {"target": label, "value": round(value, 2), "met": value >= 1.2}
     costs = [
-        f"{who} {10.0 * p['server_cpu_pct'] / p['throughput_rps']:.3f} ms at c={p['concurrency']}"
+        f"{who} {served:.3f} ms at c={p['concurrency']}"
         for who, p in (("fused", fused), (PYTRITON_PROFILE, peer))
-        if p.get("server_cpu_pct")
+        if (served := _server_cpu_ms(p))
     ]
     if costs:
         target["note"] = "server CPU per request: " + ", ".join(costs)
@@ -566,12 +566,11 @@ def tuned_ratios(report: dict[str, Any]) -> dict[str, Any]:
             }
     best = _best(profiles["tuned"]["points"])
     served = _server_cpu_ms(best) if best else None
-    if served:
+    if best and served:
+        alone, *in_ceiling = _cpu_targets("tuned", best, report["compute"], profiles.get("ceiling"))
         ratios["server_cpu_per_request"] = {
             "ms": round(served, 3),
-            "x_compute_alone": round(served / report["compute"]["per_request_ms_best"], 2),
+            "x_compute_alone": alone["value"],
+            **({"x_ceiling": in_ceiling[0]["value"]} if in_ceiling else {}),
         }
-        in_ceiling = _ceiling_cpu_ms(profiles.get("ceiling"))
-        if in_ceiling:
-            ratios["server_cpu_per_request"]["x_ceiling"] = round(served / in_ceiling, 2)
     return ratios
