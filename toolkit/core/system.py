@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.core.errors import CompoundError
-
-_PR_SET_PDEATHSIG = 1
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -44,12 +42,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child (preexec_fn): receive `sig` when the parent dies, whatever kills it (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):  # not Linux: the owner's context manager still stops the child
-        pass
+# The child of a process with live threads (gRPC's, locust's) must not run Python between fork and
+# exec: a `preexec_fn` makes CPython fork() the whole interpreter, running every pthread_atfork handler
+# (gRPC's among them), and such a child was seen to hang. So a child execs this launcher instead: it
+# asks for `sig` when its parent dies (kept across exec), leaves if the parent is already gone, gives
+# SIGINT, SIGPIPE and SIGXFSZ their default actions (a shell may have ignored SIGINT; Python ignores
+# the others) and execs the program under the same pid.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+sig, parent, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    sys.exit(1)
+for name in ("SIGINT", "SIGPIPE", "SIGXFSZ"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.exit(f"cannot run {argv[0]}: {exc.strerror}")
+"""
+
+
+def tied_to_parent(argv: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`argv` run so that the program receives `sig` when this process dies, whatever kills it (on
+    Linux; elsewhere the owner's context manager still stops it), without a `preexec_fn`."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(int(sig)), str(os.getpid()), *argv]
 
 
 def read_tail(path: Path, lines: int = 40) -> str:
@@ -92,12 +113,11 @@ class OwnedProcess:
         naming `what` with the log's tail."""
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                argv,
+                tied_to_parent(argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd,
-                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while not healthy():

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from toolkit.client import Protocol, Signature, strip_scheme
 from toolkit.core.errors import CompoundError
-from toolkit.core.system import die_with_parent, free_port
+from toolkit.core.system import free_port, tied_to_parent
 from toolkit.loadtest.inputs import prepare_requests
 from toolkit.loadtest.streaming import StreamStats, check_ttft_slo, format_stream, stream_gate, streams
 from toolkit.observe import cachestats
@@ -107,13 +107,6 @@ def locustfile_path() -> Path:
     if not candidate.is_file():
         raise CompoundError("the locustfile is missing from this installation", hint="reinstall compound")
     return candidate
-
-
-def _child_setup() -> None:
-    """In each locust child: SIGINT must work (it writes the reports; a shell may have left it
-    ignored), and the child dies with this process, whatever kills it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    die_with_parent()
 
 
 # --- the processes --------------------------------------------------------------------------------
@@ -218,15 +211,15 @@ class LocustRunner:
         log_path = self.run_dir / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
+        # tied to this process; SIGINT, which makes locust write its reports, at its default action
         process = subprocess.Popen(  # noqa: S603 - argv list built above
-            argv,
+            tied_to_parent(argv),
             cwd=self.run_dir,
             env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_child_setup,
         )
         self.processes.append((name, process, log_path))
 

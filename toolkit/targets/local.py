@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import command_line, die_with_parent, pid_alive, proc_stat_fields, read_tail
+from toolkit.core.system import command_line, pid_alive, proc_stat_fields, read_tail, tied_to_parent
 from toolkit.targets.server import (
     TritonServer,
     compile_python,
@@ -143,13 +143,12 @@ class LocalServer(TritonServer):
             log.write(("$ " + " ".join(redact_key(argv)) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
-                argv,
+                argv if self.detach else tied_to_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=environment,
                 start_new_session=True,
-                preexec_fn=None if self.detach else die_with_parent,
             )
 
     def launch_failure(self) -> Optional[CompoundError]:

@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from toolkit import __version__
 from toolkit.core.errors import CompoundError, ServerError
-from toolkit.core.system import command_line, die_with_parent, free_port, pid_alive, read_tail
+from toolkit.core.system import command_line, free_port, pid_alive, read_tail, tied_to_parent
 from toolkit.targets.state import DeploymentState, ProxyRecord
 
 Discovery = Literal["static", "strict_dns"]
@@ -488,12 +488,11 @@ class EnvoyProxy:
             log.write(("$ " + " ".join(self.argv()) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
-                self.argv(),
+                self.argv() if self.detach else tied_to_parent(self.argv()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=None if self.detach else die_with_parent,
             )
         try:
             self.wait_ready()
