@@ -137,6 +137,8 @@ def triton_stats(url: str) -> dict[str, dict[str, int]]:
     return found
 
 
+# A process's tick-rounded CPU above its live threads' by more than this share is exited threads'
+EXITED_THREADS_MIN = 0.02
 PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
 
@@ -149,7 +151,9 @@ class Window(ProcessCpu):
         assert server.pid is not None
         super().__init__(server.pid)
         self.server, self.profile, self.model, self.work, self.seconds = server, profile, model, work, seconds
-        self.marks: list[tuple[dict[tuple[str, int, str], int], dict[str, dict[str, int]]]] = []
+        # per mark: live threads' CPU (ns), Triton's statistics, and each process's CPU seconds with
+        # its exited threads' (psutil, from /proc/PID/stat: threads that ended leave schedstat)
+        self.marks: list[tuple[dict[tuple[str, int, str], int], dict[str, dict[str, int]], dict[int, float]]] = []
         self.profilers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self.pids = processes(server.pid)
 
@@ -157,7 +161,8 @@ class Window(ProcessCpu):
         snapshot = super().per_process()
         if not self.marks and self.profile != "clean":
             self._start_profilers()
-        self.marks.append((thread_cpu_ns(self.pids), triton_stats(self.server.grpc_url)))
+        by_pid = {int(key.rsplit("[", 1)[1].rstrip("]")): seconds for key, seconds in snapshot.items()}
+        self.marks.append((thread_cpu_ns(self.pids), triton_stats(self.server.grpc_url), by_pid))
         return snapshot
 
     def _start_profilers(self) -> None:
@@ -204,7 +209,7 @@ class Window(ProcessCpu):
 
 def per_request(window: Window, completed: int) -> dict[str, Any]:
     """The clean pass: per-thread CPU and Triton's phases over the window, per request."""
-    (cpu0, stats0), (cpu1, stats1) = window.marks[0], window.marks[-1]
+    (cpu0, stats0, procs0), (cpu1, stats1, procs1) = window.marks[0], window.marks[-1]
     threads: dict[str, float] = collections.defaultdict(float)
     processes_us: dict[str, float] = collections.defaultdict(float)
     for key, ns in cpu1.items():
@@ -214,6 +219,17 @@ def per_request(window: Window, completed: int) -> dict[str, Any]:
         label, _, name = key
         threads[f"{label} / {name}"] += spent / 1e3 / completed
         processes_us[label] += spent / 1e3 / completed
+    # Threads that ended inside the window (a BLAS pool stopped between batches) are missing above;
+    # the process's own figure (clock ticks) still counts them.
+    process_us: dict[str, float] = collections.defaultdict(float)  # by label: instances of a model share one
+    for pid, label in window.pids.items():
+        if pid in procs0 and pid in procs1:
+            process_us[label] += (procs1[pid] - procs0[pid]) * 1e6 / completed
+    for label, total in process_us.items():
+        exited = total - processes_us[label]
+        if exited > EXITED_THREADS_MIN * max(processes_us[label], 1.0):
+            threads[f"{label} / exited threads"] += exited
+            processes_us[label] += exited
     models: dict[str, Any] = {}
     for model, after in stats1.items():
         before = stats0.get(model, {})

@@ -189,6 +189,9 @@ class TritonPythonModel:
             asyncio.set_event_loop(self.loop)  # steps that run side by side are scheduled on it
             self._exec_all = _exec_blocking
             self.execute = self.execute_eager  # type: ignore[method-assign]
+            if self.program.get("handlers"):  # calls in one thread, one after another: its BLAS may park
+                park = _sibling_module(here, "compound_component").BlasPark(int(params.get("compound.threads", "0")))
+                self.execute = park.after(self.execute)  # type: ignore[method-assign]
 
     def _load_handlers(self, args: dict[str, str], threads: int) -> None:
         """Fused steps: load every handler here and warm it, so the first request pays no cold start.

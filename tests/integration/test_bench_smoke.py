@@ -135,3 +135,30 @@ def test_bench_http_driver_and_the_fused_ray_peer(tmp_path: Path) -> None:
         ray = report["profiles"]["ray-serve-fused"]
         assert ray["instances"] == {"fanout": 2} and ray["threads"] == {"fanout": 1}
         assert ray["ray_env"]["RAY_worker_niceness"] == "0"
+
+
+def test_a_tuned_spec_at_two_threads_is_served_and_judged_against_its_handlers_as_served(tmp_path: Path) -> None:
+    """`--tuned` with a fused pipeline at one instance of two threads: the instance (whose generated
+    runtime parks its BLAS pool between long calls) answers every request, and bench times the same
+    handlers chained in-process at those two threads, the reference for what serving adds."""
+    import yaml
+
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["pipelines"]["fanout"].update({"fuse": True, "instances": {"count": 1, "threads": 2}})
+    tuned = SPEC.parent / f".bench-smoke-{tmp_path.name}.tuned.yaml"  # beside handlers.py, as tune writes it
+    tuned.write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        args = [str(SPEC), "-p", "fanout", "--profiles", "tuned", "--tuned", str(tuned)]
+        args += ["--concurrency", "8", "--duration", "2s", "--warmup", "0.5s", "--out", str(tmp_path / "bench")]
+        result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    finally:
+        tuned.unlink()
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench" / "results.json").read_text())
+    [point] = report["profiles"]["tuned"]["points"]
+    assert point["errors"] == 0 and point["completed"] > 10, point["error_samples"]
+    as_served = report["compute"]["tuned_as_served"]
+    assert as_served["threads"] == 2 and as_served["batch"] == report["compute"]["best_batch"]
+    assert as_served["cpu_ms_per_request"] > 0
+    assert report["tuned_ratios"]["server_cpu_per_request"]["x_handlers_as_served"] > 0
+    assert "tuned handlers as served" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.bench.runner import evaluate_targets, format_table, summarize, tuned_ratios
+from toolkit.bench.runner import _cpu_targets, evaluate_targets, format_table, summarize, tuned_ratios
 
 
 def _point(c: int, rps: float, p95: float) -> dict[str, Any]:
@@ -132,3 +132,29 @@ def test_the_tuned_profile_reports_its_server_cpu_against_both() -> None:
     report["profiles"]["ceiling"]["cpu_ms_per_request"] = 12.5
     report["profiles"]["tuned"] = {"description": "t", "points": [_point(64, 100.0, 50.0)]}  # 15 ms a request
     assert tuned_ratios(report)["server_cpu_per_request"] == {"ms": 15.0, "x_compute_alone": 1.5, "x_ceiling": 1.2}
+
+
+def test_the_tuned_profile_is_judged_against_its_handlers_as_its_instance_runs_them() -> None:
+    """The tuned plan's handlers chained in-process at its threads: what is left over is serving's."""
+    report = _report()
+    report["compute"]["per_request_ms_best"] = 10.0
+    report["compute"]["tuned_as_served"] = {"threads": 2, "batch": 64, "cpu_ms_per_request": 12.0}
+    report["profiles"]["ceiling"]["cpu_ms_per_request"] = 12.5
+    report["profiles"]["tuned"] = {"description": "t", "points": [_point(64, 100.0, 50.0)]}  # 15 ms a request
+    [_, _, served] = _cpu_targets(
+        "tuned", report["profiles"]["tuned"]["points"][0], report["compute"], {"cpu_ms_per_request": 12.5}
+    )
+    assert served["target"] == (
+        "tuned server CPU per request <= 1.3x its handlers' as its instance runs them"
+        " (chained in-process, 2 thread(s), batch 64)"
+    )
+    assert served["value"] == 1.25 and served["met"] and served["applies"]
+    assert served["note"].endswith("handlers chained 12.00 ms (1.20x the compute timed alone)")
+    assert tuned_ratios(report)["server_cpu_per_request"] == {
+        "ms": 15.0,
+        "x_compute_alone": 1.5,
+        "x_ceiling": 1.2,
+        "x_handlers_as_served": 1.25,
+    }
+    # measured for the tuned spec's instances only: the generated profiles are not judged by it
+    assert not any("instance runs them" in t["target"] for t in evaluate_targets(report))

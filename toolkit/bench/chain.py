@@ -59,18 +59,33 @@ def load_handler(plan: DeploymentPlan, model: str, device: str = "cpu") -> Any:
         ) from None
 
 
+def model_threads(plan: DeploymentPlan, pipeline: str) -> int:
+    """The largest `instances.threads` among the pipeline's models."""
+    return max((plan.models[m].threads for m in plan.pipelines[pipeline].models), default=1)
+
+
+def served_threads(plan: DeploymentPlan, pipeline: str) -> int:
+    """The threads of the instances that run the pipeline's handlers: a fused pipeline's (or its
+    fuse groups') own `instances.threads`, else its models'."""
+    p = plan.pipelines[pipeline]
+    groups = [g.instances.threads for g in p.groups.values() if g.instances is not None]
+    if p.instances is not None:
+        groups.append(p.instances.threads)
+    return max([*groups, model_threads(plan, pipeline)])
+
+
 class InProcessPipeline:
     """A pipeline's handlers chained in this process; `run` also times each model call."""
 
-    def __init__(self, plan: DeploymentPlan, pipeline: str) -> None:
+    def __init__(self, plan: DeploymentPlan, pipeline: str, threads: int | None = None) -> None:
         self.plan = plan
         self.pipeline = pipeline
         self.stages = stages(plan, pipeline)
         self.models = plan.pipelines[pipeline].models
         # the pools capped as a generated instance caps them (one fused instance: the largest
-        # `instances.threads`), before the handlers load and again after: what the cost curves and
-        # the ceiling measure is what an instance runs, not a pool sized for the whole machine
-        self.threads = max((plan.models[m].threads for m in self.models), default=1)
+        # `instances.threads`, or `threads`), before the handlers load and again after: what the
+        # cost curves and the ceiling measure is what an instance runs, not a pool for the machine
+        self.threads = threads or model_threads(plan, pipeline)
         cap_native_threads(self.threads, environment=False)
         self.handlers = {m: load_handler(plan, m) for m in self.models}
         cap_native_threads(self.threads, environment=False)

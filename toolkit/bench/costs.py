@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -79,6 +80,24 @@ def profile_pipeline(
             # the fastest of several calls: another process taking the core only ever adds time
             curves[model].append(min(samples))
     return {m: CostCurve(m, tuple(sizes), tuple(s)) for m, s in curves.items()}
+
+
+def chain_cpu_per_request(chain: InProcessPipeline, batch: int, min_seconds: float = 1.0, min_calls: int = 3) -> float:
+    """CPU seconds per row of the whole chain at `batch`, in this process at its pools' current cap:
+    what the handlers cost as ONE instance runs them, one after another at its threads, their weights
+    sharing the caches, a pool's workers (and their spin) included. Unlike the cost curves (each
+    handler alone, its fastest call, on one thread) it is what a served instance can at best spend.
+    The median call's CPU time: another process adds little to it, and the fastest call would pick
+    one the pool's spin happened to spare."""
+    rows = sample_rows(chain.plan, chain.pipeline, batch, seed=2)
+    chain.run(rows)  # warm this batch shape
+    samples: list[float] = []
+    began = time.perf_counter()
+    while len(samples) < min_calls or time.perf_counter() - began < min_seconds:
+        start = time.process_time()
+        chain.run(rows)
+        samples.append(time.process_time() - start)
+    return statistics.median(samples) / batch
 
 
 def thread_scaling(

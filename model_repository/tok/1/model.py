@@ -10,13 +10,15 @@ computes the whole batch at once, and its outputs are sliced back per request (v
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.util
 import json
 import os
 import sys
+import time
 import traceback
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -225,6 +227,66 @@ def limit_native_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+# An execute() shorter than this keeps the pool (a restart is one pthread_create per worker).
+PARK_MIN_CALL_S = 0.005
+PARK_ENV = "COMPOUND_BLAS_PARK"  # "0" keeps OpenBLAS's workers spinning between calls
+
+
+class BlasPark:
+    """Stops numpy's OpenBLAS workers after a long execute() of an instance at several threads.
+
+    OpenBLAS's pthread workers spin (sched_yield) for 2**28 cycles, about 0.1 s, after each call
+    before they sleep. An instance waiting for its next batch burns that spin on another core, which
+    is server CPU (and a pod's CPU quota) spent on nothing: measured 55-60 ms of CPU per 60 ms wait,
+    at 2 threads (docs/benchmarks.md). OpenBLAS has no call that puts them to sleep, so after such an
+    execute() its pool is shut down (`blas_thread_shutdown_`, what OpenBLAS itself does before a
+    fork) and sized to the instance's threads; its next threaded call starts the workers again (its
+    lazy re-init). Only between calls of one synchronous execute(): no handler runs BLAS meanwhile.
+    Anything else (another BLAS, OpenBLAS built for OpenMP, symbols missing) leaves the pool be."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._shutdown: Optional[Callable[[], int]] = None
+        self._pool_size: Any = None
+        if threads < 2 or os.environ.get(PARK_ENV, "1") == "0":
+            return
+        try:
+            from threadpoolctl import threadpool_info
+
+            pools = [p for p in threadpool_info() if p.get("internal_api") == "openblas"]
+            if len(pools) != 1 or pools[0].get("threading_layer") != "pthreads":
+                return
+            library = ctypes.CDLL(pools[0]["filepath"])
+            shutdown = library.blas_thread_shutdown_
+            self._pool_size = ctypes.c_int.in_dll(library, "blas_num_threads")
+        except (ImportError, OSError, AttributeError, ValueError, KeyError):
+            return
+        shutdown.restype = ctypes.c_int
+        self._shutdown = shutdown
+
+    @property
+    def active(self) -> bool:
+        return self._shutdown is not None
+
+    def after(self, execute: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], list[Any]]:
+        """`execute` that parks the pool when a call took PARK_MIN_CALL_S or more (itself when inactive)."""
+        if self._shutdown is None:
+            return execute
+        shutdown, pool_size, threads = self._shutdown, self._pool_size, self.threads
+
+        def execute_then_park(requests: list[Any]) -> list[Any]:
+            began = time.monotonic()
+            try:
+                return execute(requests)
+            finally:
+                if time.monotonic() - began >= PARK_MIN_CALL_S:
+                    shutdown()
+                    if pool_size.value > threads:  # restart only the workers this instance uses
+                        pool_size.value = threads
+
+        return execute_then_park
+
+
 def component_cache(component: str, settings: Optional[dict[str, Any]], args: dict[str, str], here: str) -> Any:
     """The component's tiered cache (compound_cache.py beside this file), or None without one."""
     if not settings:
@@ -326,6 +388,8 @@ class TritonPythonModel:
                 tracing=tracing_module(here),  # one span per sampled stream
             )
             self.execute = self.streamer.execute  # type: ignore[method-assign] - the other models keep theirs
+        else:
+            self.execute = BlasPark(threads).after(self.execute)  # type: ignore[method-assign]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if self.tracing is not None:
