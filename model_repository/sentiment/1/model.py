@@ -242,7 +242,9 @@ class BlasPark:
     execute() its pool is shut down (`blas_thread_shutdown_`, what OpenBLAS itself does before a
     fork) and sized to the instance's threads; its next threaded call starts the workers again (its
     lazy re-init). Only between calls of one synchronous execute(): no handler runs BLAS meanwhile.
-    Anything else (another BLAS, OpenBLAS built for OpenMP, symbols missing) leaves the pool be."""
+    Anything else (another BLAS, OpenBLAS built for OpenMP, symbols missing) leaves the pool be. A
+    handler that raises its own BLAS threads above the instance's while parked would meet OpenBLAS
+    creating workers twice: such a handler runs with COMPOUND_BLAS_PARK=0."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
