@@ -376,55 +376,64 @@ def _ceiling_cpu_ms(ceiling: Any) -> Optional[float]:
 def _cpu_targets(name: str, best: dict[str, Any], compute: dict[str, Any], ceiling: Any) -> list[dict[str, Any]]:
     """Server CPU per request at the peak against what the handlers cost: timed alone in-process at
     the best batch (the cost curves), and computing the same batches side by side in the ceiling's
-    workers (the caches shared as in a server). The serving path's cost is what is left over; it is
+    workers (the caches shared as in a server), and for `tuned`, its handlers chained in-process at
+    its threads (`compute.tuned_as_served`). The serving path's cost is what is left over; it is
     judged where compute dominates a request (>= 5 ms), as the ceiling target is."""
+    return [target for _, target in _cpu_ratios(name, best, compute, ceiling)]
+
+
+def _cpu_ratios(
+    name: str, best: dict[str, Any], compute: dict[str, Any], ceiling: Any
+) -> list[tuple[str, dict[str, Any]]]:
+    """_cpu_targets' targets, each with its key in tuned_ratios' `server_cpu_per_request`."""
     served = _server_cpu_ms(best)
     if not served:
         return []
     alone = compute["per_request_ms_best"]
     applies = alone >= 5.0
     where = f"server CPU {served:.2f} ms per request at c={best['concurrency']}"
-    targets = [
-        {
-            "target": (
-                f"{name} server CPU per request <= 1.3x the handlers' compute"
-                f" (timed alone, batch {compute['best_batch']})"
-            ),
-            "value": round(served / alone, 2),
-            "met": served / alone <= 1.3,
+
+    def against(key: str, reference: str, ms: float, note: str) -> tuple[str, dict[str, Any]]:
+        target = {
+            "target": f"{name} server CPU per request <= 1.3x {reference}",
+            "value": round(served / ms, 2),
+            "met": served / ms <= 1.3,
             "applies": applies,
-            "note": f"{where}; compute {alone:.2f} ms",
+            "note": f"{where}; {note}",
         }
+        return key, target
+
+    ratios = [
+        against(
+            "x_compute_alone",
+            f"the handlers' compute (timed alone, batch {compute['best_batch']})",
+            alone,
+            f"compute {alone:.2f} ms",
+        )
     ]
     in_ceiling = _ceiling_cpu_ms(ceiling)
     if in_ceiling:
-        targets.append(
-            {
-                "target": (
-                    f"{name} server CPU per request <= 1.3x the ceiling's (the same handlers in-process, side by side)"
-                ),
-                "value": round(served / in_ceiling, 2),
-                "met": served / in_ceiling <= 1.3,
-                "applies": applies,
-                "note": f"{where}; ceiling {in_ceiling:.2f} ms ({in_ceiling / alone:.2f}x the compute timed alone)",
-            }
+        ratios.append(
+            against(
+                "x_ceiling",
+                "the ceiling's (the same handlers in-process, side by side)",
+                in_ceiling,
+                f"ceiling {in_ceiling:.2f} ms ({in_ceiling / alone:.2f}x the compute timed alone)",
+            )
         )
     as_served = compute.get("tuned_as_served") if name == "tuned" else None
     if as_served:
         chained = as_served["cpu_ms_per_request"]
-        targets.append(
-            {
-                "target": (
-                    f"{name} server CPU per request <= 1.3x its handlers' as its instance runs them"
-                    f" (chained in-process, {as_served['threads']} thread(s), batch {as_served['batch']})"
-                ),
-                "value": round(served / chained, 2),
-                "met": served / chained <= 1.3,
-                "applies": applies,
-                "note": f"{where}; handlers chained {chained:.2f} ms ({chained / alone:.2f}x the compute timed alone)",
-            }
+        ratios.append(
+            against(
+                "x_handlers_as_served",
+                "its handlers' as its instance runs them"
+                f" (chained in-process, {as_served['threads']} thread(s), batch {as_served['batch']})",
+                chained,
+                f"handlers chained {chained:.2f} ms ({chained / alone:.2f}x the compute timed alone)",
+            )
         )
-    return targets
+    return ratios
 
 
 def _peer_target(
@@ -599,9 +608,8 @@ def tuned_ratios(report: dict[str, Any]) -> dict[str, Any]:
     best = _best(profiles["tuned"]["points"])
     served = _server_cpu_ms(best) if best else None
     if best and served:
-        alone, *others = _cpu_targets("tuned", best, report["compute"], profiles.get("ceiling"))
-        ratios["server_cpu_per_request"] = {"ms": round(served, 3), "x_compute_alone": alone["value"]}
-        for target in others:
-            key = "x_ceiling" if "ceiling's" in target["target"] else "x_handlers_as_served"
-            ratios["server_cpu_per_request"][key] = target["value"]
+        ratios["server_cpu_per_request"] = {
+            "ms": round(served, 3),
+            **{key: t["value"] for key, t in _cpu_ratios("tuned", best, report["compute"], profiles.get("ceiling"))},
+        }
     return ratios
